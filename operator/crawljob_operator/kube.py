@@ -1,0 +1,341 @@
+"""The one place that talks to the Kubernetes API: a small async client over aiohttp.
+
+It speaks plain REST (JSON, merge patches, watch streams), which is all crawljob needs,
+and works the same against a real API server and against the kmock emulator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import ssl
+import tempfile
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+
+Body = dict[str, Any]
+
+
+class KubeError(Exception):
+    """An API call failed; *status* is the HTTP status (0 when the server was not reached)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status}: {message}" if status else message)
+        self.status = status
+        self.message = message
+
+
+class NotFound(KubeError):
+    """404: the object (or resource) does not exist."""
+
+
+class Conflict(KubeError):
+    """409: the object already exists, or a stale resourceVersion was written."""
+
+
+class Invalid(KubeError):
+    """422/400: the server refused the object (schema validation)."""
+
+
+class Unavailable(KubeError):
+    """The API could not be reached, timed out, or answered 5xx/429: worth retrying later."""
+
+
+@dataclass(frozen=True)
+class Resource:
+    """A REST resource: ``Resource("batch", "v1", "jobs")``; group "" is the core API."""
+
+    group: str
+    version: str
+    plural: str
+    namespaced: bool = True
+
+    def path(self, namespace: str | None = None, name: str | None = None, subresource: str | None = None) -> str:
+        prefix = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
+        parts = [prefix]
+        if self.namespaced and namespace is not None:
+            parts.append(f"namespaces/{namespace}")
+        parts.append(self.plural)
+        if name is not None:
+            parts.append(name)
+            if subresource is not None:
+                parts.append(subresource)
+        return "/".join(parts)
+
+
+CRAWLJOBS = Resource("crawljob.io", "v1alpha1", "crawljobs")
+JOBS = Resource("batch", "v1", "jobs")
+PODS = Resource("", "v1", "pods")
+EVENTS = Resource("", "v1", "events")
+
+
+@dataclass
+class Connection:
+    """Where the API is and how to authenticate to it."""
+
+    server: str
+    token: str | None = None
+    ca_file: str | None = None
+    client_cert_file: str | None = None
+    client_key_file: str | None = None
+    insecure: bool = False
+    default_namespace: str = "default"
+    _tempfiles: list[Any] = field(default_factory=list, repr=False)
+
+    def ssl_context(self) -> ssl.SSLContext | bool:
+        if not self.server.startswith("https"):
+            return True
+        if self.insecure:
+            return False
+        context = ssl.create_default_context(cafile=self.ca_file)
+        if self.client_cert_file:
+            context.load_cert_chain(self.client_cert_file, self.client_key_file)
+        return context
+
+
+def _materialize(data_b64: str, keep: list[Any]) -> str:
+    handle = tempfile.NamedTemporaryFile(prefix="crawljob-kube-", delete=False)  # noqa: SIM115
+    handle.write(base64.b64decode(data_b64))
+    handle.flush()
+    keep.append(handle)
+    return handle.name
+
+
+def connection_from_kubeconfig(path: str | Path, context_name: str | None = None) -> Connection:
+    """Read the server, credentials and namespace of one context of a kubeconfig file."""
+    config = yaml.safe_load(Path(path).read_text()) or {}
+    current = context_name or config.get("current-context")
+    contexts = {item["name"]: item.get("context", {}) for item in config.get("contexts") or []}
+    if not contexts:
+        raise ValueError(f"kubeconfig {path} has no contexts")
+    context = contexts.get(current) if current else next(iter(contexts.values()))
+    if context is None:
+        raise ValueError(f"kubeconfig {path} has no context {current!r}")
+    clusters = {item["name"]: item.get("cluster", {}) for item in config.get("clusters") or []}
+    users = {item["name"]: item.get("user", {}) or {} for item in config.get("users") or []}
+    cluster = clusters.get(context.get("cluster"), {})
+    user = users.get(context.get("user"), {})
+    keep: list[Any] = []
+    base = Path(path).parent
+
+    def file_of(key: str, source: Mapping[str, Any]) -> str | None:
+        if source.get(f"{key}-data"):
+            return _materialize(source[f"{key}-data"], keep)
+        if source.get(key):
+            return str(base / source[key])
+        return None
+
+    token = user.get("token")
+    if not token and user.get("tokenFile"):
+        token = (base / user["tokenFile"]).read_text().strip()
+    return Connection(
+        server=str(cluster.get("server", "")).rstrip("/"),
+        token=token,
+        ca_file=file_of("certificate-authority", cluster),
+        client_cert_file=file_of("client-certificate", user),
+        client_key_file=file_of("client-key", user),
+        insecure=bool(cluster.get("insecure-skip-tls-verify", False)),
+        default_namespace=context.get("namespace") or "default",
+        _tempfiles=keep,
+    )
+
+
+def connection_in_cluster(directory: Path = SERVICE_ACCOUNT_DIR, host: str = "", port: str = "") -> Connection:
+    """The pod's service-account credentials and the API address from the standard env vars."""
+    return Connection(
+        server=f"https://{host}:{port}",
+        token=(directory / "token").read_text().strip(),
+        ca_file=str(directory / "ca.crt"),
+        default_namespace=(directory / "namespace").read_text().strip()
+        if (directory / "namespace").exists()
+        else "default",
+    )
+
+
+def discover_connection(
+    server: str | None = None, kubeconfig: str | None = None, environ: Mapping[str, str] | None = None
+) -> Connection:
+    """An explicit server URL, else a kubeconfig (flag or $KUBECONFIG), else in-cluster, else ~/.kube/config."""
+    env = dict(environ or {})
+    if server:
+        return Connection(server=server.rstrip("/"), token=env.get("CRAWLJOB_KUBE_TOKEN") or None)
+    if kubeconfig or env.get("KUBECONFIG"):
+        return connection_from_kubeconfig(kubeconfig or env["KUBECONFIG"].split(":")[0])
+    if env.get("KUBERNETES_SERVICE_HOST") and (SERVICE_ACCOUNT_DIR / "token").exists():
+        return connection_in_cluster(
+            host=env["KUBERNETES_SERVICE_HOST"], port=env.get("KUBERNETES_SERVICE_PORT", "443")
+        )
+    home_config = Path.home() / ".kube" / "config"
+    if home_config.exists():
+        return connection_from_kubeconfig(home_config)
+    raise ValueError("no Kubernetes API configured: pass --kube-server or --kubeconfig, or run in a cluster")
+
+
+def _error_for(status: int, text: str) -> KubeError:
+    try:
+        message = str(json.loads(text).get("message") or text)
+    except (ValueError, AttributeError):
+        message = text
+    message = message[:500]
+    if status == 404:
+        return NotFound(status, message)
+    if status == 409:
+        return Conflict(status, message)
+    if status in (400, 422):
+        return Invalid(status, message)
+    if status == 429 or status >= 500:
+        return Unavailable(status, message)
+    return KubeError(status, message)
+
+
+class KubeClient:
+    """Async Kubernetes REST client. Use as ``async with KubeClient(connection) as kube:``."""
+
+    def __init__(self, connection: Connection, timeout: float = 10.0) -> None:
+        self.connection = connection
+        self.timeout = timeout
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> KubeClient:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        if self._session is None:
+            headers = {"Accept": "application/json", "User-Agent": "crawljob"}
+            if self.connection.token:
+                headers["Authorization"] = f"Bearer {self.connection.token}"
+            connector = aiohttp.TCPConnector(ssl=self.connection.ssl_context(), limit=64)
+            self._session = aiohttp.ClientSession(
+                base_url=None, headers=headers, connector=connector, raise_for_status=False
+            )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("KubeClient is not open")
+        return self._session
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: Body | list[Any] | None = None,
+        params: Mapping[str, str] | None = None,
+        content_type: str = "application/json",
+        timeout: float | None = None,
+    ) -> Body:
+        """One API call; the decoded JSON answer, or a KubeError subclass."""
+        url = self.connection.server + path
+        data = json.dumps(body).encode() if body is not None else None
+        headers = {"Content-Type": content_type} if data is not None else {}
+        try:
+            async with self.session.request(
+                method,
+                url,
+                data=data,
+                params=params,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=timeout or self.timeout),
+            ) as response:
+                text = await response.text()
+                if response.status >= 400:
+                    raise _error_for(response.status, text)
+                result: Body = json.loads(text) if text else {}
+                return result
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise Unavailable(0, f"cannot reach the Kubernetes API at {self.connection.server}: {exc!r}") from exc
+
+    async def create(self, resource: Resource, namespace: str, body: Body) -> Body:
+        return await self.request("POST", resource.path(namespace), body)
+
+    async def get(self, resource: Resource, namespace: str, name: str) -> Body:
+        return await self.request("GET", resource.path(namespace, name))
+
+    async def patch(
+        self, resource: Resource, namespace: str, name: str, patch: Body, subresource: str | None = None
+    ) -> Body:
+        return await self.request(
+            "PATCH",
+            resource.path(namespace, name, subresource),
+            patch,
+            content_type="application/merge-patch+json",
+        )
+
+    async def delete(
+        self, resource: Resource, namespace: str, name: str, propagation: str = "Background"
+    ) -> Body:
+        return await self.request(
+            "DELETE",
+            resource.path(namespace, name),
+            {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": propagation},
+        )
+
+    async def list(
+        self, resource: Resource, namespace: str | None, labels: Mapping[str, str] | None = None
+    ) -> list[Body]:
+        """List objects; label selectors are sent *and* checked here (the emulator ignores them)."""
+        params = {"labelSelector": ",".join(f"{k}={v}" for k, v in labels.items())} if labels else None
+        answer = await self.request("GET", resource.path(namespace), params=params)
+        items: list[Body] = answer.get("items") or []
+        if labels:
+            items = [item for item in items if _labels_match(item, labels)]
+        return items
+
+    async def watch(
+        self, resource: Resource, namespace: str | None, timeout_seconds: int = 300
+    ) -> AsyncIterator[Body]:
+        """Stream watch events ({"type", "object"}) until the server closes the stream."""
+        params = {"watch": "true", "timeoutSeconds": str(timeout_seconds)}
+        url = self.connection.server + resource.path(namespace)
+        try:
+            async with self.session.get(
+                url, params=params, timeout=aiohttp.ClientTimeout(total=None, sock_read=timeout_seconds + 30)
+            ) as response:
+                if response.status >= 400:
+                    raise _error_for(response.status, await response.text())
+                async for line in response.content:
+                    if line.strip():
+                        yield json.loads(line)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise Unavailable(0, f"watch of {resource.plural} interrupted: {exc!r}") from exc
+
+    async def ping(self) -> None:
+        """Raise Unavailable unless the API answers its version endpoint."""
+        await self.request("GET", "/version", timeout=min(self.timeout, 3.0))
+
+
+def _labels_match(obj: Body, labels: Mapping[str, str]) -> bool:
+    have = (obj.get("metadata") or {}).get("labels") or {}
+    return all(have.get(key) == value for key, value in labels.items())
+
+
+async def wait_for(
+    predicate: Any, timeout: float, interval: float = 0.1, what: str = "condition"
+) -> Any:
+    """Await an async *predicate* until it returns a truthy value (for tools and tests)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = await predicate()
+        if value:
+            return value
+        if loop.time() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+        await asyncio.sleep(interval)

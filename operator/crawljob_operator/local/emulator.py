@@ -1,0 +1,128 @@
+"""kmock's KubernetesEmulator with the few API-server behaviours crawljob and kubectl rely on.
+
+Kept in one small subclass (used by the tests and the local stack): uid, creationTimestamp,
+resourceVersion and generation on objects, kind/apiVersion on lists, label selectors on lists.
+Product code never depends on these without handling them client-side too.
+"""
+
+from __future__ import annotations
+
+import datetime
+import itertools
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp.web
+import attrs
+import kmock
+import yaml
+
+from crawljob_operator import resource
+
+_versions = itertools.count(1)
+
+
+def _now() -> str:
+    return datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _selector_matches(selector: str, labels: dict[str, str]) -> bool:
+    for term in filter(None, (part.strip() for part in selector.split(","))):
+        if "!=" in term:
+            key, value = term.split("!=", 1)
+            if labels.get(key.strip()) == value.strip():
+                return False
+        elif "=" in term:
+            key, value = term.replace("==", "=").split("=", 1)
+            if labels.get(key.strip()) != value.strip():
+                return False
+        elif term.startswith("!"):
+            if term[1:] in labels:
+                return False
+        elif term not in labels:
+            return False
+    return True
+
+
+@attrs.define(kw_only=True)
+class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
+    """KubernetesEmulator + object metadata bookkeeping + list kinds + label selectors."""
+
+    async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        data = request.data
+        if request.resource is not None and isinstance(data, dict):
+            metadata = data.setdefault("metadata", {})
+            if request.action == kmock.action.CREATE:
+                metadata.setdefault("uid", str(uuid.uuid4()))
+                metadata.setdefault("creationTimestamp", _now())
+                metadata["generation"] = 1
+                metadata["resourceVersion"] = str(next(_versions))
+                if request.namespace and not metadata.get("namespace"):
+                    metadata["namespace"] = request.namespace
+            elif request.action == kmock.action.UPDATE and request.name is not None:
+                metadata["resourceVersion"] = str(next(_versions))
+                if request.subresource is None and "spec" in data:
+                    current = self._current(request)
+                    if current is not None:
+                        generation = int((current.get("metadata") or {}).get("generation") or 1)
+                        metadata["generation"] = generation + 1
+        return await super()._handle(request)  # type: ignore[no-any-return]
+
+    def _current(self, request: kmock.Request) -> dict[str, Any] | None:
+        for (res, namespace, name), obj in self.objects.items():
+            if res == request.resource and namespace == request.namespace and name == request.name:
+                return None if obj.deleted else dict(obj.raw)
+        return None
+
+    async def _serve_list(self, request: kmock.Request) -> Any:
+        answer = await super()._serve_list(request)
+        info = self.resources.get(request.resource) if request.resource is not None else None
+        kind = getattr(info, "kind", None)
+        if kind:
+            answer["kind"] = f"{kind}List"
+            group = request.resource.group
+            answer["apiVersion"] = f"{group}/{request.resource.version}" if group else request.resource.version
+        answer["metadata"] = {"resourceVersion": str(next(_versions))}
+        selector = request.params.get("labelSelector")
+        if selector:
+            answer["items"] = [
+                item
+                for item in answer["items"]
+                if _selector_matches(selector, (item.get("metadata") or {}).get("labels") or {})
+            ]
+        return answer
+
+
+def register_crawljob_crd(emulator: kmock.KubernetesEmulator) -> None:
+    """Declare the CrawlJob resource in the emulator from the chart's CRD (the single source)."""
+    crd = yaml.safe_load(resource.crd_path().read_text())
+    names = crd["spec"]["names"]
+    for version in crd["spec"]["versions"]:
+        key = f"{crd['spec']['group']}/{version['name']}/{names['plural']}"
+        emulator.resources[key] = kmock.ResourceInfo(
+            kind=names["kind"],
+            singular=names.get("singular"),
+            namespaced=crd["spec"]["scope"] == "Namespaced",
+            shortnames=set(names.get("shortNames", [])),
+            categories=set(names.get("categories", [])),
+            verbs={"get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"},
+            subresources=set((version.get("subresources") or {}).keys()),
+        )
+
+
+def make_emulator() -> Emulator:
+    """An emulator with the built-in resources (jobs, pods, events, …) and the CrawlJob CRD."""
+    emulator = Emulator()
+    emulator.resources.load_bundled()
+    register_crawljob_crd(emulator)
+    return emulator
+
+
+@asynccontextmanager
+async def serve_emulator(host: str = "127.0.0.1", port: int | None = None) -> AsyncIterator[tuple[Emulator, str]]:
+    """Run the emulator on loopback; yields it and its base URL (no trailing slash)."""
+    emulator = make_emulator()
+    async with emulator, kmock.Server(emulator, host=host, port=port) as server:
+        yield emulator, str(server.url).rstrip("/")

@@ -1,0 +1,111 @@
+"""CrawlJob constants and deterministic naming (pure: no I/O)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+
+GROUP = "crawljob.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "CrawlJob"
+PLURAL = "crawljobs"
+SHORT_NAME = "cj"
+
+# Labels put on every Job and Pod the operator makes, so they can be found again.
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_CRAWLJOB = "crawljob.io/crawljob"
+MANAGED_BY = "crawljob-operator"
+
+# The Job name must leave room for the pod suffix the Job controller appends ("-" + 5 chars),
+# and pods carry a "job-name" label (≤ 63). 52 keeps Indexed Job pod names valid too.
+MAX_NAME_LENGTH = 52
+HASH_LENGTH = 10
+
+PHASES = ("Pending", "Queued", "Running", "Succeeded", "Failed", "Cancelled", "Superseded")
+TERMINAL_PHASES = frozenset({"Succeeded", "Failed", "Cancelled", "Superseded"})
+
+_NOT_DNS = re.compile(r"[^a-z0-9]+")
+
+
+@dataclass(frozen=True)
+class ObjectRef:
+    """One S3 object version named by an event: what a CrawlJob processes."""
+
+    bucket: str
+    key: str  # decoded, as S3 shows it
+    version_id: str | None = None
+    etag: str | None = None
+    size: int | None = None
+    sequencer: str | None = None
+    event_time: str | None = None
+
+    def identity(self) -> str:
+        """The version discriminator used for naming: versionId, else eTag, else sequencer."""
+        return self.version_id or (self.etag or "").strip('"') or self.sequencer or ""
+
+
+def slugify(text: str, limit: int) -> str:
+    """A readable DNS-label fragment of *text*: lowercase ASCII letters, digits and single dashes."""
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
+    slug = _NOT_DNS.sub("-", ascii_text.lower()).strip("-")
+    return slug[:limit].strip("-")
+
+
+def crawljob_name(ref: ObjectRef) -> str:
+    """Deterministic CrawlJob (and Job) name: slug of the key's file name + hash of the identity.
+
+    The same event delivered twice gives the same name (so the create is a 409, a duplicate);
+    another version of the same key gives another name.
+    """
+    digest = hashlib.sha256(
+        "\0".join((ref.bucket, ref.key, ref.identity())).encode("utf-8", "surrogatepass")
+    ).hexdigest()[:HASH_LENGTH]
+    base_name = ref.key.rstrip("/").rsplit("/", 1)[-1]
+    slug = slugify(base_name, MAX_NAME_LENGTH - HASH_LENGTH - 1)
+    if not slug or not slug[0].isalpha():
+        slug = ("cj-" + slug)[: MAX_NAME_LENGTH - HASH_LENGTH - 1].strip("-")
+    return f"{slug}-{digest}"
+
+
+def crawljob_manifest(
+    ref: ObjectRef,
+    namespace: str,
+    raw_key: str | None = None,
+    labels: dict[str, str] | None = None,
+) -> dict[str, object]:
+    """The CrawlJob body the receiver creates for one object (spec defaults are the operator's)."""
+    source: dict[str, object] = {"bucket": ref.bucket, "key": ref.key}
+    if ref.version_id:
+        source["versionId"] = ref.version_id
+    if ref.etag:
+        source["eTag"] = ref.etag.strip('"')
+    if ref.size is not None:
+        source["size"] = ref.size
+    if ref.sequencer:
+        source["sequencer"] = ref.sequencer
+    if ref.event_time:
+        source["eventTime"] = ref.event_time
+    annotations = {"crawljob.io/raw-key": raw_key} if raw_key is not None and raw_key != ref.key else {}
+    metadata: dict[str, object] = {
+        "name": crawljob_name(ref),
+        "namespace": namespace,
+        "labels": {LABEL_NAME: "crawljob", **(labels or {})},
+    }
+    if annotations:
+        metadata["annotations"] = annotations
+    return {"apiVersion": API_VERSION, "kind": KIND, "metadata": metadata, "spec": {"source": source}}
+
+
+def crd_path() -> Path:
+    """Where the chart keeps the CRD: the single source of it (source tree or installed share/)."""
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        candidate = parent / "charts" / "crawljob" / "crds" / "crawljobs.crawljob.io.yaml"
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError("charts/crawljob/crds/crawljobs.crawljob.io.yaml not found above " + str(here))

@@ -1,0 +1,52 @@
+"""The emulator subclass behaves like an API server where crawljob relies on it."""
+
+import pytest
+
+from crawljob_operator import kube
+from crawljob_operator.local.emulator import Emulator
+
+
+def _crawljob(name: str) -> dict[str, object]:
+    return {
+        "apiVersion": "crawljob.io/v1alpha1",
+        "kind": "CrawlJob",
+        "metadata": {"name": name},
+        "spec": {"source": {"bucket": "b", "key": "k.csv"}},
+    }
+
+
+async def test_create_assigns_uid_and_a_second_create_conflicts(kube_client: kube.KubeClient) -> None:
+    created = await kube_client.create(kube.CRAWLJOBS, "default", _crawljob("one"))
+    assert created["metadata"]["uid"]
+    assert created["metadata"]["creationTimestamp"]
+    with pytest.raises(kube.Conflict):
+        await kube_client.create(kube.CRAWLJOBS, "default", _crawljob("one"))
+
+
+async def test_status_patch_merges_and_list_filters_by_label(
+    kube_client: kube.KubeClient, emulator: tuple[Emulator, str]
+) -> None:
+    await kube_client.create(kube.CRAWLJOBS, "default", _crawljob("two"))
+    await kube_client.patch(kube.CRAWLJOBS, "default", "two", {"status": {"phase": "Running"}}, "status")
+    await kube_client.patch(kube.CRAWLJOBS, "default", "two", {"status": {"progress": {"percent": "5%"}}}, "status")
+    got = await kube_client.get(kube.CRAWLJOBS, "default", "two")
+    assert got["status"] == {"phase": "Running", "progress": {"percent": "5%"}}
+    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "j", "labels": {"a": "b"}}, "spec": {}}
+    await kube_client.create(kube.JOBS, "default", job)
+    other = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "k", "labels": {"a": "c"}}, "spec": {}}
+    await kube_client.create(kube.JOBS, "default", other)
+    assert [item["metadata"]["name"] for item in await kube_client.list(kube.JOBS, "default", {"a": "b"})] == ["j"]
+    raw = await kube_client.request("GET", kube.JOBS.path("default"), params={"labelSelector": "a=c"})
+    assert raw["kind"] == "JobList"
+    assert [item["metadata"]["name"] for item in raw["items"]] == ["k"]
+
+
+async def test_missing_object_is_not_found(kube_client: kube.KubeClient) -> None:
+    with pytest.raises(kube.NotFound):
+        await kube_client.get(kube.CRAWLJOBS, "default", "absent")
+
+
+async def test_unreachable_api_is_unavailable() -> None:
+    async with kube.KubeClient(kube.Connection(server="http://127.0.0.1:9"), timeout=2) as client:
+        with pytest.raises(kube.Unavailable):
+            await client.get(kube.CRAWLJOBS, "default", "x")

@@ -47,7 +47,7 @@ def _selector_matches(selector: str, labels: dict[str, str]) -> bool:
 
 
 @attrs.define(kw_only=True)
-class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
+class Emulator(kmock.KubernetesEmulator):
     """KubernetesEmulator + object metadata bookkeeping + list kinds + label selectors."""
 
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
@@ -68,7 +68,7 @@ class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
                     if current is not None:
                         generation = int((current.get("metadata") or {}).get("generation") or 1)
                         metadata["generation"] = generation + 1
-        return await super()._handle(request)  # type: ignore[no-any-return]
+        return await super()._handle(request)
 
     def _current(self, request: kmock.Request) -> dict[str, Any] | None:
         for (res, namespace, name), obj in self.objects.items():
@@ -77,13 +77,14 @@ class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         return None
 
     async def _serve_list(self, request: kmock.Request) -> Any:
-        answer = await super()._serve_list(request)
-        info = self.resources.get(request.resource) if request.resource is not None else None
+        answer = dict(await super()._serve_list(request))  # type: ignore[arg-type]
+        requested = request.resource
+        info = self.resources.get(requested) if requested is not None else None
         kind = getattr(info, "kind", None)
-        if kind:
+        if kind and requested is not None:
             answer["kind"] = f"{kind}List"
-            group = request.resource.group
-            answer["apiVersion"] = f"{group}/{request.resource.version}" if group else request.resource.version
+            group = requested.group
+            answer["apiVersion"] = f"{group}/{requested.version}" if group else requested.version
         answer["metadata"] = {"resourceVersion": str(next(_versions))}
         selector = request.params.get("labelSelector")
         if selector:
@@ -121,7 +122,9 @@ def make_emulator() -> Emulator:
 
 
 @asynccontextmanager
-async def serve_emulator(host: str = "127.0.0.1", port: int | None = None) -> AsyncIterator[tuple[Emulator, str]]:
+async def serve_emulator(
+    host: str = "127.0.0.1", port: int | None = None
+) -> AsyncIterator[tuple[Emulator, str]]:
     """Run the emulator on loopback; yields it and its base URL (no trailing slash)."""
     emulator = make_emulator()
     async with emulator, kmock.Server(emulator, host=host, port=port) as server:

@@ -255,7 +255,7 @@ def _json_arg(name: str, value: str | None, kind: type) -> object:
     if value in (None, ""):
         return None
     try:
-        parsed = json.loads(value)  # type: ignore[arg-type]
+        parsed = json.loads(value)
     except ValueError as exc:
         raise ValueError(f"--{name} is not valid JSON: {exc}") from exc
     if not isinstance(parsed, kind):
@@ -267,7 +267,7 @@ def _optional_int(name: str, value: str | None, minimum: int = 0) -> int | None:
     if value in (None, ""):
         return None
     try:
-        number = int(value)  # type: ignore[arg-type]
+        number = int(value)
     except ValueError as exc:
         raise ValueError(f"--{name} must be an integer, got {value!r}") from exc
     if number < minimum:
@@ -288,44 +288,96 @@ def operator_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         return env_default(environ, name, None if default is None else str(default))
 
     worker = parser.add_argument_group("worker Jobs")
-    worker.add_argument("--worker-image", default=env("WORKER_IMAGE", defaults.worker_image),
-                        help="worker image (CRAWLJOB_WORKER_IMAGE)")
-    worker.add_argument("--worker-command", default=env("WORKER_COMMAND", '["crawljob-worker"]'),
-                        help='container command as a JSON list (CRAWLJOB_WORKER_COMMAND)')
-    worker.add_argument("--worker-service-account", default=env("WORKER_SERVICE_ACCOUNT"),
-                        help="service account of worker pods (CRAWLJOB_WORKER_SERVICE_ACCOUNT)")
-    worker.add_argument("--worker-resources", default=env("WORKER_RESOURCES"),
-                        help='container resources as JSON, e.g. {"requests": {"memory": "512Mi"}} '
-                        "(CRAWLJOB_WORKER_RESOURCES)")
-    worker.add_argument("--worker-env", default=env("WORKER_ENV"),
-                        help="JSON list of EnvVar objects added to every worker (CRAWLJOB_WORKER_ENV)")
-    worker.add_argument("--worker-security-context", default=env("WORKER_SECURITY_CONTEXT"),
-                        help="pod securityContext as JSON (CRAWLJOB_WORKER_SECURITY_CONTEXT)")
-    worker.add_argument("--default-output-uri", default=env("DEFAULT_OUTPUT_URI"),
-                        help="outputs go under <uri>/<crawljob name>/; default "
-                        "s3://<source bucket>/crawljob-output/<name>/ (CRAWLJOB_DEFAULT_OUTPUT_URI)")
-    worker.add_argument("--backoff-limit", default=env("BACKOFF_LIMIT", defaults.backoff_limit),
-                        help="retries of retryable worker failures (CRAWLJOB_BACKOFF_LIMIT)")
-    worker.add_argument("--active-deadline-seconds", default=env("ACTIVE_DEADLINE_SECONDS"),
-                        help="default wall-clock limit of a Job (CRAWLJOB_ACTIVE_DEADLINE_SECONDS)")
-    worker.add_argument("--job-ttl-seconds", default=env("JOB_TTL_SECONDS", defaults.job_ttl_seconds),
-                        help="ttlSecondsAfterFinished of Jobs (CRAWLJOB_JOB_TTL_SECONDS)")
+    worker.add_argument(
+        "--worker-image",
+        default=env("WORKER_IMAGE", defaults.worker_image),
+        help="worker image (CRAWLJOB_WORKER_IMAGE)",
+    )
+    worker.add_argument(
+        "--worker-command",
+        default=env("WORKER_COMMAND", '["crawljob-worker"]'),
+        help="container command as a JSON list (CRAWLJOB_WORKER_COMMAND)",
+    )
+    worker.add_argument(
+        "--worker-service-account",
+        default=env("WORKER_SERVICE_ACCOUNT"),
+        help="service account of worker pods (CRAWLJOB_WORKER_SERVICE_ACCOUNT)",
+    )
+    worker.add_argument(
+        "--worker-resources",
+        default=env("WORKER_RESOURCES"),
+        help='container resources as JSON, e.g. {"requests": {"memory": "512Mi"}} '
+        "(CRAWLJOB_WORKER_RESOURCES)",
+    )
+    worker.add_argument(
+        "--worker-env",
+        default=env("WORKER_ENV"),
+        help="JSON list of EnvVar objects added to every worker (CRAWLJOB_WORKER_ENV)",
+    )
+    worker.add_argument(
+        "--worker-security-context",
+        default=env("WORKER_SECURITY_CONTEXT"),
+        help="pod securityContext as JSON (CRAWLJOB_WORKER_SECURITY_CONTEXT)",
+    )
+    worker.add_argument(
+        "--default-output-uri",
+        default=env("DEFAULT_OUTPUT_URI"),
+        help="outputs go under <uri>/<crawljob name>/; default "
+        "s3://<source bucket>/crawljob-output/<name>/ (CRAWLJOB_DEFAULT_OUTPUT_URI)",
+    )
+    worker.add_argument(
+        "--backoff-limit",
+        default=env("BACKOFF_LIMIT", defaults.backoff_limit),
+        help="retries of retryable worker failures (CRAWLJOB_BACKOFF_LIMIT)",
+    )
+    worker.add_argument(
+        "--active-deadline-seconds",
+        default=env("ACTIVE_DEADLINE_SECONDS"),
+        help="default wall-clock limit of a Job (CRAWLJOB_ACTIVE_DEADLINE_SECONDS)",
+    )
+    worker.add_argument(
+        "--job-ttl-seconds",
+        default=env("JOB_TTL_SECONDS", defaults.job_ttl_seconds),
+        help="ttlSecondsAfterFinished of Jobs (CRAWLJOB_JOB_TTL_SECONDS)",
+    )
     queue = parser.add_argument_group("queue and garbage collection")
-    queue.add_argument("--max-active", default=env("MAX_ACTIVE", defaults.max_active),
-                       help="at most this many Jobs run at once; others wait Queued (CRAWLJOB_MAX_ACTIVE)")
-    queue.add_argument("--finished-ttl-seconds", default=env("FINISHED_TTL_SECONDS"),
-                       help="delete finished CrawlJobs this long after completion (CRAWLJOB_FINISHED_TTL_SECONDS)")
-    queue.add_argument("--successful-history-limit", default=env("SUCCESSFUL_HISTORY_LIMIT"),
-                       help="keep at most this many Succeeded CrawlJobs (CRAWLJOB_SUCCESSFUL_HISTORY_LIMIT)")
-    queue.add_argument("--failed-history-limit", default=env("FAILED_HISTORY_LIMIT"),
-                       help="keep at most this many Failed CrawlJobs (CRAWLJOB_FAILED_HISTORY_LIMIT)")
-    queue.add_argument("--resync-seconds", default=env("RESYNC_SECONDS", defaults.resync_seconds),
-                       help="full reconcile + GC period (CRAWLJOB_RESYNC_SECONDS)")
+    queue.add_argument(
+        "--max-active",
+        default=env("MAX_ACTIVE", defaults.max_active),
+        help="at most this many Jobs run at once; others wait Queued (CRAWLJOB_MAX_ACTIVE)",
+    )
+    queue.add_argument(
+        "--finished-ttl-seconds",
+        default=env("FINISHED_TTL_SECONDS"),
+        help="delete finished CrawlJobs this long after completion (CRAWLJOB_FINISHED_TTL_SECONDS)",
+    )
+    queue.add_argument(
+        "--successful-history-limit",
+        default=env("SUCCESSFUL_HISTORY_LIMIT"),
+        help="keep at most this many Succeeded CrawlJobs (CRAWLJOB_SUCCESSFUL_HISTORY_LIMIT)",
+    )
+    queue.add_argument(
+        "--failed-history-limit",
+        default=env("FAILED_HISTORY_LIMIT"),
+        help="keep at most this many Failed CrawlJobs (CRAWLJOB_FAILED_HISTORY_LIMIT)",
+    )
+    queue.add_argument(
+        "--resync-seconds",
+        default=env("RESYNC_SECONDS", defaults.resync_seconds),
+        help="full reconcile + GC period (CRAWLJOB_RESYNC_SECONDS)",
+    )
     ops = parser.add_argument_group("operations")
-    ops.add_argument("--health-port", default=env("HEALTH_PORT", defaults.health_port),
-                     help="port of /healthz and /metrics (CRAWLJOB_HEALTH_PORT; 0 disables)")
-    ops.add_argument("--log-format", choices=("json", "text"), default=env("LOG_FORMAT", "json"),
-                     help="log lines as JSON or text (CRAWLJOB_LOG_FORMAT)")
+    ops.add_argument(
+        "--health-port",
+        default=env("HEALTH_PORT", defaults.health_port),
+        help="port of /healthz and /metrics (CRAWLJOB_HEALTH_PORT; 0 disables)",
+    )
+    ops.add_argument(
+        "--log-format",
+        choices=("json", "text"),
+        default=env("LOG_FORMAT", "json"),
+        help="log lines as JSON or text (CRAWLJOB_LOG_FORMAT)",
+    )
     add_kube_flags(parser, environ)
     return parser
 

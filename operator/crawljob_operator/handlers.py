@@ -47,8 +47,8 @@ def _key(body: Mapping[str, Any]) -> Key:
 def _version(body: Mapping[str, Any]) -> int | None:
     value = (body.get("metadata") or {}).get("resourceVersion")
     try:
-        return int(value)
-    except (TypeError, ValueError):
+        return int(str(value))
+    except ValueError:
         return None
 
 
@@ -95,8 +95,8 @@ class State:
         return [
             pod
             for (pod_namespace, _), pod in self.pods.items()
-            if pod_namespace == namespace and ((pod.get("metadata") or {}).get("labels") or {}).get("job-name")
-            == job_name
+            if pod_namespace == namespace
+            and ((pod.get("metadata") or {}).get("labels") or {}).get("job-name") == job_name
         ]
 
     def jobs_of(self, namespace: str, crawljob_name: str) -> list[Body]:
@@ -104,7 +104,8 @@ class State:
             job
             for (job_namespace, _), job in self.jobs.items()
             if job_namespace == namespace
-            and ((job.get("metadata") or {}).get("labels") or {}).get(resource.LABEL_CRAWLJOB) == crawljob_name
+            and ((job.get("metadata") or {}).get("labels") or {}).get(resource.LABEL_CRAWLJOB)
+            == crawljob_name
         ]
 
 
@@ -116,7 +117,9 @@ def get_state(memo: Any) -> State:
 # ---- reconciling one CrawlJob ----
 
 
-async def post_event(state: State, crawljob: Mapping[str, Any], reason: str, message: str, warning: bool) -> None:
+async def post_event(
+    state: State, crawljob: Mapping[str, Any], reason: str, message: str, warning: bool
+) -> None:
     """A Kubernetes Event on the CrawlJob (best effort: failures are logged, never raised)."""
     metadata = crawljob.get("metadata") or {}
     namespace = str(metadata.get("namespace") or "default")
@@ -151,7 +154,9 @@ async def post_event(state: State, crawljob: Mapping[str, Any], reason: str, mes
         log.warning("cannot post event %s on %s: %s", reason, metadata.get("name"), exc)
 
 
-async def write_status(state: State, crawljob: Body, observation: status.Observation, job_name: str | None) -> Body:
+async def write_status(
+    state: State, crawljob: Body, observation: status.Observation, job_name: str | None
+) -> Body:
     """Patch the CrawlJob's status to match *observation*; post an Event when the phase or reason changes."""
     current = crawljob.get("status") or {}
     metadata = crawljob.get("metadata") or {}
@@ -173,7 +178,11 @@ async def write_status(state: State, crawljob: Body, observation: status.Observa
     transitioned = current.get("phase") != observation.phase or current.get("reason") != observation.reason
     if transitioned:
         log.info(
-            "%s: %s (%s) %s", name, observation.phase, observation.reason, observation.message,
+            "%s: %s (%s) %s",
+            name,
+            observation.phase,
+            observation.reason,
+            observation.message,
             extra={"crawljob": name, "namespace": namespace, "phase": observation.phase},
         )
         state.metrics.transitions.labels(observation.phase, observation.reason).inc()
@@ -182,8 +191,13 @@ async def write_status(state: State, crawljob: Body, observation: status.Observa
             finished = gc.parse_time(observation.completion_time)
             if started and finished:
                 state.metrics.duration.labels(observation.phase).observe((finished - started).total_seconds())
-        await post_event(state, crawljob, observation.reason, f"{observation.phase}: {observation.message}",
-                         observation.warning)
+        await post_event(
+            state,
+            crawljob,
+            observation.reason,
+            f"{observation.phase}: {observation.message}",
+            observation.warning,
+        )
     return updated if updated.get("metadata") else crawljob
 
 
@@ -236,7 +250,9 @@ async def _maybe_rerun(state: State, crawljob: Body) -> Body:
     namespace, name = _key(crawljob)
     if not status.is_terminal(current.get("phase")):
         patch: Body = {"rerunToken": token}
-        message = f"re-run {token!r} ignored: the crawl has not finished (phase {current.get('phase') or 'new'})"
+        message = (
+            f"re-run {token!r} ignored: the crawl has not finished (phase {current.get('phase') or 'new'})"
+        )
         reason, warning = "RerunIgnored", True
     else:
         run = jobs.run_number(crawljob) + 1
@@ -322,7 +338,9 @@ async def schedule(state: State) -> None:
     state.metrics.queue_length.set(len(plan.positions))
     state.metrics.active.set(plan.active)
     for name in plan.admit:
-        crawljob = next(body for key, body in state.crawljobs.items() if key[1] == name and _needs_job(state, body)[1])
+        crawljob = next(
+            body for key, body in state.crawljobs.items() if key[1] == name and _needs_job(state, body)[1]
+        )
         state.creating.add(_key(crawljob))
         state.spawn(create_job(state, _key(crawljob)))
     for name, position in plan.positions.items():
@@ -355,14 +373,17 @@ async def create_job(state: State, key: Key) -> None:
             try:
                 manifest = jobs.build_job(crawljob, state.settings)
             except (KeyError, TypeError, ValueError) as exc:
-                await write_status(state, crawljob, status.invalid_spec(f"cannot build the Job: {exc!r}", _now()),
-                                   None)
+                await write_status(
+                    state, crawljob, status.invalid_spec(f"cannot build the Job: {exc!r}", _now()), None
+                )
                 return
             job_name = manifest["metadata"]["name"]
             try:
                 created = await state.client.create(kube.JOBS, namespace, manifest)
                 state.metrics.jobs_created.inc()
-                event_time = gc.parse_time(((crawljob.get("spec") or {}).get("source") or {}).get("eventTime"))
+                event_time = gc.parse_time(
+                    ((crawljob.get("spec") or {}).get("source") or {}).get("eventTime")
+                )
                 if event_time is not None:
                     lag = (datetime.datetime.now(tz=datetime.UTC) - event_time).total_seconds()
                     state.metrics.start_lag.observe(max(0.0, lag))
@@ -375,8 +396,9 @@ async def create_job(state: State, key: Key) -> None:
                 state.metrics.jobs_adopted.inc()
                 log.info("%s: adopted existing Job %s", name, job_name, extra={"crawljob": name})
             except kube.Invalid as exc:
-                await write_status(state, crawljob, status.invalid_spec(f"the Job was refused: {exc}", _now()),
-                                   None)
+                await write_status(
+                    state, crawljob, status.invalid_spec(f"the Job was refused: {exc}", _now()), None
+                )
                 return
             state.remember(state.jobs, created)
             observation = status.observe(created, state.pods_of(namespace, job_name), _now())
@@ -435,8 +457,10 @@ async def resync(state: State) -> None:
 async def collect_garbage(state: State) -> None:
     """Delete finished CrawlJobs past the TTL or beyond the history limits (their Jobs follow)."""
     settings = state.settings
-    if settings.finished_ttl_seconds is None and settings.successful_history_limit is None and (
-        settings.failed_history_limit is None
+    if (
+        settings.finished_ttl_seconds is None
+        and settings.successful_history_limit is None
+        and (settings.failed_history_limit is None)
     ):
         return
     by_namespace: dict[str, list[Body]] = defaultdict(list)
@@ -445,15 +469,21 @@ async def collect_garbage(state: State) -> None:
     now = datetime.datetime.now(tz=datetime.UTC)
     for namespace, items in by_namespace.items():
         doomed = gc.select_for_deletion(
-            items, now, settings.finished_ttl_seconds, settings.successful_history_limit,
+            items,
+            now,
+            settings.finished_ttl_seconds,
+            settings.successful_history_limit,
             settings.failed_history_limit,
         )
         for name in doomed:
             try:
                 await state.client.delete(kube.CRAWLJOBS, namespace, name, propagation="Background")
                 state.metrics.garbage_collected.inc()
-                log.info("%s: garbage-collected (finished, past TTL or history limit)", name,
-                         extra={"crawljob": name})
+                log.info(
+                    "%s: garbage-collected (finished, past TTL or history limit)",
+                    name,
+                    extra={"crawljob": name},
+                )
             except kube.NotFound:
                 pass
             except kube.KubeError as exc:

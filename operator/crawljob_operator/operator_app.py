@@ -91,9 +91,7 @@ def build_registry(settings: OperatorSettings, connection: kube.Connection) -> k
         if own.health_port:
             runner = await start_health_server(state, own)
             memo["health_runner"] = runner
-        log.info(
-            "operator started: namespace=%s max_active=%d", own.namespace or "<all>", own.max_active
-        )
+        log.info("operator started: namespace=%s max_active=%d", own.namespace or "<all>", own.max_active)
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(memo: Any, **_: Any) -> None:
@@ -134,7 +132,9 @@ async def start_health_server(state: handlers.State, settings: OperatorSettings)
         return web.json_response(body, status=200 if healthy else 503)
 
     async def metrics(_: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(state.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(
+            body=generate_latest(state.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
 
     app = web.Application()
     app.router.add_get("/healthz", healthz)
@@ -145,7 +145,9 @@ async def start_health_server(state: handlers.State, settings: OperatorSettings)
     return runner
 
 
-async def run_operator(settings: OperatorSettings, connection: kube.Connection, stop_flag: Any = None) -> None:
+async def run_operator(
+    settings: OperatorSettings, connection: kube.Connection, stop_flag: Any = None
+) -> None:
     """Run the operator until stopped (by a signal or *stop_flag*)."""
     registry = build_registry(settings, connection)
     await kopf.operator(

@@ -38,7 +38,9 @@ def plan(candidates: Iterable[Candidate], max_active: int) -> Plan:
     items = list(candidates)
     active = sum(1 for item in items if item.active)
     free = max(0, max_active - active)
-    waiting = sorted((item for item in items if item.waiting and not item.active), key=lambda item: item.order)
+    waiting = sorted(
+        (item for item in items if item.waiting and not item.active), key=lambda item: item.order
+    )
     admit = tuple(item.name for item in waiting[:free])
     positions = {item.name: index + 1 for index, item in enumerate(waiting[free:])}
     return Plan(admit=admit, positions=positions, active=active + len(admit))

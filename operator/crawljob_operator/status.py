@@ -20,7 +20,10 @@ EXIT_CODES: Mapping[int, tuple[str, str]] = {
     2: ("InvalidArguments", "the worker rejected its arguments or configuration; fix the CrawlJob spec"),
     3: ("BadInput", "the source is not readable CSV (binary, undecodable or unsupported compression)"),
     4: ("SourceNotFound", "the source object is missing or access to it was denied"),
-    5: ("RejectThresholdExceeded", "more rows were rejected than maxRejectRatio allows (rejects were written)"),
+    5: (
+        "RejectThresholdExceeded",
+        "more rows were rejected than maxRejectRatio allows (rejects were written)",
+    ),
     6: ("OutputForbidden", "the worker cannot write to the output location"),
     75: ("Transient", "S3 was unreachable or throttled beyond the worker's retry budget"),
 }
@@ -88,12 +91,16 @@ def parse_termination_message(text: str | None) -> TerminationMessage:
         return TerminationMessage({}, None, "the worker left no termination message")
     try:
         data = json.loads(text)
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:
         snippet = text.strip().replace("\n", " ")[:120]
         kind = "truncated" if text.strip().startswith("{") and not text.strip().endswith("}") else "invalid"
-        return TerminationMessage({}, None, f"the worker's termination message is {kind} JSON ({exc.msg}): {snippet!r}")
+        return TerminationMessage(
+            {}, None, f"the worker's termination message is {kind} JSON ({exc.msg}): {snippet!r}"
+        )
     if not isinstance(data, dict):
-        return TerminationMessage({}, None, f"the worker's termination message is not a JSON object: {text[:120]!r}")
+        return TerminationMessage(
+            {}, None, f"the worker's termination message is not a JSON object: {text[:120]!r}"
+        )
     result: Body = {}
     for name in RESULT_FIELDS:
         value = data.get(name)
@@ -147,8 +154,8 @@ def describe_pod_failure(pod: Mapping[str, Any]) -> tuple[str, str]:
     if terminated.get("reason") == "OOMKilled":
         return (
             "OOMKilled",
-            "the worker ran out of memory (OOMKilled, exit code %d); raise "
-            "spec.jobTemplate.resources.limits.memory or the operator's worker resources" % exit_code,
+            f"the worker ran out of memory (OOMKilled, exit code {exit_code}); raise "
+            "spec.jobTemplate.resources.limits.memory or the operator's worker resources",
         )
     parsed = parse_termination_message(terminated.get("message"))
     known = EXIT_CODES.get(exit_code)
@@ -172,7 +179,9 @@ def observe(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], now: str)
     ordered = sorted(pods, key=_pod_order)
     attempts = max(
         len(ordered),
-        int(job_status.get("succeeded") or 0) + int(job_status.get("failed") or 0) + int(job_status.get("active") or 0),
+        int(job_status.get("succeeded") or 0)
+        + int(job_status.get("failed") or 0)
+        + int(job_status.get("active") or 0),
     )
     start = job_status.get("startTime")
     complete = _job_condition(job, "Complete") or _job_condition(job, "SuccessCriteriaMet")
@@ -204,14 +213,20 @@ def observe(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], now: str)
     if failed is not None:
         finished = failed.get("lastTransitionTime") or now
         job_reason = str(failed.get("reason") or "JobFailed")
-        failed_pods = [pod for pod in ordered if (pod.get("status") or {}).get("phase") == "Failed" or (
-            (_terminated(pod) or {}).get("exitCode") not in (None, 0))]
+        failed_pods = [
+            pod
+            for pod in ordered
+            if (pod.get("status") or {}).get("phase") == "Failed"
+            or ((_terminated(pod) or {}).get("exitCode") not in (None, 0))
+        ]
         pod_reason, pod_message = describe_pod_failure(failed_pods[-1]) if failed_pods else ("", "")
         backoff = (job.get("spec") or {}).get("backoffLimit")
         if job_reason == "DeadlineExceeded":
             deadline = (job.get("spec") or {}).get("activeDeadlineSeconds")
             reason = "DeadlineExceeded"
-            message = f"the crawl ran longer than its deadline (activeDeadlineSeconds={deadline}) and was stopped"
+            message = (
+                f"the crawl ran longer than its deadline (activeDeadlineSeconds={deadline}) and was stopped"
+            )
         elif job_reason == "PodFailurePolicy":
             reason = pod_reason or "PodFailurePolicy"
             message = (pod_message or str(failed.get("message") or "")) + "; not retried (permanent failure)"
@@ -241,12 +256,15 @@ def observe(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], now: str)
                 warning=True,
             )
     running = [pod for pod in ordered if (pod.get("status") or {}).get("phase") == "Running"]
-    if running or int(job_status.get("active") or 0) > 0 and any(
-        (_container_status(pod).get("state") or {}).get("running") for pod in ordered
+    if running or (
+        int(job_status.get("active") or 0) > 0
+        and any((_container_status(pod).get("state") or {}).get("running") for pod in ordered)
     ):
         retry = f" (attempt {attempts})" if attempts > 1 else ""
         return Observation("Running", "WorkerRunning", f"the worker is running{retry}", attempts, start)
-    return Observation("Pending", "JobCreated", "the Job is created; waiting for the worker pod to start", attempts, start)
+    return Observation(
+        "Pending", "JobCreated", "the Job is created; waiting for the worker pod to start", attempts, start
+    )
 
 
 def queued(position: int, queue_length: int, max_active: int) -> Observation:
@@ -286,15 +304,42 @@ def desired_status(
     current = current or {}
     conds: list[Body] = list(current.get("conditions") or [])
     phase, reason, message = observation.phase, observation.reason, observation.message
-    conds = conditions.set_condition(conds, "Queued", phase == "Queued", reason if phase == "Queued" else "Admitted",
-                                     message if phase == "Queued" else "", now, generation)
-    conds = conditions.set_condition(conds, "Running", phase == "Running", reason if phase == "Running" else phase,
-                                     message if phase == "Running" else "", now, generation)
-    conds = conditions.set_condition(conds, "Complete", phase == "Succeeded",
-                                     reason if phase == "Succeeded" else "NotComplete",
-                                     message if phase == "Succeeded" else "", now, generation)
-    conds = conditions.set_condition(conds, "Failed", phase == "Failed", reason if phase == "Failed" else "NotFailed",
-                                     message if phase == "Failed" else "", now, generation)
+    conds = conditions.set_condition(
+        conds,
+        "Queued",
+        phase == "Queued",
+        reason if phase == "Queued" else "Admitted",
+        message if phase == "Queued" else "",
+        now,
+        generation,
+    )
+    conds = conditions.set_condition(
+        conds,
+        "Running",
+        phase == "Running",
+        reason if phase == "Running" else phase,
+        message if phase == "Running" else "",
+        now,
+        generation,
+    )
+    conds = conditions.set_condition(
+        conds,
+        "Complete",
+        phase == "Succeeded",
+        reason if phase == "Succeeded" else "NotComplete",
+        message if phase == "Succeeded" else "",
+        now,
+        generation,
+    )
+    conds = conditions.set_condition(
+        conds,
+        "Failed",
+        phase == "Failed",
+        reason if phase == "Failed" else "NotFailed",
+        message if phase == "Failed" else "",
+        now,
+        generation,
+    )
     status: Body = {
         "phase": phase,
         "reason": reason,

@@ -37,8 +37,16 @@ class OperatorProcess:
         self.process: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
-        args = [sys.executable, "-m", "crawljob_operator.cli", "operator", "--kube-server", self.url,
-                "--namespace", NAMESPACE]
+        args = [
+            sys.executable,
+            "-m",
+            "crawljob_operator.cli",
+            "operator",
+            "--kube-server",
+            self.url,
+            "--namespace",
+            NAMESPACE,
+        ]
         for name, value in self.flags.items():
             args += [f"--{name}", str(value)]
         env = {**os.environ, "CRAWLJOB_WORKER_COMMAND": json.dumps([sys.executable, str(FAKE_WORKER)])}
@@ -90,7 +98,9 @@ async def wait_until(predicate: Callable[[], Awaitable[Any]], timeout: float, wh
     return await kube.wait_for(predicate, timeout=timeout, interval=0.1, what=what)
 
 
-async def wait_phase(client: kube.KubeClient, name: str, phases: set[str], timeout: float = 30) -> dict[str, Any]:
+async def wait_phase(
+    client: kube.KubeClient, name: str, phases: set[str], timeout: float = 30
+) -> dict[str, Any]:
     async def check() -> dict[str, Any] | None:
         body = await client.get(kube.CRAWLJOBS, NAMESPACE, name)
         return body if (body.get("status") or {}).get("phase") in phases else None

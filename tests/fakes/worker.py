@@ -14,8 +14,14 @@ import sys
 import time
 from pathlib import Path
 
-REASONS = {2: "InvalidArguments", 3: "BadInput", 4: "SourceNotFound", 5: "RejectThresholdExceeded",
-           6: "OutputForbidden", 75: "Transient"}
+REASONS = {
+    2: "InvalidArguments",
+    3: "BadInput",
+    4: "SourceNotFound",
+    5: "RejectThresholdExceeded",
+    6: "OutputForbidden",
+    75: "Transient",
+}
 
 
 def main(argv: list[str]) -> int:
@@ -32,8 +38,13 @@ def main(argv: list[str]) -> int:
             rows = int(arg)
         elif verb == "exit":
             code = int(arg)
-            summary = {"outcome": "Failed", "exitCode": code, "reason": REASONS.get(code, "Crashed"),
-                       "message": f"fake failure {code} for {source}", "rowsRead": 0}
+            summary = {
+                "outcome": "Failed",
+                "exitCode": code,
+                "reason": REASONS.get(code, "Crashed"),
+                "message": f"fake failure {code} for {source}",
+                "rowsRead": 0,
+            }
             log_path.write_text(json.dumps(summary))
             return code
         elif verb == "garbage":
@@ -46,14 +57,26 @@ def main(argv: list[str]) -> int:
             print("Traceback (most recent call last): RuntimeError: fake crash", flush=True)
             return 1
         elif verb == "flaky":
-            marker = Path(os.environ.get("FAKE_WORKER_STATE", "/tmp")) / f"flaky-{os.environ['CRAWLJOB_NAME']}"
+            marker = (
+                Path(os.environ.get("FAKE_WORKER_STATE", "/tmp")) / f"flaky-{os.environ['CRAWLJOB_NAME']}"
+            )
             if not marker.exists():
                 marker.write_text("failed once")
                 print("flaky: failing the first attempt", flush=True)
                 return 1
-    summary = {"outcome": "Succeeded", "exitCode": 0, "reason": "Succeeded", "message": "ok",
-               "rowsRead": rows, "rowsWritten": rows, "rowsRejected": 0, "bytesRead": rows * 10,
-               "outputUri": output, "outputObjects": 1, "durationSeconds": round(time.monotonic() - started, 3)}
+    summary = {
+        "outcome": "Succeeded",
+        "exitCode": 0,
+        "reason": "Succeeded",
+        "message": "ok",
+        "rowsRead": rows,
+        "rowsWritten": rows,
+        "rowsRejected": 0,
+        "bytesRead": rows * 10,
+        "outputUri": output,
+        "outputObjects": 1,
+        "durationSeconds": round(time.monotonic() - started, 3),
+    }
     log_path.write_text(json.dumps(summary))
     return 0
 

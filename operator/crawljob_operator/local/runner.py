@@ -175,24 +175,41 @@ class JobRunner:
         while True:
             remaining = None if not deadline else float(deadline) - (loop.time() - started)
             if remaining is not None and remaining <= 0:
-                await self._finish_job(namespace, name, failed, 0, "Failed", "DeadlineExceeded",
-                                       "Job was active longer than specified deadline", start_time)
+                await self._finish_job(
+                    namespace,
+                    name,
+                    failed,
+                    0,
+                    "Failed",
+                    "DeadlineExceeded",
+                    "Job was active longer than specified deadline",
+                    start_time,
+                )
                 return
             pod_name = f"{name}-{''.join(secrets.choice(_SUFFIX_ALPHABET) for _ in range(5))}"
             pods.append(pod_name)
             await self._create_pod(job, pod_name, namespace, uid)
             await self.client.patch(
-                kube.JOBS, namespace, name,
-                {"status": {"active": 1, "startTime": start_time, "failed": failed or None,
-                            "ready": 0}},
+                kube.JOBS,
+                namespace,
+                name,
+                {"status": {"active": 1, "startTime": start_time, "failed": failed or None, "ready": 0}},
                 "status",
             )
             outcome = await self._run_pod(job, pod_name, namespace, remaining)
             exit_code, reason = outcome
             if reason == "DeadlineExceeded":
                 failed += 1
-                await self._finish_job(namespace, name, failed, 0, "Failed", "DeadlineExceeded",
-                                       "Job was active longer than specified deadline", start_time)
+                await self._finish_job(
+                    namespace,
+                    name,
+                    failed,
+                    0,
+                    "Failed",
+                    "DeadlineExceeded",
+                    "Job was active longer than specified deadline",
+                    start_time,
+                )
                 return
             if exit_code == 0:
                 await self._finish_job(namespace, name, failed, 1, "Complete", "", "", start_time)
@@ -200,28 +217,45 @@ class JobRunner:
             failed += 1
             if exit_code in failjob:
                 await self._finish_job(
-                    namespace, name, failed, 0, "Failed", "PodFailurePolicy",
+                    namespace,
+                    name,
+                    failed,
+                    0,
+                    "Failed",
+                    "PodFailurePolicy",
                     f"Container worker for pod {namespace}/{pod_name} failed with exit code {exit_code} "
-                    "matching FailJob rule at index 0", start_time,
+                    "matching FailJob rule at index 0",
+                    start_time,
                 )
                 return
             if failed > backoff_limit:
-                await self._finish_job(namespace, name, failed, 0, "Failed", "BackoffLimitExceeded",
-                                       "Job has reached the specified backoff limit", start_time)
+                await self._finish_job(
+                    namespace,
+                    name,
+                    failed,
+                    0,
+                    "Failed",
+                    "BackoffLimitExceeded",
+                    "Job has reached the specified backoff limit",
+                    start_time,
+                )
                 return
-            await self.client.patch(kube.JOBS, namespace, name, {"status": {"failed": failed, "active": 0}},
-                                    "status")
+            await self.client.patch(
+                kube.JOBS, namespace, name, {"status": {"failed": failed, "active": 0}}, "status"
+            )
 
     async def _create_pod(self, job: Body, pod_name: str, namespace: str, uid: str) -> None:
         template = (job.get("spec") or {}).get("template") or {}
         labels = dict((template.get("metadata") or {}).get("labels") or {})
         job_name = job["metadata"]["name"]
-        labels.update({
-            "job-name": job_name,
-            "batch.kubernetes.io/job-name": job_name,
-            "controller-uid": uid,
-            "batch.kubernetes.io/controller-uid": uid,
-        })
+        labels.update(
+            {
+                "job-name": job_name,
+                "batch.kubernetes.io/job-name": job_name,
+                "controller-uid": uid,
+                "batch.kubernetes.io/controller-uid": uid,
+            }
+        )
         pod = {
             "apiVersion": "v1",
             "kind": "Pod",
@@ -229,10 +263,16 @@ class JobRunner:
                 "name": pod_name,
                 "namespace": namespace,
                 "labels": labels,
-                "ownerReferences": [{
-                    "apiVersion": "batch/v1", "kind": "Job", "name": job_name, "uid": uid,
-                    "controller": True, "blockOwnerDeletion": True,
-                }],
+                "ownerReferences": [
+                    {
+                        "apiVersion": "batch/v1",
+                        "kind": "Job",
+                        "name": job_name,
+                        "uid": uid,
+                        "controller": True,
+                        "blockOwnerDeletion": True,
+                    }
+                ],
             },
             "spec": template.get("spec") or {},
             "status": {"phase": "Pending"},
@@ -247,10 +287,13 @@ class JobRunner:
     ) -> tuple[int, str]:
         """Run the pod's container; (exit code, reason) with reason "DeadlineExceeded" on timeout."""
         started_at = _now()
-        container = (((job.get("spec") or {}).get("template") or {}).get("spec") or {}).get("containers", [{}])[0]
+        container = (((job.get("spec") or {}).get("template") or {}).get("spec") or {}).get(
+            "containers", [{}]
+        )[0]
         if self.mode == "instant":
-            await self._patch_pod(namespace, pod_name, self._terminated(container, 0, "Completed",
-                                                                          INSTANT_MESSAGE, started_at))
+            await self._patch_pod(
+                namespace, pod_name, self._terminated(container, 0, "Completed", INSTANT_MESSAGE, started_at)
+            )
             return 0, "Completed"
         with tempfile.TemporaryDirectory(prefix="crawljob-pod-") as scratch:
             log_path = Path(scratch) / "termination-log"
@@ -258,29 +301,51 @@ class JobRunner:
             env = self._env(container, log_path)
             try:
                 process = await asyncio.create_subprocess_exec(
-                    *command, env=env, cwd=scratch,
-                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+                    *command,
+                    env=env,
+                    cwd=scratch,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.STDOUT,
                     start_new_session=True,
                 )
             except OSError as exc:
                 message = f"failed to start container command {command[0]!r}: {exc}"
-                await self._patch_pod(namespace, pod_name, {
-                    "phase": "Pending",
-                    "containerStatuses": [{"name": container.get("name", "worker"), "ready": False,
-                                           "restartCount": 0, "image": container.get("image", ""),
-                                           "state": {"waiting": {"reason": "CreateContainerError",
-                                                                 "message": message}}}],
-                })
+                await self._patch_pod(
+                    namespace,
+                    pod_name,
+                    {
+                        "phase": "Pending",
+                        "containerStatuses": [
+                            {
+                                "name": container.get("name", "worker"),
+                                "ready": False,
+                                "restartCount": 0,
+                                "image": container.get("image", ""),
+                                "state": {"waiting": {"reason": "CreateContainerError", "message": message}},
+                            }
+                        ],
+                    },
+                )
                 # Like a kubelet, keep it pending; the Job fails only through its deadline if any.
                 await asyncio.sleep(timeout if timeout is not None else 3600 * 24)
                 return 1, "DeadlineExceeded"
-            await self._patch_pod(namespace, pod_name, {
-                "phase": "Running",
-                "startTime": started_at,
-                "containerStatuses": [{"name": container.get("name", "worker"), "ready": True,
-                                       "restartCount": 0, "image": container.get("image", ""),
-                                       "state": {"running": {"startedAt": started_at}}}],
-            })
+            await self._patch_pod(
+                namespace,
+                pod_name,
+                {
+                    "phase": "Running",
+                    "startTime": started_at,
+                    "containerStatuses": [
+                        {
+                            "name": container.get("name", "worker"),
+                            "ready": True,
+                            "restartCount": 0,
+                            "image": container.get("image", ""),
+                            "state": {"running": {"startedAt": started_at}},
+                        }
+                    ],
+                },
+            )
             output_task = asyncio.create_task(self._drain(process, pod_name))
             try:
                 await asyncio.wait_for(process.wait(), timeout)
@@ -288,11 +353,16 @@ class JobRunner:
                 self._kill(process)
                 await process.wait()
                 await output_task
-                await self._patch_pod(namespace, pod_name, {
-                    **self._terminated(container, 137, "Error", "", started_at),
-                    "phase": "Failed", "reason": "DeadlineExceeded",
-                    "message": "Pod was active on the node longer than the specified deadline",
-                })
+                await self._patch_pod(
+                    namespace,
+                    pod_name,
+                    {
+                        **self._terminated(container, 137, "Error", "", started_at),
+                        "phase": "Failed",
+                        "reason": "DeadlineExceeded",
+                        "message": "Pod was active on the node longer than the specified deadline",
+                    },
+                )
                 return 137, "DeadlineExceeded"
             except asyncio.CancelledError:
                 self._kill(process)
@@ -304,12 +374,17 @@ class JobRunner:
             exit_code = process.returncode if process.returncode is not None else 1
             if exit_code < 0:  # killed by a signal, as a container runtime reports it
                 exit_code = 128 - exit_code
-            message = log_path.read_bytes()[:MAX_MESSAGE_BYTES].decode("utf-8", "replace") if log_path.exists() else ""
+            message = (
+                log_path.read_bytes()[:MAX_MESSAGE_BYTES].decode("utf-8", "replace")
+                if log_path.exists()
+                else ""
+            )
             if not message.strip() and exit_code != 0:
                 message = tail  # terminationMessagePolicy: FallbackToLogsOnError
             reason = "Completed" if exit_code == 0 else "Error"
-            await self._patch_pod(namespace, pod_name, self._terminated(container, exit_code, reason,
-                                                                          message, started_at))
+            await self._patch_pod(
+                namespace, pod_name, self._terminated(container, exit_code, reason, message, started_at)
+            )
             return exit_code, reason
 
     @staticmethod
@@ -337,8 +412,15 @@ class JobRunner:
             state["message"] = message
         return {
             "phase": "Succeeded" if exit_code == 0 else "Failed",
-            "containerStatuses": [{"name": container.get("name", "worker"), "ready": False, "restartCount": 0,
-                                   "image": container.get("image", ""), "state": {"terminated": state}}],
+            "containerStatuses": [
+                {
+                    "name": container.get("name", "worker"),
+                    "ready": False,
+                    "restartCount": 0,
+                    "image": container.get("image", ""),
+                    "state": {"terminated": state},
+                }
+            ],
         }
 
     def _command(self, container: Mapping[str, Any]) -> list[str]:
@@ -348,7 +430,7 @@ class JobRunner:
         if not command:
             raise ValueError("container has no command")
         first = command[0]
-        if not os.path.isabs(first):
+        if not Path(first).is_absolute():
             local = self.bin_dir / first
             command[0] = str(local) if local.exists() else (shutil.which(first) or first)
         return command
@@ -363,8 +445,15 @@ class JobRunner:
         return env
 
     async def _finish_job(
-        self, namespace: str, name: str, failed: int, succeeded: int, condition: str, reason: str,
-        message: str, start_time: str,
+        self,
+        namespace: str,
+        name: str,
+        failed: int,
+        succeeded: int,
+        condition: str,
+        reason: str,
+        message: str,
+        start_time: str,
     ) -> None:
         now = _now()
         cond: Body = {"type": condition, "status": "True", "lastProbeTime": now, "lastTransitionTime": now}
@@ -374,11 +463,23 @@ class JobRunner:
             cond["message"] = message
         conditions = [cond]
         if condition == "Complete":
-            conditions.insert(0, {"type": "SuccessCriteriaMet", "status": "True", "lastProbeTime": now,
-                                  "lastTransitionTime": now, "reason": "CompletionsReached"})
+            conditions.insert(
+                0,
+                {
+                    "type": "SuccessCriteriaMet",
+                    "status": "True",
+                    "lastProbeTime": now,
+                    "lastTransitionTime": now,
+                    "reason": "CompletionsReached",
+                },
+            )
         status: Body = {
-            "active": 0, "failed": failed or None, "succeeded": succeeded or None, "ready": 0,
-            "startTime": start_time, "conditions": conditions,
+            "active": 0,
+            "failed": failed or None,
+            "succeeded": succeeded or None,
+            "ready": 0,
+            "startTime": start_time,
+            "conditions": conditions,
         }
         if condition == "Complete":
             status["completionTime"] = now

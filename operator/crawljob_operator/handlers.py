@@ -72,7 +72,8 @@ class State:
     creating: set[Key] = field(default_factory=set)
     locks: defaultdict[Key, asyncio.Lock] = field(default_factory=lambda: defaultdict(asyncio.Lock))
     wake: asyncio.Event = field(default_factory=asyncio.Event)
-    create_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(16))
+    admitted: asyncio.Queue[Key] = field(default_factory=asyncio.Queue)
+    queued_writes: set[Key] = field(default_factory=set)
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     instance: str = field(default_factory=socket.gethostname)
     healthy_at: float = 0.0
@@ -235,6 +236,10 @@ async def reconcile(state: State, key: Key) -> None:
                 job = found
             else:
                 return  # waiting for a slot: the scheduler writes Queued and creates the Job
+        if _job_finished(job):
+            # The Job's and the Pods' watch events race: read the Pods (termination message) fresh.
+            for pod in await _list_quietly(state, kube.PODS, namespace, {"job-name": expected}):
+                state.remember(state.pods, pod)
         observation = status.observe(job, state.pods_of(namespace, expected), _now())
         await write_status(state, crawljob, observation, expected)
         if status.is_terminal(observation.phase):
@@ -330,43 +335,53 @@ def _needs_job(state: State, crawljob: Mapping[str, Any]) -> tuple[bool, bool]:
 async def schedule(state: State) -> None:
     """Admit waiting CrawlJobs into free slots (FIFO) and keep queue positions current."""
     candidates = []
-    for crawljob in state.crawljobs.values():
+    waiting_keys: dict[str, Key] = {}
+    for key, crawljob in state.crawljobs.items():
         active, waiting = _needs_job(state, crawljob)
         if active or waiting:
-            candidates.append(queue.candidate_from(crawljob, active, waiting))
+            created = str((crawljob.get("metadata") or {}).get("creationTimestamp") or "")
+            candidates.append(queue.Candidate(f"{key[0]}/{key[1]}", created, active, waiting))
+        if waiting:
+            waiting_keys[f"{key[0]}/{key[1]}"] = key
     plan = queue.plan(candidates, state.settings.max_active)
     state.metrics.queue_length.set(len(plan.positions))
     state.metrics.active.set(plan.active)
     for name in plan.admit:
-        crawljob = next(
-            body for key, body in state.crawljobs.items() if key[1] == name and _needs_job(state, body)[1]
-        )
-        state.creating.add(_key(crawljob))
-        state.spawn(create_job(state, _key(crawljob)))
+        key = waiting_keys[name]
+        state.creating.add(key)
+        state.admitted.put_nowait(key)
     for name, position in plan.positions.items():
-        for key, crawljob in list(state.crawljobs.items()):
-            if key[1] != name:
-                continue
-            current = crawljob.get("status") or {}
+        key = waiting_keys[name]
+        waiting_body = state.crawljobs.get(key)
+        if waiting_body is not None:
+            current = waiting_body.get("status") or {}
             observation = status.queued(position, len(plan.positions), state.settings.max_active)
-            if current.get("phase") != "Queued" or current.get("message") != observation.message:
-                state.spawn(_write_queued(state, key, observation))
+            stale = current.get("phase") != "Queued" or current.get("message") != observation.message
+            if stale and key not in state.queued_writes:
+                state.queued_writes.add(key)
+                state.spawn(_write_queued(state, key, position))
 
 
-async def _write_queued(state: State, key: Key, observation: status.Observation) -> None:
-    async with state.locks[key]:
-        crawljob = state.crawljobs.get(key)
-        if crawljob is None or not _needs_job(state, crawljob)[1]:
-            return
-        with contextlib.suppress(kopf.TemporaryError):
-            await write_status(state, crawljob, observation, None)
+async def _write_queued(state: State, key: Key, position: int) -> None:
+    try:
+        async with state.locks[key]:
+            crawljob = state.crawljobs.get(key)
+            if crawljob is None or not _needs_job(state, crawljob)[1]:
+                return
+            length = sum(1 for body in state.crawljobs.values() if _needs_job(state, body)[1])
+            observation = status.queued(position, max(length, position), state.settings.max_active)
+            with contextlib.suppress(kopf.TemporaryError):
+                await write_status(state, crawljob, observation, None)
+    finally:
+        state.queued_writes.discard(key)
+        state.wake.set()
 
 
 async def create_job(state: State, key: Key) -> None:
     """Create the Job of an admitted CrawlJob; a 409 adopts the Job when it is ours (restart safety)."""
     namespace, name = key
     try:
-        async with state.create_slots, state.locks[key]:
+        async with state.locks[key]:
             crawljob = state.crawljobs.get(key)
             if crawljob is None or not (crawljob.get("metadata") or {}).get("uid"):
                 return
@@ -409,6 +424,13 @@ async def create_job(state: State, key: Key) -> None:
     finally:
         state.creating.discard(key)
         state.wake.set()
+
+
+async def creator_loop(state: State) -> None:
+    """Create the admitted CrawlJobs' Jobs one at a time, in admission (FIFO) order."""
+    while True:
+        key = await state.admitted.get()
+        await create_job(state, key)
 
 
 async def scheduler_loop(state: State) -> None:

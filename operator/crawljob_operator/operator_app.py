@@ -87,6 +87,7 @@ def build_registry(settings: OperatorSettings, connection: kube.Connection) -> k
             await client.close()
             raise kopf.TemporaryError(f"cannot read CrawlJobs/Jobs at startup: {exc}", delay=3) from exc
         state.spawn(handlers.scheduler_loop(state))
+        state.spawn(handlers.creator_loop(state))
         state.spawn(handlers.resync_loop(state))
         if own.health_port:
             runner = await start_health_server(state, own)

@@ -255,7 +255,11 @@ def observe(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], now: str)
                 start,
                 warning=True,
             )
-    running = [pod for pod in ordered if (pod.get("status") or {}).get("phase") == "Running"]
+    # A pod that ran (running or already terminated) while the Job is unfinished: the crawl runs,
+    # or is between a failed attempt and its retry.
+    running = [
+        pod for pod in ordered if (pod.get("status") or {}).get("phase") in ("Running", "Succeeded", "Failed")
+    ]
     if running or (
         int(job_status.get("active") or 0) > 0
         and any((_container_status(pod).get("state") or {}).get("running") for pod in ordered)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from crawljob_operator import kube
 from crawljob_operator.local.emulator import Emulator
-from fakes.stack import NAMESPACE, crawljob, running_operator, running_runner, wait_phase
+from fakes.stack import NAMESPACE, crawljob, running_operator, running_runner, wait_phase, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -28,3 +30,301 @@ async def test_crawljob_runs_to_succeeded_with_the_workers_result(
     assert status["attempts"] == 1
     job = await kube_client.get(kube.JOBS, NAMESPACE, name)
     assert job["metadata"]["ownerReferences"][0]["uid"] == done["metadata"]["uid"]
+
+
+async def _events_of(client: kube.KubeClient, name: str) -> list[dict[str, Any]]:
+    return [
+        event
+        for event in await client.list(kube.EVENTS, NAMESPACE)
+        if (event.get("involvedObject") or {}).get("name") == name
+    ]
+
+
+async def test_every_failure_reason_of_a_running_worker_is_surfaced(
+    emulator: tuple[Emulator, str], kube_client: kube.KubeClient, tmp_path: Path
+) -> None:
+    cases = {
+        "exit-2": ("InvalidArguments", "arguments or configuration", 1),
+        "exit-3": ("BadInput", "not readable CSV", 1),
+        "exit-4": ("SourceNotFound", "missing or access to it was denied", 1),
+        "exit-5": ("RejectThresholdExceeded", "maxRejectRatio", 1),
+        "exit-6": ("OutputForbidden", "cannot write to the output", 1),
+        "exit-75": ("BackoffLimitExceeded", "unreachable or throttled", 2),
+        "crash": ("BackoffLimitExceeded", "crashed with exit code 1", 2),
+        "sleep-30": ("DeadlineExceeded", "activeDeadlineSeconds=2", None),
+    }
+    bodies = {
+        case: crawljob(
+            f"fail/{case}.csv", backoffLimit=1, activeDeadlineSeconds=2 if case == "sleep-30" else 60
+        )
+        for case in cases
+    }
+    async with (
+        running_runner(kube_client, max_parallel=8),
+        running_operator(emulator[1], tmp_path / "op.log"),
+    ):
+        for body in bodies.values():
+            await kube_client.create(kube.CRAWLJOBS, NAMESPACE, body)
+        finished = {
+            case: await wait_phase(kube_client, body["metadata"]["name"], {"Succeeded", "Failed"}, timeout=60)
+            for case, body in bodies.items()
+        }
+        events = {
+            case: await _events_of(kube_client, body["metadata"]["name"]) for case, body in bodies.items()
+        }
+    for case, (reason, words, attempts) in cases.items():
+        got = finished[case]["status"]
+        assert got["phase"] == "Failed", (case, got)
+        assert got["reason"] == reason, (case, got)
+        assert words in got["message"], (case, got["message"])
+        if attempts is not None:
+            assert got["attempts"] == attempts, (case, got)
+        failed = next(item for item in got["conditions"] if item["type"] == "Failed")
+        assert failed["status"] == "True" and failed["reason"] == reason
+        warnings = [event for event in events[case] if event["type"] == "Warning"]
+        assert any(event["reason"] == reason for event in warnings), (case, events[case])
+
+
+async def test_retry_success_and_bad_termination_messages(
+    emulator: tuple[Emulator, str], kube_client: kube.KubeClient, tmp_path: Path
+) -> None:
+    flaky, garbage, truncated = (
+        crawljob(f"msg/{stem}.csv") for stem in ("flaky_ok-7", "garbage", "truncated")
+    )
+    async with (
+        running_runner(kube_client, {"FAKE_WORKER_STATE": str(tmp_path)}),
+        running_operator(emulator[1], tmp_path / "op.log"),
+    ):
+        for body in (flaky, garbage, truncated):
+            await kube_client.create(kube.CRAWLJOBS, NAMESPACE, body)
+        retried = await wait_phase(kube_client, flaky["metadata"]["name"], {"Succeeded", "Failed"})
+        invalid = await wait_phase(kube_client, garbage["metadata"]["name"], {"Succeeded", "Failed"})
+        cut = await wait_phase(kube_client, truncated["metadata"]["name"], {"Succeeded", "Failed"})
+    assert retried["status"]["phase"] == "Succeeded"
+    assert retried["status"]["attempts"] == 2
+    assert retried["status"]["result"]["rowsRead"] == 7
+    for body, words in ((invalid, "invalid JSON"), (cut, "truncated JSON")):
+        assert body["status"]["phase"] == "Succeeded"
+        assert body["status"]["reason"] == "ResultUnavailable"
+        assert words in body["status"]["message"]
+        assert "result" not in body["status"]
+    transitions = [event["reason"] for event in await _events_of(kube_client, retried["metadata"]["name"])]
+    assert "JobCreated" in transitions and "Completed" in transitions
+
+
+async def _job_of(client: kube.KubeClient, name: str) -> dict[str, Any]:
+    async def exists() -> dict[str, Any] | None:
+        try:
+            return await client.get(kube.JOBS, NAMESPACE, name)
+        except kube.NotFound:
+            return None
+
+    job: dict[str, Any] = await wait_until(exists, 20, f"Job {name}")
+    return job
+
+
+def _pod_body(job: dict[str, Any], suffix: str, status: dict[str, Any]) -> dict[str, Any]:
+    name = job["metadata"]["name"]
+    labels = {**job["spec"]["template"]["metadata"]["labels"], "job-name": name}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": f"{name}-{suffix}", "namespace": NAMESPACE, "labels": labels},
+        "spec": job["spec"]["template"]["spec"],
+        "status": status,
+    }
+
+
+async def test_cluster_only_states_are_surfaced_while_pending_and_at_the_end(
+    emulator: tuple[Emulator, str], kube_client: kube.KubeClient, tmp_path: Path
+) -> None:
+    """States the local runner cannot produce, written into the emulator as a cluster would."""
+    waiting = {
+        "ImagePullBackOff": "cannot be pulled",
+        "ErrImagePull": "cannot be pulled",
+        "CreateContainerConfigError": "configuration is invalid",
+    }
+    bodies = {reason: crawljob(f"sim/{reason.lower()}.csv") for reason in [*waiting, "oom"]}
+    async with running_operator(emulator[1], tmp_path / "op.log"):
+        for body in bodies.values():
+            await kube_client.create(kube.CRAWLJOBS, NAMESPACE, body)
+        for reason, words in waiting.items():
+            job = await _job_of(kube_client, bodies[reason]["metadata"]["name"])
+            await kube_client.patch(
+                kube.JOBS, NAMESPACE, job["metadata"]["name"], {"status": {"active": 1}}, "status"
+            )
+            state = {"waiting": {"reason": reason, "message": "details from the kubelet"}}
+            pod = _pod_body(
+                job, "abcde", {"phase": "Pending", "containerStatuses": [{"name": "worker", "state": state}]}
+            )
+            await kube_client.create(kube.PODS, NAMESPACE, pod)
+
+            async def surfaced(name: str = job["metadata"]["name"], reason: str = reason) -> bool:
+                got = (await kube_client.get(kube.CRAWLJOBS, NAMESPACE, name)).get("status") or {}
+                return got.get("phase") == "Pending" and got.get("reason") == reason
+
+            await wait_until(surfaced, 20, f"{reason} surfaced")
+            got = (await kube_client.get(kube.CRAWLJOBS, NAMESPACE, job["metadata"]["name"]))["status"]
+            assert words in got["message"] and "details from the kubelet" in got["message"]
+            assert any(
+                event["reason"] == reason and event["type"] == "Warning"
+                for event in await _events_of(kube_client, job["metadata"]["name"])
+            )
+        job = await _job_of(kube_client, bodies["oom"]["metadata"]["name"])
+        terminated = {
+            "terminated": {"exitCode": 137, "reason": "OOMKilled", "finishedAt": "2026-01-01T00:00:00Z"}
+        }
+        pod = _pod_body(
+            job, "oomkd", {"phase": "Failed", "containerStatuses": [{"name": "worker", "state": terminated}]}
+        )
+        await kube_client.create(kube.PODS, NAMESPACE, pod)
+        failed = {
+            "type": "Failed",
+            "status": "True",
+            "reason": "BackoffLimitExceeded",
+            "lastTransitionTime": "2026-01-01T00:00:01Z",
+        }
+        await kube_client.patch(
+            kube.JOBS,
+            NAMESPACE,
+            job["metadata"]["name"],
+            {"status": {"failed": 1, "conditions": [failed]}},
+            "status",
+        )
+        oom = await wait_phase(kube_client, job["metadata"]["name"], {"Failed"})
+    assert oom["status"]["reason"] == "OOMKilled"
+    assert "ran out of memory" in oom["status"]["message"]
+
+
+async def test_concurrency_cap_holds_over_time_and_queue_is_fifo(
+    emulator: tuple[Emulator, str], kube_client: kube.KubeClient, tmp_path: Path
+) -> None:
+    bodies = [crawljob(f"cap/q{index:02d}_sleep-0.2.csv") for index in range(30)]
+    names = [body["metadata"]["name"] for body in bodies]
+    samples: list[int] = []
+    started_order: list[str] = []
+    positions_seen: set[str] = set()
+
+    async def sample() -> None:
+        while True:
+            listed = await kube_client.list(kube.JOBS, NAMESPACE)
+            active = [
+                job
+                for job in listed
+                if not any(
+                    item.get("status") == "True" for item in (job.get("status") or {}).get("conditions") or []
+                )
+            ]
+            samples.append(len(active))
+            for item in await kube_client.list(kube.CRAWLJOBS, NAMESPACE):
+                if "position" in ((item.get("status") or {}).get("message") or ""):
+                    positions_seen.add(item["metadata"]["name"])
+            await asyncio.sleep(0.02)
+
+    async def watch_creations() -> None:
+        async for event in kube_client.watch(kube.JOBS, NAMESPACE):
+            if event["type"] == "ADDED":
+                started_order.append(event["object"]["metadata"]["name"])
+
+    async with (
+        running_runner(kube_client, max_parallel=8),
+        running_operator(emulator[1], tmp_path / "op.log", **{"max-active": 3}),
+    ):
+        watcher = asyncio.create_task(watch_creations())
+        sampler = asyncio.create_task(sample())
+        for body in bodies:
+            await kube_client.create(kube.CRAWLJOBS, NAMESPACE, body)
+        for name in names:
+            await wait_phase(kube_client, name, {"Succeeded", "Failed"}, timeout=90)
+        sampler.cancel()
+        watcher.cancel()
+    assert max(samples) <= 3, samples
+    assert max(samples) == 3
+    assert len(samples) > 50
+    assert started_order == sorted(names) == names  # creation order (same-second ties by name)
+    assert len(positions_seen) >= 20  # most waited in phase Queued with their position
+    print(
+        f"cap sampling: {len(samples)} samples, max active {max(samples)}, "
+        f"mean {sum(samples) / len(samples):.2f}"
+    )
+
+
+async def test_deleting_a_crawljob_cancels_its_job_and_pods(
+    emulator: tuple[Emulator, str], kube_client: kube.KubeClient, tmp_path: Path
+) -> None:
+    marker = tmp_path / "runs"
+    body = crawljob("cancel/sleep-60.csv")
+    name = body["metadata"]["name"]
+    async with running_runner(kube_client), running_operator(emulator[1], tmp_path / "op.log"):
+        await kube_client.create(kube.CRAWLJOBS, NAMESPACE, body)
+        await wait_phase(kube_client, name, {"Running"})
+        assert await kube_client.list(kube.PODS, NAMESPACE, {"job-name": name})
+        await kube_client.delete(kube.CRAWLJOBS, NAMESPACE, name)
+
+        async def gone() -> bool:
+            jobs = await kube_client.list(kube.JOBS, NAMESPACE)
+            pods = await kube_client.list(kube.PODS, NAMESPACE, {"job-name": name})
+            return not jobs and not pods
+
+        await wait_until(gone, 20, "Job and Pods deleted")
+    assert not marker.exists()
+
+
+async def test_a_job_deleted_behind_the_operators_back_fails_the_crawljob(
+    emulator: tuple[Emulator, str], kube_client: kube.KubeClient, tmp_path: Path
+) -> None:
+    body = crawljob("lost/sleep-60.csv")
+    name = body["metadata"]["name"]
+    async with running_runner(kube_client), running_operator(emulator[1], tmp_path / "op.log"):
+        await kube_client.create(kube.CRAWLJOBS, NAMESPACE, body)
+        await wait_phase(kube_client, name, {"Running"})
+        await kube_client.delete(kube.JOBS, NAMESPACE, name)
+        failed = await wait_phase(kube_client, name, {"Failed", "Succeeded"})
+    assert failed["status"]["phase"] == "Failed"
+    assert failed["status"]["reason"] == "JobDeleted"
+
+
+async def test_rerun_annotation_starts_a_new_run_of_a_finished_crawljob(
+    emulator: tuple[Emulator, str], kube_client: kube.KubeClient, tmp_path: Path
+) -> None:
+    body = crawljob("again/ok-5.csv")
+    name = body["metadata"]["name"]
+    async with running_runner(kube_client), running_operator(emulator[1], tmp_path / "op.log"):
+        await kube_client.create(kube.CRAWLJOBS, NAMESPACE, body)
+        first = await wait_phase(kube_client, name, {"Succeeded"})
+        await kube_client.patch(
+            kube.CRAWLJOBS, NAMESPACE, name, {"metadata": {"annotations": {"crawljob.io/rerun": "one"}}}
+        )
+
+        async def second_run_done() -> dict[str, Any] | None:
+            got = await kube_client.get(kube.CRAWLJOBS, NAMESPACE, name)
+            status = got.get("status") or {}
+            return got if status.get("run") == 2 and status.get("phase") == "Succeeded" else None
+
+        second = await wait_until(second_run_done, 30, "second run Succeeded")
+        job_names = {job["metadata"]["name"] for job in await kube_client.list(kube.JOBS, NAMESPACE)}
+    assert first["status"]["jobName"] == name
+    assert second["status"]["jobName"] == f"{name}-r2"
+    assert second["status"]["rerunToken"] == "one"
+    assert second["status"]["result"]["rowsRead"] == 5
+    assert job_names == {f"{name}-r2"}  # the first run's Job was deleted
+    reasons = [event["reason"] for event in await _events_of(kube_client, name)]
+    assert reasons.count("Completed") == 2 and "Rerun" in reasons
+
+
+async def test_finished_crawljobs_are_garbage_collected_by_history_limit_and_ttl(
+    emulator: tuple[Emulator, str], kube_client: kube.KubeClient, tmp_path: Path
+) -> None:
+    ok = [crawljob(f"gc/ok-{index}.csv") for index in range(3)]
+    bad = [crawljob(f"gc/exit-{code}.csv") for code in (3, 4)]
+    flags = {"successful-history-limit": 1, "failed-history-limit": 0, "resync-seconds": 1}
+    async with running_runner(kube_client), running_operator(emulator[1], tmp_path / "op.log", **flags):
+        for body in ok + bad:
+            await kube_client.create(kube.CRAWLJOBS, NAMESPACE, body)
+
+        async def collected() -> list[dict[str, Any]] | None:
+            items = await kube_client.list(kube.CRAWLJOBS, NAMESPACE)
+            return items if len(items) == 1 else None
+
+        (kept,) = await wait_until(collected, 30, "history limits applied")
+    assert kept["status"]["phase"] == "Succeeded"

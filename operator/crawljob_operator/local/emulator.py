@@ -112,7 +112,21 @@ class Emulator(kmock.KubernetesEmulator):
     # Printer columns of the registered CRDs, by "group/version/plural", for kubectl's Table requests.
     printer_columns: dict[str, list[dict[str, Any]]] = attrs.field(factory=dict)
 
+    # kmock matches every request against its whole request log (O(log length) per request, ~1 ms
+    # per logged request), so long runs slow to a crawl. Keep only the most recent requests;
+    # None keeps them all (for tests asserting on the request log).
+    request_log_limit: int | None = 1
+
+    def _trim_request_log(self) -> None:
+        limit = self.request_log_limit
+        if limit is None or limit < 1:
+            return
+        del self._requests[:-limit]
+        for payload in self._payloads:
+            del payload._requests[:-limit]
+
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        self._trim_request_log()
         data = request.data
         if request.resource is not None and isinstance(data, dict):
             metadata = data.setdefault("metadata", {})

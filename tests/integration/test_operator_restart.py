@@ -1,0 +1,68 @@
+"""Restart safety: SIGKILL the operator process at several points; nothing is lost or done twice."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from crawljob_operator import kube
+from crawljob_operator.local.emulator import Emulator
+from fakes.stack import NAMESPACE, OperatorProcess, crawljob, running_runner, wait_phase, wait_until
+
+pytestmark = pytest.mark.timeout(180)
+
+
+async def test_operator_killed_at_several_points_creates_no_duplicate_and_finishes_all(
+    emulator: tuple[Emulator, str], kube_client: kube.KubeClient, tmp_path: Path
+) -> None:
+    bodies = [crawljob(f"restart/r{index:02d}_sleep-0.4_ok-{index + 1}.csv") for index in range(20)]
+    names = [body["metadata"]["name"] for body in bodies]
+    job_additions: Counter[str] = Counter()
+
+    async def watch_creations() -> None:
+        async for event in kube_client.watch(kube.JOBS, NAMESPACE):
+            if event["type"] == "ADDED":
+                job_additions[event["object"]["metadata"]["name"]] += 1
+
+    async def jobs_count_at_least(count: int) -> bool:
+        return len(await kube_client.list(kube.JOBS, NAMESPACE)) >= count
+
+    async def succeeded_at_least(count: int) -> bool:
+        items = await kube_client.list(kube.CRAWLJOBS, NAMESPACE)
+        return sum((item.get("status") or {}).get("phase") == "Succeeded" for item in items) >= count
+
+    kills = []
+    operator = OperatorProcess(emulator[1], tmp_path / "op.log", **{"max-active": 6})
+    watcher = asyncio.create_task(watch_creations())
+    async with running_runner(kube_client, {"FAKE_WORKER_STATE": str(tmp_path)}, max_parallel=6):
+        await operator.start()
+        for body in bodies:
+            await kube_client.create(kube.CRAWLJOBS, NAMESPACE, body)
+        # Kill points: while the first Jobs are being created, mid-run, and late in the run.
+        for point in (
+            lambda: jobs_count_at_least(1),
+            lambda: succeeded_at_least(6),
+            lambda: succeeded_at_least(14),
+        ):
+            await wait_until(point, 60, "kill point")
+            await operator.kill()
+            kills.append(len(await kube_client.list(kube.JOBS, NAMESPACE)))
+            await operator.start()
+        finished = [
+            await wait_phase(kube_client, name, {"Succeeded", "Failed"}, timeout=90) for name in names
+        ]
+        await operator.stop()
+    watcher.cancel()
+    runs = Counter((tmp_path / "runs.log").read_text().split())
+    assert [item["status"]["phase"] for item in finished] == ["Succeeded"] * 20
+    assert [item["status"]["result"]["rowsRead"] for item in finished] == list(range(1, 21))
+    assert sorted(job_additions) == sorted(names)
+    assert set(job_additions.values()) == {1}, job_additions  # 0 duplicate Jobs
+    assert runs == Counter({name: 1 for name in names}), runs  # each crawl ran exactly once
+    print(
+        f"restart test: 3 SIGKILLs (Jobs existing at each kill: {kills}), 20/20 Succeeded, "
+        f"{sum(job_additions.values())} Jobs created, {sum(runs.values())} worker runs"
+    )

@@ -33,6 +33,8 @@ Key = tuple[str, str]  # (namespace, name)
 
 MANAGED = {resource.LABEL_MANAGED_BY: resource.MANAGED_BY}
 ANNOTATION_RERUN = "crawljob.io/rerun"
+POSITION_EXACT_HEAD = 10
+POSITION_REFRESH_SECONDS = 15.0
 
 
 def _now() -> str:
@@ -74,6 +76,7 @@ class State:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     admitted: asyncio.Queue[Key] = field(default_factory=asyncio.Queue)
     queued_writes: set[Key] = field(default_factory=set)
+    position_written: dict[Key, float] = field(default_factory=dict)
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     instance: str = field(default_factory=socket.gethostname)
     healthy_at: float = 0.0
@@ -356,10 +359,26 @@ async def schedule(state: State) -> None:
         if waiting_body is not None:
             current = waiting_body.get("status") or {}
             observation = status.queued(position, len(plan.positions), state.settings.max_active)
-            stale = current.get("phase") != "Queued" or current.get("message") != observation.message
+            stale = current.get("phase") != "Queued" or (
+                current.get("message") != observation.message and _position_due(state, key, position)
+            )
             if stale and key not in state.queued_writes:
+                state.position_written[key] = asyncio.get_running_loop().time()
                 state.queued_writes.add(key)
                 state.spawn(_write_queued(state, key, position))
+
+
+def _position_due(state: State, key: Key, position: int) -> bool:
+    """Whether a changed queue position is worth a status write now.
+
+    Each admission moves every waiting CrawlJob up one place; writing them all every time costs
+    O(queue length) writes per admission. The head of the queue is kept exact; the rest is
+    refreshed every POSITION_REFRESH_SECONDS.
+    """
+    if position <= POSITION_EXACT_HEAD:
+        return True
+    last = state.position_written.get(key, 0.0)
+    return asyncio.get_running_loop().time() - last >= POSITION_REFRESH_SECONDS
 
 
 async def _write_queued(state: State, key: Key, position: int) -> None:
@@ -379,51 +398,65 @@ async def _write_queued(state: State, key: Key, position: int) -> None:
 
 async def create_job(state: State, key: Key) -> None:
     """Create the Job of an admitted CrawlJob; a 409 adopts the Job when it is ours (restart safety)."""
-    namespace, name = key
+    name = key[1]
+    state.position_written.pop(key, None)
     try:
-        async with state.locks[key]:
-            crawljob = state.crawljobs.get(key)
-            if crawljob is None or not (crawljob.get("metadata") or {}).get("uid"):
-                return
-            try:
-                manifest = jobs.build_job(crawljob, state.settings)
-            except (KeyError, TypeError, ValueError) as exc:
-                await write_status(
-                    state, crawljob, status.invalid_spec(f"cannot build the Job: {exc!r}", _now()), None
-                )
-                return
-            job_name = manifest["metadata"]["name"]
-            try:
-                created = await state.client.create(kube.JOBS, namespace, manifest)
-                state.metrics.jobs_created.inc()
-                event_time = gc.parse_time(
-                    ((crawljob.get("spec") or {}).get("source") or {}).get("eventTime")
-                )
-                if event_time is not None:
-                    lag = (datetime.datetime.now(tz=datetime.UTC) - event_time).total_seconds()
-                    state.metrics.start_lag.observe(max(0.0, lag))
-            except kube.Conflict:
-                created = await state.client.get(kube.JOBS, namespace, job_name)
-                if not jobs.is_owned_by(created, crawljob["metadata"]["uid"]):
-                    message = f"a Job named {job_name} exists and is not owned by this CrawlJob; delete it"
-                    await write_status(state, crawljob, status.invalid_spec(message, _now()), None)
-                    return
-                state.metrics.jobs_adopted.inc()
-                log.info("%s: adopted existing Job %s", name, job_name, extra={"crawljob": name})
-            except kube.Invalid as exc:
-                await write_status(
-                    state, crawljob, status.invalid_spec(f"the Job was refused: {exc}", _now()), None
-                )
-                return
-            state.remember(state.jobs, created)
-            observation = status.observe(created, state.pods_of(namespace, job_name), _now())
-            await write_status(state, crawljob, observation, job_name)
+        await _create_job_locked(state, key)
     except (kube.KubeError, kopf.TemporaryError) as exc:
         state.metrics.api_errors.labels("create").inc()
         log.warning("%s: cannot create its Job yet (will retry): %s", name, exc, extra={"crawljob": name})
+        return
     finally:
         state.creating.discard(key)
         state.wake.set()
+    # The status write (and its Event) runs beside the next creation: creation stays in FIFO order
+    # without waiting for it.
+    state.spawn(reconcile_quietly(state, key))
+
+
+async def _create_job_locked(state: State, key: Key) -> None:
+    namespace, name = key
+    async with state.locks[key]:
+        crawljob = state.crawljobs.get(key)
+        if crawljob is None or not (crawljob.get("metadata") or {}).get("uid"):
+            return
+        try:
+            manifest = jobs.build_job(crawljob, state.settings)
+        except (KeyError, TypeError, ValueError) as exc:
+            await write_status(
+                state, crawljob, status.invalid_spec(f"cannot build the Job: {exc!r}", _now()), None
+            )
+            return
+        job_name = manifest["metadata"]["name"]
+        try:
+            created = await state.client.create(kube.JOBS, namespace, manifest)
+            state.metrics.jobs_created.inc()
+            event_time = gc.parse_time(((crawljob.get("spec") or {}).get("source") or {}).get("eventTime"))
+            if event_time is not None:
+                lag = (datetime.datetime.now(tz=datetime.UTC) - event_time).total_seconds()
+                state.metrics.start_lag.observe(max(0.0, lag))
+        except kube.Conflict:
+            created = await state.client.get(kube.JOBS, namespace, job_name)
+            if not jobs.is_owned_by(created, crawljob["metadata"]["uid"]):
+                message = f"a Job named {job_name} exists and is not owned by this CrawlJob; delete it"
+                await write_status(state, crawljob, status.invalid_spec(message, _now()), None)
+                return
+            state.metrics.jobs_adopted.inc()
+            log.info("%s: adopted existing Job %s", name, job_name, extra={"crawljob": name})
+        except kube.Invalid as exc:
+            await write_status(
+                state, crawljob, status.invalid_spec(f"the Job was refused: {exc}", _now()), None
+            )
+            return
+        state.remember(state.jobs, created)
+
+
+async def reconcile_quietly(state: State, key: Key) -> None:
+    """reconcile() for background tasks: failures are logged; the next event or resync retries."""
+    try:
+        await reconcile(state, key)
+    except (kube.KubeError, kopf.TemporaryError) as exc:
+        log.warning("%s: reconcile failed (will retry): %s", key[1], exc, extra={"crawljob": key[1]})
 
 
 async def creator_loop(state: State) -> None:
@@ -534,6 +567,7 @@ async def on_crawljob_event(event: Mapping[str, Any], memo: Any, **_: Any) -> No
     key = _key(body)
     if event.get("type") == "DELETED":
         state.crawljobs.pop(key, None)
+        state.position_written.pop(key, None)
         await cancel(state, body)
         state.wake.set()
         return

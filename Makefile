@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: help install run test lint format clean
+.PHONY: help install run test lint format clean bench-operator
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -27,6 +27,9 @@ run: $(STAMP) ## Run the local stack and process a sample CSV end to end (ARGS="
 
 test: $(STAMP) ## Run the test suite (unit, integration, end to end)
 	$(BIN)/pytest -q $(ARGS)
+
+bench-operator: $(STAMP) ## Operator throughput: 1,000 CrawlJobs at once, emulator + instant runner (ARGS="--count 200")
+	$(BIN)/python bench/operator.py $(ARGS)
 
 lint: $(STAMP) ## ruff (lint + format check) and mypy --strict
 	$(BIN)/ruff check .

@@ -506,7 +506,34 @@ async def resync(state: State) -> None:
     for phase in resource.PHASES:
         state.metrics.phase.labels(phase).set(phases.get(phase, 0))
     state.wake.set()
+    await cancel_orphans(state)
     await collect_garbage(state)
+
+
+async def cancel_orphans(state: State) -> None:
+    """Delete Jobs whose CrawlJob is gone (deleted while the operator was down, and no GC ran)."""
+    for (namespace, job_name), job in list(state.jobs.items()):
+        metadata = job.get("metadata") or {}
+        owner = (metadata.get("labels") or {}).get(resource.LABEL_CRAWLJOB)
+        owner_uid = next((ref.get("uid") for ref in metadata.get("ownerReferences") or []), None)
+        if not owner or (namespace, owner) in state.crawljobs or metadata.get("deletionTimestamp"):
+            continue
+        try:  # confirm with the API: the view may simply not have seen a new CrawlJob yet
+            current = await state.client.get(kube.CRAWLJOBS, namespace, owner)
+            if (current.get("metadata") or {}).get("uid") == owner_uid:
+                continue
+        except kube.NotFound:
+            pass
+        except kube.KubeError:
+            continue
+        log.info(
+            "%s: its CrawlJob is gone; deleting the orphaned Job %s",
+            owner,
+            job_name,
+            extra={"crawljob": owner},
+        )
+        await _delete_job(state, namespace, job_name)
+        state.jobs.pop((namespace, job_name), None)
 
 
 async def collect_garbage(state: State) -> None:

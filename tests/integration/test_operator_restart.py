@@ -66,3 +66,27 @@ async def test_operator_killed_at_several_points_creates_no_duplicate_and_finish
         f"restart test: 3 SIGKILLs (Jobs existing at each kill: {kills}), 20/20 Succeeded, "
         f"{sum(job_additions.values())} Jobs created, {sum(runs.values())} worker runs"
     )
+
+
+async def test_crawljob_deleted_while_the_operator_is_down_has_its_job_cancelled_on_restart(
+    emulator: tuple[Emulator, str], kube_client: kube.KubeClient, tmp_path: Path
+) -> None:
+    body = crawljob("down/sleep-60.csv")
+    name = body["metadata"]["name"]
+    operator = OperatorProcess(emulator[1], tmp_path / "op.log")
+    async with running_runner(kube_client):
+        await operator.start()
+        await kube_client.create(kube.CRAWLJOBS, NAMESPACE, body)
+        await wait_phase(kube_client, name, {"Running"})
+        await operator.kill()
+        await kube_client.delete(kube.CRAWLJOBS, NAMESPACE, name)  # no finalizer: not blocked
+        assert await kube_client.list(kube.JOBS, NAMESPACE)  # the emulator has no garbage collector
+        await operator.start()
+
+        async def cancelled() -> bool:
+            jobs = await kube_client.list(kube.JOBS, NAMESPACE)
+            pods = await kube_client.list(kube.PODS, NAMESPACE, {"job-name": name})
+            return not jobs and not pods
+
+        await wait_until(cancelled, 30, "orphaned Job and Pods deleted")
+        await operator.stop()

@@ -147,10 +147,44 @@ class Emulator(kmock.KubernetesEmulator):
         return await super()._handle(request)
 
     def _current(self, request: kmock.Request) -> dict[str, Any] | None:
-        for (res, namespace, name), obj in self.objects.items():
-            if res == request.resource and namespace == request.namespace and name == request.name:
-                return None if obj.deleted else dict(obj.raw)
-        return None
+        obj = self._lookup(request.resource, request.namespace, request.name)
+        return None if obj is None or obj.deleted else dict(obj.raw)
+
+    # kmock finds the object of a single-object request by scanning all objects (O(objects) per
+    # request); these serve the same answers by a direct key lookup, so thousands of objects stay fast.
+    def _lookup(self, resource_: Any, namespace: str | None, name: str | None) -> Any:
+        store: dict[Any, Any] = self._objects._objects
+        return store.get((resource_, namespace, name))
+
+    async def _serve_fetch(self, request: kmock.Request) -> Any:
+        async with self._lock:
+            obj = self._lookup(request.resource, request.namespace, request.name)
+        if obj is None or obj.deleted:
+            raise kmock.KubernetesObjectNotFoundError()
+        return obj.raw
+
+    async def _serve_update(self, request: kmock.Request) -> Any:
+        async with self._lock:
+            obj = self._lookup(request.resource, request.namespace, request.name)
+        if obj is None:
+            raise kmock.KubernetesObjectNotFoundError()
+        return obj.last.raw
+
+    async def _serve_delete(self, request: kmock.Request) -> Any:
+        async with self._lock:
+            obj = self._lookup(request.resource, request.namespace, request.name)
+        if obj is None:
+            raise kmock.KubernetesObjectNotFoundError()
+        return obj.last.raw
+
+    async def _serve_create(self, request: kmock.Request) -> Any:
+        metadata = (request.data or {}).get("metadata") or {}
+        namespace = request.namespace or metadata.get("namespace")
+        async with self._lock:
+            obj = self._lookup(request.resource, namespace, request.name or metadata.get("name"))
+        if obj is None:
+            raise kmock.KubernetesObjectNotFoundError()
+        return obj.raw
 
     async def _serve_list(self, request: kmock.Request) -> Any:
         answer = dict(await super()._serve_list(request))  # type: ignore[arg-type]

@@ -71,6 +71,7 @@ class State:
     crawljobs: dict[Key, Body] = field(default_factory=dict)
     jobs: dict[Key, Body] = field(default_factory=dict)
     pods: dict[Key, Body] = field(default_factory=dict)
+    pods_by_job: defaultdict[Key, set[Key]] = field(default_factory=lambda: defaultdict(set))
     creating: set[Key] = field(default_factory=set)
     locks: defaultdict[Key, asyncio.Lock] = field(default_factory=lambda: defaultdict(asyncio.Lock))
     wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -95,13 +96,21 @@ class State:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
+    def remember_pod(self, body: Mapping[str, Any]) -> None:
+        self.remember(self.pods, body)
+        job_name = ((body.get("metadata") or {}).get("labels") or {}).get("job-name")
+        if job_name:
+            self.pods_by_job[(_key(body)[0], str(job_name))].add(_key(body))
+
+    def forget_pod(self, key: Key) -> None:
+        body = self.pods.pop(key, None) or {}
+        job_name = ((body.get("metadata") or {}).get("labels") or {}).get("job-name")
+        if job_name:
+            self.pods_by_job[(key[0], str(job_name))].discard(key)
+
     def pods_of(self, namespace: str, job_name: str) -> list[Body]:
-        return [
-            pod
-            for (pod_namespace, _), pod in self.pods.items()
-            if pod_namespace == namespace
-            and ((pod.get("metadata") or {}).get("labels") or {}).get("job-name") == job_name
-        ]
+        keys = self.pods_by_job.get((namespace, job_name)) or set()
+        return [self.pods[key] for key in keys if key in self.pods]
 
     def jobs_of(self, namespace: str, crawljob_name: str) -> list[Body]:
         return [
@@ -242,7 +251,7 @@ async def reconcile(state: State, key: Key) -> None:
         if _job_finished(job):
             # The Job's and the Pods' watch events race: read the Pods (termination message) fresh.
             for pod in await _list_quietly(state, kube.PODS, namespace, {"job-name": expected}):
-                state.remember(state.pods, pod)
+                state.remember_pod(pod)
         observation = status.observe(job, state.pods_of(namespace, expected), _now())
         await write_status(state, crawljob, observation, expected)
         if status.is_terminal(observation.phase):
@@ -487,13 +496,19 @@ async def resync(state: State) -> None:
     crawljobs = await state.client.list(kube.CRAWLJOBS, namespace)
     job_list = await state.client.list(kube.JOBS, namespace, MANAGED)
     pod_list = await state.client.list(kube.PODS, namespace, MANAGED)
-    for store, items in ((state.crawljobs, crawljobs), (state.jobs, job_list), (state.pods, pod_list)):
+    for store, items in ((state.crawljobs, crawljobs), (state.jobs, job_list)):
         seen = {_key(item) for item in items}
         for item in items:
             state.remember(store, item)
         for key in list(store):
             if key not in seen and key not in state.creating:
                 store.pop(key, None)
+    seen_pods = {_key(item) for item in pod_list}
+    for pod in pod_list:
+        state.remember_pod(pod)
+    for key in list(state.pods):
+        if key not in seen_pods:
+            state.forget_pod(key)
     state.healthy_at = asyncio.get_running_loop().time()
     phases: dict[str, int] = defaultdict(int)
     for key, crawljob in list(state.crawljobs.items()):
@@ -638,9 +653,9 @@ async def on_pod_event(event: Mapping[str, Any], memo: Any, **_: Any) -> None:
     body = event.get("object") or {}
     key = _key(body)
     if event.get("type") == "DELETED":
-        state.pods.pop(key, None)
+        state.forget_pod(key)
         return
-    state.remember(state.pods, body)
+    state.remember_pod(body)
     owner = ((body.get("metadata") or {}).get("labels") or {}).get(resource.LABEL_CRAWLJOB)
     if owner:
         await reconcile(state, (key[0], owner))

@@ -113,20 +113,30 @@ class Emulator(kmock.KubernetesEmulator):
     printer_columns: dict[str, list[dict[str, Any]]] = attrs.field(factory=dict)
 
     # kmock matches every request against its whole request log (O(log length) per request, ~1 ms
-    # per logged request), so long runs slow to a crawl. Keep only the most recent requests;
-    # None keeps them all (for tests asserting on the request log).
-    request_log_limit: int | None = 1
+    # per logged request), so long runs slow to a crawl. Finished requests are dropped from the log
+    # (requests still in flight must stay: kmock looks them up there). False keeps the whole log
+    # (for tests asserting on it).
+    trim_request_log: bool = True
+    _finished_requests: set[int] = attrs.field(factory=set)
 
-    def _trim_request_log(self) -> None:
-        limit = self.request_log_limit
-        if limit is None or limit < 1:
+    def _trim_finished_requests(self) -> None:
+        finished = self._finished_requests
+        if not self.trim_request_log or not finished:
             return
-        del self._requests[:-limit]
+        self._requests[:] = [request for request in self._requests if id(request) not in finished]
         for payload in self._payloads:
-            del payload._requests[:-limit]
+            payload._requests[:] = [request for request in payload._requests if id(request) not in finished]
+        # Trimmed requests may now be freed and their ids reused: forget them.
+        finished.clear()
 
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
-        self._trim_request_log()
+        self._trim_finished_requests()
+        try:
+            return await self._handle_with_metadata(request)
+        finally:
+            self._finished_requests.add(id(request))
+
+    async def _handle_with_metadata(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         data = request.data
         if request.resource is not None and isinstance(data, dict):
             metadata = data.setdefault("metadata", {})

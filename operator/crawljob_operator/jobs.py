@@ -155,7 +155,7 @@ def build_job(crawljob: Mapping[str, Any], settings: OperatorSettings) -> Body:
                         "values": list(PERMANENT_EXIT_CODES),
                     },
                 },
-                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
             ]
         },
         "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},

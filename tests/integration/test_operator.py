@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import socket
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from crawljob_operator import kube
@@ -20,9 +23,29 @@ async def test_crawljob_runs_to_succeeded_with_the_workers_result(
 ) -> None:
     body = crawljob("in/ok-42.csv")
     name = body["metadata"]["name"]
-    async with running_runner(kube_client), running_operator(emulator[1], tmp_path / "operator.log"):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    flags = {"health-port": port, "log-format": "json"}
+    async with (
+        running_runner(kube_client),
+        running_operator(emulator[1], tmp_path / "operator.log", **flags),
+        aiohttp.ClientSession() as http,
+    ):
         await kube_client.create(kube.CRAWLJOBS, NAMESPACE, body)
         done = await wait_phase(kube_client, name, {"Succeeded", "Failed"})
+        async with http.get(f"http://127.0.0.1:{port}/healthz") as health:
+            assert health.status == 200
+        async with http.get(f"http://127.0.0.1:{port}/metrics") as metrics:
+            text = await metrics.text()
+        assert 'crawljob_transitions_total{phase="Succeeded",reason="Completed"} 1.0' in text
+        assert "crawljob_jobs_created_total 1.0" in text
+    lines = [
+        json.loads(line)
+        for line in (tmp_path / "operator.log").read_text().splitlines()
+        if line.startswith("{")
+    ]
+    assert any(line.get("crawljob") == name and line.get("phase") == "Succeeded" for line in lines)
     status = done["status"]
     assert status["phase"] == "Succeeded", status
     assert status["result"]["rowsRead"] == 42

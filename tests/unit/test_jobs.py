@@ -60,7 +60,7 @@ def test_job_spec_retries_deadline_ttl_and_pod_failure_policy() -> None:
         "action": "FailJob",
         "onExitCodes": {"containerName": "worker", "operator": "In", "values": [2, 3, 4, 5, 6]},
     }
-    assert rules[1] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}
+    assert rules[1] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
     assert spec["template"]["spec"]["restartPolicy"] == "Never"
     defaults = jobs.build_job(_crawljob(), SETTINGS)["spec"]
     assert defaults["backoffLimit"] == 3
@@ -172,3 +172,16 @@ def test_settings_from_flags_and_env() -> None:
 def test_bad_settings_say_what_is_wrong(argv: list[str], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         operator_settings(operator_parser({}).parse_args(argv))
+
+
+def test_job_manifest_is_valid_against_the_kubernetes_schema() -> None:
+    validate = pytest.importorskip("kubernetes_validate")  # a dev dependency
+    job = jobs.build_job(
+        _crawljob(
+            backoffLimit=1,
+            activeDeadlineSeconds=60,
+            jobTemplate={"nodeSelector": {"disk": "ssd"}, "tolerations": [{"key": "k", "operator": "Exists"}]},
+        ),
+        SETTINGS,
+    )
+    validate.validate(job, "1.33", strict=True)

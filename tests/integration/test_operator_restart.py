@@ -90,3 +90,35 @@ async def test_crawljob_deleted_while_the_operator_is_down_has_its_job_cancelled
 
         await wait_until(cancelled, 30, "orphaned Job and Pods deleted")
         await operator.stop()
+
+
+async def test_two_operators_running_by_mistake_still_make_one_job_per_crawljob(
+    emulator: tuple[Emulator, str], kube_client: kube.KubeClient, tmp_path: Path
+) -> None:
+    """The chart runs one replica (Recreate); should two ever overlap, names + adopt-on-409 hold."""
+    bodies = [crawljob(f"twice/t{index:02d}_sleep-0.2_ok-{index + 1}.csv") for index in range(10)]
+    names = [body["metadata"]["name"] for body in bodies]
+    job_additions: Counter[str] = Counter()
+
+    async def watch_creations() -> None:
+        async for event in kube_client.watch(kube.JOBS, NAMESPACE):
+            if event["type"] == "ADDED":
+                job_additions[event["object"]["metadata"]["name"]] += 1
+
+    first = OperatorProcess(emulator[1], tmp_path / "op1.log")
+    second = OperatorProcess(emulator[1], tmp_path / "op2.log")
+    watcher = asyncio.create_task(watch_creations())
+    async with running_runner(kube_client, {"FAKE_WORKER_STATE": str(tmp_path)}, max_parallel=8):
+        await first.start()
+        await second.start()
+        for body in bodies:
+            await kube_client.create(kube.CRAWLJOBS, NAMESPACE, body)
+        finished = [
+            await wait_phase(kube_client, name, {"Succeeded", "Failed"}, timeout=60) for name in names
+        ]
+        await first.stop()
+        await second.stop()
+    watcher.cancel()
+    assert [item["status"]["result"]["rowsRead"] for item in finished] == list(range(1, 11))
+    assert set(job_additions.values()) == {1} and sorted(job_additions) == sorted(names)
+    assert Counter((tmp_path / "runs.log").read_text().split()) == Counter({name: 1 for name in names})

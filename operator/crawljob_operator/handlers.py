@@ -34,6 +34,7 @@ Key = tuple[str, str]  # (namespace, name)
 MANAGED = {resource.LABEL_MANAGED_BY: resource.MANAGED_BY}
 ANNOTATION_RERUN = "crawljob.io/rerun"
 POSITION_EXACT_HEAD = 10
+POSITION_HEAD_SECONDS = 2.0
 POSITION_REFRESH_SECONDS = 15.0
 
 
@@ -381,13 +382,12 @@ def _position_due(state: State, key: Key, position: int) -> bool:
     """Whether a changed queue position is worth a status write now.
 
     Each admission moves every waiting CrawlJob up one place; writing them all every time costs
-    O(queue length) writes per admission. The head of the queue is kept exact; the rest is
-    refreshed every POSITION_REFRESH_SECONDS.
+    O(queue length) writes per admission. A position is rewritten at most every
+    POSITION_HEAD_SECONDS near the head of the queue and every POSITION_REFRESH_SECONDS behind it.
     """
-    if position <= POSITION_EXACT_HEAD:
-        return True
+    interval = POSITION_HEAD_SECONDS if position <= POSITION_EXACT_HEAD else POSITION_REFRESH_SECONDS
     last = state.position_written.get(key, 0.0)
-    return asyncio.get_running_loop().time() - last >= POSITION_REFRESH_SECONDS
+    return asyncio.get_running_loop().time() - last >= interval
 
 
 async def _write_queued(state: State, key: Key, position: int) -> None:

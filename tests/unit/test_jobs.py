@@ -60,7 +60,10 @@ def test_job_spec_retries_deadline_ttl_and_pod_failure_policy() -> None:
         "action": "FailJob",
         "onExitCodes": {"containerName": "worker", "operator": "In", "values": [2, 3, 4, 5, 6]},
     }
-    assert rules[1] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+    assert rules[1] == {
+        "action": "Ignore",
+        "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+    }
     assert spec["template"]["spec"]["restartPolicy"] == "Never"
     defaults = jobs.build_job(_crawljob(), SETTINGS)["spec"]
     assert defaults["backoffLimit"] == 3
@@ -180,7 +183,10 @@ def test_job_manifest_is_valid_against_the_kubernetes_schema() -> None:
         _crawljob(
             backoffLimit=1,
             activeDeadlineSeconds=60,
-            jobTemplate={"nodeSelector": {"disk": "ssd"}, "tolerations": [{"key": "k", "operator": "Exists"}]},
+            jobTemplate={
+                "nodeSelector": {"disk": "ssd"},
+                "tolerations": [{"key": "k", "operator": "Exists"}],
+            },
         ),
         SETTINGS,
     )

@@ -93,7 +93,7 @@ class JobRunner:
                 try:
                     for job in await self.client.list(kube.JOBS, self.namespace):
                         self._consider(job)
-                    await self._reap_deleted()
+                    self._forget_finished()
                 except kube.KubeError as exc:
                     log.warning("job runner: listing Jobs failed: %s", exc)
                 await asyncio.sleep(self.relist_seconds)
@@ -130,8 +130,8 @@ class JobRunner:
         if task is not None:
             task.cancel()
 
-    async def _reap_deleted(self) -> None:
-        """Cancel runs whose Job is gone (a missed DELETED event)."""
+    def _forget_finished(self) -> None:
+        """Move finished runs out of the task table (their Jobs are never run again)."""
         for uid, task in list(self._tasks.items()):
             if task.done():
                 self._tasks.pop(uid, None)

@@ -167,7 +167,7 @@ def test_chart_version_follows_the_package_version() -> None:
 
 
 def test_every_value_has_a_comment() -> None:
-    """Each key in values.yaml has a comment right above it, or sits inside a commented value."""
+    """Each key in values.yaml has a `# --` comment right above it, or sits inside a commented value."""
     lines = (CHART / "values.yaml").read_text().splitlines()
     missing = []
     commented_parents: list[tuple[int, bool]] = []  # (indent, commented) of the enclosing keys
@@ -178,7 +178,10 @@ def test_every_value_has_a_comment() -> None:
         indent = len(match.group(1))
         while commented_parents and commented_parents[-1][0] >= indent:
             commented_parents.pop()
-        commented = number > 0 and lines[number - 1].strip().startswith("#")
+        above = number - 1
+        while above >= 0 and lines[above].strip().startswith("#") and not lines[above].strip().startswith("# --"):
+            above -= 1  # continuation lines of a multi-line comment
+        commented = above >= 0 and lines[above].strip().startswith("# --") and above < number
         inside_commented = any(flag for _, flag in commented_parents)
         is_section = line.rstrip().endswith(":") and not commented  # its children carry the comments
         if not (commented or inside_commented or is_section):

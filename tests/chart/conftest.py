@@ -19,6 +19,8 @@ def all_manifests() -> list[Manifest]:
 
 
 @pytest.fixture(scope="session", params=["defaults", "all-options"])
-def manifests(request: pytest.FixtureRequest, default_manifests: list[Manifest], all_manifests: list[Manifest]) -> list[Manifest]:
+def manifests(
+    request: pytest.FixtureRequest, default_manifests: list[Manifest], all_manifests: list[Manifest]
+) -> list[Manifest]:
     """Each rendering in turn."""
     return default_manifests if request.param == "defaults" else all_manifests

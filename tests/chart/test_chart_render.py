@@ -109,7 +109,9 @@ def test_all_options_render_ingress_pdb_and_monitoring(all_manifests: list[Manif
         {"hosts": ["crawljob.example.com", "hooks.example.com"], "secretName": "crawljob-tls"}
     ]
     backends = {
-        path["backend"]["service"]["name"] for rule in ingress["spec"]["rules"] for path in rule["http"]["paths"]
+        path["backend"]["service"]["name"]
+        for rule in ingress["spec"]["rules"]
+        for path in rule["http"]["paths"]
     }
     assert backends == {"crawl-receiver"}
     pdb = named(all_manifests, "PodDisruptionBudget", "crawl-receiver")
@@ -135,7 +137,9 @@ def test_pdb_falls_back_to_policy_v1beta1_on_kubernetes_1_20() -> None:
     assert {m["apiVersion"] for m in manifests} <= served_by_1_20
 
 
-def test_generated_webhook_secret_holds_a_random_token_and_hmac_key(default_manifests: list[Manifest]) -> None:
+def test_generated_webhook_secret_holds_a_random_token_and_hmac_key(
+    default_manifests: list[Manifest],
+) -> None:
     import base64
 
     secret = named(default_manifests, "Secret", "demo-crawljob-webhook")
@@ -179,7 +183,11 @@ def test_every_value_has_a_comment() -> None:
         while commented_parents and commented_parents[-1][0] >= indent:
             commented_parents.pop()
         above = number - 1
-        while above >= 0 and lines[above].strip().startswith("#") and not lines[above].strip().startswith("# --"):
+        while (
+            above >= 0
+            and lines[above].strip().startswith("#")
+            and not lines[above].strip().startswith("# --")
+        ):
             above -= 1  # continuation lines of a multi-line comment
         commented = above >= 0 and lines[above].strip().startswith("# --") and above < number
         inside_commented = any(flag for _, flag in commented_parents)
@@ -191,12 +199,25 @@ def test_every_value_has_a_comment() -> None:
 
 
 def test_notes_tell_the_webhook_url_wiring_and_how_to_watch() -> None:
-    result = helm("install", "demo", str(CHART), "--dry-run=client", "--namespace", NAMESPACE,
-                  "--values", str(VALUES_ALL))
+    result = helm(
+        "install",
+        "demo",
+        str(CHART),
+        "--dry-run=client",
+        "--namespace",
+        NAMESPACE,
+        "--values",
+        str(VALUES_ALL),
+    )
     notes = result.stdout.split("NOTES:", 1)[1]
     assert "https://crawljob.example.com/v1/trigger" in notes
-    for needle in ("aws sns subscribe", "EventBridge", "mc admin config set", "kubectl -n crawls get crawljobs -w",
-                   "X-Crawljob-Signature"):
+    for needle in (
+        "aws sns subscribe",
+        "EventBridge",
+        "mc admin config set",
+        "kubectl -n crawls get crawljobs -w",
+        "X-Crawljob-Signature",
+    ):
         assert needle in notes, needle
 
 
@@ -214,7 +235,11 @@ def structural_problems(schema: dict[str, Any], path: str = "") -> list[str]:
     for forbidden in ("$ref", "definitions", "dependencies", "patternProperties", "uniqueItems"):
         if forbidden in schema:
             problems.append(f"{path}: {forbidden} is not allowed")
-    if path != ".metadata" and schema.get("type") == "object" and not ("properties" in schema or "additionalProperties" in schema or preserves):
+    if (
+        path != ".metadata"
+        and schema.get("type") == "object"
+        and not ("properties" in schema or "additionalProperties" in schema or preserves)
+    ):
         problems.append(f"{path}: object without properties, additionalProperties or preserve-unknown-fields")
     for name, child in schema.get("properties", {}).items():
         problems += structural_problems(child, f"{path}.{name}")

@@ -50,7 +50,9 @@ def test_dockerfile_follows_the_image_rules(dockerfile: str) -> None:
     text = (ROOT / dockerfile).read_text()
     entrypoint, install_target = DOCKERFILES[dockerfile]
     stages = re.findall(r"^FROM (\S+)(?: AS (\S+))?$", text, flags=re.MULTILINE)
-    assert stages == [("${BASE_IMAGE}", "builder"), ("${BASE_IMAGE}", "")], "builder + final, both from BASE_IMAGE"
+    assert stages == [("${BASE_IMAGE}", "builder"), ("${BASE_IMAGE}", "")], (
+        "builder + final, both from BASE_IMAGE"
+    )
     assert re.search(r"^ARG BASE_IMAGE=\S+", text, flags=re.MULTILINE)
     final = text.split("\nFROM ${BASE_IMAGE}\n", 1)[1]
     assert "pip install" not in final and "apt-get" not in final, "dependencies belong in the builder"

@@ -88,14 +88,20 @@ def test_only_the_operator_may_touch_jobs_and_pods(default_manifests: list[Manif
         assert not {key for key in granted if key[1] in {"jobs", "pods", "secrets", "events"}}, component
 
 
-def test_roles_live_in_the_crawljob_namespace_and_bind_their_own_account(all_manifests: list[Manifest]) -> None:
-    accounts = {m["metadata"]["name"]: m["metadata"]["namespace"] for m in of_kind(all_manifests, "ServiceAccount")}
+def test_roles_live_in_the_crawljob_namespace_and_bind_their_own_account(
+    all_manifests: list[Manifest],
+) -> None:
+    accounts = {
+        m["metadata"]["name"]: m["metadata"]["namespace"] for m in of_kind(all_manifests, "ServiceAccount")
+    }
     assert accounts == {
         "crawl-webhook": "crawljob-system",
         "crawl-operator": "crawljob-system",
         "crawl-worker": "crawls",  # workers run next to their CrawlJobs
     }
-    deployments = {d["metadata"]["name"]: d["spec"]["template"]["spec"] for d in of_kind(all_manifests, "Deployment")}
+    deployments = {
+        d["metadata"]["name"]: d["spec"]["template"]["spec"] for d in of_kind(all_manifests, "Deployment")
+    }
     uses = {
         "receiver": deployments["crawl-receiver"]["serviceAccountName"],
         "operator": deployments["crawl-operator"]["serviceAccountName"],
@@ -110,7 +116,9 @@ def test_roles_live_in_the_crawljob_namespace_and_bind_their_own_account(all_man
             "kind": "Role",
             "name": f"crawl-{component}",
         }
-        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account, "namespace": accounts[account]}]
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": account, "namespace": accounts[account]}
+        ]
         assert named(all_manifests, "Role", f"crawl-{component}")["metadata"]["namespace"] == "crawls"
 
 
@@ -125,7 +133,9 @@ def test_cluster_scoped_access_is_read_only_and_optional(
         ("", "namespaces"): {"get", "list", "watch"},
     }
     (binding,) = of_kind(all_manifests, "ClusterRoleBinding")
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "crawl-operator", "namespace": "crawljob-system"}]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "crawl-operator", "namespace": "crawljob-system"}
+    ]
 
 
 def test_the_worker_identity_carries_the_workload_identity_annotation(all_manifests: list[Manifest]) -> None:

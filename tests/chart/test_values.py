@@ -61,7 +61,9 @@ def test_receiver_configuration_from_all_options(all_manifests: list[Manifest]) 
     assert webhook == [{"name": "webhook", "secret": {"secretName": "webhook-keys", "defaultMode": 0o440}}]
 
 
-def test_receiver_defaults_use_a_token_file_from_the_generated_secret(default_manifests: list[Manifest]) -> None:
+def test_receiver_defaults_use_a_token_file_from_the_generated_secret(
+    default_manifests: list[Manifest],
+) -> None:
     env = env_of(containers(default_manifests, "demo-crawljob-receiver"))
     assert env["CRAWLJOB_AUTH_MODE"] == "token"
     assert env["CRAWLJOB_AUTH_TOKEN_FILE"] == "/etc/crawljob/webhook/token"
@@ -98,7 +100,10 @@ def test_operator_configuration_from_all_options(all_manifests: list[Manifest]) 
     assert worker_env == [
         {"name": "AWS_ENDPOINT_URL_S3", "value": "http://minio.storage.svc:9000"},
         {"name": "AWS_DEFAULT_REGION", "value": "eu-west-1"},
-        {"name": "AWS_ACCESS_KEY_ID", "valueFrom": {"secretKeyRef": {"name": "s3-credentials", "key": "access-key"}}},
+        {
+            "name": "AWS_ACCESS_KEY_ID",
+            "valueFrom": {"secretKeyRef": {"name": "s3-credentials", "key": "access-key"}},
+        },
         {
             "name": "AWS_SECRET_ACCESS_KEY",
             "valueFrom": {"secretKeyRef": {"name": "s3-credentials", "key": "secret-key"}},

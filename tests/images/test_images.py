@@ -7,13 +7,14 @@ in the Kubernetes API emulator.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import time
 import tomllib
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -163,8 +164,11 @@ def wait_for_http(url: str, timeout: float, process: subprocess.Popen[bytes]) ->
 
 
 @pytest.fixture
-def receiver_container(emulator: tuple[Any, str]) -> Iterator[str]:
-    """The operator image running `crawljob receiver` against the emulator; yields its base URL."""
+async def receiver_container(emulator: tuple[Any, str]) -> AsyncIterator[str]:
+    """The operator image running `crawljob receiver` against the emulator; yields its base URL.
+
+    Async, so the emulator (served by this event loop) keeps answering while we wait in a thread.
+    """
     needs_source("operator/crawljob_operator/receiver.py")
     port = free_port()
     name = f"crawljob-receiver-test-{port}"
@@ -177,21 +181,23 @@ def receiver_container(emulator: tuple[Any, str]) -> Iterator[str]:
         "CRAWLJOB_AUTH_TOKEN": "image-test-token",
     }
     command = [*RUN, "--name", name, *(f"--env={k}={v}" for k, v in env.items()), OPERATOR_IMAGE, "receiver"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = await asyncio.to_thread(
+        subprocess.Popen, command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_for_http(f"{base}/healthz", timeout=60, process=process)
+        await asyncio.to_thread(wait_for_http, f"{base}/healthz", 60, process)
         yield base
     finally:
-        subprocess.run([*PODMAN, "stop", "--time", "5", name], capture_output=True, check=False)
-        process.wait(timeout=30)
+        await asyncio.to_thread(
+            subprocess.run, [*PODMAN, "stop", "--time", "5", name], capture_output=True, check=False
+        )
+        await asyncio.to_thread(process.wait, 30)
 
 
 async def test_operator_image_receiver_answers_healthz_and_creates_crawljobs(
     receiver_container: str, kube_client: kube.KubeClient
 ) -> None:
-    import asyncio
-
     def call(path: str, body: bytes | None = None) -> tuple[int, Any]:
         request = urllib.request.Request(
             receiver_container + path, data=body, headers={"Authorization": "Bearer image-test-token"}

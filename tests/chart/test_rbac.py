@@ -19,6 +19,9 @@ OPERATOR_CALLS = {
     ("crawljob.io", "crawljobs"): {"get", "list", "watch", "patch", "delete"},
     # status: phase, conditions, result (kopf patches the status subresource separately).
     ("crawljob.io", "crawljobs/status"): {"get", "patch"},
+    # Jobs are created with blockOwnerDeletion: the OwnerReferencesPermissionEnforcement admission
+    # plugin then requires update on the owner's finalizers.
+    ("crawljob.io", "crawljobs/finalizers"): {"update"},
     # Jobs: create (suspended when queued), watch their status, unsuspend (patch), cancel (delete).
     ("batch", "jobs"): {"get", "list", "watch", "create", "patch", "delete"},
     # Pods: read the worker's termination message and failure reasons.

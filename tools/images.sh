@@ -17,16 +17,19 @@ timings=("base image ($BASE_IMAGE)|$((SECONDS - start))")
 for image in operator worker; do
     dockerfile=$([[ $image == operator ]] && echo operator/Dockerfile || echo job-image/Dockerfile)
     tag="localhost/crawljob-$image:$VERSION"
+    previous="$(podman image inspect --format '{{.Id}}' "$tag" 2>/dev/null || true)"
     start=$SECONDS
     echo "images: building $tag from $dockerfile" >&2
     pod build --network=host "${ULIMITS[@]}" --layers \
         --build-arg "BASE_IMAGE=$BASE_IMAGE" --build-arg "VERSION=$VERSION" \
         -f "$dockerfile" -t "$tag" . >&2
+    # The image this tag named before is now unused: drop it (only ours, never a global prune).
+    if [[ -n "$previous" && "$previous" != "$(podman image inspect --format '{{.Id}}' "$tag")" ]]; then
+        podman rmi "$previous" >/dev/null 2>&1 || true
+    fi
     size="$(podman image inspect --format '{{.Size}}' "$tag")"
     timings+=("$tag|$((SECONDS - start))|$((size / 1000000))")
 done
-# Intermediate builder stages are left dangling by each rebuild: drop them.
-podman image prune -f >/dev/null
 
 printf '\n%-45s %8s %8s\n' image "build s" "MB" >&2
 for row in "${timings[@]}"; do

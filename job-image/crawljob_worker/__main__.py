@@ -48,7 +48,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         termination_log = settings.termination_log
         run(settings, environ, counters)
         code, reason = ExitCode.SUCCEEDED, "Succeeded"
-        message = f"{counters.rows_written} rows written to {counters.output_uri} in {counters.output_objects} part(s)"
+        message = (
+            f"{counters.rows_written} rows written to {counters.output_uri} "
+            f"in {counters.output_objects} part(s)"
+        )
         if counters.rows_rejected:
             message += f"; {counters.rows_rejected} rejected (see {counters.rejects_uri})"
     except SystemExit as exit_:  # --help
@@ -57,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code, reason, message = error.code, error.reason, error.message
     except KeyboardInterrupt:
         code, reason, message = ExitCode.CRASHED, "Interrupted", "interrupted"
-    except Exception as error:  # noqa: BLE001 - reported in the termination message, exit 1 (retried)
+    except Exception as error:  # reported in the termination message, exit 1 (retried)
         log.exception("the worker crashed")
         code, reason, message = ExitCode.CRASHED, "Crashed", f"{type(error).__name__}: {error}"
     result = summary(int(code), reason, message, counters, started)

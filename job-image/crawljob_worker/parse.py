@@ -40,7 +40,7 @@ class Dialect:
 
     @property
     def quote_bytes(self) -> bytes | None:
-        return self.quote.encode("ascii") if self.quote is not None else None
+        return self.quote.encode(self.encoding) if self.quote is not None else None
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ class Parsed:
 
     @property
     def rows_read(self) -> int:
-        return self.table.num_rows + len(self.rejects)
+        return int(self.table.num_rows) + len(self.rejects)
 
 
 def _decode_record(data: bytes, encoding: str) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime
 import json
 import logging
-import os
 import ssl
 import sys
 import threading
@@ -18,6 +17,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TextIO
 
 log = logging.getLogger("crawljob_worker.report")
@@ -50,8 +50,7 @@ def termination_message(summary: Mapping[str, Any], limit: int = TERMINATION_LIM
 def write_termination_message(path: str, summary: Mapping[str, Any]) -> None:
     """Write the termination message; a missing /dev/termination-log outside Kubernetes is only logged."""
     try:
-        with open(path, "w", encoding="utf-8") as handle:
-            handle.write(termination_message(summary))
+        Path(path).write_text(termination_message(summary), encoding="utf-8")
     except OSError as error:
         log.info("termination message not written to %s: %s", path, error)
 
@@ -89,7 +88,8 @@ class KubeTarget:
     ca_file: str | None = None
 
     def url(self) -> str:
-        return f"{self.server.rstrip('/')}/apis/crawljob.io/v1alpha1/namespaces/{self.namespace}/crawljobs/{self.name}/status"
+        base = self.server.rstrip("/")
+        return f"{base}/apis/crawljob.io/v1alpha1/namespaces/{self.namespace}/crawljobs/{self.name}/status"
 
 
 def kube_target(
@@ -102,22 +102,21 @@ def kube_target(
     if server:
         return KubeTarget(server=server, namespace=namespace or "default", name=name)
     host, port = environ.get("KUBERNETES_SERVICE_HOST"), environ.get("KUBERNETES_SERVICE_PORT", "443")
-    token_file = os.path.join(service_account_dir, "token")
-    if not host or not os.path.exists(token_file):
+    token_file = Path(service_account_dir) / "token"
+    if not host or not token_file.exists():
         log.warning(
             "CRAWLJOB_NAME is set but no API server is known (no CRAWLJOB_KUBE_SERVER, not in a cluster)"
         )
         return None
     if not namespace:
         try:
-            with open(os.path.join(service_account_dir, "namespace"), encoding="utf-8") as handle:
-                namespace = handle.read().strip()
+            namespace = (Path(service_account_dir) / "namespace").read_text(encoding="utf-8").strip()
         except OSError:
             namespace = "default"
     host = f"[{host}]" if ":" in host else host
     return KubeTarget(
         server=f"https://{host}:{port}", namespace=namespace, name=name,
-        token_file=token_file, ca_file=os.path.join(service_account_dir, "ca.crt"),
+        token_file=str(token_file), ca_file=str(Path(service_account_dir) / "ca.crt"),
     )  # fmt: skip
 
 
@@ -128,8 +127,10 @@ def patch_status(target: KubeTarget, patch: Mapping[str, Any], timeout: float = 
         headers={"Content-Type": "application/merge-patch+json", "Accept": "application/json"},
     )  # fmt: skip
     if target.token_file:
-        with open(target.token_file, encoding="utf-8") as handle:  # re-read: projected tokens rotate
-            request.add_header("Authorization", f"Bearer {handle.read().strip()}")
+        token = (
+            Path(target.token_file).read_text(encoding="utf-8").strip()
+        )  # re-read: projected tokens rotate
+        request.add_header("Authorization", f"Bearer {token}")
     context = ssl.create_default_context(cafile=target.ca_file) if target.ca_file else None
     with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
         response.read()

@@ -12,18 +12,20 @@ import csv
 import hashlib
 import json
 import logging
-import os
 import re
 import shutil
 import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, Any, Protocol
 
 import botocore.exceptions
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+from boto3.exceptions import S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
 
 from crawljob_worker.errors import WorkerError, output_forbidden, transient
@@ -83,9 +85,8 @@ def output_error(error: BaseException, uri: str) -> WorkerError:
 
 
 def boto3_upload_failed() -> type[Exception]:
-    from boto3.exceptions import S3UploadFailedError
-
-    return S3UploadFailedError
+    failed: type[Exception] = S3UploadFailedError
+    return failed
 
 
 class Target(Protocol):
@@ -157,14 +158,14 @@ class LocalTarget:
     """A local directory (created if needed); files appear atomically by rename."""
 
     def __init__(self, directory: str) -> None:
-        self._directory = os.path.abspath(directory)
+        self._directory = Path(directory).resolve()
         try:
-            os.makedirs(self._directory, exist_ok=True)
+            self._directory.mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            raise output_error(error, self._directory) from error
+            raise output_error(error, str(self._directory)) from error
 
     def uri_of(self, name: str) -> str:
-        return os.path.join(self._directory, name)
+        return str(self._directory / name) if name else str(self._directory) + "/"
 
     def put_file(self, path: str, name: str) -> None:
         try:
@@ -177,23 +178,21 @@ class LocalTarget:
         try:
             with tempfile.NamedTemporaryFile(dir=self._directory, prefix=".tmp-", delete=False) as handle:
                 handle.write(data)
-            os.chmod(handle.name, 0o644)
-            os.replace(handle.name, final)
+            Path(handle.name).chmod(0o644)
+            Path(handle.name).replace(final)
         except OSError as error:
             raise output_error(error, final) from error
 
     def names(self) -> set[str]:
-        return set(os.listdir(self._directory))
+        return {path.name for path in self._directory.iterdir()}
 
     def delete(self, names: set[str]) -> None:
         for name in names:
-            try:
-                os.remove(self.uri_of(name))
-            except FileNotFoundError:
-                pass
+            with suppress(FileNotFoundError):
+                (self._directory / name).unlink()
 
     def scratch_dir(self) -> str | None:
-        return self._directory
+        return str(self._directory)
 
 
 def part_extension(output_format: str, compression: str) -> str:
@@ -259,7 +258,7 @@ def _arrow_dtype(kind: pa.DataType) -> Any:
 
 def sha256_of(path: str) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with Path(path).open("rb") as handle:
         while chunk := handle.read(4 * MIB):
             digest.update(chunk)
     return digest.hexdigest()
@@ -285,9 +284,10 @@ class PartsWriter:
         if table.num_rows == 0:
             return
         if self._current is None:
-            name = f"part-{len(self.parts) + (self._pending is not None):05d}.{part_extension(self._format, self._compression)}"
+            index = len(self.parts) + (self._pending is not None)
+            name = f"part-{index:05d}.{part_extension(self._format, self._compression)}"
             self._current = _PartFile(
-                os.path.join(self._scratch, name), self._format, self._compression, table.schema
+                str(Path(self._scratch) / name), self._format, self._compression, table.schema
             )
         self._current.write(table)
         self.stats.add(table)
@@ -298,7 +298,7 @@ class PartsWriter:
     def write_empty(self, schema: pa.Schema) -> None:
         """One empty part, so that a header-only file still yields its schema."""
         name = f"part-00000.{part_extension(self._format, self._compression)}"
-        self._current = _PartFile(os.path.join(self._scratch, name), self._format, self._compression, schema)
+        self._current = _PartFile(str(Path(self._scratch) / name), self._format, self._compression, schema)
         self._current.write(schema.empty_table())
         self._finish_part()
 
@@ -310,12 +310,11 @@ class PartsWriter:
         self._pending = self._uploads.submit(self._upload, part.path, part.rows)
 
     def _upload(self, path: str, rows: int) -> PartInfo:
-        name = os.path.basename(path)
-        size = os.path.getsize(path)
+        name = Path(path).name
+        size = Path(path).stat().st_size
         digest = sha256_of(path)
         self._target.put_file(path, name)
-        if os.path.exists(path):
-            os.remove(path)
+        Path(path).unlink(missing_ok=True)
         return PartInfo(name=name, uri=self._target.uri_of(name), rows=rows, bytes=size, sha256=digest)
 
     def _collect(self) -> None:
@@ -334,7 +333,7 @@ class PartsWriter:
         if self._current is not None:
             try:
                 self._current.close()
-            except Exception:  # noqa: BLE001 - cleaning up after a failure already being reported
+            except Exception:  # cleaning up after a failure already being reported
                 log.debug("closing the unfinished part failed", exc_info=True)
             self._current = None
         self._uploads.shutdown(wait=True, cancel_futures=True)
@@ -373,8 +372,7 @@ class RejectsWriter:
 
     def discard(self) -> None:
         self._file.close()
-        if os.path.exists(self.path):
-            os.remove(self.path)
+        Path(self.path).unlink(missing_ok=True)
 
 
 def remove_stale(target: Target, written: set[str]) -> set[str]:

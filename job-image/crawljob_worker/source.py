@@ -10,13 +10,14 @@ from __future__ import annotations
 import gzip
 import io
 import logging
-import os
 import random
 import time
 import zlib
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from http.client import HTTPException
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -43,14 +44,6 @@ FOREIGN_MAGIC = {
     b"ORC": "an ORC file",
     b"Obj\x01": "an Avro file",
 }
-TRANSIENT_CODES = {
-    "InternalError",
-    "ServiceUnavailable",
-    "SlowDown",
-    "RequestTimeout",
-    "Throttling",
-    "ThrottlingException",
-}
 NOT_FOUND_CODES = {"NoSuchKey", "NoSuchBucket", "NoSuchVersion", "404", "NotFound"}
 FORBIDDEN_CODES = {
     "AccessDenied",
@@ -61,7 +54,8 @@ FORBIDDEN_CODES = {
     "AllAccessDisabled",
 }
 READ_ERRORS: tuple[type[BaseException], ...] = (
-    botocore.exceptions.BotoCoreError,  # includes ResponseStreamingError, ReadTimeoutError, IncompleteReadError
+    # BotoCoreError covers ResponseStreamingError, ReadTimeoutError and IncompleteReadError.
+    botocore.exceptions.BotoCoreError,
     urllib3.exceptions.HTTPError,
     HTTPException,
     ConnectionError,
@@ -184,10 +178,8 @@ class S3Stream(io.RawIOBase):
             "read of %s failed at byte %d (%s); resuming in %.1fs", self.info.uri, self.offset, error, delay
         )
         time.sleep(delay)
-        try:
+        with suppress(*READ_ERRORS):
             self._body.close()
-        except READ_ERRORS:
-            pass
         pin = {"VersionId": self.info.version_id} if self.info.version_id else {"IfMatch": self.info.etag}
         while True:
             try:
@@ -203,10 +195,8 @@ class S3Stream(io.RawIOBase):
 
     def close(self) -> None:
         if not self.closed:
-            try:
+            with suppress(*READ_ERRORS):
                 self._body.close()
-            except READ_ERRORS:
-                pass
         super().close()
 
 
@@ -216,7 +206,7 @@ class FileStream(io.RawIOBase):
     def __init__(self, path: str) -> None:
         super().__init__()
         try:
-            self._file = open(path, "rb", buffering=0)  # noqa: SIM115 - closed in close()
+            self._file = Path(path).open("rb", buffering=0)  # noqa: SIM115 - closed in close()
         except FileNotFoundError:
             raise source_not_found(f"{path} does not exist") from None
         except IsADirectoryError:
@@ -225,7 +215,7 @@ class FileStream(io.RawIOBase):
             raise source_forbidden(f"{path} is not readable (permission denied)") from None
         self.offset = 0
         self.reconnects = 0
-        self.info = SourceInfo(uri=os.path.abspath(path), size=os.fstat(self._file.fileno()).st_size)
+        self.info = SourceInfo(uri=str(Path(path).resolve()), size=Path(path).stat().st_size)
 
     def readable(self) -> bool:
         return True

@@ -179,6 +179,8 @@ class BlockParser:
         if invalid:
             return None
         if self.schema is None:
+            if any(pa.types.is_binary(f.type) for f in table.schema):
+                return None  # bytes not valid in the encoding: the slow path rejects those rows
             self.schema = pa.schema([(f.name, stable_type(f.type)) for f in table.schema])
         return table if table.schema.equals(self.schema) else table.cast(self.schema)
 

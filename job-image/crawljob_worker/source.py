@@ -162,6 +162,8 @@ class S3Stream(io.RawIOBase):
             count = len(data)
             view[:count] = data
             self.offset += count
+            if count:
+                self._attempt = 0  # progress since the last failure: back off from the start again
             return count
 
     def _reconnect(self, error: BaseException) -> None:

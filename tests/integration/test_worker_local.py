@@ -86,8 +86,8 @@ def test_header_only_writes_one_empty_part_with_the_schema(tmp_path: Path) -> No
 
 
 def physical(lines: list[str]) -> int:
-    """The physical line number of the last of *lines* (records may span lines)."""
-    return sum(line.count("\n") + 1 for line in lines)
+    """The physical line on which the last of *lines* starts (records may span lines)."""
+    return sum(line.count("\n") + 1 for line in lines[:-1]) + 1
 
 
 def _with_bad_rows(path: Path, good: int) -> dict[int, str]:

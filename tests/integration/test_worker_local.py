@@ -126,7 +126,9 @@ def test_bad_rows_go_to_rejects_with_exact_line_numbers(tmp_path: Path) -> None:
 def test_reject_ratio_above_the_limit_fails_with_exit_5_after_writing_rejects(tmp_path: Path) -> None:
     source = tmp_path / "in.csv"
     _with_bad_rows(source, 100)
-    code, message = convert(source, tmp_path / "out", "--max-reject-ratio", "0.01", "--dtypes", '{"temp": "float"}')
+    code, message = convert(
+        source, tmp_path / "out", "--max-reject-ratio", "0.01", "--dtypes", '{"temp": "float"}'
+    )
     assert code == 5
     assert message["reason"] == "RejectThresholdExceeded"
     assert message["rowsRejected"] == 3
@@ -183,7 +185,11 @@ def test_rerun_overwrites_the_same_paths_and_removes_stale_parts(tmp_path: Path)
     (out / "unrelated.txt").write_text("kept")
     code, message = convert(source, out)
     assert code == 0
-    assert sorted(path.name for path in out.iterdir()) == ["_manifest.json", "part-00000.parquet", "unrelated.txt"]
+    assert sorted(path.name for path in out.iterdir()) == [
+        "_manifest.json",
+        "part-00000.parquet",
+        "unrelated.txt",
+    ]
     assert read_parts(out).num_rows == message["rowsWritten"] == 20000
 
 
@@ -195,7 +201,10 @@ def test_csv_and_jsonl_outputs(tmp_path: Path, fmt: str, suffix: str) -> None:
     assert code == 0
     written = (tmp_path / "out" / f"part-00000.{suffix}").read_text()
     if fmt == "jsonl":
-        assert [json.loads(line) for line in written.splitlines()] == [{"n": 1, "text": "a,b"}, {"n": 2, "text": "c"}]
+        assert [json.loads(line) for line in written.splitlines()] == [
+            {"n": 1, "text": "a,b"},
+            {"n": 2, "text": "c"},
+        ]
     else:
         assert list(csv.reader(written.splitlines())) == [["n", "text"], ["1", "a,b"], ["2", "c"]]
 
@@ -203,7 +212,9 @@ def test_csv_and_jsonl_outputs(tmp_path: Path, fmt: str, suffix: str) -> None:
 def test_no_header_semicolons_and_latin1(tmp_path: Path) -> None:
     source = tmp_path / "in.csv"
     source.write_bytes("café;1\r\nthé;2\r\n".encode("latin-1"))
-    code, message = convert(source, tmp_path / "out", "--no-header", "--delimiter", ";", "--encoding", "latin-1")
+    code, message = convert(
+        source, tmp_path / "out", "--no-header", "--delimiter", ";", "--encoding", "latin-1"
+    )
     assert code == 0, message
     assert read_parts(tmp_path / "out").to_pylist() == [
         {"column_1": "café", "column_2": 1},
@@ -224,7 +235,14 @@ def test_crawljob_worker_command_and_help(tmp_path: Path) -> None:
     source.write_text("a,b\n1,2\n")
     command = [sys.executable, "-m", "crawljob_operator.cli", "worker"]
     done = subprocess.run(
-        [*command, str(source), "--output", f"file://{tmp_path}/out", "--termination-log", str(tmp_path / "t")],
+        [
+            *command,
+            str(source),
+            "--output",
+            f"file://{tmp_path}/out",
+            "--termination-log",
+            str(tmp_path / "t"),
+        ],
         capture_output=True,
         text=True,
         timeout=60,

@@ -53,5 +53,5 @@ chart-check: tools ## Lint, render and validate the Helm chart; hadolint the Doc
 images: $(STAMP) ## Build both container images with podman (debootstrap base cached in ~/.cache/crawljob)
 	tools/images.sh
 
-image-test: images ## Build the images, then run them: worker against loopback S3, receiver /healthz
+image-test: images tools ## Build the images, then run them: worker against loopback S3, receiver /healthz
 	CRAWLJOB_IMAGE_TEST=1 $(BIN)/pytest -q -p no:cacheprovider tests/images

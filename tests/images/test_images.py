@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+import sys
 import time
 import tomllib
 import urllib.error
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from crawljob_operator import kube
 from crawljob_operator.local.s3 import LocalS3, free_port
@@ -56,6 +58,19 @@ def image_user(image: str) -> str:
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     return result.stdout.strip()
+
+
+def helm_test_hook_script() -> tuple[str, str]:
+    """The inline script of the chart's `helm test` pod, and the receiver URL it calls."""
+    helm = Path(sys.executable).parent / "helm"
+    assert helm.is_file(), "helm is missing: `make tools` installs it (make image-test does)"
+    rendered = subprocess.run(
+        [str(helm), "template", "demo", str(ROOT / "charts" / "crawljob"), "--namespace", "crawljob-system",
+         "--show-only", "templates/tests/test-healthz.yaml"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    pod = yaml.safe_load(rendered.stdout)
+    return pod["spec"]["containers"][0]["command"][-1], "http://demo-crawljob-receiver.crawljob-system.svc:80"
 
 
 def test_images_run_as_a_numeric_non_root_user() -> None:
@@ -218,3 +233,17 @@ async def test_operator_image_receiver_answers_healthz_and_creates_crawljobs(
     (crawljob,) = listed
     source = crawljob["spec"]["source"]
     assert (source["bucket"], source["key"]) == ("incoming", "drops/readings.csv")
+
+
+async def test_helm_test_hook_passes_against_the_receiver_image(receiver_container: str) -> None:
+    """The chart's `helm test` pod script, run in the operator image, accepts a live receiver."""
+    script, cluster_url = helm_test_hook_script()
+    assert cluster_url in script
+    local_script = script.replace(cluster_url, receiver_container)
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [*RUN, "--entrypoint", "python3", OPERATOR_IMAGE, "-c", local_script],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "200" in result.stdout

@@ -11,22 +11,23 @@ from chart_render import Manifest, env_of, named, of_kind
 RECEIVER_CALLS = {
     ("crawljob.io", "crawljobs"): {"create", "get"},  # create per event; 409 → duplicate
 }
-# Calls the operator makes, by kopf and by our handlers. If the operator package keeps its own list
+# Calls the operator makes (crawljob_operator.handlers; kopf runs standalone with scanning disabled,
+# so it reads no peerings, namespaces or CRDs). If the operator package keeps its own list
 # (crawljob_operator.rbac.API_CALLS, same shape), the test uses that instead.
 OPERATOR_CALLS = {
-    # kopf: list+watch the watched resources, patch for its bookkeeping (finalizer-free, annotations);
-    # handlers: get; garbage collection of finished CrawlJobs: delete.
-    ("crawljob.io", "crawljobs"): {"get", "list", "watch", "patch", "delete"},
-    # status: phase, conditions, result (kopf patches the status subresource separately).
-    ("crawljob.io", "crawljobs/status"): {"get", "patch"},
+    # kopf watches them (list + watch); garbage collection of finished CrawlJobs deletes them.
+    ("crawljob.io", "crawljobs"): {"list", "watch", "delete"},
+    # phase, conditions, progress of the queue, result: merge patches of the status subresource.
+    ("crawljob.io", "crawljobs/status"): {"patch"},
     # Jobs are created with blockOwnerDeletion: the OwnerReferencesPermissionEnforcement admission
     # plugin then requires update on the owner's finalizers.
     ("crawljob.io", "crawljobs/finalizers"): {"update"},
-    # Jobs: create (suspended when queued), watch their status, unsuspend (patch), cancel (delete).
-    ("batch", "jobs"): {"get", "list", "watch", "create", "patch", "delete"},
-    # Pods: read the worker's termination message and failure reasons.
-    ("", "pods"): {"get", "list", "watch"},
-    # Events: kopf and the handlers post core v1 Events on the CrawlJobs.
+    # Jobs: watched; created per run (get on a 409 to adopt its own); deleted on cancel/supersede.
+    ("batch", "jobs"): {"get", "list", "watch", "create", "delete"},
+    # Pods: watched for the worker's termination message and failure reasons; deleted with a
+    # cancelled Job where garbage collection is slow or absent.
+    ("", "pods"): {"list", "watch", "delete"},
+    # Events on the CrawlJobs (the handlers and kopf's warnings): core v1.
     ("", "events"): {"create"},
 }
 WORKER_CALLS = {
@@ -89,6 +90,7 @@ def test_only_the_operator_may_touch_jobs_and_pods(default_manifests: list[Manif
     for component in ("receiver", "worker"):
         granted = grants(role(default_manifests, component, "demo-crawljob")["rules"])
         assert not {key for key in granted if key[1] in {"jobs", "pods", "secrets", "events"}}, component
+        assert not {verb for verbs in granted.values() for verb in verbs} & {"delete", "list", "watch"}
 
 
 def test_roles_live_in_the_crawljob_namespace_and_bind_their_own_account(
@@ -125,20 +127,9 @@ def test_roles_live_in_the_crawljob_namespace_and_bind_their_own_account(
         assert named(all_manifests, "Role", f"crawl-{component}")["metadata"]["namespace"] == "crawls"
 
 
-def test_cluster_scoped_access_is_read_only_and_optional(
-    default_manifests: list[Manifest], all_manifests: list[Manifest]
-) -> None:
-    assert not of_kind(default_manifests, "ClusterRole")
-    assert not of_kind(default_manifests, "ClusterRoleBinding")
-    (cluster_role,) = of_kind(all_manifests, "ClusterRole")
-    assert grants(cluster_role["rules"]) == {
-        ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"},
-        ("", "namespaces"): {"get", "list", "watch"},
-    }
-    (binding,) = of_kind(all_manifests, "ClusterRoleBinding")
-    assert binding["subjects"] == [
-        {"kind": "ServiceAccount", "name": "crawl-operator", "namespace": "crawljob-system"}
-    ]
+def test_nothing_is_granted_cluster_wide(manifests: list[Manifest]) -> None:
+    assert not of_kind(manifests, "ClusterRole")
+    assert not of_kind(manifests, "ClusterRoleBinding")
 
 
 def test_the_worker_identity_carries_the_workload_identity_annotation(all_manifests: list[Manifest]) -> None:

@@ -7,25 +7,33 @@ schema (offline, strict) and the pod hardening the chart promises for all three 
 from __future__ import annotations
 
 import copy
+import importlib
+import importlib.util
+import json
+from types import ModuleType
 from typing import Any
 
 import kubernetes_validate
 import pytest
-from chart_render import KUBERNETES_VERSION
+from chart_render import KUBERNETES_VERSION, env_of
 
 Manifest = dict[str, Any]
 
 
-def job_problems(job: Manifest, crawljob_name: str) -> list[str]:
-    """What is wrong with an operator-made Job (empty when it is fine)."""
+def job_problems(job: Manifest, crawljob_name: str, run: int = 1) -> list[str]:
+    """What is wrong with an operator-made Job (empty when it is fine).
+
+    The first run's Job has the CrawlJob's name; a re-run's Job is `<name>-r<run>`.
+    """
     problems = []
     try:
         kubernetes_validate.validate(job, KUBERNETES_VERSION, strict=True)
     except kubernetes_validate.ValidationError as error:
         problems.append(f"schema: {error.message} at {'/'.join(map(str, error.path))}")
     metadata = job["metadata"]
-    if metadata.get("name") != crawljob_name:
-        problems.append("metadata.name must be the CrawlJob's name")
+    expected_name = crawljob_name if run == 1 else f"{crawljob_name}-r{run}"
+    if metadata.get("name") != expected_name:
+        problems.append(f"metadata.name must be {expected_name}")
     labels = metadata.get("labels", {})
     for key, value in {
         "app.kubernetes.io/name": "crawljob",
@@ -172,3 +180,88 @@ def test_job_check_catches_contract_breaks(break_it: Any, problem: str) -> None:
     job = copy.deepcopy(contract_job())
     break_it(job)
     assert any(problem in found for found in job_problems(job, "day1-3f9c2a1b7e"))
+
+
+# CrawlJobs as the API server hands them to the operator (uid set), from minimal to every option.
+CRAWLJOBS: dict[str, Manifest] = {
+    "minimal": {
+        "apiVersion": "crawljob.io/v1alpha1",
+        "kind": "CrawlJob",
+        "metadata": {"name": "day1-3f9c2a1b7e", "namespace": "crawls", "uid": "uid-1"},
+        "spec": {"source": {"bucket": "uploads", "key": "day1.csv"}},
+    },
+    "every-option": {
+        "apiVersion": "crawljob.io/v1alpha1",
+        "kind": "CrawlJob",
+        "metadata": {"name": "big-0a1b2c3d4e", "namespace": "crawls", "uid": "uid-2", "generation": 1},
+        "spec": {
+            "source": {"bucket": "uploads", "key": "dir/big file.csv.gz", "versionId": "v7", "size": 10**9},
+            "output": {"uri": "s3://processed/big/", "format": "jsonl"},
+            "csv": {"delimiter": ";", "header": False, "encoding": "latin-1", "compression": "gzip",
+                    "dtypes": {"battery": "int64"}},
+            "maxRejectRatio": 0.05,
+            "backoffLimit": 1,
+            "activeDeadlineSeconds": 7200,
+            "jobTemplate": {
+                "image": "registry.example.com/worker:custom",
+                "serviceAccountName": "special-worker",
+                "resources": {"requests": {"cpu": "2", "memory": "2Gi"}, "limits": {"memory": "2Gi"}},
+                "nodeSelector": {"pool": "batch"},
+                "tolerations": [{"key": "batch", "operator": "Exists", "effect": "NoSchedule"}],
+                "env": [{"name": "EXTRA", "value": "1"}],
+            },
+        },
+    },
+    "re-run": {
+        "apiVersion": "crawljob.io/v1alpha1",
+        "kind": "CrawlJob",
+        "metadata": {"name": "day2-9e8d7c6b5a", "namespace": "crawls", "uid": "uid-3"},
+        "spec": {"source": {"bucket": "uploads", "key": "day2.csv"}},
+        "status": {"phase": "Queued", "run": 2},
+    },
+}  # fmt: skip
+
+
+def operator_modules() -> tuple[ModuleType, ModuleType]:
+    """crawljob_operator.jobs and .config; skip while the operator is not merged into this branch."""
+    if importlib.util.find_spec("crawljob_operator.jobs") is None:
+        pytest.skip("crawljob_operator.jobs (the operator's Job builder, issue 4) is not in this branch yet")
+    return importlib.import_module("crawljob_operator.jobs"), importlib.import_module(
+        "crawljob_operator.config"
+    )
+
+
+def operator_container(manifests: list[Manifest]) -> Manifest:
+    (deployment,) = [
+        m for m in manifests if m["kind"] == "Deployment" and m["metadata"]["name"].endswith("operator")
+    ]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+@pytest.mark.parametrize("case", sorted(CRAWLJOBS))
+def test_every_job_the_operator_renders_from_the_chart_configuration_is_valid(
+    manifests: list[Manifest], case: str
+) -> None:
+    """Chart env → the operator's own flag parser → its Job builder → valid, hardened, contract Jobs."""
+    jobs, config = operator_modules()
+    chart_env = env_of(operator_container(manifests))
+    environ = {name: value for name, value in chart_env.items() if isinstance(value, str)}
+    settings = config.operator_settings(config.operator_parser(environ).parse_args([]))
+    crawljob = copy.deepcopy(CRAWLJOBS[case])
+
+    job = jobs.build_job(crawljob, settings)
+
+    run = int((crawljob.get("status") or {}).get("run") or 1)
+    assert job_problems(job, crawljob["metadata"]["name"], run) == []
+    pod = job["spec"]["template"]["spec"]
+    (worker,) = pod["containers"]
+    template = crawljob["spec"].get("jobTemplate") or {}
+    assert worker["image"] == template.get("image", environ["CRAWLJOB_WORKER_IMAGE"])
+    assert pod["serviceAccountName"] == template.get(
+        "serviceAccountName", environ["CRAWLJOB_WORKER_SERVICE_ACCOUNT"]
+    )
+    assert worker["resources"] == template.get("resources", json.loads(environ["CRAWLJOB_WORKER_RESOURCES"]))
+    assert pod["securityContext"] == json.loads(environ["CRAWLJOB_WORKER_SECURITY_CONTEXT"])
+    chart_worker_env = json.loads(environ["CRAWLJOB_WORKER_ENV"])
+    assert all(item in worker["env"] for item in chart_worker_env)

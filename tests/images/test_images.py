@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
-from crawljob_operator import kube
+from crawljob_operator import kube, resource
 from crawljob_operator.local.s3 import LocalS3, free_port
 from crawljob_operator.local.sample import generate_csv
 
@@ -163,15 +163,15 @@ def test_worker_image_reports_a_missing_object_as_permanent(
     assert message["reason"] == "SourceNotFound"
 
 
-def wait_for_http(url: str, timeout: float, process: subprocess.Popen[bytes]) -> tuple[int, Any]:
-    """GET url until it answers (status, JSON body), or fail after *timeout* seconds."""
+def wait_for_http(url: str, timeout: float, process: subprocess.Popen[bytes] | None) -> tuple[int, Any]:
+    """GET url until it answers 200 (status, JSON body), or fail after *timeout* seconds."""
     deadline = time.monotonic() + timeout
     while True:
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
                 return response.status, json.load(response)
         except (urllib.error.URLError, OSError) as error:
-            if process.poll() is not None:
+            if process is not None and process.poll() is not None:
                 raise AssertionError(f"the container exited with {process.returncode}") from error
             if time.monotonic() > deadline:
                 raise AssertionError(f"{url} did not answer within {timeout} s: {error}") from error
@@ -247,3 +247,53 @@ async def test_helm_test_hook_passes_against_the_receiver_image(receiver_contain
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert "200" in result.stdout
+
+
+@pytest.fixture
+async def operator_container(emulator: tuple[Any, str]) -> AsyncIterator[str]:
+    """The operator image running `crawljob operator` against the emulator; yields its health URL."""
+    needs_source("operator/crawljob_operator/operator_app.py")
+    port = free_port()
+    name = f"crawljob-operator-test-{port}"
+    env = {
+        "CRAWLJOB_KUBE_SERVER": emulator[1],
+        "CRAWLJOB_NAMESPACE": "default",
+        "CRAWLJOB_HEALTH_PORT": str(port),
+        "CRAWLJOB_WORKER_IMAGE": WORKER_IMAGE,
+        "CRAWLJOB_WORKER_SERVICE_ACCOUNT": "crawljob-worker",
+    }
+    command = [*RUN, "--name", name, *(f"--env={k}={v}" for k, v in env.items()), OPERATOR_IMAGE, "operator"]
+    process = await asyncio.to_thread(
+        subprocess.Popen, command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        await asyncio.to_thread(wait_for_http, f"{base}/healthz", 60, process)
+        yield base
+    finally:
+        await asyncio.to_thread(
+            subprocess.run, [*PODMAN, "stop", "--time", "5", name], capture_output=True, check=False
+        )
+        await asyncio.to_thread(process.wait, 30)
+
+
+async def test_operator_image_answers_healthz_and_turns_a_crawljob_into_a_job(
+    operator_container: str, kube_client: kube.KubeClient
+) -> None:
+    status, body = await asyncio.to_thread(wait_for_http, f"{operator_container}/healthz", 10, None)
+    assert status == 200, body
+    ref = resource.ObjectRef(bucket="incoming", key="drops/readings.csv", etag="abc")
+    crawljob = resource.crawljob_manifest(ref, "default")
+    metadata = crawljob["metadata"]
+    assert isinstance(metadata, dict)
+    name = metadata["name"]
+    await kube_client.create(kube.CRAWLJOBS, "default", crawljob)
+
+    async def job_made() -> Any:
+        jobs = await kube_client.list(kube.JOBS, "default")
+        return [job for job in jobs if job["metadata"]["name"] == name]
+
+    (job,) = await kube.wait_for(job_made, timeout=60, what=f"the operator to create Job {name}")
+    (worker,) = job["spec"]["template"]["spec"]["containers"]
+    assert worker["image"] == WORKER_IMAGE
+    assert worker["args"][0] == "s3://incoming/drops/readings.csv"

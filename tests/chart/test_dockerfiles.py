@@ -50,19 +50,20 @@ def test_dockerfile_follows_the_image_rules(dockerfile: str) -> None:
     text = (ROOT / dockerfile).read_text()
     entrypoint, install_target = DOCKERFILES[dockerfile]
     stages = re.findall(r"^FROM (\S+)(?: AS (\S+))?$", text, flags=re.MULTILINE)
-    assert stages == [("${BASE_IMAGE}", "builder"), ("${BASE_IMAGE}", "")], (
-        "builder + final, both from BASE_IMAGE"
+    assert stages == [("${BASE_IMAGE}", "deps"), ("deps", "builder"), ("${BASE_IMAGE}", "")], (
+        "deps, builder and final, all from BASE_IMAGE"
     )
     assert re.search(r"^ARG BASE_IMAGE=\S+", text, flags=re.MULTILINE)
     final = text.split("\nFROM ${BASE_IMAGE}\n", 1)[1]
     assert "pip install" not in final and "apt-get" not in final, "dependencies belong in the builder"
-    assert "COPY --from=builder /opt/crawljob /opt/crawljob" in final
+    assert "COPY --from=deps /opt/crawljob /opt/crawljob" in final
+    assert "COPY --from=builder /opt/crawljob-app /opt/crawljob-app" in final
     assert re.search(r"^USER \d+:\d+$", final, flags=re.MULTILINE)
     assert f'ENTRYPOINT ["{entrypoint}"]' in final
     for label in ("title", "description", "version", "licenses"):
         assert f"org.opencontainers.image.{label}=" in final
     builder = text.split("\nFROM ${BASE_IMAGE}\n", 1)[0]
-    assert install_target in builder
+    assert f"--only-binary=:all: {install_target.strip()}" in builder
     assert "--only-binary=:all:" in builder, "wheels only: no compiler is needed anywhere"
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 from collections.abc import Iterable
+from pathlib import Path
 
-from chart_render import Manifest, env_of, named, of_kind
+from chart_render import ROOT, Manifest, env_of, named, of_kind
 
 # (apiGroup, resource) -> verbs. The API calls of each component, one line each, and why.
 RECEIVER_CALLS = {
@@ -43,6 +45,60 @@ def operator_calls() -> dict[tuple[str, str], set[str]]:
     from crawljob_operator import rbac  # type: ignore[attr-defined]
 
     return {key: set(verbs) for key, verbs in rbac.API_CALLS.items()}
+
+
+PACKAGE = ROOT / "operator" / "crawljob_operator"
+VERBS = ("create", "get", "list", "watch", "patch", "delete")
+# Modules whose API calls are the receiver's; the operator's are in every other module of the
+# package except the local stack (which plays the cluster for tests and `crawljob run`).
+RECEIVER_MODULES = {"receiver.py"}
+
+
+def operator_modules() -> list[Path]:
+    return [path for path in PACKAGE.glob("*.py") if path.name not in RECEIVER_MODULES]
+
+
+def calls_in_code(paths: Iterable[Path]) -> dict[tuple[str, str], set[str]]:
+    """API calls read from the source: `f(..., kube.X, ...)` whose name holds a verb, and kopf watches.
+
+    A helper such as `_list_quietly(state, kube.PODS, ...)` counts as a list of pods; a patch call
+    passing "status" is a patch of the status subresource; `kopf.on.event(group, version, plural)`
+    is a list and a watch.
+    """
+    from crawljob_operator import kube
+    from crawljob_operator import resource as crawljob_resource
+
+    def value_of(arg: ast.expr) -> object:
+        """A constant, or a constant of crawljob_operator.resource (e.g. resource.PLURAL)."""
+        if isinstance(arg, ast.Constant):
+            return arg.value
+        if isinstance(arg, ast.Attribute) and ast.unparse(arg.value) == "resource":
+            return getattr(crawljob_resource, arg.attr, None)
+        return None
+
+    found: dict[tuple[str, str], set[str]] = {}
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not isinstance(node, ast.Call):
+                continue
+            function = node.func
+            name = function.attr if isinstance(function, ast.Attribute) else getattr(function, "id", "")
+            constants = [value_of(arg) for arg in node.args]
+            if name == "event" and ast.unparse(function).endswith("kopf.on.event") and len(constants) >= 3:
+                group, _, plural = constants[:3]
+                found.setdefault((str(group), str(plural)), set()).update({"list", "watch"})
+                continue
+            verbs = [verb for verb in VERBS if verb in name.lower()]
+            resources = [
+                getattr(kube, arg.attr)
+                for arg in node.args
+                if isinstance(arg, ast.Attribute) and ast.unparse(arg.value) == "kube"
+                and isinstance(getattr(kube, arg.attr, None), kube.Resource)
+            ]  # fmt: skip
+            for resource in resources:
+                plural = f"{resource.plural}/status" if "status" in constants else resource.plural
+                found.setdefault((resource.group, plural), set()).update(verbs[:1])
+    return {key: verbs for key, verbs in found.items() if verbs}
 
 
 def grants(rules: Iterable[Manifest]) -> dict[tuple[str, str], set[str]]:
@@ -84,6 +140,40 @@ def test_operator_rbac_covers_every_api_call_it_makes(default_manifests: list[Ma
         if verb not in granted.get((group, resource), set())
     }
     assert not missing
+
+
+def test_the_calls_found_in_the_operator_code_are_the_documented_ones() -> None:
+    """The list above is not stale: the operator's code makes exactly these calls (besides the
+    finalizers update, which only an admission plugin asks for)."""
+    found = calls_in_code(operator_modules())
+    documented = {key: verbs for key, verbs in operator_calls().items() if key[1] != "crawljobs/finalizers"}
+    assert found == documented
+
+
+def test_the_calls_found_in_the_receiver_code_are_granted(default_manifests: list[Manifest]) -> None:
+    found = calls_in_code(PACKAGE / name for name in RECEIVER_MODULES)
+    assert found, "the receiver creates CrawlJobs: the scan must find that call"
+    granted = grants(role(default_manifests, "receiver", "demo-crawljob")["rules"])
+    for key, verbs in found.items():
+        assert verbs <= granted.get(key, set()), key
+
+
+def test_the_call_scan_reads_helpers_subresources_and_kopf_watches(tmp_path: Path) -> None:
+    source = tmp_path / "sample.py"
+    source.write_text(
+        "import kopf\n"
+        "from crawljob_operator import kube\n"
+        "async def f(client, state):\n"
+        "    await client.patch(kube.CRAWLJOBS, 'ns', 'name', {}, 'status')\n"
+        "    await _list_quietly(state, kube.PODS, 'ns', {})\n"
+        "    await client.delete(kube.JOBS, 'ns', 'name')\n"
+        "kopf.on.event('batch', 'v1', 'jobs')(f)\n"
+    )
+    assert calls_in_code([source]) == {
+        ("crawljob.io", "crawljobs/status"): {"patch"},
+        ("", "pods"): {"list"},
+        ("batch", "jobs"): {"delete", "list", "watch"},
+    }
 
 
 def test_only_the_operator_may_touch_jobs_and_pods(default_manifests: list[Manifest]) -> None:

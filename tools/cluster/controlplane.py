@@ -13,6 +13,7 @@ The binaries come from ``tools/cluster/build.sh`` (Debian's kubernetes sources, 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import secrets
@@ -26,6 +27,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,10 +95,15 @@ def kubeconfig_text(server: str, ca_file: Path, token: str, namespace: str = "de
     config = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": "crawljob-test", "cluster": {"server": server, "certificate-authority": str(ca_file)}}],
+        "clusters": [
+            {"name": "crawljob-test", "cluster": {"server": server, "certificate-authority": str(ca_file)}}
+        ],
         "users": [{"name": "admin", "user": {"token": token}}],
         "contexts": [
-            {"name": "crawljob-test", "context": {"cluster": "crawljob-test", "user": "admin", "namespace": namespace}}
+            {
+                "name": "crawljob-test",
+                "context": {"cluster": "crawljob-test", "user": "admin", "namespace": namespace},
+            }
         ],
         "current-context": "crawljob-test",
     }
@@ -129,7 +136,7 @@ def _spawn(name: str, argv: list[str], directory: Path) -> subprocess.Popen[byte
     return process
 
 
-def _wait(what: str, check: object, processes: dict[str, subprocess.Popen[bytes]], directory: Path,
+def _wait(what: str, check: Callable[[], bool], processes: dict[str, subprocess.Popen[bytes]], directory: Path,
           timeout: float) -> None:  # fmt: skip
     deadline = time.monotonic() + timeout
     while True:
@@ -139,10 +146,12 @@ def _wait(what: str, check: object, processes: dict[str, subprocess.Popen[bytes]
                     f"{name} exited with code {process.returncode} while waiting for {what}; "
                     f"see {directory / 'logs' / (name + '.log')}"
                 )
-        if check():  # type: ignore[operator]
+        if check():
             return
         if time.monotonic() > deadline:
-            raise ControlPlaneError(f"timed out after {timeout:.0f}s waiting for {what}; logs in {directory / 'logs'}")
+            raise ControlPlaneError(
+                f"timed out after {timeout:.0f}s waiting for {what}; logs in {directory / 'logs'}"
+            )
         time.sleep(0.2)
 
 
@@ -287,10 +296,8 @@ def stop(directory: Path, timeout: float = 15.0) -> None:
 
 
 def _reap(pid: int) -> None:
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 def main(argv: list[str] | None = None) -> int:

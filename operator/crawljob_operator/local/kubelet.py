@@ -170,7 +170,12 @@ def terminated_status(
         "startTime": started_at,
         "conditions": [
             {"type": "Ready", "status": "False", "reason": "PodCompleted", "lastTransitionTime": finished_at},
-            {"type": "ContainersReady", "status": "False", "reason": "PodCompleted", "lastTransitionTime": finished_at},
+            {
+                "type": "ContainersReady",
+                "status": "False",
+                "reason": "PodCompleted",
+                "lastTransitionTime": finished_at,
+            },
         ],
         "containerStatuses": [_container_status(pod, {"terminated": terminated}, ready=False)],
     }
@@ -193,10 +198,13 @@ def is_pending(pod: Mapping[str, Any]) -> bool:
 
 @dataclass
 class LocalKubelet:
-    """Run Pods of *namespace* that carry *required_label* (``job-name``: Pods of Jobs) as processes."""
+    """Run Pods that carry *required_label* (``job-name``: Pods of Jobs) as processes.
+
+    *namespace* None watches every namespace.
+    """
 
     client: kube.KubeClient
-    namespace: str
+    namespace: str | None
     workdir: Path
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     required_label: str | None = "job-name"
@@ -229,9 +237,10 @@ class LocalKubelet:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     def _on_event(self, kind: str, pod: dict[str, Any]) -> None:
-        name = str((pod.get("metadata") or {}).get("name") or "")
+        metadata = pod.get("metadata") or {}
+        name = f"{metadata.get('namespace')}/{metadata.get('name')}"
         labels = (pod.get("metadata") or {}).get("labels") or {}
-        if not name or (self.required_label and self.required_label not in labels):
+        if not metadata.get("name") or (self.required_label and self.required_label not in labels):
             return
         deleting = kind == "DELETED" or bool((pod.get("metadata") or {}).get("deletionTimestamp"))
         if deleting:
@@ -244,42 +253,44 @@ class LocalKubelet:
         if kind in ("ADDED", "MODIFIED") and name not in self._tasks and is_pending(pod):
             self._tasks[name] = asyncio.create_task(self._run_pod(pod), name=f"kubelet-{name}")
 
-    async def _resolve_refs(self, spec: ProcessSpec) -> dict[str, str]:
+    async def _resolve_refs(self, namespace: str, spec: ProcessSpec) -> dict[str, str]:
         values: dict[str, str] = {}
         for env_name, (kind, obj, key) in spec.secret_refs.items():
             resource = kube.Resource("", "v1", "secrets" if kind == "secret" else "configmaps")
-            body = await self.client.get(resource, self.namespace, obj)
+            body = await self.client.get(resource, namespace, obj)
             if kind == "secret":
                 values[env_name] = base64.b64decode((body.get("data") or {})[key]).decode()
             else:
                 values[env_name] = str((body.get("data") or {})[key])
         return values
 
-    async def _patch_status(self, name: str, status: dict[str, Any]) -> bool:
+    async def _patch_status(self, pod: Mapping[str, Any], status: dict[str, Any]) -> bool:
+        namespace, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
         try:
-            await self.client.patch(kube.PODS, self.namespace, name, {"status": status}, subresource="status")
+            await self.client.patch(kube.PODS, namespace, name, {"status": status}, subresource="status")
         except kube.NotFound:
             return False
         return True
 
     async def _run_pod(self, pod: dict[str, Any]) -> None:
         name = str(pod["metadata"]["name"])
+        key = f"{pod['metadata']['namespace']}/{name}"
         started_at = now()
         try:
             spec = process_spec(pod)
-            env = {**self.environ, **spec.env, **await self._resolve_refs(spec)}
+            env = {**self.environ, **spec.env, **await self._resolve_refs(pod["metadata"]["namespace"], spec)}
         except (PodNotRunnable, KeyError, kube.KubeError) as error:
             logger.warning("pod %s cannot run: %s", name, error)
             status = terminated_status(pod, 1, f"local kubelet: {error}", started_at, now())
             status["containerStatuses"][0]["state"]["terminated"]["reason"] = "CreateContainerConfigError"
-            await self._patch_status(name, status)
+            await self._patch_status(pod, status)
             return
         directory = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.workdir))
         message_file = directory / "termination-log"
         message_file.touch()
         env[TERMINATION_LOG_ENV] = str(message_file)
         log_path = directory / "output.log"
-        if not await self._patch_status(name, running_status(pod, started_at)):
+        if not await self._patch_status(pod, running_status(pod, started_at)):
             return
         logger.info("pod %s: running %s", name, spec.argv)
         with log_path.open("wb") as log:
@@ -289,9 +300,9 @@ class LocalKubelet:
                 )
             except OSError as error:
                 message = f"local kubelet: cannot start {spec.argv[0]!r}: {error}"
-                await self._patch_status(name, terminated_status(pod, 127, message, started_at, now()))
+                await self._patch_status(pod, terminated_status(pod, 127, message, started_at, now()))
                 return
-            self._running[name] = process
+            self._running[key] = process
             try:
                 exit_code = await process.wait()
             except asyncio.CancelledError:
@@ -299,7 +310,7 @@ class LocalKubelet:
                     process.send_signal(signal.SIGKILL)
                 raise
             finally:
-                self._running.pop(name, None)
+                self._running.pop(key, None)
         message = termination_message(
             message_file.read_text(errors="replace"),
             log_path.read_text(errors="replace"),
@@ -307,21 +318,24 @@ class LocalKubelet:
             spec.message_policy,
         )
         logger.info("pod %s: exited with %s", name, exit_code)
-        await self._patch_status(name, terminated_status(pod, exit_code, message, started_at, now()))
+        await self._patch_status(pod, terminated_status(pod, exit_code, message, started_at, now()))
 
 
 async def _serve(args: argparse.Namespace) -> None:
     connection = kube.discover_connection(kubeconfig=args.kubeconfig, environ=os.environ)
-    namespace = args.namespace or connection.default_namespace
     async with kube.KubeClient(connection) as client:
-        await LocalKubelet(client, namespace, Path(args.workdir)).run()
+        await LocalKubelet(client, args.namespace, Path(args.workdir)).run()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m crawljob_operator.local.kubelet --kubeconfig FILE [--namespace NS]``."""
-    parser = argparse.ArgumentParser(description="Run the Pods of Jobs in a node-less cluster as local processes.")
-    parser.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"), help="kubeconfig (env KUBECONFIG)")
-    parser.add_argument("--namespace", default=None, help="namespace to watch (default: the context's)")
+    parser = argparse.ArgumentParser(
+        description="Run the Pods of Jobs in a node-less cluster as local processes."
+    )
+    parser.add_argument(
+        "--kubeconfig", default=os.environ.get("KUBECONFIG"), help="kubeconfig (env KUBECONFIG)"
+    )
+    parser.add_argument("--namespace", default=None, help="namespace to watch (default: all namespaces)")
     parser.add_argument("--workdir", default=tempfile.gettempdir() + "/crawljob-kubelet", help="process dirs")
     args = parser.parse_args(list(argv) if argv is not None else None)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")

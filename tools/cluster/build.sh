@@ -23,9 +23,11 @@ need_tools() {
   command -v go >/dev/null || missing+=(golang-go)
   command -v dpkg-source >/dev/null || missing+=(dpkg-dev)
   command -v apt-get >/dev/null || missing+=(apt)
+  command -v etcd >/dev/null || missing+=(etcd-server)
+  command -v openssl >/dev/null || missing+=(openssl)
   [[ -f "$reflect2_src/reflect2.go" ]] || missing+=(golang-github-modern-go-reflect2-dev)
   if ((${#missing[@]})); then
-    die "missing Debian packages: ${missing[*]} (apt-get install ${missing[*]})"
+    die "the real control plane cannot be built here: missing Debian packages ${missing[*]} (apt-get install ${missing[*]})"
   fi
 }
 

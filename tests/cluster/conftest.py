@@ -43,13 +43,17 @@ if os.environ.get("CRAWLJOB_TEST_CLUSTER") != "1":
     collect_ignore_glob = ["test_*.py"]
 
 
-def requires_module(module: str) -> pytest.MarkDecorator:
-    """Skip, naming the missing module, until the part that provides it is merged."""
+def _missing(module: str) -> bool:
     try:
-        missing = importlib.util.find_spec(module) is None
+        return importlib.util.find_spec(module) is None
     except ModuleNotFoundError:
-        missing = True
-    return pytest.mark.skipif(missing, reason=f"{module} is not merged yet (needed by this test)")
+        return True
+
+
+def requires_modules(*modules: str) -> pytest.MarkDecorator:
+    """Skip, naming every missing module, until the parts that provide them are merged."""
+    missing = [module for module in modules if _missing(module)]
+    return pytest.mark.skipif(bool(missing), reason=f"not merged yet: {', '.join(missing)}")
 
 
 def load_controlplane() -> ModuleType:
@@ -128,7 +132,9 @@ async def _install_crd(cluster: Cluster) -> None:
             document = await client.request("GET", "/openapi/v2", timeout=30)
             return "io.crawljob.v1alpha1.CrawlJob" in (document.get("definitions") or {})
 
-        await kube.wait_for(published, timeout=60, interval=0.5, what="the CRD's OpenAPI schema to be published")
+        await kube.wait_for(
+            published, timeout=60, interval=0.5, what="the CRD's OpenAPI schema to be published"
+        )
 
 
 @pytest.fixture
@@ -142,7 +148,9 @@ async def client(cluster: Cluster) -> AsyncIterator[kube.KubeClient]:
 async def namespace(client: kube.KubeClient) -> AsyncIterator[str]:
     """A fresh namespace per test, deleted afterwards (the namespace controller empties it)."""
     name = f"t-{uuid.uuid4().hex[:10]}"
-    await client.request("POST", NAMESPACES.path(), {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+    await client.request(
+        "POST", NAMESPACES.path(), {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+    )
 
     async def has_token() -> bool:
         try:
@@ -161,7 +169,9 @@ async def namespace(client: kube.KubeClient) -> AsyncIterator[str]:
 def kubectl_binary() -> Path:
     found = shutil.which("kubectl", path=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
     if not found:
-        pytest.fail("kubectl not found: run tools/cluster/kube-tools.sh (make test-cluster does)", pytrace=False)
+        pytest.fail(
+            "kubectl not found: run tools/cluster/kube-tools.sh (make test-cluster does)", pytrace=False
+        )
     return Path(found)
 
 
@@ -196,7 +206,9 @@ class Child:
 
     def start(self) -> Child:
         with self.log.open("ab") as log:
-            self.process = subprocess.Popen(list(self.argv), env=dict(self.env), stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                list(self.argv), env=dict(self.env), stdout=log, stderr=subprocess.STDOUT
+            )
         return self
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
@@ -245,7 +257,9 @@ def wait_http(url: str, child: Child, timeout: float = 30) -> None:
     while True:
         assert child.process is not None
         if child.process.poll() is not None:
-            raise AssertionError(f"{child.argv[:3]} exited with {child.process.returncode}:\n{child.log_text()[-3000:]}")
+            raise AssertionError(
+                f"{child.argv[:3]} exited with {child.process.returncode}:\n{child.log_text()[-3000:]}"
+            )
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
                 if response.status == 200:
@@ -263,7 +277,9 @@ def worker_env(s3: Any) -> str:
 
 
 @pytest.fixture
-def operator(cluster: Cluster, namespace: str, children: Callable[..., Child], local_s3: Any) -> Callable[..., Child]:
+def operator(
+    cluster: Cluster, namespace: str, children: Callable[..., Child], local_s3: Any
+) -> Callable[..., Child]:
     """A factory: the crawljob operator for the test's namespace as a child process (started)."""
 
     def start(**env: str) -> Child:

@@ -169,7 +169,9 @@ async def test_active_deadline_fails_the_job_and_stops_the_process(
     kubelet.start()
     marker = f"crawljob-test-{uuid.uuid4().hex}"
     await client.create(
-        kube.JOBS, namespace, job("slow", f"import time  # {marker}\ntime.sleep(600)", activeDeadlineSeconds=3)
+        kube.JOBS,
+        namespace,
+        job("slow", f"import time  # {marker}\ntime.sleep(600)", activeDeadlineSeconds=3),
     )
     failed = await wait_job_condition(client, namespace, "slow", "Failed")
     assert condition(failed, "Failed")["reason"] == "DeadlineExceeded"  # type: ignore[index]

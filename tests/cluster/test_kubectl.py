@@ -41,7 +41,9 @@ async def test_short_names_do_not_shadow_builtin_resources(
             for short in item.get("shortNames") or []:
                 builtin[short] = f"{group}/{item['name']}"
     assert {short: builtin[short] for short in ours if short in builtin} == {}
-    await client.create(kube.CRAWLJOBS, namespace, resource.crawljob_manifest(resource.ObjectRef("b", "k.csv"), namespace))
+    await client.create(
+        kube.CRAWLJOBS, namespace, resource.crawljob_manifest(resource.ObjectRef("b", "k.csv"), namespace)
+    )
     for short in ours:
         assert "No resources found" not in kubectl("get", short, check=False)
 

@@ -183,16 +183,21 @@ async def test_active_deadline_fails_the_job_and_stops_the_process(
 
 
 async def test_fields_newer_than_the_server_are_dropped(client: kube.KubeClient, namespace: str) -> None:
-    # Kubernetes 1.20 predates Job.spec.suspend (1.21) and podFailurePolicy (1.25): it silently
-    # drops them. The operator's use of them is covered by unit and emulator tests instead.
+    # Kubernetes 1.20 predates Job.spec.suspend, podFailurePolicy and completionMode, and has
+    # ttlSecondsAfterFinished behind an alpha gate: it silently drops them. The operator's use of
+    # them is covered by unit and emulator tests instead (docs/cluster.md).
     body = job("newer", "pass")
     body["spec"]["suspend"] = True
+    body["spec"]["completionMode"] = "Indexed"
+    body["spec"]["ttlSecondsAfterFinished"] = 60
     body["spec"]["podFailurePolicy"] = {
         "rules": [{"action": "FailJob", "onExitCodes": {"operator": "In", "values": [2, 3, 4, 5, 6]}}]
     }
     stored = await client.create(kube.JOBS, namespace, body)
     assert "suspend" not in stored["spec"]
     assert "podFailurePolicy" not in stored["spec"]
+    assert "completionMode" not in stored["spec"]
+    assert "ttlSecondsAfterFinished" not in stored["spec"]
 
 
 def processes_with(marker: str) -> list[int]:

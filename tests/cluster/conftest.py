@@ -225,9 +225,20 @@ class Child:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if report.when == "call":
+        item.stash[_failed_key] = report.failed
+    return report
+
+
+_failed_key = pytest.StashKey[bool]()
+
+
 @pytest.fixture
-def children(tmp_path: Path) -> Iterator[Callable[..., Child]]:
-    """A factory of child processes, all stopped at the end of the test."""
+def children(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., Child]]:
+    """A factory of child processes, all stopped at the end of the test (logs shown on failure)."""
     started: list[Child] = []
 
     def make(name: str, argv: Sequence[str], env: Mapping[str, str]) -> Child:
@@ -238,6 +249,9 @@ def children(tmp_path: Path) -> Iterator[Callable[..., Child]]:
     yield make
     for child in reversed(started):
         child.stop()
+    if request.node.stash.get(_failed_key, False):
+        for child in started:
+            print(f"\n----- {child.log.name} (last 4000 characters) -----\n{child.log_text()[-4000:]}")
 
 
 @pytest.fixture

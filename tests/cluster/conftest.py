@@ -10,6 +10,7 @@ target sets it), so the default `make test` stays fast and needs no build.
 from __future__ import annotations
 
 import asyncio
+import base64
 import importlib.util
 import json
 import os
@@ -316,19 +317,56 @@ def operator(
 
 
 @pytest.fixture
-def receiver(cluster: Cluster, namespace: str, children: Callable[..., Child]) -> str:
-    """The crawljob receiver for the test's namespace (no auth) as a child process; its base URL."""
-    port = free_port()
-    child = children(
-        "receiver",
-        [str(BIN / "crawljob"), "receiver"],
-        cluster.env(
-            CRAWLJOB_HOST="127.0.0.1",
-            CRAWLJOB_PORT=str(port),
-            CRAWLJOB_NAMESPACE=namespace,
-            CRAWLJOB_AUTH_MODE="none",
-            CRAWLJOB_LOG_FORMAT="text",
-        ),
-    ).start()
-    wait_http(f"http://127.0.0.1:{port}/readyz", child, timeout=60)
-    return f"http://127.0.0.1:{port}"
+def start_receiver(cluster: Cluster, namespace: str, children: Callable[..., Child]) -> Callable[..., str]:
+    """A factory: the crawljob receiver for the test's namespace (no webhook auth); its base URL.
+
+    *env* overrides the environment, e.g. KUBECONFIG with a ServiceAccount's token.
+    """
+
+    def start(**env: str) -> str:
+        port = free_port()
+        child = children(
+            "receiver",
+            [str(BIN / "crawljob"), "receiver"],
+            cluster.env(
+                CRAWLJOB_HOST="127.0.0.1",
+                CRAWLJOB_PORT=str(port),
+                CRAWLJOB_NAMESPACE=namespace,
+                CRAWLJOB_AUTH_MODE="none",
+                CRAWLJOB_LOG_FORMAT="text",
+                **env,
+            ),
+        ).start()
+        wait_http(f"http://127.0.0.1:{port}/readyz", child, timeout=60)
+        return f"http://127.0.0.1:{port}"
+
+    return start
+
+
+@pytest.fixture
+def receiver(start_receiver: Callable[..., str]) -> str:
+    """The crawljob receiver for the test's namespace, with the admin kubeconfig; its base URL."""
+    return start_receiver()
+
+
+async def service_account_token(client: kube.KubeClient, namespace: str, account: str) -> str:
+    """The token of a ServiceAccount (1.20 keeps it in a Secret the token controller makes)."""
+    secrets = kube.Resource("", "v1", "secrets")
+    accounts = kube.Resource("", "v1", "serviceaccounts")
+
+    async def token_secret() -> str | None:
+        refs = (await client.get(accounts, namespace, account)).get("secrets") or []
+        return str(refs[0]["name"]) if refs else None
+
+    secret_name = await kube.wait_for(token_secret, timeout=30, what=f"the token of ServiceAccount {account}")
+    secret = await client.get(secrets, namespace, secret_name)
+    return base64.b64decode(secret["data"]["token"]).decode()
+
+
+def token_kubeconfig(cluster: Cluster, token: str, namespace: str, path: Path) -> Path:
+    """A copy of the cluster's kubeconfig that authenticates with *token* in *namespace*."""
+    config = yaml.safe_load(cluster.kubeconfig.read_text())
+    config["users"] = [{"name": "token-user", "user": {"token": token}}]
+    config["contexts"][0]["context"].update(user="token-user", namespace=namespace)
+    path.write_text(json.dumps(config))
+    return path

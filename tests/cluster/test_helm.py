@@ -1,4 +1,4 @@
-"""`helm install` of the chart into the real API server (1.20): every manifest accepted."""
+"""`helm install` of the chart into the real API server (1.20), and its RBAC under the real authorizer."""
 
 from __future__ import annotations
 
@@ -9,15 +9,19 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from .conftest import ROOT, Cluster
+from crawljob_operator import kube
+
+from .conftest import ROOT, Cluster, requires_modules, service_account_token, token_kubeconfig
+from .test_pipeline import RECEIVER, crawljob_for, post_json, s3_event
 
 CHART = ROOT / "charts" / "crawljob"
 
 pytestmark = pytest.mark.skipif(
-    not (CHART / "Chart.yaml").exists(), reason="charts/crawljob/Chart.yaml is not merged yet (the chart)"
+    not (CHART / "templates").is_dir(), reason="charts/crawljob/templates is not merged yet (the chart)"
 )
 
 
@@ -30,30 +34,96 @@ def helm_binary() -> str:
     return found
 
 
-def test_helm_install_is_accepted_with_receiver_and_operator_deployments(
-    cluster: Cluster, namespace: str, kubectl: Callable[..., str]
-) -> None:
-    env = cluster.env(HELM_CACHE_HOME=str(cluster.directory / "helm-cache"),
-                      HELM_CONFIG_HOME=str(cluster.directory / "helm-config"),
-                      HELM_DATA_HOME=str(cluster.directory / "helm-data"))  # fmt: skip
-    installed = subprocess.run(
-        [helm_binary(), "install", "crawljob", str(CHART), "--namespace", namespace, "--timeout", "60s"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+@pytest.fixture
+def helm_install(cluster: Cluster, namespace: str, tmp_path: Path) -> Callable[..., dict[str, Any]]:
+    """Install the chart as release "crawljob" into the test's namespace; `helm status` as JSON."""
+    env = cluster.env(
+        HELM_CACHE_HOME=str(tmp_path / "helm-cache"),
+        HELM_CONFIG_HOME=str(tmp_path / "helm-config"),
+        HELM_DATA_HOME=str(tmp_path / "helm-data"),
     )
-    assert installed.returncode == 0, installed.stderr
-    status = subprocess.run(
-        [helm_binary(), "status", "crawljob", "--namespace", namespace, "-o", "json"],
-        env=env, capture_output=True, text=True, timeout=60, check=True,
-    )  # fmt: skip
-    assert json.loads(status.stdout)["info"]["status"] == "deployed"
-    deployments = json.loads(kubectl("get", "deployments", "-o", "json"))["items"]
-    names = [item["metadata"]["name"] for item in deployments]
-    assert any("receiver" in name for name in names), names
-    assert any("operator" in name for name in names), names
-    for item in deployments:
-        container = item["spec"]["template"]["spec"]["containers"][0]
-        assert container["image"], item["metadata"]["name"]
+
+    def install(*flags: str) -> dict[str, Any]:
+        installed = subprocess.run(
+            [
+                helm_binary(),
+                "install",
+                "crawljob",
+                str(CHART),
+                "--namespace",
+                namespace,
+                "--timeout",
+                "60s",
+                *flags,
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert installed.returncode == 0, installed.stderr
+        status = subprocess.run(
+            [helm_binary(), "status", "crawljob", "--namespace", namespace, "-o", "json"],
+            env=env, capture_output=True, text=True, timeout=60, check=True,
+        )  # fmt: skip
+        result: dict[str, Any] = json.loads(status.stdout)
+        return result
+
+    return install
+
+
+def deployments_by_component(kubectl: Callable[..., str]) -> dict[str, dict[str, Any]]:
+    items = json.loads(kubectl("get", "deployments", "-o", "json"))["items"]
+    found: dict[str, dict[str, Any]] = {}
+    for item in items:
+        for component in ("receiver", "operator"):
+            if component in item["metadata"]["name"]:
+                found[component] = item
+    return found
+
+
+def test_helm_install_is_accepted_with_receiver_and_operator_deployments(
+    helm_install: Callable[..., dict[str, Any]], kubectl: Callable[..., str]
+) -> None:
+    assert helm_install()["info"]["status"] == "deployed"
+    deployments = deployments_by_component(kubectl)
+    assert set(deployments) == {"receiver", "operator"}
+    for item in deployments.values():
+        pod_spec = item["spec"]["template"]["spec"]
+        assert pod_spec["containers"][0]["image"]
+        assert pod_spec["serviceAccountName"]
+    accounts = json.loads(kubectl("get", "serviceaccounts", "-o", "json"))["items"]
+    names = {item["metadata"]["name"] for item in accounts}
+    assert {item["spec"]["template"]["spec"]["serviceAccountName"] for item in deployments.values()} <= names
+
+
+@requires_modules(RECEIVER)
+async def test_receiver_with_the_charts_service_account_creates_crawljobs_and_nothing_more(
+    helm_install: Callable[..., dict[str, Any]],
+    kubectl: Callable[..., str],
+    client: kube.KubeClient,
+    cluster: Cluster,
+    namespace: str,
+    start_receiver: Callable[..., str],
+    tmp_path: Path,
+) -> None:
+    helm_install()
+    account = deployments_by_component(kubectl)["receiver"]["spec"]["template"]["spec"]["serviceAccountName"]
+    token = await service_account_token(client, namespace, account)
+    kubeconfig = token_kubeconfig(cluster, token, namespace, tmp_path / "receiver.kubeconfig")
+
+    url = start_receiver(KUBECONFIG=str(kubeconfig))
+    status, text = post_json(url + "/v1/trigger", s3_event("landing", "rbac/check.csv", "r1"))
+    name, _ = crawljob_for("landing", "rbac/check.csv", "r1", namespace)
+    assert status == 202 and name in text
+    assert (await client.get(kube.CRAWLJOBS, namespace, name))["spec"]["source"]["key"] == "rbac/check.csv"
+
+    # Least privilege, enforced by the real authorizer: the receiver's identity can't delete or read Jobs.
+    async with kube.KubeClient(kube.connection_from_kubeconfig(kubeconfig)) as as_receiver:
+        with pytest.raises(kube.KubeError) as refused:
+            await as_receiver.delete(kube.CRAWLJOBS, namespace, name)
+        assert refused.value.status == 403
+        with pytest.raises(kube.KubeError) as refused:
+            await as_receiver.list(kube.JOBS, namespace)
+        assert refused.value.status == 403

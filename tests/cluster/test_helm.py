@@ -15,8 +15,19 @@ import pytest
 
 from crawljob_operator import kube
 
-from .conftest import ROOT, Cluster, requires_modules, service_account_token, token_kubeconfig
-from .test_pipeline import RECEIVER, crawljob_for, post_json, s3_event
+from .conftest import ROOT, Child, Cluster, requires_modules, service_account_token, token_kubeconfig
+from .test_jobs import job_pods
+from .test_pipeline import (
+    OPERATOR,
+    RECEIVER,
+    ROWS,
+    WORKER,
+    crawljob_for,
+    post_json,
+    s3_event,
+    upload_csv,
+    wait_phase,
+)
 
 CHART = ROOT / "charts" / "crawljob"
 
@@ -127,3 +138,40 @@ async def test_receiver_with_the_charts_service_account_creates_crawljobs_and_no
         with pytest.raises(kube.KubeError) as refused:
             await as_receiver.list(kube.JOBS, namespace)
         assert refused.value.status == 403
+
+
+@requires_modules(OPERATOR, WORKER)
+async def test_operator_configured_and_authorized_by_the_chart_completes_a_crawljob(
+    helm_install: Callable[..., dict[str, Any]],
+    kubectl: Callable[..., str],
+    client: kube.KubeClient,
+    cluster: Cluster,
+    namespace: str,
+    operator: Callable[..., Child],
+    kubelet: Child,
+    s3_client: Any,
+    bucket: str,
+    tmp_path: Path,
+) -> None:
+    helm_install()
+    pod_spec = deployments_by_component(kubectl)["operator"]["spec"]["template"]["spec"]
+    token = await service_account_token(client, namespace, pod_spec["serviceAccountName"])
+    kubeconfig = token_kubeconfig(cluster, token, namespace, tmp_path / "operator.kubeconfig")
+    # The operator's environment as the chart renders it (plain values), pointed at this cluster.
+    chart_env = {
+        item["name"]: item["value"] for item in pod_spec["containers"][0].get("env", []) if "value" in item
+    }
+    chart_env.pop("CRAWLJOB_HEALTH_PORT", None)  # the fixture picks a free port
+    chart_env.pop("CRAWLJOB_LOG_FORMAT", None)
+    assert chart_env["CRAWLJOB_NAMESPACE"] == namespace
+
+    kubelet.start()
+    operator(KUBECONFIG=str(kubeconfig), **chart_env)
+    etag = upload_csv(s3_client, bucket, "chart/rbac.csv")
+    name, body = crawljob_for(bucket, "chart/rbac.csv", etag, namespace)
+    await client.create(kube.CRAWLJOBS, namespace, body)
+
+    done = await wait_phase(client, namespace, name, "Succeeded")
+    assert done["status"]["result"]["rowsWritten"] == ROWS
+    [pod] = await job_pods(client, namespace, name)
+    assert pod["spec"]["serviceAccountName"] == chart_env["CRAWLJOB_WORKER_SERVICE_ACCOUNT"]

@@ -182,6 +182,22 @@ async def test_active_deadline_fails_the_job_and_stops_the_process(
     await kube.wait_for(process_ended, timeout=30, what="the kubelet to stop the process past its deadline")
 
 
+async def test_stopping_the_kubelet_stops_its_processes(
+    client: kube.KubeClient, namespace: str, kubelet: Child
+) -> None:
+    kubelet.start()
+    marker = f"crawljob-test-{uuid.uuid4().hex}"
+    await client.create(kube.JOBS, namespace, job("orphan", f"import time  # {marker}\ntime.sleep(600)"))
+
+    async def started() -> bool:
+        return bool(processes_with(marker))
+
+    await kube.wait_for(started, timeout=60, what="the process to start")
+    kubelet.stop()
+    assert kubelet.process is not None and kubelet.process.returncode == 0
+    assert not processes_with(marker)
+
+
 async def test_fields_newer_than_the_server_are_dropped(client: kube.KubeClient, namespace: str) -> None:
     # Kubernetes 1.20 predates Job.spec.suspend, podFailurePolicy and completionMode, and has
     # ttlSecondsAfterFinished behind an alpha gate: it silently drops them. The operator's use of

@@ -323,8 +323,13 @@ class LocalKubelet:
 
 async def _serve(args: argparse.Namespace) -> None:
     connection = kube.discover_connection(kubeconfig=args.kubeconfig, environ=os.environ)
+    task = asyncio.current_task()
+    assert task is not None
+    # SIGTERM (how supervisors and tests stop us) cancels the run, whose cleanup kills the Pods' processes.
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     async with kube.KubeClient(connection) as client:
-        await LocalKubelet(client, args.namespace, Path(args.workdir)).run()
+        with contextlib.suppress(asyncio.CancelledError):
+            await LocalKubelet(client, args.namespace, Path(args.workdir)).run()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,497 @@
+"""The receiver: an aiohttp app turning S3 event webhooks into CrawlJobs (`crawljob receiver`).
+
+Handlers are thin: `auth` checks the caller, `events` parses the body, `sns` checks SNS
+deliveries, `resource` names the CrawlJob and `kube` creates it. A create answering 409 is a
+duplicate (the same event delivered again); an unreachable API answers 503 with Retry-After so
+the sender retries; nothing is acknowledged before the API has stored it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import importlib.resources
+import json
+import logging
+import ssl
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from crawljob_operator import auth, config, events, kube, sns
+from crawljob_operator.receiver_metrics import ReceiverMetrics
+from crawljob_operator.resource import crawljob_manifest, crawljob_name
+
+log = logging.getLogger("crawljob.receiver")
+
+TRIGGER_PATH = "/v1/trigger"
+SNS_TYPE_HEADER = "x-amz-sns-message-type"
+SNS_RAW_HEADER = "x-amz-sns-rawdelivery"
+
+
+@dataclass
+class Outcome:
+    """What became of one object of a request."""
+
+    target: events.Target
+    name: str
+    status: str  # created | duplicate | failed | refused
+    error: str | None = None
+
+    def as_dict(self, namespace: str) -> dict[str, str]:
+        answer = {
+            "name": self.name,
+            "namespace": namespace,
+            "bucket": self.target.ref.bucket,
+            "key": self.target.ref.key,
+            "status": self.status,
+        }
+        if self.error:
+            answer["error"] = self.error
+        return answer
+
+
+@dataclass
+class Readiness:
+    """The last /readyz probe of the API, reused for a short while so probes don't load it."""
+
+    ok: bool = False
+    message: str = "not checked yet"
+    checked_at: float = float("-inf")
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+@dataclass
+class ReceiverState:
+    """Everything the handlers share, built once from the settings."""
+
+    settings: config.ReceiverSettings
+    namespace: str
+    auth: auth.AuthSettings
+    filters: events.Filters
+    openapi: bytes
+    readiness: Readiness = field(default_factory=Readiness)
+
+
+STATE = web.AppKey("state", ReceiverState)
+KUBE = web.AppKey("kube", kube.KubeClient)
+CERTIFICATES = web.AppKey("certificates", sns.CertificateCache)
+METRICS = web.AppKey("metrics", ReceiverMetrics)
+REQUEST_LOG = web.RequestKey("crawljob_log", dict[str, Any])
+
+
+class ServiceUnavailable(Exception):
+    """Something on our side (the API, SNS) cannot be reached: answer 503 + Retry-After."""
+
+    def __init__(self, message: str, body: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.body = body or {}
+
+
+def filters_of(settings: config.ReceiverSettings) -> events.Filters:
+    """The object filters, with the loop guard on the crawl output locations."""
+    locations: list[tuple[str | None, str]] = [(None, events.DEFAULT_OUTPUT_PREFIX)]
+    if settings.default_output_uri:
+        locations.append(events.output_location(settings.default_output_uri))
+    return events.Filters(
+        buckets=settings.allowed_buckets,
+        prefixes=settings.key_prefixes,
+        suffixes=settings.key_suffixes,
+        output_locations=tuple(locations),
+    )
+
+
+def openapi_document() -> bytes:
+    """The OpenAPI document of the receiver, shipped as package data."""
+    return importlib.resources.files("crawljob_operator").joinpath("openapi.json").read_bytes()
+
+
+def create_app(
+    settings: config.ReceiverSettings,
+    *,
+    connection: kube.Connection | None = None,
+    metrics: ReceiverMetrics | None = None,
+) -> web.Application:
+    """The receiver app; the API client (and the SNS HTTP session) live in its cleanup context."""
+    if connection is None:
+        if not settings.kube_server:
+            raise ValueError("create_app needs a connection or settings.kube_server")
+        connection = kube.Connection(server=settings.kube_server.rstrip("/"))
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[_request_middleware])
+    app[STATE] = ReceiverState(
+        settings=settings,
+        namespace=settings.namespace or connection.default_namespace,
+        auth=auth.AuthSettings(settings.auth_mode, settings.auth_token, settings.hmac_key),
+        filters=filters_of(settings),
+        openapi=openapi_document(),
+    )
+    app[METRICS] = metrics or ReceiverMetrics()
+    app.cleanup_ctx.append(_clients(connection))
+    app.router.add_post(TRIGGER_PATH, trigger)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_endpoint)
+    app.router.add_get("/openapi.json", openapi)
+    return app
+
+
+def _clients(connection: kube.Connection) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def clients(app: web.Application) -> AsyncIterator[None]:
+        settings = app[STATE].settings
+        ssl_context: ssl.SSLContext | None = None
+        if settings.sns_ca_file:
+            ssl_context = ssl.create_default_context(cafile=settings.sns_ca_file)
+        async with (
+            kube.KubeClient(connection, timeout=settings.kube_timeout) as client,
+            aiohttp.ClientSession() as session,
+        ):
+            app[KUBE] = client
+            app[CERTIFICATES] = sns.CertificateCache(
+                session, host_pattern=settings.sns_cert_host_pattern, ssl_context=ssl_context
+            )
+            yield
+
+    return clients
+
+
+# ---- handlers ----
+
+
+async def trigger(request: web.Request) -> web.Response:
+    """POST /v1/trigger: one webhook delivery → CrawlJobs (202), or why not."""
+    app = request.app
+    state = app[STATE]
+    record: dict[str, Any] = request[REQUEST_LOG]
+    body = await _read_body(request, state.settings.max_body_bytes)
+    headers = request.headers
+    sns_type = headers.get(SNS_TYPE_HEADER)
+    raw_delivery = headers.get(SNS_RAW_HEADER, "").lower() == "true"
+    signed_sns = sns_type is not None and not raw_delivery
+    if not signed_sns:
+        # SNS envelopes authenticate by their signature; everything else by the configured mode.
+        auth.check(state.auth, headers, body)
+    document = events.load_json(body)
+    parsed = events.parse_document(document, state.settings.default_bucket)
+    if isinstance(parsed, events.SnsEnvelope):
+        record["format"] = "sns"
+        handled = await _handle_sns(app, parsed, record)
+        if isinstance(handled, web.Response):
+            return handled
+        parsed = handled
+    elif signed_sns:
+        raise sns.SnsRejected(f"{SNS_TYPE_HEADER} is set but the body is not a signed SNS message")
+    elif raw_delivery:
+        parsed = dataclasses.replace(parsed, format="sns-raw")
+    record["format"] = parsed.format
+    parsed = events.apply_filters(parsed, state.filters)
+    outcomes = await _create_all(app, parsed.targets)
+    return _answer(app, parsed, outcomes, record)
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    if request.content_length is not None and request.content_length > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
+    return await request.read()
+
+
+async def _handle_sns(
+    app: web.Application, envelope: events.SnsEnvelope, record: dict[str, Any]
+) -> events.Parsed | web.Response:
+    """Check an SNS envelope; confirm subscriptions; unwrap notifications."""
+    state = app[STATE]
+    metrics = app[METRICS]
+    topics = state.settings.sns_topic_arns
+    record["topic"] = envelope.topic_arn
+    if topics and envelope.topic_arn not in topics:
+        metrics.sns.labels(envelope.type, "refused").inc()
+        raise sns.SnsRejected(f"SNS topic {envelope.topic_arn} is not in the allowed topics")
+    try:
+        await app[CERTIFICATES].verify(envelope.fields)
+    except sns.SnsUnavailable as exc:
+        metrics.sns.labels(envelope.type, "unavailable").inc()
+        raise ServiceUnavailable(str(exc)) from exc
+    except sns.SnsRejected:
+        metrics.sns.labels(envelope.type, "refused").inc()
+        raise
+    if envelope.type == "SubscriptionConfirmation":
+        if envelope.topic_arn not in topics:
+            metrics.sns.labels(envelope.type, "refused").inc()
+            raise sns.SnsRejected(
+                f"not confirming the subscription to {envelope.topic_arn}: "
+                "add the topic to CRAWLJOB_SNS_TOPIC_ARNS"
+            )
+        try:
+            await app[CERTIFICATES].confirm(envelope.fields)
+        except sns.SnsUnavailable as exc:
+            metrics.sns.labels(envelope.type, "unavailable").inc()
+            raise ServiceUnavailable(str(exc)) from exc
+        metrics.sns.labels(envelope.type, "confirmed").inc()
+        record["outcome"] = "confirmed"
+        return web.json_response(
+            {"format": "sns", "subscription": "confirmed", "topic": envelope.topic_arn}, status=200
+        )
+    if envelope.type == "UnsubscribeConfirmation":
+        metrics.sns.labels(envelope.type, "accepted").inc()
+        record["outcome"] = "ignored"
+        return web.json_response(
+            {
+                "format": "sns",
+                "crawljobs": [],
+                "ignored": [{"reason": f"SNS UnsubscribeConfirmation for {envelope.topic_arn}"}],
+            },
+            status=202,
+        )
+    metrics.sns.labels(envelope.type, "accepted").inc()
+    return events.parse_sns_message(envelope.message)
+
+
+async def _create_all(app: web.Application, targets: Sequence[events.Target]) -> list[Outcome]:
+    if len(targets) == 1:
+        return [await _create(app, targets[0])]
+    return list(await asyncio.gather(*(_create(app, target) for target in targets)))
+
+
+async def _create(app: web.Application, target: events.Target) -> Outcome:
+    """Create one CrawlJob: created, duplicate (409), refused (422: the API rejects it) or failed."""
+    state = app[STATE]
+    manifest = crawljob_manifest(target.ref, state.namespace, raw_key=target.raw_key)
+    name = crawljob_name(target.ref)
+    try:
+        await app[KUBE].create(kube.CRAWLJOBS, state.namespace, manifest)
+    except kube.Conflict:
+        return Outcome(target, name, "duplicate")
+    except kube.Invalid as exc:
+        app[METRICS].api_errors.labels("invalid").inc()
+        return Outcome(target, name, "refused", exc.message)
+    except kube.Unavailable as exc:
+        app[METRICS].api_errors.labels("unavailable").inc()
+        log.warning("cannot create CrawlJob %s: %s", name, exc)
+        return Outcome(target, name, "failed", "the Kubernetes API is unavailable")
+    except kube.KubeError as exc:
+        # 401/403/404 from the API: our credentials, RBAC or CRD are wrong, not the event.
+        app[METRICS].api_errors.labels("other").inc()
+        log.error("the Kubernetes API refused to create CrawlJob %s: %s", name, exc)
+        return Outcome(target, name, "failed", f"the Kubernetes API answered {exc.status}")
+    return Outcome(target, name, "created")
+
+
+def _answer(
+    app: web.Application, parsed: events.Parsed, outcomes: list[Outcome], record: dict[str, Any]
+) -> web.Response:
+    state = app[STATE]
+    metrics = app[METRICS]
+    for outcome in outcomes:
+        metrics.events.labels(parsed.format, outcome.status).inc()
+    if parsed.ignored:
+        metrics.events.labels(parsed.format, "ignored").inc(len(parsed.ignored))
+    record["objects"] = [
+        {"bucket": o.target.ref.bucket, "key": o.target.ref.key, "crawljob": o.name, "outcome": o.status}
+        for o in outcomes
+    ] + [{"bucket": i.bucket, "key": i.key, "outcome": "ignored", "reason": i.reason} for i in parsed.ignored]
+    body: dict[str, Any] = {
+        "format": parsed.format,
+        "crawljobs": [o.as_dict(state.namespace) for o in outcomes],
+        "ignored": [i.as_dict() for i in parsed.ignored],
+    }
+    statuses = {o.status for o in outcomes}
+    if "failed" in statuses:
+        record["outcome"] = "failed"
+        body["error"] = (
+            "could not store every CrawlJob; retry the whole delivery (stored ones are duplicates)"
+        )
+        retry = str(state.settings.retry_after_seconds)
+        return web.json_response(body, status=503, headers={"Retry-After": retry})
+    if "refused" in statuses:
+        record["outcome"] = "refused"
+        body["error"] = "the Kubernetes API refused a CrawlJob for this event"
+        return web.json_response(body, status=400)
+    record["outcome"] = ",".join(sorted(statuses)) if statuses else "ignored"
+    return web.json_response(body, status=202)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """GET /healthz: the process serves requests."""
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """GET /readyz: the Kubernetes API answers (the last answer is reused for a short while)."""
+    state = request.app[STATE]
+    readiness = state.readiness
+    loop = asyncio.get_running_loop()
+    async with readiness.lock:
+        if loop.time() - readiness.checked_at >= state.settings.ready_cache_seconds:
+            try:
+                await request.app[KUBE].ping()
+                readiness.ok, readiness.message = True, "the Kubernetes API answers"
+            except kube.KubeError as exc:
+                readiness.ok, readiness.message = False, str(exc)
+            readiness.checked_at = loop.time()
+    if readiness.ok:
+        return web.json_response({"status": "ready", "message": readiness.message})
+    return web.json_response(
+        {"status": "unavailable", "message": readiness.message},
+        status=503,
+        headers={"Retry-After": str(state.settings.retry_after_seconds)},
+    )
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    """GET /metrics: Prometheus text exposition."""
+    text, content_type = request.app[METRICS].render()
+    response = web.Response(body=text)
+    response.content_type = content_type.split(";")[0]
+    response.charset = "utf-8"
+    return response
+
+
+async def openapi(request: web.Request) -> web.Response:
+    """GET /openapi.json: the document describing these endpoints."""
+    return web.Response(body=request.app[STATE].openapi, content_type="application/json")
+
+
+# ---- one middleware: errors as JSON, metrics, one log line per request ----
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def _request_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    started = time.perf_counter()
+    record: dict[str, Any] = {"method": request.method, "path": request.path}
+    request[REQUEST_LOG] = record
+    try:
+        response = await handler(request)
+    except events.EventError as exc:
+        record["error"] = exc.message
+        response = web.json_response(exc.as_dict(), status=400)
+    except auth.AuthError as exc:
+        record["error"] = exc.message
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        response = web.json_response({"error": exc.message}, status=exc.status, headers=headers)
+    except sns.SnsRejected as exc:
+        record["error"] = str(exc)
+        response = web.json_response({"error": str(exc)}, status=403)
+    except ServiceUnavailable as exc:
+        record["error"] = exc.message
+        retry = str(request.app[STATE].settings.retry_after_seconds)
+        response = web.json_response(
+            {"error": exc.message, **exc.body}, status=503, headers={"Retry-After": retry}
+        )
+    except web.HTTPException as exc:
+        record["error"] = exc.reason
+        response = web.json_response(
+            {"error": _http_error_message(exc, request)}, status=exc.status, headers=_allowed_headers(exc)
+        )
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        log.exception("unexpected error answering %s %s", request.method, request.path)
+        record["error"] = repr(exc)
+        response = web.json_response({"error": "internal error; the event was not stored"}, status=500)
+    elapsed = time.perf_counter() - started
+    endpoint = request.match_info.route.resource.canonical if request.match_info.route.resource else "other"
+    metrics = request.app[METRICS]
+    metrics.requests.labels(endpoint, str(response.status)).inc()
+    metrics.latency.labels(endpoint).observe(elapsed)
+    if endpoint == TRIGGER_PATH or response.status >= 400:
+        record["status"] = response.status
+        record["latency_ms"] = round(elapsed * 1000, 2)
+        log.info("request", extra={"fields": record})
+    return response
+
+
+def _http_error_message(exc: web.HTTPException, request: web.Request) -> str:
+    if exc.status == 413:
+        limit = request.app[STATE].settings.max_body_bytes
+        return f"request body larger than the limit of {limit} bytes"
+    if exc.status == 405:
+        return f"method {request.method} not allowed on {request.path}"
+    if exc.status == 404:
+        return f"no such endpoint {request.path}; events go to POST {TRIGGER_PATH}"
+    return exc.reason
+
+
+def _allowed_headers(exc: web.HTTPException) -> dict[str, str] | None:
+    allow = exc.headers.get("Allow")
+    return {"Allow": allow} if allow else None
+
+
+# ---- logging ----
+
+
+class _Formatter(logging.Formatter):
+    """One line per record: JSON (the record's fields merged in) or `key=value` text."""
+
+    def __init__(self, fmt: str) -> None:
+        super().__init__()
+        self.json = fmt == "json"
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields: dict[str, Any] = dict(getattr(record, "fields", {}) or {})
+        message = record.getMessage()
+        if record.exc_info:
+            message += "\n" + self.formatException(record.exc_info)
+        if self.json:
+            line = {
+                "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+                "level": record.levelname.lower(),
+                "logger": record.name,
+                "message": message,
+                **fields,
+            }
+            return json.dumps(line, default=str, ensure_ascii=False)
+        rest = " ".join(
+            f"{key}={json.dumps(value, default=str, ensure_ascii=False)}" for key, value in fields.items()
+        )
+        return f"{self.formatTime(record)} {record.levelname} {record.name}: {message} {rest}".rstrip()
+
+
+def configure_logging(fmt: str) -> None:
+    """Send the receiver's logs to stderr, one line each."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter(fmt))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`crawljob receiver`: parse flags/env, connect to the API, serve until interrupted."""
+    environ = config.environment()
+    parser = config.receiver_parser(environ)
+    args = config.parse(parser, argv)
+    try:
+        settings = config.receiver_settings(args)
+        connection = kube.discover_connection(settings.kube_server, settings.kubeconfig, environ)
+    except (ValueError, OSError) as exc:
+        print(f"crawljob receiver: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_format)
+    if settings.auth_mode == "none":
+        log.warning(
+            "authentication is off (--auth-mode none): anyone who can reach this port can start "
+            "crawls; use token or hmac outside a local setup"
+        )
+    app = create_app(settings, connection=connection)
+    log.info(
+        "receiver listening",
+        extra={
+            "fields": {
+                "host": settings.host,
+                "port": settings.port,
+                "namespace": app[STATE].namespace,
+                "kube_server": connection.server,
+                "auth_mode": settings.auth_mode,
+            }
+        },
+    )
+    web.run_app(app, host=settings.host, port=settings.port, access_log=None, print=None)
+    return 0

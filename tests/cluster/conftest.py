@@ -255,6 +255,27 @@ def children(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callabl
             print(f"\n----- {child.log.name} (last 4000 characters) -----\n{child.log_text()[-4000:]}")
 
 
+@pytest.fixture(scope="session")
+def api_proxy(cluster: Cluster, kubectl_binary: Path) -> Iterator[str]:
+    """`kubectl proxy` on loopback: a plain-HTTP API URL for processes that take only a server URL
+    (the worker's CRAWLJOB_KUBE_SERVER, used for progress patches), with the admin's credentials."""
+    process = subprocess.Popen(
+        [str(kubectl_binary), "proxy", "--address", "127.0.0.1", "--port", "0"],
+        env=cluster.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()  # "Starting to serve on 127.0.0.1:PORT"
+    if "Starting to serve on" not in line:
+        process.kill()
+        pytest.fail(f"kubectl proxy did not start: {line}", pytrace=False)
+    yield "http://" + line.rsplit(" ", 1)[-1].strip()
+    process.terminate()
+    process.wait(10)
+
+
 @pytest.fixture
 def kubelet(cluster: Cluster, namespace: str, children: Callable[..., Child], tmp_path: Path) -> Child:
     """The local kubelet for the test's namespace, not started: call .start() (tests may pause it)."""

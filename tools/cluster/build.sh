@@ -159,7 +159,9 @@ main() {
   generate_openapi "$work"
 
   log "building kube-apiserver and kube-controller-manager $upstream with $(go version) (takes ~10 min cold on 2 cores)"
-  in_gopath "$work" go build -ldflags "$ldflags" -o "$work/bin/" ./cmd/kube-apiserver ./cmd/kube-controller-manager >&2 ||
+  # -trimpath keeps the build directory out of Go's cache keys: the next Debian version (another
+  # directory) reuses every unchanged package from the Go cache (~2 min instead of ~11).
+  in_gopath "$work" go build -trimpath -ldflags "$ldflags" -o "$work/bin/" ./cmd/kube-apiserver ./cmd/kube-controller-manager >&2 ||
     die "go build failed"
   log "built in $((SECONDS - started)) s"
   mkdir -p "$out/bin"

@@ -25,7 +25,7 @@ install: $(STAMP) ## Create .venv with crawljob and the dev tools
 run: $(STAMP) ## Run the local stack and process a sample CSV end to end (ARGS="--once --size-mb 5")
 	$(BIN)/crawljob run $(ARGS)
 
-test: $(STAMP) ## Run the test suite (unit, integration, end to end)
+test: $(STAMP) tools ## Run the test suite (unit, integration, end to end, chart checks)
 	$(BIN)/pytest -q $(ARGS)
 
 test-cluster: $(STAMP) ## End-to-end tests on a real control plane (kube-apiserver 1.20 built from Debian sources)

@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: help install run test lint format clean
+.PHONY: help install run test lint format clean test-cluster
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -25,13 +25,19 @@ install: $(STAMP) ## Create .venv with crawljob and the dev tools
 run: $(STAMP) ## Run the local stack and process a sample CSV end to end (ARGS="--once --size-mb 5")
 	$(BIN)/crawljob run $(ARGS)
 
-test: $(STAMP) ## Run the test suite (unit, integration, end to end)
+test: $(STAMP) tools ## Run the test suite (unit, integration, end to end, chart checks)
 	$(BIN)/pytest -q $(ARGS)
+
+test-cluster: $(STAMP) ## End-to-end tests on a real control plane (kube-apiserver 1.20 built from Debian sources)
+	bash tools/cluster/build.sh >/dev/null
+	bash tools/cluster/kube-tools.sh $(BIN)
+	CRAWLJOB_TEST_CLUSTER=1 $(BIN)/pytest -q tests/cluster $(ARGS)
 
 lint: $(STAMP) ## ruff (lint + format check) and mypy --strict
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 format: $(STAMP) ## Reformat the code with ruff
 	$(BIN)/ruff format .

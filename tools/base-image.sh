@@ -5,7 +5,7 @@
 # podman store) only re-import it. Prints the image name on stdout.
 set -euo pipefail
 
-CACHE_DIR="${CRAWLJOB_CACHE:-$HOME/.cache/crawljob}/images"
+CACHE_DIR="${CRAWLJOB_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/crawljob}/images"
 IMAGE="${CRAWLJOB_BASE_IMAGE:-localhost/crawljob-base:bookworm}"
 SUITE=bookworm
 TARBALL="$CACHE_DIR/base-$SUITE.tar"

@@ -25,7 +25,9 @@ BINARIES = {"helm/helm": "helm", "kubectl/kubectl": "kubectl"}
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("CRAWLJOB_CACHE") or Path.home() / ".cache" / "crawljob"
+    """CRAWLJOB_CACHE_DIR (default ${XDG_CACHE_HOME:-~/.cache}/crawljob)/tools, shared by every checkout."""
+    xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    root = os.environ.get("CRAWLJOB_CACHE_DIR") or Path(xdg) / "crawljob"
     return Path(root) / "tools"
 
 

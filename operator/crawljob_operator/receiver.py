@@ -493,5 +493,5 @@ def main(argv: Sequence[str] | None = None) -> int:
             }
         },
     )
-    web.run_app(app, host=settings.host, port=settings.port, access_log=None, print=None)
+    web.run_app(app, host=settings.host, port=settings.port, access_log=None, print=None, shutdown_timeout=10)
     return 0

@@ -29,6 +29,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -76,7 +77,7 @@ def serve_stub_api(port: int) -> None:
 
 
 def serve_emulator(port: int) -> None:
-    """The project's kmock emulator, minus kmock's request history (which makes each request O(history))."""
+    """The project's kmock emulator, minus kmock's O(history) request log and O(objects) create answer."""
     import attrs
     import kmock
 
@@ -84,6 +85,13 @@ def serve_emulator(port: int) -> None:
 
     @attrs.define(kw_only=True)
     class ForgetfulEmulator(Emulator):
+        # kmock answers a create by scanning every stored object: look the new one up by key instead.
+        async def _serve_create(self, request: kmock.Request) -> Any:
+            metadata = request.data.get("metadata", {})
+            key = (request.resource, request.namespace or metadata.get("namespace"), metadata.get("name"))
+            async with self._lock:
+                return self._objects[key].raw
+
         async def _handle(self, request: kmock.Request) -> web.StreamResponse:
             try:
                 return await super()._handle(request)

@@ -10,6 +10,7 @@ import argparse
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 
 def env_default(environ: Mapping[str, str], name: str, default: str | None = None) -> str | None:
@@ -26,8 +27,7 @@ def split_list(value: str | None) -> tuple[str, ...]:
 def read_secret(value: str | None, file_path: str | None) -> str | None:
     """A secret given inline or as a mounted file (the file wins; trailing newline stripped)."""
     if file_path:
-        with open(file_path, encoding="utf-8") as handle:
-            return handle.read().strip()
+        return Path(file_path).read_text(encoding="utf-8").strip()
     return value or None
 
 

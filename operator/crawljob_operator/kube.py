@@ -58,7 +58,9 @@ class Resource:
     plural: str
     namespaced: bool = True
 
-    def path(self, namespace: str | None = None, name: str | None = None, subresource: str | None = None) -> str:
+    def path(
+        self, namespace: str | None = None, name: str | None = None, subresource: str | None = None
+    ) -> str:
         prefix = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
         parts = [prefix]
         if self.namespaced and namespace is not None:
@@ -148,7 +150,9 @@ def connection_from_kubeconfig(path: str | Path, context_name: str | None = None
     )
 
 
-def connection_in_cluster(directory: Path = SERVICE_ACCOUNT_DIR, host: str = "", port: str = "") -> Connection:
+def connection_in_cluster(
+    directory: Path = SERVICE_ACCOUNT_DIR, host: str = "", port: str = ""
+) -> Connection:
     """The pod's service-account credentials and the API address from the standard env vars."""
     return Connection(
         server=f"https://{host}:{port}",
@@ -260,7 +264,9 @@ class KubeClient:
                 result: Body = json.loads(text) if text else {}
                 return result
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise Unavailable(0, f"cannot reach the Kubernetes API at {self.connection.server}: {exc!r}") from exc
+            raise Unavailable(
+                0, f"cannot reach the Kubernetes API at {self.connection.server}: {exc!r}"
+            ) from exc
 
     async def create(self, resource: Resource, namespace: str, body: Body) -> Body:
         return await self.request("POST", resource.path(namespace), body)
@@ -326,9 +332,7 @@ def _labels_match(obj: Body, labels: Mapping[str, str]) -> bool:
     return all(have.get(key) == value for key, value in labels.items())
 
 
-async def wait_for(
-    predicate: Any, timeout: float, interval: float = 0.1, what: str = "condition"
-) -> Any:
+async def wait_for(predicate: Any, timeout: float, interval: float = 0.1, what: str = "condition") -> Any:
     """Await an async *predicate* until it returns a truthy value (for tools and tests)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout

@@ -50,3 +50,30 @@ async def test_unreachable_api_is_unavailable() -> None:
     async with kube.KubeClient(kube.Connection(server="http://127.0.0.1:9"), timeout=2) as client:
         with pytest.raises(kube.Unavailable):
             await client.get(kube.CRAWLJOBS, "default", "x")
+
+
+async def test_kubectl_table_requests_get_the_crd_printer_columns(kube_client: kube.KubeClient) -> None:
+    await kube_client.create(kube.CRAWLJOBS, "default", _crawljob("tabled"))
+    await kube_client.patch(
+        kube.CRAWLJOBS,
+        "default",
+        "tabled",
+        {"status": {"phase": "Succeeded", "progress": {"percent": "100%"}, "result": {"rowsWritten": 42}}},
+        "status",
+    )
+    async with kube_client.session.get(
+        kube_client.connection.server + kube.CRAWLJOBS.path("default"),
+        headers={"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"},
+    ) as response:
+        table = await response.json()
+    assert table["kind"] == "Table"
+    assert [column["name"] for column in table["columnDefinitions"]] == [
+        "Name",
+        "Bucket",
+        "Key",
+        "Phase",
+        "Progress",
+        "Rows",
+        "Age",
+    ]
+    assert table["rows"][0]["cells"][:6] == ["tabled", "b", "k.csv", "Succeeded", "100%", 42]

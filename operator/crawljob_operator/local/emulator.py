@@ -46,9 +46,71 @@ def _selector_matches(selector: str, labels: dict[str, str]) -> bool:
     return True
 
 
+def _json_path(obj: Any, path: str) -> Any:
+    """The value at a simple dotted JSONPath (``.spec.source.bucket``), or None."""
+    for part in filter(None, path.split(".")):
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(part)
+    return obj
+
+
+def _human_age(timestamp: Any) -> str:
+    try:
+        then = datetime.datetime.fromisoformat(str(timestamp).replace("Z", "+00:00"))
+    except ValueError:
+        return "<unknown>"
+    seconds = max(0, int((datetime.datetime.now(tz=datetime.UTC) - then).total_seconds()))
+    if seconds < 120:
+        return f"{seconds}s"
+    return f"{seconds // 60}m" if seconds < 7200 else f"{seconds // 3600}h"
+
+
+def as_table(items: list[dict[str, Any]], columns: list[dict[str, Any]]) -> dict[str, Any]:
+    """A meta.k8s.io/v1 Table of *items* with a CRD's printer columns, as the API server renders it."""
+    definitions = [{"name": "Name", "type": "string", "format": "name", "description": "Name", "priority": 0}]
+    definitions += [
+        {
+            "name": column["name"],
+            "type": column.get("type", "string"),
+            "format": column.get("format", ""),
+            "description": column.get("description", ""),
+            "priority": column.get("priority", 0),
+        }
+        for column in columns
+    ]
+    rows = []
+    for item in items:
+        cells: list[Any] = [(item.get("metadata") or {}).get("name")]
+        for column in columns:
+            value = _json_path(item, column["jsonPath"])
+            cells.append(_human_age(value) if column.get("type") == "date" and value else value)
+        metadata = item.get("metadata") or {}
+        rows.append(
+            {
+                "cells": cells,
+                "object": {
+                    "kind": "PartialObjectMetadata",
+                    "apiVersion": "meta.k8s.io/v1",
+                    "metadata": metadata,
+                },
+            }
+        )
+    return {
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": {},
+        "columnDefinitions": definitions,
+        "rows": rows,
+    }
+
+
 @attrs.define(kw_only=True)
-class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
-    """KubernetesEmulator + object metadata bookkeeping + list kinds + label selectors."""
+class Emulator(kmock.KubernetesEmulator):
+    """KubernetesEmulator + object metadata bookkeeping + list kinds + label selectors + CRD tables."""
+
+    # Printer columns of the registered CRDs, by "group/version/plural", for kubectl's Table requests.
+    printer_columns: dict[str, list[dict[str, Any]]] = attrs.field(factory=dict)
 
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         data = request.data
@@ -68,7 +130,7 @@ class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
                     if current is not None:
                         generation = int((current.get("metadata") or {}).get("generation") or 1)
                         metadata["generation"] = generation + 1
-        return await super()._handle(request)  # type: ignore[no-any-return]
+        return await super()._handle(request)
 
     def _current(self, request: kmock.Request) -> dict[str, Any] | None:
         for (res, namespace, name), obj in self.objects.items():
@@ -77,13 +139,14 @@ class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         return None
 
     async def _serve_list(self, request: kmock.Request) -> Any:
-        answer = await super()._serve_list(request)
-        info = self.resources.get(request.resource) if request.resource is not None else None
+        answer = dict(await super()._serve_list(request))  # type: ignore[arg-type]
+        requested = request.resource
+        info = self.resources.get(requested) if requested is not None else None
         kind = getattr(info, "kind", None)
-        if kind:
+        if kind and requested is not None:
             answer["kind"] = f"{kind}List"
-            group = request.resource.group
-            answer["apiVersion"] = f"{group}/{request.resource.version}" if group else request.resource.version
+            group = requested.group
+            answer["apiVersion"] = f"{group}/{requested.version}" if group else requested.version
         answer["metadata"] = {"resourceVersion": str(next(_versions))}
         selector = request.params.get("labelSelector")
         if selector:
@@ -92,10 +155,14 @@ class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
                 for item in answer["items"]
                 if _selector_matches(selector, (item.get("metadata") or {}).get("labels") or {})
             ]
+        if requested is not None and "as=Table" in request.headers.get("Accept", ""):
+            columns = self.printer_columns.get(f"{requested.group}/{requested.version}/{requested.plural}")
+            if columns is not None:
+                return as_table(answer["items"], columns)
         return answer
 
 
-def register_crawljob_crd(emulator: kmock.KubernetesEmulator) -> None:
+def register_crawljob_crd(emulator: Emulator) -> None:
     """Declare the CrawlJob resource in the emulator from the chart's CRD (the single source)."""
     crd = yaml.safe_load(resource.crd_path().read_text())
     names = crd["spec"]["names"]
@@ -110,6 +177,7 @@ def register_crawljob_crd(emulator: kmock.KubernetesEmulator) -> None:
             verbs={"get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"},
             subresources=set((version.get("subresources") or {}).keys()),
         )
+        emulator.printer_columns[key] = list(version.get("additionalPrinterColumns") or [])
 
 
 def make_emulator() -> Emulator:
@@ -121,7 +189,9 @@ def make_emulator() -> Emulator:
 
 
 @asynccontextmanager
-async def serve_emulator(host: str = "127.0.0.1", port: int | None = None) -> AsyncIterator[tuple[Emulator, str]]:
+async def serve_emulator(
+    host: str = "127.0.0.1", port: int | None = None
+) -> AsyncIterator[tuple[Emulator, str]]:
     """Run the emulator on loopback; yields it and its base URL (no trailing slash)."""
     emulator = make_emulator()
     async with emulator, kmock.Server(emulator, host=host, port=port) as server:

@@ -40,7 +40,9 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 @contextmanager
-def run_local_s3(host: str = "127.0.0.1", port: int | None = None, timeout: float = 30.0) -> Iterator[LocalS3]:
+def run_local_s3(
+    host: str = "127.0.0.1", port: int | None = None, timeout: float = 30.0
+) -> Iterator[LocalS3]:
     """Start moto's S3 server as a child process; stop it on exit."""
     port = port or free_port(host)
     process = subprocess.Popen(

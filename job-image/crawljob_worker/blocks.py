@@ -1,0 +1,97 @@
+"""Cutting a byte stream into blocks that end on record boundaries, with their line numbers (pure).
+
+A newline ends a record unless it is inside a quoted field; with RFC 4180 quoting ("" escapes a quote)
+that is exactly when the number of quote characters before it is even. Counting bytes runs at memory
+speed, so the stream is split without a Python-level parser.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from crawljob_worker.errors import bad_input
+
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
+@dataclass(frozen=True)
+class Block:
+    """Whole records; `first_line` is the 1-based physical line number of the block's first byte."""
+
+    data: bytes
+    first_line: int
+
+
+def last_record_end(data: bytes, quote: bytes | None) -> int:
+    """Index just past the last newline that ends a record in *data* (0 if none).
+
+    *data* must start at a record boundary (outside quotes).
+    """
+    position = data.rfind(b"\n")
+    if quote is None or position < 0:
+        return position + 1
+    total = data.count(quote)
+    tail = 0
+    end = len(data)
+    while position >= 0:
+        tail += data.count(quote, position, end)
+        end = position
+        if (total - tail) % 2 == 0:
+            return position + 1
+        position = data.rfind(b"\n", 0, position)
+    return 0
+
+
+def first_record_end(data: bytes, quote: bytes | None) -> int:
+    """Index just past the newline ending the first record of *data* (0 if it has no complete record)."""
+    start = 0
+    quotes = 0
+    while True:
+        position = data.find(b"\n", start)
+        if position < 0:
+            return 0
+        if quote is not None:
+            quotes += data.count(quote, start, position)
+        if quote is None or quotes % 2 == 0:
+            return position + 1
+        start = position + 1
+
+
+def iter_blocks(
+    stream: io.BufferedIOBase, chunk_bytes: int, quote: bytes | None, max_record_bytes: int | None = None
+) -> Iterator[Block]:
+    """Blocks of about *chunk_bytes* from *stream*, each ending on a record boundary (the last may not
+    end with a newline). A leading UTF-8 BOM is dropped. A record longer than *max_record_bytes*
+    (an unclosed quote, usually) is refused as bad input rather than buffered without bound."""
+    limit = max_record_bytes or max(8 * chunk_bytes, 64 * 1024 * 1024)
+    carry = b""
+    line = 1
+    first = True
+    while True:
+        data = stream.read(chunk_bytes)
+        if first:
+            if data.startswith(UTF8_BOM):
+                data = data[len(UTF8_BOM) :]
+            first = False
+        if not data:
+            if carry:
+                yield Block(carry, line)
+            return
+        buffer = carry + data if carry else data
+        end = last_record_end(buffer, quote)
+        if end == 0:
+            if len(buffer) > limit:
+                raise bad_input(
+                    f"a record starting on line {line} is longer than {limit // (1024 * 1024)} MiB: "
+                    "probably an unclosed quote (or set --quote none)"
+                )
+            carry = buffer
+            continue
+        if end == len(buffer):
+            block, carry = buffer, b""
+        else:
+            block, carry = buffer[:end], buffer[end:]
+        yield Block(block, line)
+        line += block.count(b"\n")

@@ -28,14 +28,28 @@ async def test_status_patch_merges_and_list_filters_by_label(
 ) -> None:
     await kube_client.create(kube.CRAWLJOBS, "default", _crawljob("two"))
     await kube_client.patch(kube.CRAWLJOBS, "default", "two", {"status": {"phase": "Running"}}, "status")
-    await kube_client.patch(kube.CRAWLJOBS, "default", "two", {"status": {"progress": {"percent": "5%"}}}, "status")
+    await kube_client.patch(
+        kube.CRAWLJOBS, "default", "two", {"status": {"progress": {"percent": "5%"}}}, "status"
+    )
     got = await kube_client.get(kube.CRAWLJOBS, "default", "two")
     assert got["status"] == {"phase": "Running", "progress": {"percent": "5%"}}
-    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "j", "labels": {"a": "b"}}, "spec": {}}
+    job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "j", "labels": {"a": "b"}},
+        "spec": {},
+    }
     await kube_client.create(kube.JOBS, "default", job)
-    other = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "k", "labels": {"a": "c"}}, "spec": {}}
+    other = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "k", "labels": {"a": "c"}},
+        "spec": {},
+    }
     await kube_client.create(kube.JOBS, "default", other)
-    assert [item["metadata"]["name"] for item in await kube_client.list(kube.JOBS, "default", {"a": "b"})] == ["j"]
+    assert [
+        item["metadata"]["name"] for item in await kube_client.list(kube.JOBS, "default", {"a": "b"})
+    ] == ["j"]
     raw = await kube_client.request("GET", kube.JOBS.path("default"), params={"labelSelector": "a=c"})
     assert raw["kind"] == "JobList"
     assert [item["metadata"]["name"] for item in raw["items"]] == ["k"]

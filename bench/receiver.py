@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import psutil
 from aiohttp import web
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -149,14 +150,24 @@ async def wait_until_up(url: str, limit: float = 30.0) -> None:
             await asyncio.sleep(0.1)
 
 
+@dataclass
+class Servers:
+    url: str
+    front: subprocess.Popen[bytes]  # the process answering /v1/trigger
+
+    def cpu_seconds(self) -> float:
+        times = psutil.Process(self.front.pid).cpu_times()
+        return float(times.user + times.system)
+
+
 @contextlib.contextmanager
-def start(target: str) -> Iterator[str]:
-    """Start the servers for *target*; yields the trigger URL."""
+def start(target: str) -> Iterator[Servers]:
+    """Start the servers for *target*; yields the trigger URL and the front process."""
     script = str(Path(__file__).resolve())
     port = free_port()
     with contextlib.ExitStack() as stack:
         if target == "bare":
-            stack.enter_context(child([sys.executable, script, "serve-bare", str(port)]))
+            front = stack.enter_context(child([sys.executable, script, "serve-bare", str(port)]))
             asyncio.run(wait_until_up(f"http://127.0.0.1:{port}/healthz"))
         else:
             api_port = free_port()
@@ -167,9 +178,9 @@ def start(target: str) -> Iterator[str]:
                 sys.executable, "-m", "crawljob_operator.cli", "receiver", "--host", "127.0.0.1",
                 "--port", str(port), "--kube-server", f"http://127.0.0.1:{api_port}", "--namespace", "bench",
             ]  # fmt: skip
-            stack.enter_context(child(receiver))
+            front = stack.enter_context(child(receiver))
             asyncio.run(wait_until_up(f"http://127.0.0.1:{port}/readyz"))
-        yield f"http://127.0.0.1:{port}/v1/trigger"
+        yield Servers(f"http://127.0.0.1:{port}/v1/trigger", front)
 
 
 # ---- the load generator ----
@@ -203,6 +214,7 @@ class Result:
     seconds: float
     latencies: list[float]
     errors: int
+    server_cpu: float = 0.0  # CPU seconds the front process spent during the run
 
     @property
     def rate(self) -> float:
@@ -285,12 +297,14 @@ LABELS = {
 def table(results: list[Result]) -> str:
     header = (
         f"{'target':<32} {'mode':<24} {'requests':>8} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'non-202':>8}"
+        f" {'server CPU ms/req':>18}"
     )
     lines = [header, "-" * len(header)]
     for result in results:
         lines.append(
             f"{LABELS[result.target]:<32} {result.mode:<24} {result.requests:>8} {result.rate:>8.0f} "
             f"{result.percentile(0.50):>8.1f} {result.percentile(0.99):>8.1f} {result.errors:>8}"
+            f" {result.server_cpu * 1000 / (result.requests + 50):>18.2f}"
         )
     return "\n".join(lines)
 
@@ -313,11 +327,16 @@ def main(argv: list[str] | None = None) -> int:
     for target in options.targets.split(","):
         # A fresh server (and API) per run: the emulator's cost grows with the objects it holds.
         for mode in ("max", "rate"):
-            with start(target) as url:
+            with start(target) as servers:
+                cpu_before = servers.cpu_seconds()
                 if mode == "max":
-                    result = asyncio.run(closed_loop(url, target, options.requests, options.concurrency))
+                    result = asyncio.run(
+                        closed_loop(servers.url, target, options.requests, options.concurrency)
+                    )
                 else:
-                    result = asyncio.run(open_loop(url, target, options.rate, options.seconds))
+                    result = asyncio.run(open_loop(servers.url, target, options.rate, options.seconds))
+                # Includes the 50 warm-up requests: close enough, and the same for every target.
+                result.server_cpu = servers.cpu_seconds() - cpu_before
             results.append(result)
             print(f"  {LABELS[target]}, {result.mode}: {result.rate:.0f} req/s", file=sys.stderr)
     print(table(results))
@@ -336,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
     print("\n".join(goal_lines))
+    print(f"(load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
     if results and statistics.fmean(r.errors for r in results) > 0:
         print("some requests were not answered 202: see the non-202 column", file=sys.stderr)
     return 0

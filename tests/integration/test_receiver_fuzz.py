@@ -4,7 +4,7 @@ Bodies come from hypothesis: arbitrary JSON, arbitrary bytes, and near-valid doc
 format described in openapi.json with every field drawn from arbitrary values. Properties: the
 receiver never answers 5xx (the API is healthy here), only statuses the OpenAPI document lists,
 and a request that is not accepted (202) creates no CrawlJob.
-Default: 250 examples (~20 s); CRAWLJOB_FUZZ_EXAMPLES=5000 for a long run.
+Default: 600 examples (~10 s); CRAWLJOB_FUZZ_EXAMPLES=5000 for a long run.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from crawljob_operator.config import ReceiverSettings
 from crawljob_operator.receiver import create_app
 
 NAMESPACE = "fuzz"
-EXAMPLES = int(os.environ.get("CRAWLJOB_FUZZ_EXAMPLES", "250"))
+EXAMPLES = int(os.environ.get("CRAWLJOB_FUZZ_EXAMPLES", "600"))
 OPENAPI = json.loads(
     (Path(__file__).parent.parent.parent / "operator" / "crawljob_operator" / "openapi.json").read_text()
 )

@@ -546,3 +546,19 @@ async def test_crawljob_receiver_command_serves_and_warns_when_auth_is_off(
     finally:
         process.terminate()
         assert await asyncio.wait_for(process.wait(), timeout=15) == 0
+
+
+async def test_replicas_share_nothing_and_one_event_on_two_replicas_makes_one_crawljob(
+    emulator: tuple[Emulator, str], aiohttp_client: Any, kube_client: kube.KubeClient
+) -> None:
+    import asyncio
+
+    settings = ReceiverSettings(kube_server=emulator[1], namespace=NAMESPACE)
+    replicas = [await aiohttp_client(create_app(settings)) for _ in range(2)]
+    body = (EVENTS / "s3-multi.json").read_bytes()
+    responses = await asyncio.gather(*(replica.post("/v1/trigger", data=body) for replica in replicas * 3))
+    assert {response.status for response in responses} == {202}
+    statuses = [item["status"] for response in responses for item in (await response.json())["crawljobs"]]
+    assert statuses.count("created") == 2
+    assert statuses.count("duplicate") == 10
+    assert len(await crawljobs(kube_client)) == 2

@@ -61,3 +61,7 @@ images: $(STAMP) ## Build both container images with podman (debootstrap base ca
 
 image-test: images tools ## Build the images, then run them: worker against loopback S3, receiver /healthz
 	CRAWLJOB_IMAGE_TEST=1 $(BIN)/pytest -q -p no:cacheprovider tests/images
+
+.PHONY: bench-receiver
+bench-receiver: $(STAMP) ## Receiver vs a bare aiohttp handler on loopback: req/s, p50/p99 (ARGS="--requests 3000 --rate 200")
+	$(BIN)/python bench/receiver.py $(ARGS)

@@ -31,6 +31,9 @@ from crawljob_worker.uri import Location
 log = logging.getLogger("crawljob_worker.source")
 
 GZIP_MAGIC = b"\x1f\x8b"
+# Bytes asked of the HTTP body at a time: what a dropped connection can take with it (urllib3 drops a
+# partly filled read), so small enough to resume close to the break, large enough to be cheap.
+READ_SIZE = 256 * 1024
 # Other containers we recognise only to refuse them with a clear message.
 FOREIGN_MAGIC = {
     b"PK\x03\x04": "a ZIP archive",
@@ -151,7 +154,7 @@ class S3Stream(io.RawIOBase):
         view = memoryview(buffer).cast("B")
         while True:
             try:
-                data = self._body.read(len(view))
+                data = self._body.read(min(len(view), READ_SIZE))
             except READ_ERRORS as error:
                 self._reconnect(error)
                 continue

@@ -9,6 +9,7 @@ import random
 import socket
 import threading
 from collections.abc import Iterator
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -74,16 +75,11 @@ class CuttingProxy:
 
     @staticmethod
     def _pump_requests(client: socket.socket, server: socket.socket) -> None:
-        try:
+        with suppress(OSError):
             while data := client.recv(65536):
                 server.sendall(data)
-        except OSError:
-            pass
-        finally:
-            try:
-                server.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
+        with suppress(OSError):
+            server.shutdown(socket.SHUT_WR)
 
     def close(self) -> None:
         self.stopped.set()

@@ -98,10 +98,10 @@ class BlockParser:
         """Good rows of *block* as a table of the fixed schema, and its rejects."""
         data, first_line = block.data, block.first_line
         if self.names is None:
-            if not data.strip():
-                return Parsed(self.empty_table() if self.names else pa.table({}))
+            if _blank(data):
+                return Parsed(pa.table({}))
             data, first_line = self._read_header(data, first_line)
-        if not data.strip(b"\r\n \t"):
+        if _blank(data):
             return Parsed(self.empty_table())
         table = self._fast(data)
         if table is not None:
@@ -280,6 +280,11 @@ class BlockParser:
                 f"{undecodable} of the first {total} records are not valid {self.dialect.encoding} text: "
                 "binary data or another encoding (set --encoding)"
             )
+
+
+def _blank(data: bytes) -> bool:
+    """Only line ends and spaces (checked without copying a large block)."""
+    return len(data) < 4096 and not data.strip(b"\r\n \t")
 
 
 def _printable(raw: str) -> str:

@@ -6,13 +6,15 @@ import datetime
 import logging
 import time
 from collections.abc import Mapping
+from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
 
 from crawljob_worker import __version__
 from crawljob_worker.blocks import iter_blocks
 from crawljob_worker.errors import ExitCode, WorkerError
-from crawljob_worker.parse import BlockParser, Dialect
+from crawljob_worker.parse import BlockParser, Dialect, Parsed
+from crawljob_worker.pipeline import BackgroundConsumer, prefetch
 from crawljob_worker.report import Progress, kube_target
 from crawljob_worker.settings import Settings
 from crawljob_worker.sink import (
@@ -165,16 +167,22 @@ def run(settings: Settings, environ: Mapping[str, str], counters: Counters, clie
     rejects = RejectsWriter(None)
     try:
         text, compression = decompressed(stream, source_location.path, settings.compression)
-        for block in iter_blocks(text, settings.chunk_bytes, dialect.quote_bytes):
-            parsed = parser.parse(block)
+
+        def write(parsed: Parsed) -> None:
             parts.write(parsed.table)
             if parsed.rejects:
                 rejects.add(parsed.rejects)
-            counters.rows_read += parsed.rows_read
-            counters.rows_written = parts.rows
-            counters.rows_rejected = rejects.count
-            counters.bytes_read = stream.offset
-            progress.update(stream.offset, counters.rows_read)
+
+        blocks = prefetch(iter_blocks(text, settings.chunk_bytes, dialect.quote_bytes), depth=1)
+        with closing(blocks), BackgroundConsumer(write, depth=1) as writer:
+            for block in blocks:
+                parsed = parser.parse(block)
+                writer.submit(parsed)
+                counters.rows_read += parsed.rows_read
+                counters.bytes_read = stream.offset
+                progress.update(stream.offset, counters.rows_read)
+        counters.rows_written = parts.rows
+        counters.rows_rejected = rejects.count
         if parts.rows == 0 and parser.names:
             parts.write_empty(parser.empty_table().schema)
         written_parts = parts.close()

@@ -10,6 +10,7 @@ worker's local time. polars and duckdb are benchmark-only dependencies.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -71,20 +72,30 @@ class Result:
     note: str = ""
 
 
-def measure(name: str, command: list[str], env: dict[str, str] | None = None, shell: bool = False) -> Result:
+# A small exec'd process that forks the contender, so the contender's peak RSS (wait4) is its own and
+# not inflated by the pages of the big benchmark process it would otherwise be forked from.
+MEASURE = """
+import json, os, sys, time
+started = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    os.execvp(sys.argv[1], sys.argv[1:])
+_, status, usage = os.wait4(pid, 0)
+print(json.dumps({"seconds": time.perf_counter() - started, "rss": usage.ru_maxrss / 1024,
+                  "code": os.waitstatus_to_exitcode(status)}))
+"""
+
+
+def measure(name: str, command: list[str], env: dict[str, str] | None = None) -> Result:
     """Run *command* as a child; its wall time and its own peak RSS."""
-    started = time.perf_counter()
-    process = subprocess.Popen(
-        command if not shell else " ".join(command), shell=shell, env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    _, status, usage = os.wait4(process.pid, 0)
-    seconds = time.perf_counter() - started
-    code = os.waitstatus_to_exitcode(status)
-    stderr = process.stderr.read().decode(errors="replace") if process.stderr else ""
-    if code != 0:
-        return Result(name, seconds, usage.ru_maxrss / 1024, f"failed ({code}): {stderr.strip()[-200:]}")
-    return Result(name, seconds, usage.ru_maxrss / 1024)
+    done = subprocess.run(
+        [sys.executable, "-S", "-c", MEASURE, *command], env=env, capture_output=True, text=True, check=False
+    )
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    note = f"failed ({found['code']}): {done.stderr.strip()[-200:]}" if found["code"] else ""
+    return Result(name, found["seconds"], found["rss"], note)
 
 
 PANDAS = """
@@ -131,8 +142,8 @@ def main() -> int:
     worker = [python, "-m", "crawljob_worker"]
     results: list[Result] = []
     try:
-        measure("warm page cache", ["cat", str(source), ">", "/dev/null"], shell=True)
-        results.append(measure("cat", ["cat", str(source), ">", "/dev/null"], shell=True))
+        measure("warm page cache", ["cat", str(source)])
+        results.append(measure("cat", ["cat", str(source)]))
         results.append(
             measure(
                 "worker (local file)",

@@ -8,7 +8,7 @@ speed, so the stream is split without a Python-level parser.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,7 +72,9 @@ def _fill(stream: io.BufferedIOBase, view: memoryview) -> int:
     """Read into *view* until it is full or the stream ends; the number of bytes read."""
     filled = 0
     while filled < len(view):
-        count = stream.readinto(view[filled:])
+        # Release each slice at once: a lingering export would stop the bytearray from being truncated.
+        with view[filled:] as rest:
+            count = stream.readinto(rest)
         if not count:
             break
         filled += count
@@ -81,7 +83,7 @@ def _fill(stream: io.BufferedIOBase, view: memoryview) -> int:
 
 def iter_blocks(
     stream: io.BufferedIOBase, chunk_bytes: int, quote: bytes | None, max_record_bytes: int | None = None
-) -> Iterator[Block]:
+) -> Generator[Block, None, None]:
     """Blocks of about *chunk_bytes* from *stream*, each ending on a record boundary (the last may not
     end with a newline). A leading UTF-8 BOM is dropped. A record longer than *max_record_bytes*
     (an unclosed quote, usually) is refused as bad input rather than buffered without bound.

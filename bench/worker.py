@@ -140,34 +140,29 @@ def main() -> int:
     )
     python = sys.executable
     worker = [python, "-m", "crawljob_worker"]
+    local_worker = [
+        *worker,
+        str(source),
+        "--output",
+        str(workdir / "out-local"),
+        "--termination-log",
+        str(workdir / "t"),
+    ]
+    references = {
+        "pandas": ("pandas chunked → ParquetWriter", PANDAS, "pandas.parquet"),
+        "duckdb": ("DuckDB COPY → Parquet", DUCKDB, "duckdb.parquet"),
+        "polars": ("polars sink_parquet", POLARS, "polars.parquet"),
+    }
     results: list[Result] = []
     try:
         measure("warm page cache", ["cat", str(source)])
         results.append(measure("cat", ["cat", str(source)]))
-        results.append(
-            measure(
-                "worker (local file)",
-                [
-                    *worker,
-                    str(source),
-                    "--output",
-                    str(workdir / "out-local"),
-                    "--termination-log",
-                    str(workdir / "t1"),
-                ],
-            )  # fmt: skip
-        )
+        results.append(measure("worker (local file)", local_worker))
         if "s3" not in skip:
             results.append(s3_run(worker, source, workdir))
-        if "pandas" not in skip:
-            results.append(measure("pandas chunked → ParquetWriter",
-                                   [python, "-c", PANDAS, str(source), str(workdir / "pandas.parquet")]))  # fmt: skip
-        if "duckdb" not in skip:
-            results.append(measure("DuckDB COPY → Parquet",
-                                   [python, "-c", DUCKDB, str(source), str(workdir / "duckdb.parquet")]))  # fmt: skip
-        if "polars" not in skip:
-            results.append(measure("polars sink_parquet",
-                                   [python, "-c", POLARS, str(source), str(workdir / "polars.parquet")]))  # fmt: skip
+        for key, (name, script, output) in references.items():
+            if key not in skip:
+                results.append(measure(name, [python, "-c", script, str(source), str(workdir / output)]))
     finally:
         if not args.keep and not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -213,9 +208,14 @@ def table(results: list[Result], size: int) -> str:
         ratio = f"{result.seconds / worker.seconds:.2f}" if worker else "-"
         rate = size / MB / result.seconds
         note = f" {result.note}" if result.note else ""
-        lines.append(
-            f"| {result.name}{note} | {result.seconds:.1f} | {rate:,.0f} | {result.peak_rss_mb:,.0f} | {ratio} |"
-        )
+        row = [
+            f"{result.name}{note}",
+            f"{result.seconds:.1f}",
+            f"{rate:,.0f}",
+            f"{result.peak_rss_mb:,.0f}",
+            ratio,
+        ]
+        lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 

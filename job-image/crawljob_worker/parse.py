@@ -290,7 +290,10 @@ def _printable(raw: str) -> str:
 
 def _join(fields: Sequence[str], csv_format: Mapping[str, Any]) -> str:
     buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="", **csv_format).writerow(fields)
+    try:
+        csv.writer(buffer, lineterminator="", **csv_format).writerow(fields)
+    except csv.Error:  # QUOTE_NONE cannot write a field holding the delimiter: show it as it came
+        return str(csv_format["delimiter"]).join(fields)
     return buffer.getvalue()
 
 

@@ -146,6 +146,7 @@ def run(settings: Settings, environ: Mapping[str, str], counters: Counters, clie
         S3Target(client, output_location) if output_location.is_s3 else LocalTarget(output_location.path)
     )
     counters.output_uri = target.uri_of("")
+    target.names()  # fail fast (exit 6) on a missing or unreadable output bucket, before reading anything
     stream = open_source(
         source_location, version_id=settings.version_id, retries=settings.retries, client=client
     )

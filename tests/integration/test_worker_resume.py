@@ -133,3 +133,22 @@ def test_cut_connections_resume_to_the_same_output(
         assert proxy.cuts >= 1
         total_resumes += resumes
     assert total_resumes >= 3
+
+
+def test_a_spent_retry_budget_exits_75_for_the_job_to_retry(
+    tmp_path: Path, s3_client: Any, bucket: str, s3_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s3_client.put_object(Bucket=bucket, Key="flaky.csv", Body=b"a,b\n" + b"1,2\n" * 400_000)
+    endpoint = urlparse(s3_env["AWS_ENDPOINT_URL_S3"])
+    proxy = CuttingProxy((endpoint.hostname or "127.0.0.1", endpoint.port or 80), 300_000, 400_000, seed=4)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{proxy.port}")
+    termination = tmp_path / "termination"
+    try:
+        code = main([f"s3://{bucket}/flaky.csv", "--output", str(tmp_path / "out"),
+                     "--termination-log", str(termination), "--retries", "1"])  # fmt: skip
+    finally:
+        proxy.close()
+    message = json.loads(termination.read_text())
+    assert (code, message["reason"], message["outcome"]) == (75, "Transient", "Failed")
+    assert "retry budget" in message["message"]
+    assert not (tmp_path / "out" / "_manifest.json").exists()

@@ -115,7 +115,8 @@ class BlockParser:
     # ---- header -------------------------------------------------------------------------------
     def _read_header(self, data: Bytes, first_line: int) -> tuple[Bytes, int]:
         if b"\x00" in data[:BINARY_PROBE_BYTES]:
-            raise bad_input("the source holds binary data (NUL bytes), not CSV text")
+            hint = " (UTF-16 text? transcode it to UTF-8)" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
+            raise bad_input(f"the source holds binary data (NUL bytes), not CSV text{hint}")
         end = first_record_end(data, self.dialect.quote_bytes) or len(data)
         record = data[:end]
         try:

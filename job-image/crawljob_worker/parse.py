@@ -10,6 +10,7 @@ bad rows become rejects with their line and reason. Clean blocks never pay for t
 from __future__ import annotations
 
 import csv
+import functools
 import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,7 +26,6 @@ from crawljob_worker.schema import check_dtypes_cover, generated_names, stable_t
 
 Bytes = bytes | bytearray
 NULL_VALUES = tuple(pacsv.ConvertOptions().null_values)
-_NULL_SET = pa.array(NULL_VALUES, pa.string())
 BINARY_PROBE_BYTES = 64 * 1024
 # Above this share of undecodable records in the first block the file is not text in that encoding.
 MAX_UNDECODABLE_SHARE = 0.1
@@ -115,7 +115,8 @@ class BlockParser:
     # ---- header -------------------------------------------------------------------------------
     def _read_header(self, data: Bytes, first_line: int) -> tuple[Bytes, int]:
         if b"\x00" in data[:BINARY_PROBE_BYTES]:
-            raise bad_input("the source holds binary data (NUL bytes), not CSV text")
+            hint = " (UTF-16 text? transcode it to UTF-8)" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
+            raise bad_input(f"the source holds binary data (NUL bytes), not CSV text{hint}")
         end = first_record_end(data, self.dialect.quote_bytes) or len(data)
         record = data[:end]
         try:
@@ -297,13 +298,19 @@ def _join(fields: Sequence[str], csv_format: Mapping[str, Any]) -> str:
     return buffer.getvalue()
 
 
+@functools.cache
+def _null_set() -> pa.Array:
+    # Built on first use: pa.array() on a list imports pandas (~0.5 s), which clean files never need.
+    return pa.array(NULL_VALUES, pa.string())
+
+
 def _convert(values: Sequence[str], kind: pa.DataType) -> tuple[pa.Array, list[tuple[int, str]]]:
     """Strings → *kind* as the CSV reader converts them (null markers → null for non-strings);
     also the (row index, value) pairs that do not fit."""
     strings = pa.array(values, pa.string())
     if pa.types.is_string(kind) or pa.types.is_large_string(kind):
         return strings.cast(kind), []
-    nulls = pc.is_in(strings, value_set=_NULL_SET)
+    nulls = pc.is_in(strings, value_set=_null_set())
     masked = pc.if_else(nulls, pa.scalar(None, pa.string()), strings)
     try:
         return masked.cast(kind), []

@@ -7,6 +7,7 @@ import hashlib
 import json
 import random
 import socket
+import struct
 import threading
 from collections.abc import Iterator
 from contextlib import suppress
@@ -24,8 +25,11 @@ from crawljob_worker.__main__ import main
 class CuttingProxy:
     """Forwards TCP to *upstream*; each connection is reset after a random number of response bytes."""
 
-    def __init__(self, upstream: tuple[str, int], low: int, high: int, seed: int) -> None:
+    def __init__(
+        self, upstream: tuple[str, int], low: int, high: int, seed: int, reset: bool = False
+    ) -> None:
         self.upstream = upstream
+        self.reset = reset
         self.low, self.high = low, high
         self.random = random.Random(seed)
         self.cuts = 0
@@ -63,6 +67,8 @@ class CuttingProxy:
                     # A FIN mid-body: the reader gets every byte up to the cut, then a short body. (An RST
                     # would also discard what sits unread in the receive buffer, so where the cut
                     # lands would depend on timing.) shutdown also wakes the request pump.
+                    if self.reset:
+                        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                     client.shutdown(socket.SHUT_RDWR)
                     break
                 client.sendall(data)
@@ -133,3 +139,53 @@ def test_cut_connections_resume_to_the_same_output(
         assert proxy.cuts >= 1
         total_resumes += resumes
     assert total_resumes >= 3
+
+
+def test_a_spent_retry_budget_exits_75_for_the_job_to_retry(
+    tmp_path: Path, s3_client: Any, bucket: str, s3_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s3_client.put_object(Bucket=bucket, Key="flaky.csv", Body=b"a,b\n" + b"1,2\n" * 400_000)
+    endpoint = urlparse(s3_env["AWS_ENDPOINT_URL_S3"])
+    proxy = CuttingProxy((endpoint.hostname or "127.0.0.1", endpoint.port or 80), 300_000, 400_000, seed=4)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{proxy.port}")
+    termination = tmp_path / "termination"
+    try:
+        code = main([f"s3://{bucket}/flaky.csv", "--output", str(tmp_path / "out"),
+                     "--termination-log", str(termination), "--retries", "1"])  # fmt: skip
+    finally:
+        proxy.close()
+    message = json.loads(termination.read_text())
+    assert (code, message["reason"], message["outcome"]) == (75, "Transient", "Failed")
+    assert "retry budget" in message["message"]
+    assert not (tmp_path / "out" / "_manifest.json").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [11, 12, 13, 14, 15])
+def test_connection_resets_resume_to_the_same_output(
+    tmp_path: Path,
+    s3_client: Any,
+    bucket: str,
+    s3_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    seed: int,
+) -> None:
+    """Harsher: the connection is reset (RST), which also drops whatever the reader had not yet taken
+    from the socket, so the resume offset lands anywhere."""
+    rows = [f'{n},"value {n}, with comma",{n * 3}' for n in range(50000)]
+    s3_client.put_object(
+        Bucket=bucket, Key="reset.csv", Body=("id,text,n\n" + "\n".join(rows) + "\n").encode()
+    )
+    source = f"s3://{bucket}/reset.csv"
+    _, clean_digest, _ = convert(tmp_path, "clean", source)
+    endpoint = urlparse(s3_env["AWS_ENDPOINT_URL_S3"])
+    proxy = CuttingProxy(
+        (endpoint.hostname or "127.0.0.1", endpoint.port or 80), 300_000, 1_500_000, seed, reset=True
+    )
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{proxy.port}")
+    try:
+        message, digest, _ = convert(tmp_path, "reset", source)
+    finally:
+        proxy.close()
+    assert message["rowsRead"] == message["rowsWritten"] == 50000
+    assert digest == clean_digest

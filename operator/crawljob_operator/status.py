@@ -255,17 +255,34 @@ def observe(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], now: str)
                 start,
                 warning=True,
             )
-    # A pod that ran (running or already terminated) while the Job is unfinished: the crawl runs,
-    # or is between a failed attempt and its retry.
-    running = [
-        pod for pod in ordered if (pod.get("status") or {}).get("phase") in ("Running", "Succeeded", "Failed")
-    ]
+    running = [pod for pod in ordered if (pod.get("status") or {}).get("phase") == "Running"]
     if running or (
         int(job_status.get("active") or 0) > 0
         and any((_container_status(pod).get("state") or {}).get("running") for pod in ordered)
     ):
         retry = f" (attempt {attempts})" if attempts > 1 else ""
         return Observation("Running", "WorkerRunning", f"the worker is running{retry}", attempts, start)
+    # A pod ended but the Job has no verdict yet (the Job controller writes it a moment later, or a
+    # retry is coming): the crawl is still under way, never back to Pending.
+    ended = [pod for pod in ordered if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")]
+    if ended:
+        if (ended[-1].get("status") or {}).get("phase") == "Succeeded":
+            return Observation(
+                "Running",
+                "WorkerFinished",
+                "the worker finished; waiting for the Job to complete",
+                attempts,
+                start,
+            )
+        _, failure = describe_pod_failure(ended[-1])
+        return Observation(
+            "Running",
+            "Retrying",
+            f"attempt {attempts} failed" + (f" ({failure})" if failure else "") + "; waiting for a retry",
+            attempts,
+            start,
+            warning=True,
+        )
     return Observation(
         "Pending", "JobCreated", "the Job is created; waiting for the worker pod to start", attempts, start
     )

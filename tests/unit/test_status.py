@@ -209,3 +209,13 @@ def test_terminal_phases() -> None:
         and deleted.reason == "JobDeleted"
         and "crawljob.io/rerun" in deleted.message
     )
+
+
+def test_a_finished_pod_before_the_jobs_verdict_stays_running_never_back_to_pending() -> None:
+    done = _pod("p", "Succeeded", _terminated(0, _summary(rowsRead=1), reason="Completed"))
+    observed = status.observe(_job(active=0, succeeded=1), [done], NOW)
+    assert (observed.phase, observed.reason) == ("Running", "WorkerFinished")
+    failed = _pod("p", "Failed", _terminated(75, "", reason="Error"))
+    waiting = status.observe(_job(active=0, failed=1), [failed], NOW)
+    assert (waiting.phase, waiting.reason) == ("Running", "Retrying")
+    assert "attempt 1 failed" in waiting.message

@@ -1,0 +1,75 @@
+"""`crawljob-worker SOURCE --output URI [options]` (also `crawljob worker`, `python -m crawljob_worker`)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from crawljob_worker.errors import ExitCode, WorkerError
+from crawljob_worker.report import write_termination_message
+from crawljob_worker.run import Counters, run
+from crawljob_worker.settings import settings_from_args
+
+log = logging.getLogger("crawljob_worker")
+
+
+def summary(code: int, reason: str, message: str, counters: Counters, started: float) -> dict[str, Any]:
+    """The termination message's content (docs/contracts.md)."""
+    return {
+        "outcome": "Succeeded" if code == 0 else "Failed",
+        "exitCode": code,
+        "reason": reason,
+        "message": message,
+        **counters.as_json(),
+        "durationSeconds": round(time.monotonic() - started, 3),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the worker; the return value is the process exit code."""
+    started = time.monotonic()
+    environ = os.environ
+    logging.basicConfig(
+        level=environ.get("CRAWLJOB_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("botocore").setLevel(logging.WARNING)
+    args = list(sys.argv[1:] if argv is None else argv)
+    termination_log = environ.get("CRAWLJOB_TERMINATION_LOG") or "/dev/termination-log"
+    counters = Counters()
+    try:
+        settings = settings_from_args(args, environ)
+        termination_log = settings.termination_log
+        run(settings, environ, counters)
+        code, reason = ExitCode.SUCCEEDED, "Succeeded"
+        message = (
+            f"{counters.rows_written} rows written to {counters.output_uri} "
+            f"in {counters.output_objects} part(s)"
+        )
+        if counters.rows_rejected:
+            message += f"; {counters.rows_rejected} rejected (see {counters.rejects_uri})"
+    except SystemExit as exit_:  # --help
+        return int(exit_.code or 0) if isinstance(exit_.code, int | None) else 0
+    except WorkerError as error:
+        code, reason, message = error.code, error.reason, error.message
+    except KeyboardInterrupt:
+        code, reason, message = ExitCode.CRASHED, "Interrupted", "interrupted"
+    except Exception as error:  # reported in the termination message, exit 1 (retried)
+        log.exception("the worker crashed")
+        code, reason, message = ExitCode.CRASHED, "Crashed", f"{type(error).__name__}: {error}"
+    result = summary(int(code), reason, message, counters, started)
+    write_termination_message(termination_log, result)
+    print(json.dumps(result), flush=True)
+    if code != ExitCode.SUCCEEDED:
+        print(f"crawljob-worker: {reason}: {message}", file=sys.stderr, flush=True)
+    return int(code)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

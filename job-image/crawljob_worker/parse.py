@@ -1,0 +1,330 @@
+"""Record-aligned blocks → Arrow tables with a stable schema, plus the rejected rows (pure, no I/O).
+
+Fast path: pyarrow's multithreaded CSV reader parses the whole block (this is the reader that
+`pandas.read_csv(engine="pyarrow")` uses). When the block holds a bad row (wrong field count, a value
+that does not fit its column's type, bytes not valid in the encoding), the block is re-read record by
+record with the `csv` module, which knows each record's physical line number; good rows are kept,
+bad rows become rejects with their line and reason. Clean blocks never pay for the slow path.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from crawljob_worker.blocks import Block, first_record_end
+from crawljob_worker.errors import bad_input
+from crawljob_worker.schema import check_dtypes_cover, generated_names, stable_type, unique_names
+
+Bytes = bytes | bytearray
+NULL_VALUES = tuple(pacsv.ConvertOptions().null_values)
+BINARY_PROBE_BYTES = 64 * 1024
+# Above this share of undecodable records in the first block the file is not text in that encoding.
+MAX_UNDECODABLE_SHARE = 0.1
+MAX_REJECT_TEXT = 2000
+
+
+@dataclass(frozen=True)
+class Dialect:
+    delimiter: str = ","
+    quote: str | None = '"'
+    encoding: str = "utf-8"
+    header: bool = True
+
+    @property
+    def quote_bytes(self) -> bytes | None:
+        return self.quote.encode(self.encoding) if self.quote is not None else None
+
+
+@dataclass(frozen=True)
+class Reject:
+    """A source record that was not written: its physical line, why, and its text."""
+
+    line: int
+    reason: str
+    record: str
+
+
+@dataclass
+class Parsed:
+    table: pa.Table
+    rejects: list[Reject] = field(default_factory=list)
+
+    @property
+    def rows_read(self) -> int:
+        return int(self.table.num_rows) + len(self.rejects)
+
+
+def _clip(text: str) -> str:
+    text = text.rstrip("\r\n")
+    return text if len(text) <= MAX_REJECT_TEXT else text[:MAX_REJECT_TEXT] + "…"
+
+
+def _split_lines(text: str) -> list[str]:
+    """Physical lines (split on \\n only, ends kept), matching the byte-level line count."""
+    parts = text.split("\n")
+    lines = [part + "\n" for part in parts[:-1]]
+    if parts[-1]:
+        lines.append(parts[-1])
+    return lines
+
+
+def _has_surrogates(value: str) -> bool:
+    return any("\udc80" <= char <= "\udcff" for char in value)
+
+
+class BlockParser:
+    """Parses the blocks of one source in order; the first block fixes the column names and types."""
+
+    def __init__(self, dialect: Dialect, dtypes: Mapping[str, pa.DataType] | None = None) -> None:
+        self.dialect = dialect
+        self.dtypes = dict(dtypes or {})
+        self.names: list[str] | None = None
+        self.schema: pa.Schema | None = None
+
+    # ---- public -------------------------------------------------------------------------------
+    def parse(self, block: Block) -> Parsed:
+        """Good rows of *block* as a table of the fixed schema, and its rejects."""
+        data, first_line = block.data, block.first_line
+        if self.names is None:
+            if _blank(data):
+                return Parsed(pa.table({}))
+            data, first_line = self._read_header(data, first_line)
+        if _blank(data):
+            return Parsed(self.empty_table())
+        table = self._fast(data)
+        if table is not None:
+            return Parsed(table)
+        return self._slow(data, first_line)
+
+    def empty_table(self) -> pa.Table:
+        """A table with no rows and the columns known so far (all strings unless typed)."""
+        if self.schema is None:
+            names = self.names or []
+            self.schema = pa.schema([(name, self.dtypes.get(name, pa.string())) for name in names])
+        return self.schema.empty_table()
+
+    # ---- header -------------------------------------------------------------------------------
+    def _read_header(self, data: Bytes, first_line: int) -> tuple[Bytes, int]:
+        if b"\x00" in data[:BINARY_PROBE_BYTES]:
+            hint = " (UTF-16 text? transcode it to UTF-8)" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
+            raise bad_input(f"the source holds binary data (NUL bytes), not CSV text{hint}")
+        end = first_record_end(data, self.dialect.quote_bytes) or len(data)
+        record = data[:end]
+        try:
+            text = record.decode(self.dialect.encoding)
+        except UnicodeDecodeError as error:
+            raise bad_input(
+                f"line {first_line} is not valid {self.dialect.encoding} text ({error.reason} at byte "
+                f"{error.start}): binary data or another encoding (set --encoding)"
+            ) from None
+        fields = next(csv.reader([text], **self._csv_format()), [])
+        if self.dialect.header:
+            self.names = unique_names(fields)
+            data, first_line = data[end:], first_line + record.count(b"\n")
+        else:
+            self.names = generated_names(len(fields))
+        check_dtypes_cover(self.dtypes, self.names)
+        return data, first_line
+
+    def _csv_format(self) -> dict[str, Any]:
+        quote = self.dialect.quote
+        if quote is None:
+            return {"delimiter": self.dialect.delimiter, "quoting": csv.QUOTE_NONE}
+        return {"delimiter": self.dialect.delimiter, "quotechar": quote, "doublequote": True}
+
+    # ---- fast path ----------------------------------------------------------------------------
+    def _read_options(self) -> pacsv.ReadOptions:
+        return pacsv.ReadOptions(
+            column_names=self.names, use_threads=True, block_size=1 << 20, encoding=self.dialect.encoding
+        )
+
+    def _fast(self, data: Bytes) -> pa.Table | None:
+        """The block parsed by pyarrow, or None when it holds anything bad (then the slow path runs)."""
+        invalid: list[Any] = []
+
+        def on_invalid(row: Any) -> str:
+            invalid.append(row)
+            return "skip"
+
+        quote = self.dialect.quote_bytes
+        parse_options = pacsv.ParseOptions(
+            delimiter=self.dialect.delimiter,
+            quote_char=self.dialect.quote if self.dialect.quote is not None else False,
+            double_quote=True,
+            newlines_in_values=quote is not None and quote in data,
+            invalid_row_handler=on_invalid,
+        )
+        types = dict(zip(self.schema.names, self.schema.types, strict=True)) if self.schema else self.dtypes
+        convert_options = pacsv.ConvertOptions(column_types=types, strings_can_be_null=False)
+        try:
+            table = pacsv.read_csv(
+                pa.py_buffer(data),
+                read_options=self._read_options(),
+                parse_options=parse_options,
+                convert_options=convert_options,
+            )
+        except (pa.ArrowInvalid, UnicodeDecodeError, ValueError):
+            return None
+        if invalid:
+            return None
+        if self.schema is None:
+            if any(pa.types.is_binary(f.type) for f in table.schema):
+                return None  # bytes not valid in the encoding: the slow path rejects those rows
+            self.schema = pa.schema([(f.name, stable_type(f.type)) for f in table.schema])
+        return table if table.schema.equals(self.schema) else table.cast(self.schema)
+
+    # ---- slow path ----------------------------------------------------------------------------
+    def _records(self, data: Bytes, first_line: int) -> tuple[list[tuple[int, list[str]]], list[Reject]]:
+        """Every record with its line number, split exactly; wrong field counts and undecodable
+        records are already rejected."""
+        assert self.names is not None
+        expected = len(self.names)
+        text = data.decode(self.dialect.encoding, errors="surrogateescape")
+        lines = _split_lines(text)
+        reader = csv.reader(iter(lines), **self._csv_format())
+        good: list[tuple[int, list[str]]] = []
+        rejects: list[Reject] = []
+        consumed = 0
+        while True:
+            start = consumed
+            try:
+                fields = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as error:
+                consumed = reader.line_num
+                raw = "".join(lines[start:consumed])
+                rejects.append(
+                    Reject(first_line + start, f"malformed record: {error}", _clip(_printable(raw)))
+                )
+                continue
+            consumed = reader.line_num
+            if not fields:
+                continue
+            raw = "".join(lines[start:consumed])
+            line = first_line + start
+            if _has_surrogates(raw):
+                reason = f"undecodable bytes (not valid {self.dialect.encoding})"
+                rejects.append(Reject(line, reason, _clip(_printable(raw))))
+            elif len(fields) != expected:
+                reason = f"expected {expected} fields, found {len(fields)}"
+                rejects.append(Reject(line, reason, _clip(raw)))
+            else:
+                good.append((line, fields))
+        return good, rejects
+
+    def _infer_schema(self, rows: Sequence[list[str]]) -> pa.Schema:
+        """Types of the first block from its good rows (explicit dtypes kept as given)."""
+        assert self.names is not None
+        buffer = io.StringIO()
+        csv.writer(buffer, lineterminator="\n").writerows(rows)
+        typed_as_text = dict.fromkeys(self.dtypes, pa.string())
+        table = pacsv.read_csv(
+            pa.py_buffer(buffer.getvalue().encode("utf-8")),
+            read_options=pacsv.ReadOptions(column_names=self.names),
+            parse_options=pacsv.ParseOptions(newlines_in_values=True),
+            convert_options=pacsv.ConvertOptions(column_types=typed_as_text, strings_can_be_null=False),
+        )
+        return pa.schema(
+            [
+                (f.name, self.dtypes[f.name] if f.name in self.dtypes else stable_type(f.type))
+                for f in table.schema
+            ]
+        )
+
+    def _slow(self, data: Bytes, first_line: int) -> Parsed:
+        assert self.names is not None
+        good, rejects = self._records(data, first_line)
+        if self.schema is None:
+            self._refuse_non_text(good, rejects)
+            if not good:
+                return Parsed(self.empty_table(), rejects)
+            self.schema = self._infer_schema([fields for _, fields in good])
+        schema = self.schema
+        columns = (
+            list(zip(*(fields for _, fields in good), strict=True)) if good else [() for _ in self.names]
+        )
+        bad_rows: dict[int, str] = {}
+        arrays: list[pa.Array] = []
+        for name, kind, values in zip(schema.names, schema.types, columns, strict=True):
+            array, failures = _convert(values, kind)
+            arrays.append(array)
+            for index, value in failures:
+                bad_rows.setdefault(index, f"column {name!r}: cannot read {value!r} as {kind}")
+        table = pa.Table.from_arrays(arrays, schema=schema)
+        if bad_rows:
+            keep = pa.array([index not in bad_rows for index in range(len(good))], pa.bool_())
+            table = table.filter(keep)
+            for index, reason in bad_rows.items():
+                line, fields = good[index]
+                rejects.append(Reject(line, reason, _clip(_join(fields, self._csv_format()))))
+            rejects.sort(key=lambda reject: reject.line)
+        return Parsed(table, rejects)
+
+    def _refuse_non_text(self, good: Sequence[Any], rejects: Sequence[Reject]) -> None:
+        undecodable = sum(1 for reject in rejects if reject.reason.startswith("undecodable"))
+        total = len(good) + len(rejects)
+        if total and undecodable / total > MAX_UNDECODABLE_SHARE:
+            raise bad_input(
+                f"{undecodable} of the first {total} records are not valid {self.dialect.encoding} text: "
+                "binary data or another encoding (set --encoding)"
+            )
+
+
+def _blank(data: Bytes) -> bool:
+    """Only line ends and spaces (checked without copying a large block)."""
+    return len(data) < 4096 and not data.strip(b"\r\n \t")
+
+
+def _printable(raw: str) -> str:
+    return raw.encode("utf-8", errors="surrogateescape").decode("utf-8", errors="replace")
+
+
+def _join(fields: Sequence[str], csv_format: Mapping[str, Any]) -> str:
+    buffer = io.StringIO()
+    try:
+        csv.writer(buffer, lineterminator="", **csv_format).writerow(fields)
+    except csv.Error:  # QUOTE_NONE cannot write a field holding the delimiter: show it as it came
+        return str(csv_format["delimiter"]).join(fields)
+    return buffer.getvalue()
+
+
+@functools.cache
+def _null_set() -> pa.Array:
+    # Built on first use: pa.array() on a list imports pandas (~0.5 s), which clean files never need.
+    return pa.array(NULL_VALUES, pa.string())
+
+
+def _convert(values: Sequence[str], kind: pa.DataType) -> tuple[pa.Array, list[tuple[int, str]]]:
+    """Strings → *kind* as the CSV reader converts them (null markers → null for non-strings);
+    also the (row index, value) pairs that do not fit."""
+    strings = pa.array(values, pa.string())
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return strings.cast(kind), []
+    nulls = pc.is_in(strings, value_set=_null_set())
+    masked = pc.if_else(nulls, pa.scalar(None, pa.string()), strings)
+    try:
+        return masked.cast(kind), []
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass
+    failures: list[tuple[int, str]] = []
+    converted: list[Any] = []
+    for index, value in enumerate(masked.to_pylist()):
+        if value is None:
+            converted.append(None)
+            continue
+        try:
+            converted.append(pa.array([value], pa.string()).cast(kind)[0].as_py())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            failures.append((index, value))
+            converted.append(None)
+    return pa.array(converted, kind), failures

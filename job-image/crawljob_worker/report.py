@@ -1,0 +1,208 @@
+"""What the worker tells the world: the termination message (≤ 4 KiB JSON) and progress.
+
+Progress goes to the CrawlJob's `status.progress` (a merge patch over plain HTTP, at most every few
+seconds, never fatal) when a CrawlJob name is known, and to the log (a bar on a terminal) otherwise.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import ssl
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+log = logging.getLogger("crawljob_worker.report")
+
+TERMINATION_LIMIT = 4096
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+SUMMARY_KEYS = (
+    "outcome", "exitCode", "reason", "message", "rowsRead", "rowsWritten", "rowsRejected", "bytesRead",
+    "outputUri", "outputObjects", "rejectsUri", "manifestUri", "durationSeconds",
+)  # fmt: skip
+
+
+def termination_message(summary: Mapping[str, Any], limit: int = TERMINATION_LIMIT) -> str:
+    """The summary as one JSON object of at most *limit* bytes (the message is shortened to fit)."""
+    ordered = {key: summary.get(key) for key in SUMMARY_KEYS}
+    text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False)
+    if len(text.encode("utf-8")) <= limit:
+        return text
+    message = str(ordered.get("message") or "")
+    overflow = len(text.encode("utf-8")) - limit
+    keep = max(0, len(message.encode("utf-8")) - overflow - 8)
+    ordered["message"] = message.encode("utf-8")[:keep].decode("utf-8", errors="ignore") + "…"
+    text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False)
+    while len(text.encode("utf-8")) > limit and ordered["message"]:
+        ordered["message"] = str(ordered["message"])[:-16]
+        text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False)
+    return text
+
+
+def write_termination_message(path: str, summary: Mapping[str, Any]) -> None:
+    """Write the termination message; a missing /dev/termination-log outside Kubernetes is only logged."""
+    try:
+        Path(path).write_text(termination_message(summary), encoding="utf-8")
+    except OSError as error:
+        log.info("termination message not written to %s: %s", path, error)
+
+
+def percent(done: int, total: int | None) -> str:
+    """`"42%"` (floor, so 100% means done); `""` when the total is unknown."""
+    if not total:
+        return "100%" if total == 0 else ""
+    return f"{min(100, done * 100 // total)}%"
+
+
+def now_iso() -> str:
+    return datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def progress_patch(
+    bytes_read: int, bytes_total: int | None, rows_read: int, update_time: str
+) -> dict[str, Any]:
+    """The merge patch of status.progress (pure)."""
+    progress: dict[str, Any] = {"bytesRead": bytes_read, "rowsRead": rows_read, "updateTime": update_time}
+    if bytes_total is not None:
+        progress["bytesTotal"] = bytes_total
+        progress["percent"] = percent(bytes_read, bytes_total)
+    return {"status": {"progress": progress}}
+
+
+@dataclass(frozen=True)
+class KubeTarget:
+    """Where the CrawlJob is and how to reach the API server."""
+
+    server: str
+    namespace: str
+    name: str
+    token_file: str | None = None
+    ca_file: str | None = None
+
+    def url(self) -> str:
+        base = self.server.rstrip("/")
+        return f"{base}/apis/crawljob.io/v1alpha1/namespaces/{self.namespace}/crawljobs/{self.name}/status"
+
+
+def kube_target(
+    name: str | None, namespace: str | None, server: str | None, environ: Mapping[str, str],
+    service_account_dir: str = SERVICE_ACCOUNT_DIR,
+) -> KubeTarget | None:  # fmt: skip
+    """The API server to report to: the given server, else in-cluster; None when not in a CrawlJob."""
+    if not name:
+        return None
+    if server:
+        return KubeTarget(server=server, namespace=namespace or "default", name=name)
+    host, port = environ.get("KUBERNETES_SERVICE_HOST"), environ.get("KUBERNETES_SERVICE_PORT", "443")
+    token_file = Path(service_account_dir) / "token"
+    if not host or not token_file.exists():
+        log.warning(
+            "CRAWLJOB_NAME is set but no API server is known (no CRAWLJOB_KUBE_SERVER, not in a cluster)"
+        )
+        return None
+    if not namespace:
+        try:
+            namespace = (Path(service_account_dir) / "namespace").read_text(encoding="utf-8").strip()
+        except OSError:
+            namespace = "default"
+    host = f"[{host}]" if ":" in host else host
+    return KubeTarget(
+        server=f"https://{host}:{port}", namespace=namespace, name=name,
+        token_file=str(token_file), ca_file=str(Path(service_account_dir) / "ca.crt"),
+    )  # fmt: skip
+
+
+def patch_status(target: KubeTarget, patch: Mapping[str, Any], timeout: float = 5.0) -> None:
+    """One merge patch of the CrawlJob's status subresource."""
+    request = urllib.request.Request(
+        target.url(), data=json.dumps(patch).encode("utf-8"), method="PATCH",
+        headers={"Content-Type": "application/merge-patch+json", "Accept": "application/json"},
+    )  # fmt: skip
+    if target.token_file:
+        token = (
+            Path(target.token_file).read_text(encoding="utf-8").strip()
+        )  # re-read: projected tokens rotate
+        request.add_header("Authorization", f"Bearer {token}")
+    context = ssl.create_default_context(cafile=target.ca_file) if target.ca_file else None
+    with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
+        response.read()
+
+
+class Progress:
+    """Throttled progress: at most one report per *interval*, plus a final one.
+
+    Kubernetes patches run in a background thread so a slow API server never stalls the crawl;
+    a report still in flight makes the next one be skipped, not queued.
+    """
+
+    def __init__(
+        self,
+        total: int | None,
+        interval: float,
+        target: KubeTarget | None,
+        stream: TextIO | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.total = total
+        self.interval = interval
+        self.target = target
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.clock = clock
+        self.started = clock()
+        self._last = float("-inf")
+        self._inflight: threading.Thread | None = None
+        self.patches_sent = 0
+        self.patch_errors = 0
+
+    def update(self, bytes_read: int, rows_read: int, *, final: bool = False) -> None:
+        now = self.clock()
+        if not final and now - self._last < self.interval:
+            return
+        self._last = now
+        if self.target is not None:
+            self._send(progress_patch(bytes_read, self.total, rows_read, now_iso()), wait=final)
+        self._show(bytes_read, rows_read, now, final)
+
+    def _send(self, patch: dict[str, Any], wait: bool) -> None:
+        if self._inflight is not None and self._inflight.is_alive():
+            if not wait:
+                return
+            self._inflight.join(timeout=10)
+        thread = threading.Thread(target=self._patch, args=(patch,), name="crawljob-progress", daemon=True)
+        self._inflight = thread
+        thread.start()
+        if wait:
+            thread.join(timeout=10)
+
+    def _patch(self, patch: dict[str, Any]) -> None:
+        assert self.target is not None
+        try:
+            patch_status(self.target, patch)
+            self.patches_sent += 1
+        except (OSError, urllib.error.URLError, ValueError) as error:
+            self.patch_errors += 1
+            log.warning("progress patch of crawljob %s failed: %s", self.target.name, error)
+
+    def _show(self, bytes_read: int, rows_read: int, now: float, final: bool) -> None:
+        elapsed = max(now - self.started, 1e-9)
+        rate = bytes_read / elapsed / 1e6
+        share = percent(bytes_read, self.total) or "?"
+        if self.tty:
+            done = int(20 * bytes_read / self.total) if self.total else 0
+            bar = "#" * min(done, 20) + "." * (20 - min(done, 20))
+            end = "\n" if final else ""
+            self.stream.write(
+                f"\r[{bar}] {share:>4} {bytes_read / 1e6:,.1f} MB {rows_read:,} rows {rate:,.1f} MB/s{end}"
+            )
+            self.stream.flush()
+        elif self.target is None or final:
+            log.info("progress %s: %d bytes, %d rows, %.1f MB/s", share, bytes_read, rows_read, rate)

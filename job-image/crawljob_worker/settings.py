@@ -1,0 +1,219 @@
+"""The worker's settings: built once from flags and CRAWLJOB_* env vars (flags win), validated here."""
+
+from __future__ import annotations
+
+import argparse
+import codecs
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+from crawljob_worker.errors import invalid_arguments
+from crawljob_worker.schema import parse_dtypes
+
+FORMATS = ("parquet", "csv", "jsonl")
+PARQUET_COMPRESSIONS = ("snappy", "zstd", "gzip", "none")
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything one worker run needs, already validated."""
+
+    source: str
+    output: str
+    format: str = "parquet"
+    output_compression: str = "snappy"
+    delimiter: str = ","
+    quote: str | None = '"'
+    header: bool = True
+    encoding: str = "utf-8"
+    compression: str = "auto"
+    dtypes: Mapping[str, pa.DataType] = field(default_factory=dict)
+    max_reject_ratio: float = 0.01
+    version_id: str | None = None
+    termination_log: str = "/dev/termination-log"
+    chunk_bytes: int = 8 * MIB
+    part_bytes: int = 128 * MIB
+    retries: int = 8
+    progress_interval: float = 5.0
+    crawljob_name: str | None = None
+    namespace: str | None = None
+    kube_server: str | None = None
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of exiting, so bad flags still get a termination message."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise invalid_arguments(f"{message} (see --help)")
+
+
+def _env(environ: Mapping[str, str], name: str, default: str | None = None) -> str | None:
+    value = environ.get(f"CRAWLJOB_{name}")
+    return value if value not in (None, "") else default
+
+
+def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
+    """The `crawljob-worker` flags; each default comes from its CRAWLJOB_* env var."""
+    parser = _Parser(
+        prog="crawljob-worker",
+        description="Stream one CSV object from S3 (or a local file) and convert it to Parquet, CSV "
+        "or JSON Lines parts under an output prefix, in bounded memory. Every option also reads "
+        "CRAWLJOB_<OPTION> (e.g. CRAWLJOB_MAX_REJECT_RATIO); flags win.",
+    )
+    e = environ
+    parser.add_argument(
+        "source", nargs="?", default=_env(e, "SOURCE"), help="s3://bucket/key, a path or file:// URI"
+    )
+    parser.add_argument(
+        "--output", default=_env(e, "OUTPUT"), help="output prefix: s3://bucket/prefix/ or a directory"
+    )
+    parser.add_argument(
+        "--format", default=_env(e, "FORMAT", "parquet"), choices=FORMATS, help="output format"
+    )
+    parser.add_argument(
+        "--output-compression",
+        default=_env(e, "OUTPUT_COMPRESSION", "snappy"),
+        choices=PARQUET_COMPRESSIONS,
+        help="Parquet codec (default snappy); for csv/jsonl, gzip compresses the parts",
+    )
+    parser.add_argument(
+        "--delimiter", default=_env(e, "DELIMITER", ","), help=r"field delimiter, one character (\t for tab)"
+    )
+    parser.add_argument(
+        "--quote", default=_env(e, "QUOTE", '"'), help='quote character (default "); "none" disables quoting'
+    )
+    parser.add_argument(
+        "--no-header",
+        action="store_true",
+        default=(_env(e, "NO_HEADER", "") or "").lower() in ("1", "true", "yes"),
+        help="the first line is data; columns are named column_1 … column_N",
+    )
+    parser.add_argument(
+        "--encoding", default=_env(e, "ENCODING", "utf-8"), help="text encoding (ASCII-compatible)"
+    )
+    parser.add_argument(
+        "--compression",
+        default=_env(e, "COMPRESSION", "auto"),
+        choices=("auto", "gzip", "none"),
+        help="source compression; auto detects gzip by its magic bytes",
+    )
+    parser.add_argument(
+        "--dtypes", default=_env(e, "DTYPES"), help='JSON object of column types, e.g. {"temp": "float64"}'
+    )
+    parser.add_argument(
+        "--max-reject-ratio",
+        default=_env(e, "MAX_REJECT_RATIO", "0.01"),
+        help="fail above this share of rejected rows",
+    )
+    parser.add_argument("--version-id", default=_env(e, "VERSION_ID"), help="S3 object version to read")
+    parser.add_argument(
+        "--termination-log",
+        default=_env(e, "TERMINATION_LOG", "/dev/termination-log"),
+        help="where the JSON summary is written (Kubernetes terminationMessagePath)",
+    )
+    parser.add_argument(
+        "--chunk-size-mb", default=_env(e, "CHUNK_SIZE_MB", "8"), help="bytes parsed at a time, in MiB"
+    )
+    parser.add_argument(
+        "--part-size-mb",
+        default=_env(e, "PART_SIZE_MB", "128"),
+        help="target size of each output part, in MiB",
+    )
+    parser.add_argument(
+        "--retries", default=_env(e, "RETRIES", "8"), help="reconnects allowed after transient S3 read errors"
+    )
+    parser.add_argument(
+        "--progress-interval",
+        default=_env(e, "PROGRESS_INTERVAL", "5"),
+        help="seconds between progress reports",
+    )
+    parser.add_argument("--name", default=_env(e, "NAME"), help="CrawlJob whose status.progress is patched")
+    parser.add_argument("--namespace", default=_env(e, "NAMESPACE"), help="namespace of the CrawlJob")
+    parser.add_argument(
+        "--kube-server", default=_env(e, "KUBE_SERVER"), help="API server URL; default: in-cluster"
+    )
+    return parser
+
+
+def _number(text: str, flag: str, *, minimum: float, integer: bool = False) -> float:
+    try:
+        value = int(text) if integer else float(text)
+    except ValueError:
+        raise invalid_arguments(f"{flag} must be a number, got {text!r}") from None
+    if value < minimum:
+        raise invalid_arguments(f"{flag} must be at least {minimum}, got {text!r}")
+    return value
+
+
+def _delimiter(text: str) -> str:
+    text = {"\\t": "\t", "tab": "\t"}.get(text, text)
+    if len(text) != 1 or text in "\r\n":
+        raise invalid_arguments(f"--delimiter must be one character, got {text!r}")
+    return text
+
+
+def _encoding(text: str) -> str:
+    try:
+        name = codecs.lookup(text).name
+    except LookupError:
+        raise invalid_arguments(f"unknown --encoding {text!r}") from None
+    if name == "utf-8-sig":
+        return "utf-8"
+    # Blocks are cut at b"\n" and quotes are counted as bytes: that needs an ASCII-compatible encoding.
+    if '\n,;\t|"'.encode(name, errors="replace") != b'\n,;\t|"':
+        raise invalid_arguments(
+            f"--encoding {text!r} is not ASCII-compatible (e.g. UTF-16); transcode the file first"
+        )
+    return name
+
+
+def settings_from_args(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
+    """Parse and validate; raises WorkerError(InvalidArguments) with a one-line reason."""
+    args = build_parser(environ).parse_args(list(argv))
+    if not args.source:
+        raise invalid_arguments("SOURCE is required: s3://bucket/key, a path or a file:// URI")
+    if not args.output:
+        raise invalid_arguments("--output is required: s3://bucket/prefix/ or a directory")
+    try:
+        dtypes_spec = json.loads(args.dtypes) if args.dtypes else {}
+    except json.JSONDecodeError as error:
+        raise invalid_arguments(f"--dtypes is not valid JSON: {error}") from None
+    if not isinstance(dtypes_spec, dict):
+        raise invalid_arguments('--dtypes must be a JSON object like {"column": "int64"}')
+    ratio = _number(args.max_reject_ratio, "--max-reject-ratio", minimum=0.0)
+    if ratio > 1:
+        raise invalid_arguments(
+            f"--max-reject-ratio is a share between 0 and 1, got {args.max_reject_ratio!r}"
+        )
+    quote = None if args.quote.lower() == "none" else args.quote
+    if quote is not None and (len(quote) != 1 or quote in "\r\n"):
+        raise invalid_arguments(f"--quote must be one character or none, got {args.quote!r}")
+    delimiter = _delimiter(args.delimiter)
+    if quote == delimiter:
+        raise invalid_arguments("--quote and --delimiter must differ")
+    return Settings(
+        source=args.source,
+        output=args.output,
+        format=args.format,
+        output_compression=args.output_compression,
+        delimiter=delimiter,
+        quote=quote,
+        header=not args.no_header,
+        encoding=_encoding(args.encoding),
+        compression=args.compression,
+        dtypes=parse_dtypes(dtypes_spec),
+        max_reject_ratio=ratio,
+        version_id=args.version_id or None,
+        termination_log=args.termination_log,
+        chunk_bytes=int(_number(args.chunk_size_mb, "--chunk-size-mb", minimum=0.0) * MIB) or MIB // 16,
+        part_bytes=int(_number(args.part_size_mb, "--part-size-mb", minimum=0.0) * MIB) or MIB // 16,
+        retries=int(_number(args.retries, "--retries", minimum=0, integer=True)),
+        progress_interval=_number(args.progress_interval, "--progress-interval", minimum=0.0),
+        crawljob_name=args.name or None,
+        namespace=args.namespace or None,
+        kube_server=args.kube_server or None,
+    )

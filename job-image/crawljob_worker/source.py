@@ -1,0 +1,300 @@
+"""The source byte stream: an S3 object (resuming with Range GETs) or a local file, and decompression.
+
+Both sources count the bytes they delivered (`offset`), which is what progress reports. The S3 stream
+survives transient errors by reopening at exactly the next undelivered byte, pinned to the eTag (or
+version) it started with, so nothing is lost or read twice and a replaced object is never mixed in.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import logging
+import random
+import time
+import zlib
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass
+from http.client import HTTPException
+from pathlib import Path
+from typing import Any
+
+import boto3
+import botocore.exceptions
+import urllib3.exceptions
+from botocore.config import Config
+
+from crawljob_worker.errors import WorkerError, bad_input, source_forbidden, source_not_found, transient
+from crawljob_worker.uri import Location
+
+log = logging.getLogger("crawljob_worker.source")
+
+GZIP_MAGIC = b"\x1f\x8b"
+# Bytes asked of the HTTP body at a time: what a dropped connection can take with it (urllib3 drops a
+# partly filled read), so small enough to resume close to the break, large enough to be cheap.
+READ_SIZE = 256 * 1024
+# Other containers we recognise only to refuse them with a clear message.
+FOREIGN_MAGIC = {
+    b"PK\x03\x04": "a ZIP archive",
+    b"BZh": "bzip2-compressed data",
+    b"\xfd7zXZ\x00": "xz-compressed data",
+    b"\x28\xb5\x2f\xfd": "zstd-compressed data",
+    b"PAR1": "a Parquet file",
+    b"%PDF": "a PDF document",
+    b"\x89PNG": "a PNG image",
+    b"\xff\xd8\xff": "a JPEG image",
+    b"ORC": "an ORC file",
+    b"Obj\x01": "an Avro file",
+}
+NOT_FOUND_CODES = {"NoSuchKey", "NoSuchBucket", "NoSuchVersion", "404", "NotFound"}
+FORBIDDEN_CODES = {
+    "AccessDenied",
+    "403",
+    "Forbidden",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "AllAccessDisabled",
+}
+READ_ERRORS: tuple[type[BaseException], ...] = (
+    # BotoCoreError covers ResponseStreamingError, ReadTimeoutError and IncompleteReadError.
+    botocore.exceptions.BotoCoreError,
+    urllib3.exceptions.HTTPError,
+    HTTPException,
+    ConnectionError,
+    TimeoutError,
+    OSError,
+)
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """What the source is: its URI, size and identity (eTag/version on S3)."""
+
+    uri: str
+    size: int | None
+    etag: str | None = None
+    version_id: str | None = None
+
+
+def s3_client(max_attempts: int = 5) -> Any:
+    """A boto3 S3 client; the endpoint comes from AWS_ENDPOINT_URL_S3 as boto3 reads it itself."""
+    config = Config(
+        retries={"max_attempts": max_attempts, "mode": "standard"}, connect_timeout=10, read_timeout=60
+    )
+    return boto3.client("s3", config=config)
+
+
+def error_code(error: botocore.exceptions.ClientError) -> str:
+    body = error.response.get("Error", {}) if isinstance(error.response, dict) else {}
+    code = str(body.get("Code") or "")
+    status = str(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+    return code or status
+
+
+def classify_source_error(error: botocore.exceptions.ClientError, uri: str) -> WorkerError:
+    """A failed GET of the source as a WorkerError: missing, forbidden, changed or transient."""
+    code = error_code(error)
+    status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    if code in NOT_FOUND_CODES or status == 404:
+        return source_not_found(f"{uri} does not exist ({code})")
+    if code in FORBIDDEN_CODES or status == 403:
+        return source_forbidden(
+            f"access to {uri} is denied ({code}); check the worker's S3 credentials and policy"
+        )
+    if code == "PreconditionFailed" or status == 412:
+        return source_not_found(f"{uri} was replaced while it was being read; the new version is a new crawl")
+    if code == "InvalidRange" or status == 416:
+        return source_not_found(f"{uri} is shorter than when the read started")
+    return transient(f"reading {uri} failed: {code} {error}")
+
+
+class S3Stream(io.RawIOBase):
+    """A readable S3 object that reconnects with a Range GET after transient read errors."""
+
+    def __init__(
+        self,
+        client: Any,
+        location: Location,
+        version_id: str | None = None,
+        retries: int = 8,
+        backoff: Callable[[int], float] | None = None,
+    ) -> None:
+        super().__init__()
+        self._client = client
+        self._location = location
+        self._retries_left = retries
+        self._backoff = backoff or (lambda attempt: min(10.0, 0.2 * 2**attempt) * random.uniform(0.5, 1.0))
+        self._attempt = 0
+        self.offset = 0
+        self.reconnects = 0
+        response = self._get(version_id=version_id)
+        self.info = SourceInfo(
+            uri=location.uri(),
+            size=int(response["ContentLength"]),
+            etag=response.get("ETag"),
+            version_id=response.get("VersionId") or version_id,
+        )
+        self._body = response["Body"]
+
+    def _get(self, **extra: Any) -> Any:
+        arguments: dict[str, Any] = {"Bucket": self._location.bucket, "Key": self._location.path}
+        arguments.update({name: value for name, value in extra.items() if value})
+        try:
+            return self._client.get_object(**arguments)
+        except botocore.exceptions.ClientError as error:
+            raise classify_source_error(error, self._location.uri()) from error
+        except READ_ERRORS as error:
+            raise transient(f"cannot reach S3 for {self._location.uri()}: {error}") from error
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        with memoryview(buffer) as whole, whole.cast("B") as view:
+            return self._readinto(view)
+
+    def _readinto(self, view: memoryview) -> int:
+        while True:
+            try:
+                data = self._body.read(min(len(view), READ_SIZE))
+            except READ_ERRORS as error:
+                self._reconnect(str(error))
+                continue
+            size = self.info.size or 0
+            if not data and self.offset < size:
+                self._reconnect(f"stream ended at byte {self.offset} of {size}")
+                continue
+            count = len(data)
+            view[:count] = data
+            self.offset += count
+            if count:
+                self._attempt = 0  # progress since the last failure: back off from the start again
+            return count
+
+    def _reconnect(self, error: str) -> None:
+        """Reopen at the next undelivered byte, pinned to the same object, within the retry budget."""
+        if self._retries_left <= 0:
+            raise transient(
+                f"reading {self.info.uri} kept failing at byte {self.offset}; retry budget spent: {error}"
+            )
+        self._retries_left -= 1
+        self.reconnects += 1
+        delay = self._backoff(self._attempt)
+        self._attempt += 1
+        log.warning(
+            "read of %s failed at byte %d (%s); resuming in %.1fs", self.info.uri, self.offset, error, delay
+        )
+        time.sleep(delay)
+        with suppress(*READ_ERRORS):
+            self._body.close()
+        pin = {"VersionId": self.info.version_id} if self.info.version_id else {"IfMatch": self.info.etag}
+        while True:
+            try:
+                response = self._get(Range=f"bytes={self.offset}-", **pin)
+                break
+            except WorkerError as failure:
+                if failure.reason != "Transient" or self._retries_left <= 0:
+                    raise
+                self._retries_left -= 1
+                time.sleep(self._backoff(self._attempt))
+                self._attempt += 1
+        self._body = response["Body"]
+
+    def close(self) -> None:
+        if not self.closed:
+            with suppress(*READ_ERRORS):
+                self._body.close()
+        super().close()
+
+
+class FileStream(io.RawIOBase):
+    """A local file that counts the bytes it delivered."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        try:
+            self._file = Path(path).open("rb", buffering=0)  # noqa: SIM115 - closed in close()
+        except FileNotFoundError:
+            raise source_not_found(f"{path} does not exist") from None
+        except IsADirectoryError:
+            raise source_not_found(f"{path} is a directory, not a file") from None
+        except PermissionError:
+            raise source_forbidden(f"{path} is not readable (permission denied)") from None
+        self.offset = 0
+        self.reconnects = 0
+        self.info = SourceInfo(uri=str(Path(path).resolve()), size=Path(path).stat().st_size)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        count = self._file.readinto(buffer)
+        self.offset += count or 0
+        return count or 0
+
+    def close(self) -> None:
+        if not self.closed:
+            self._file.close()
+        super().close()
+
+
+SourceStream = S3Stream | FileStream
+
+
+def open_source(
+    location: Location, *, version_id: str | None, retries: int, client: Any = None
+) -> SourceStream:
+    """Open the source; raises WorkerError for a missing or forbidden object."""
+    if location.is_s3:
+        if not location.path or location.path.endswith("/"):
+            raise source_not_found(f"{location.uri()} is not an object key")
+        return S3Stream(client or s3_client(), location, version_id=version_id, retries=retries)
+    return FileStream(location.path)
+
+
+def detect_compression(head: bytes, name: str, setting: str) -> str:
+    """'gzip' or 'none' for the source, from its first bytes, its name and --compression (pure)."""
+    if setting == "gzip":
+        if head and not head.startswith(GZIP_MAGIC):
+            raise bad_input("--compression gzip, but the source does not start with the gzip magic bytes")
+        return "gzip"
+    if setting == "none":
+        return "none"
+    if head.startswith(GZIP_MAGIC):
+        return "gzip"
+    for magic, what in FOREIGN_MAGIC.items():
+        if head.startswith(magic):
+            raise bad_input(f"the source is {what}, not CSV (supported compression: gzip)")
+    if name.endswith(".gz") and head:
+        log.warning("%s ends in .gz but has no gzip magic bytes; reading it as plain text", name)
+    return "none"
+
+
+class GzipErrors(io.RawIOBase):
+    """Turns a corrupt gzip stream into a BadInput error instead of a crash."""
+
+    def __init__(self, inner: gzip.GzipFile) -> None:
+        super().__init__()
+        self._inner = inner
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        try:
+            return self._inner.readinto(buffer)
+        except (gzip.BadGzipFile, zlib.error, EOFError) as error:
+            raise bad_input(f"the gzip data is corrupt or truncated: {error}") from error
+
+
+def decompressed(stream: io.RawIOBase, name: str, setting: str) -> tuple[io.BufferedIOBase, str]:
+    """The text-bearing byte stream (gunzipped when needed) and the compression found."""
+    buffered = io.BufferedReader(stream, buffer_size=1024 * 1024)
+    head = buffered.peek(8)[:8]
+    compression = detect_compression(head, name, setting)
+    if compression == "gzip":
+        return io.BufferedReader(
+            GzipErrors(gzip.GzipFile(fileobj=buffered, mode="rb")), 1024 * 1024
+        ), compression
+    return buffered, compression

@@ -1,0 +1,152 @@
+"""The worker against moto's S3 server over HTTP: S3 in, S3 out, errors, progress patches."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import gzip
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from crawljob_operator import kube
+from crawljob_operator.local.emulator import Emulator
+from crawljob_operator.local.s3 import LocalS3
+from crawljob_worker.__main__ import main
+
+
+@pytest.fixture
+def s3_env(local_s3: LocalS3, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker finds the local S3 the way it finds any S3: AWS_* variables."""
+    for name, value in local_s3.environment().items():
+        monkeypatch.setenv(name, value)
+
+
+def run_worker(tmp_path: Path, *argv: str) -> tuple[int, dict[str, Any]]:
+    termination = tmp_path / "termination-log"
+    code = main([*argv, "--termination-log", str(termination)])
+    return code, json.loads(termination.read_text())
+
+
+def read_s3_parts(s3_client: Any, bucket: str, prefix: str) -> tuple[pa.Table, dict[str, Any]]:
+    manifest = json.loads(s3_client.get_object(Bucket=bucket, Key=f"{prefix}_manifest.json")["Body"].read())
+    tables = []
+    for part in manifest["parts"]:
+        body = s3_client.get_object(Bucket=bucket, Key=prefix + part["name"])["Body"].read()
+        tables.append(pq.read_table(io.BytesIO(body)))
+    return pa.concat_tables(tables), manifest
+
+
+def sample_csv(rows: int) -> bytes:
+    lines = [
+        f'2024-05-01T10:{n // 60 % 60:02d}:{n % 60:02d},sensor-{n % 13},{n % 97 / 3:.3f},"note {n}, ok"'
+        for n in range(rows)
+    ]
+    return ("ts,device,temp,note\n" + "\n".join(lines) + "\n").encode()
+
+
+@pytest.mark.usefixtures("s3_env")
+def test_s3_object_to_parquet_parts_under_the_output_prefix(
+    tmp_path: Path, s3_client: Any, bucket: str
+) -> None:
+    body = sample_csv(30000)
+    s3_client.put_object(Bucket=bucket, Key="landing/day 1/data.csv", Body=body)
+    code, message = run_worker(
+        tmp_path, f"s3://{bucket}/landing/day 1/data.csv", "--output", f"s3://{bucket}/out/cj",
+        "--chunk-size-mb", "0.2", "--part-size-mb", "0.2",
+    )  # fmt: skip
+    assert code == 0, message
+    table, manifest = read_s3_parts(s3_client, bucket, "out/cj/")
+    assert table.num_rows == message["rowsWritten"] == message["rowsRead"] == 30000
+    assert table.column("note")[29999].as_py() == "note 29999, ok"
+    assert message["bytesRead"] == len(body)
+    assert message["outputUri"] == f"s3://{bucket}/out/cj/"
+    assert message["manifestUri"] == f"s3://{bucket}/out/cj/_manifest.json"
+    assert message["outputObjects"] == len(manifest["parts"]) > 1
+    head = s3_client.head_object(Bucket=bucket, Key="landing/day 1/data.csv")
+    assert manifest["source"]["eTag"] == head["ETag"]
+    assert manifest["source"]["size"] == len(body)
+    listed = s3_client.list_objects_v2(Bucket=bucket, Prefix="out/cj/")["Contents"]
+    sizes = {item["Key"].rsplit("/", 1)[1]: item["Size"] for item in listed}
+    assert all(sizes[part["name"]] == part["bytes"] for part in manifest["parts"])
+
+
+@pytest.mark.usefixtures("s3_env")
+def test_gzip_object_with_rejects_on_s3(tmp_path: Path, s3_client: Any, bucket: str) -> None:
+    body = b"a,b\n1,2\n3\n4,5\n"
+    s3_client.put_object(Bucket=bucket, Key="in/x.csv.gz", Body=gzip.compress(body))
+    code, message = run_worker(
+        tmp_path, f"s3://{bucket}/in/x.csv.gz", "--output", f"s3://{bucket}/out/", "--max-reject-ratio", "0.5"
+    )
+    assert code == 0, message
+    rejects = s3_client.get_object(Bucket=bucket, Key="out/_rejects.csv")["Body"].read().decode()
+    assert list(csv.reader(rejects.splitlines())) == [
+        ["line", "reason", "record"],
+        ["3", "expected 2 fields, found 1", "3"],
+    ]
+    assert message["rejectsUri"] == f"s3://{bucket}/out/_rejects.csv"
+
+
+@pytest.mark.usefixtures("s3_env")
+@pytest.mark.parametrize(
+    ("source", "reason"),
+    [
+        ("s3://{bucket}/missing.csv", "SourceNotFound"),
+        ("s3://no-such-bucket-crawljob/x.csv", "SourceNotFound"),
+    ],
+)
+def test_missing_object_or_bucket_exits_4(tmp_path: Path, bucket: str, source: str, reason: str) -> None:
+    code, message = run_worker(tmp_path, source.format(bucket=bucket), "--output", f"s3://{bucket}/out/")
+    assert (code, message["reason"], message["outcome"]) == (4, reason, "Failed")
+    assert "does not exist" in message["message"]
+
+
+@pytest.mark.usefixtures("s3_env")
+def test_unwritable_output_exits_6(tmp_path: Path, s3_client: Any, bucket: str) -> None:
+    s3_client.put_object(Bucket=bucket, Key="in.csv", Body=b"a\n1\n")
+    code, message = run_worker(
+        tmp_path, f"s3://{bucket}/in.csv", "--output", "s3://no-such-output-bucket-cj/out/"
+    )
+    assert (code, message["reason"]) == (6, "OutputForbidden")
+
+
+@pytest.mark.usefixtures("s3_env")
+async def test_progress_is_patched_into_the_crawljob_status(
+    tmp_path: Path, s3_client: Any, bucket: str, kube_client: kube.KubeClient, emulator: tuple[Emulator, str]
+) -> None:
+    body = sample_csv(20000)
+    s3_client.put_object(Bucket=bucket, Key="p.csv", Body=body)
+    crawljob = {
+        "apiVersion": "crawljob.io/v1alpha1",
+        "kind": "CrawlJob",
+        "metadata": {"name": "p-csv"},
+        "spec": {"source": {"bucket": bucket, "key": "p.csv"}},
+    }
+    await kube_client.create(kube.CRAWLJOBS, "jobs", crawljob)
+    argv = [
+        f"s3://{bucket}/p.csv", "--output", f"s3://{bucket}/out/", "--chunk-size-mb", "0.1",
+        "--progress-interval", "0", "--name", "p-csv", "--namespace", "jobs", "--kube-server", emulator[1],
+    ]  # fmt: skip
+    code, message = await asyncio.to_thread(run_worker, tmp_path, *argv)
+    assert code == 0, message
+    got = await kube_client.get(kube.CRAWLJOBS, "jobs", "p-csv")
+    progress = got["status"]["progress"]
+    assert progress["bytesRead"] == progress["bytesTotal"] == len(body)
+    assert progress["rowsRead"] == 20000
+    assert progress["percent"] == "100%"
+    assert progress["updateTime"].endswith("Z")
+
+
+@pytest.mark.usefixtures("s3_env")
+def test_progress_failures_are_not_fatal(tmp_path: Path, s3_client: Any, bucket: str) -> None:
+    s3_client.put_object(Bucket=bucket, Key="q.csv", Body=b"a\n1\n")
+    code, message = run_worker(
+        tmp_path, f"s3://{bucket}/q.csv", "--output", f"s3://{bucket}/out/",
+        "--name", "q", "--kube-server", "http://127.0.0.1:9",
+    )  # fmt: skip
+    assert code == 0, message

@@ -1,0 +1,50 @@
+"""Cutting a stream into record-aligned blocks: quotes, CRLF, BOM, line numbers."""
+
+import io
+
+import pytest
+
+from crawljob_worker.blocks import first_record_end, iter_blocks, last_record_end
+from crawljob_worker.errors import WorkerError
+
+
+def test_last_record_end_skips_newlines_inside_quotes() -> None:
+    data = b'a,b\n1,"x\ny"\n2,"open\n'
+    assert last_record_end(data, b'"') == len(b'a,b\n1,"x\ny"\n')
+
+
+def test_last_record_end_without_quoting_takes_the_last_newline() -> None:
+    assert last_record_end(b'a,"b\nc', None) == 5
+    assert last_record_end(b"no newline", b'"') == 0
+
+
+def test_first_record_end_spans_a_quoted_newline() -> None:
+    data = b'"head\ner",b\n1,2\n'
+    assert first_record_end(data, b'"') == len(b'"head\ner",b\n')
+    assert first_record_end(b"abc", b'"') == 0
+
+
+def _blocks(data: bytes, chunk: int) -> list[tuple[bytes, int]]:
+    return [(block.data, block.first_line) for block in iter_blocks(io.BytesIO(data), chunk, b'"')]
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 16, 1000])
+def test_blocks_reassemble_the_stream_and_number_their_lines(chunk: int) -> None:
+    data = b'h1,h2\r\n1,"a\r\nb"\r\n2,"c,""d"""\r\n3,x\r\n4,y'
+    blocks = _blocks(data, chunk)
+    assert b"".join(block for block, _ in blocks) == data
+    for block, first_line in blocks:
+        assert first_line == data[: data.index(block)].count(b"\n") + 1 if block else True
+        assert block.count(b'"') % 2 == 0
+
+
+def test_a_utf8_bom_is_dropped() -> None:
+    assert _blocks(b"\xef\xbb\xbfa,b\n1,2\n", 100) == [(b"a,b\n1,2\n", 1)]
+
+
+def test_an_unclosed_quote_is_refused_instead_of_buffered_forever() -> None:
+    stream = io.BytesIO(b'a,"never closed\n' + b"x" * 5000)
+    with pytest.raises(WorkerError) as caught:
+        list(iter_blocks(stream, 100, b'"', max_record_bytes=1000))
+    assert caught.value.code == 3
+    assert "line 1" in caught.value.message

@@ -1,0 +1,107 @@
+"""Termination message, progress patch, settings, locations and exit-code decisions (pure)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from crawljob_worker.errors import WorkerError
+from crawljob_worker.report import kube_target, percent, progress_patch, termination_message
+from crawljob_worker.run import reject_threshold_error
+from crawljob_worker.settings import settings_from_args
+from crawljob_worker.source import detect_compression
+from crawljob_worker.uri import parse_location
+
+
+def test_termination_message_fits_in_4_kib_and_stays_json() -> None:
+    summary = {"outcome": "Failed", "exitCode": 3, "reason": "BadInput", "message": "é" * 5000, "rowsRead": 1}
+    text = termination_message(summary)
+    assert len(text.encode("utf-8")) <= 4096
+    decoded = json.loads(text)
+    assert decoded["reason"] == "BadInput"
+    assert decoded["rowsRead"] == 1
+    assert decoded["message"].endswith("…")
+
+
+def test_progress_patch_shape() -> None:
+    patch = progress_patch(42, 100, 7, "2026-01-01T00:00:00Z")
+    assert patch == {
+        "status": {
+            "progress": {
+                "bytesRead": 42,
+                "bytesTotal": 100,
+                "rowsRead": 7,
+                "percent": "42%",
+                "updateTime": "2026-01-01T00:00:00Z",
+            }
+        }
+    }
+    assert percent(1, 3) == "33%"
+    assert percent(0, 0) == "100%"
+
+
+def test_kube_target_prefers_the_given_server_and_needs_a_name(tmp_path: Path) -> None:
+    assert kube_target(None, "ns", "http://api", {}) is None
+    target = kube_target("cj", None, "http://api/", {})
+    assert target is not None
+    assert target.url() == "http://api/apis/crawljob.io/v1alpha1/namespaces/default/crawljobs/cj/status"
+    (tmp_path / "token").write_text("t")
+    (tmp_path / "namespace").write_text("jobs\n")
+    env = {"KUBERNETES_SERVICE_HOST": "10.0.0.1", "KUBERNETES_SERVICE_PORT": "443"}
+    in_cluster = kube_target("cj", None, None, env, service_account_dir=str(tmp_path))
+    assert in_cluster is not None
+    assert in_cluster.url().startswith("https://10.0.0.1:443/apis/crawljob.io/v1alpha1/namespaces/jobs/")
+
+
+def test_flags_win_over_env_and_env_fills_the_rest() -> None:
+    env = {"CRAWLJOB_OUTPUT": "s3://b/out/", "CRAWLJOB_MAX_REJECT_RATIO": "0.5", "CRAWLJOB_DELIMITER": ";"}
+    settings = settings_from_args(["data.csv", "--delimiter", "\\t", "--dtypes", '{"a": "int32"}'], env)
+    assert (settings.output, settings.max_reject_ratio, settings.delimiter) == ("s3://b/out/", 0.5, "\t")
+    assert str(settings.dtypes["a"]) == "int32"
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["x.csv"], "--output"),
+        (["x.csv", "--output", "o", "--max-reject-ratio", "2"], "between 0 and 1"),
+        (["x.csv", "--output", "o", "--dtypes", "{bad"], "not valid JSON"),
+        (["x.csv", "--output", "o", "--encoding", "utf-16"], "ASCII-compatible"),
+        (["x.csv", "--output", "o", "--format", "xlsx"], "invalid choice"),
+        (["x.csv", "--output", "o", "--delimiter", ",,"], "one character"),
+    ],
+)
+def test_bad_arguments_name_the_problem(argv: list[str], fragment: str) -> None:
+    with pytest.raises(WorkerError) as caught:
+        settings_from_args(argv, {})
+    assert caught.value.code == 2
+    assert fragment in caught.value.message
+
+
+def test_compression_detection() -> None:
+    assert detect_compression(b"\x1f\x8b\x08", "x.csv", "auto") == "gzip"
+    assert detect_compression(b"a,b\n", "x.csv.gz", "auto") == "none"
+    assert detect_compression(b"a,b\n", "x.csv", "auto") == "none"
+    for head in (b"PK\x03\x04", b"PAR1", b"BZh9"):
+        with pytest.raises(WorkerError) as caught:
+            detect_compression(head, "x.csv", "auto")
+        assert caught.value.code == 3
+    with pytest.raises(WorkerError):
+        detect_compression(b"a,b", "x.csv", "gzip")
+
+
+def test_locations() -> None:
+    assert parse_location("s3://bucket/a/b.csv", what="SOURCE").bucket == "bucket"
+    assert parse_location("s3://bucket/a/b.csv", what="SOURCE").path == "a/b.csv"
+    assert parse_location("file:///tmp/x%20y.csv", what="SOURCE").path == "/tmp/x y.csv"
+    assert parse_location("out", what="--output").child("part-00000.parquet").path == "out/part-00000.parquet"
+    with pytest.raises(WorkerError):
+        parse_location("gs://b/k", what="SOURCE")
+
+
+def test_reject_threshold() -> None:
+    assert reject_threshold_error(1, 100, 0.01, "u") is None
+    error = reject_threshold_error(2, 100, 0.01, "s3://b/out/_rejects.csv")
+    assert error is not None
+    assert error.code == 5
+    assert "_rejects.csv" in error.message

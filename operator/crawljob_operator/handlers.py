@@ -527,19 +527,20 @@ async def resync(state: State) -> None:
 
 async def cancel_orphans(state: State) -> None:
     """Delete Jobs whose CrawlJob is gone (deleted while the operator was down, and no GC ran)."""
+    candidates: list[tuple[Key, str, str | None]] = []
     for (namespace, job_name), job in list(state.jobs.items()):
         metadata = job.get("metadata") or {}
         owner = (metadata.get("labels") or {}).get(resource.LABEL_CRAWLJOB)
         owner_uid = next((ref.get("uid") for ref in metadata.get("ownerReferences") or []), None)
-        if not owner or (namespace, owner) in state.crawljobs or metadata.get("deletionTimestamp"):
-            continue
-        try:  # confirm with the API: the view may simply not have seen a new CrawlJob yet
-            current = await state.client.get(kube.CRAWLJOBS, namespace, owner)
-            if (current.get("metadata") or {}).get("uid") == owner_uid:
-                continue
-        except kube.NotFound:
-            pass
-        except kube.KubeError:
+        if owner and (namespace, owner) not in state.crawljobs and not metadata.get("deletionTimestamp"):
+            candidates.append(((namespace, job_name), str(owner), owner_uid))
+    if not candidates:
+        return
+    # Confirm with a fresh list: the view may simply not have seen a new CrawlJob yet.
+    fresh = await state.client.list(kube.CRAWLJOBS, state.settings.namespace)
+    alive = {(_key(item), (item.get("metadata") or {}).get("uid")) for item in fresh}
+    for (namespace, job_name), owner, owner_uid in candidates:
+        if ((namespace, owner), owner_uid) in alive:
             continue
         log.info(
             "%s: its CrawlJob is gone; deleting the orphaned Job %s",

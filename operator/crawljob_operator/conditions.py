@@ -29,24 +29,29 @@ def set_condition(
         if item.get("type") == type_:
             found = True
             changed = item.get("status") != status_text
-            item.update(status=status_text, reason=reason, message=message)
+            item.update(status=status_text, reason=reason)
+            _set_message(item, message)
             if changed or not item.get("lastTransitionTime"):
                 item["lastTransitionTime"] = now
             if generation is not None:
                 item["observedGeneration"] = generation
         result.append(item)
     if not found:
-        new: Condition = {
-            "type": type_,
-            "status": status_text,
-            "reason": reason,
-            "message": message,
-            "lastTransitionTime": now,
-        }
+        new: Condition = {"type": type_, "status": status_text, "reason": reason, "lastTransitionTime": now}
+        _set_message(new, message)
         if generation is not None:
             new["observedGeneration"] = generation
         result.append(new)
     return result
+
+
+def _set_message(condition: Condition, message: str | None) -> None:
+    # An empty message is left out rather than sent as "" or null: a real API server (seen on 1.20)
+    # refused these conditions with 422 "message in body must be of type string".
+    if message:
+        condition["message"] = message
+    else:
+        condition.pop("message", None)
 
 
 def get_condition(conditions: Sequence[Mapping[str, Any]] | None, type_: str) -> Mapping[str, Any] | None:

@@ -37,3 +37,13 @@ def test_other_conditions_are_kept_and_input_is_not_mutated() -> None:
     assert conditions.is_true(result, "Queued")
     assert not conditions.is_true(result, "Failed")
     assert conditions.get_condition(result, "Absent") is None
+
+
+def test_empty_or_missing_messages_are_left_out_never_null() -> None:
+    found = conditions.set_condition(None, "Failed", False, "NotFailed", "", "T0")
+    assert "message" not in found[0]
+    found = conditions.set_condition(found, "Failed", True, "BadInput", "not a CSV", "T1")
+    assert found[0]["message"] == "not a CSV"
+    found = conditions.set_condition(found, "Failed", False, "NotFailed", "", "T2")
+    assert "message" not in found[0]
+    assert all(value is not None for condition in found for value in condition.values())

@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: help install run test lint format clean test-cluster bench-worker bench-operator
+.PHONY: help install run test lint format clean test-cluster bench bench-worker bench-operator
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -36,7 +36,7 @@ test-cluster: $(STAMP) ## End-to-end tests on a real control plane (kube-apiserv
 	bash tools/cluster/kube-tools.sh $(BIN)
 	CRAWLJOB_TEST_CLUSTER=1 $(BIN)/pytest -q tests/cluster $(ARGS)
 
-lint: $(STAMP) ## ruff (lint + format check) and mypy --strict
+lint: $(STAMP) ## ruff (lint + format check), mypy --strict and the import-boundary contracts
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -49,6 +49,8 @@ format: $(STAMP) ## Reformat the code with ruff
 bench-worker: $(STAMP) ## Worker vs cat, pandas, DuckDB, polars on a generated CSV; one table (SIZE_MB=800 REPEAT=2)
 	$(BIN)/pip install -q polars duckdb
 	$(BIN)/python bench/worker.py --size-mb $(or $(SIZE_MB),800) --repeat $(or $(REPEAT),2)
+
+bench: bench-receiver bench-operator bench-worker ## All three benchmarks, each printing its table (slow: the worker's uses an 800 MB file)
 
 clean: ## Remove the venv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

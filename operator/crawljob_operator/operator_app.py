@@ -7,7 +7,6 @@ docs/operator.md for why not kopf peering). kopf runs standalone: no peering obj
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -19,40 +18,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from crawljob_operator import config, handlers, kube
 from crawljob_operator.config import OperatorSettings
+from crawljob_operator.logs import configure_logging
 
 log = logging.getLogger("crawljob.operator")
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line, carrying the CrawlJob name when the record has one."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        line: dict[str, Any] = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        for name in ("crawljob", "namespace", "phase"):
-            value = getattr(record, name, None)
-            if value is not None:
-                line[name] = value
-        if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str)
-
-
-def configure_logging(log_format: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if log_format == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
-    # kopf logs every handler call at INFO; keep its warnings and errors only.
-    logging.getLogger("kopf").setLevel(logging.WARNING)
 
 
 def build_registry(settings: OperatorSettings, connection: kube.Connection) -> kopf.OperatorRegistry:
@@ -171,6 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError) as exc:
         print(f"crawljob operator: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_format)
+    # kopf logs every handler call at INFO; keep its warnings and errors only.
+    configure_logging(settings.log_format, quiet=("kopf",))
     asyncio.run(run_operator(settings, connection))
     return 0

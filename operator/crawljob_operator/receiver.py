@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import importlib.resources
-import json
 import logging
 import ssl
 import sys
@@ -24,6 +23,7 @@ import aiohttp
 from aiohttp import web
 
 from crawljob_operator import auth, config, events, kube, sns
+from crawljob_operator.logs import configure_logging
 from crawljob_operator.receiver_metrics import ReceiverMetrics
 from crawljob_operator.resource import crawljob_manifest
 
@@ -423,46 +423,6 @@ def _allowed_headers(exc: web.HTTPException) -> dict[str, str] | None:
     return {"Allow": allow} if allow else None
 
 
-# ---- logging ----
-
-
-class _Formatter(logging.Formatter):
-    """One line per record: JSON (the record's fields merged in) or `key=value` text."""
-
-    def __init__(self, fmt: str) -> None:
-        super().__init__()
-        self.json = fmt == "json"
-
-    def format(self, record: logging.LogRecord) -> str:
-        fields: dict[str, Any] = dict(getattr(record, "fields", {}) or {})
-        message = record.getMessage()
-        if record.exc_info:
-            message += "\n" + self.formatException(record.exc_info)
-        if self.json:
-            line = {
-                "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
-                "level": record.levelname.lower(),
-                "logger": record.name,
-                "message": message,
-                **fields,
-            }
-            return json.dumps(line, default=str, ensure_ascii=False)
-        rest = " ".join(
-            f"{key}={json.dumps(value, default=str, ensure_ascii=False)}" for key, value in fields.items()
-        )
-        return f"{self.formatTime(record)} {record.levelname} {record.name}: {message} {rest}".rstrip()
-
-
-def configure_logging(fmt: str) -> None:
-    """Send the receiver's logs to stderr, one line each."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Formatter(fmt))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """`crawljob receiver`: parse flags/env, connect to the API, serve until interrupted."""
     environ = config.environment()
@@ -474,7 +434,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError) as exc:
         print(f"crawljob receiver: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_format)
+    configure_logging(settings.log_format, quiet=("aiohttp.access",))
     if settings.auth_mode == "none":
         log.warning(
             "authentication is off (--auth-mode none): anyone who can reach this port can start "

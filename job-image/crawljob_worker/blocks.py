@@ -8,8 +8,10 @@ speed, so the stream is split without a Python-level parser.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
+
+import numpy as np
 
 from crawljob_worker.errors import bad_input
 
@@ -20,11 +22,18 @@ UTF8_BOM = b"\xef\xbb\xbf"
 class Block:
     """Whole records; `first_line` is the 1-based physical line number of the block's first byte."""
 
-    data: bytes
+    data: bytes | bytearray
     first_line: int
 
 
-def last_record_end(data: bytes, quote: bytes | None) -> int:
+def count_byte(data: bytes | bytearray, byte: bytes) -> int:
+    """Occurrences of one byte; numpy is ~2x faster than bytes.count and releases the GIL."""
+    if len(data) < 1 << 16:
+        return data.count(byte)
+    return int(np.count_nonzero(np.frombuffer(data, dtype=np.uint8) == byte[0]))
+
+
+def last_record_end(data: bytes | bytearray, quote: bytes | None) -> int:
     """Index just past the last newline that ends a record in *data* (0 if none).
 
     *data* must start at a record boundary (outside quotes).
@@ -32,7 +41,7 @@ def last_record_end(data: bytes, quote: bytes | None) -> int:
     position = data.rfind(b"\n")
     if quote is None or position < 0:
         return position + 1
-    total = data.count(quote)
+    total = count_byte(data, quote)
     tail = 0
     end = len(data)
     while position >= 0:
@@ -44,7 +53,7 @@ def last_record_end(data: bytes, quote: bytes | None) -> int:
     return 0
 
 
-def first_record_end(data: bytes, quote: bytes | None) -> int:
+def first_record_end(data: bytes | bytearray, quote: bytes | None) -> int:
     """Index just past the newline ending the first record of *data* (0 if it has no complete record)."""
     start = 0
     quotes = 0
@@ -59,27 +68,48 @@ def first_record_end(data: bytes, quote: bytes | None) -> int:
         start = position + 1
 
 
+def _fill(stream: io.BufferedIOBase, view: memoryview) -> int:
+    """Read into *view* until it is full or the stream ends; the number of bytes read."""
+    filled = 0
+    while filled < len(view):
+        # Release each slice at once: a lingering export would stop the bytearray from being truncated.
+        with view[filled:] as rest:
+            count = stream.readinto(rest)
+        if not count:
+            break
+        filled += count
+    return filled
+
+
 def iter_blocks(
     stream: io.BufferedIOBase, chunk_bytes: int, quote: bytes | None, max_record_bytes: int | None = None
-) -> Iterator[Block]:
+) -> Generator[Block, None, None]:
     """Blocks of about *chunk_bytes* from *stream*, each ending on a record boundary (the last may not
     end with a newline). A leading UTF-8 BOM is dropped. A record longer than *max_record_bytes*
-    (an unclosed quote, usually) is refused as bad input rather than buffered without bound."""
+    (an unclosed quote, usually) is refused as bad input rather than buffered without bound.
+
+    Each block is a fresh bytearray read in place after the previous block's unfinished record and
+    then truncated at its last record boundary: the data is never copied on the way to the parser.
+    """
     limit = max_record_bytes or max(8 * chunk_bytes, 64 * 1024 * 1024)
     carry = b""
     line = 1
     first = True
     while True:
-        data = stream.read(chunk_bytes)
+        buffer = bytearray(len(carry) + chunk_bytes)
+        buffer[: len(carry)] = carry
+        with memoryview(buffer) as view:
+            filled = len(carry) + _fill(stream, view[len(carry) :])
+        at_end = filled < len(buffer)
+        del buffer[filled:]
         if first:
-            if data.startswith(UTF8_BOM):
-                data = data[len(UTF8_BOM) :]
+            if buffer.startswith(UTF8_BOM):
+                del buffer[: len(UTF8_BOM)]
             first = False
-        if not data:
-            if carry:
-                yield Block(carry, line)
+        if at_end:
+            if buffer:
+                yield Block(buffer, line)
             return
-        buffer = carry + data if carry else data
         end = last_record_end(buffer, quote)
         if end == 0:
             if len(buffer) > limit:
@@ -87,11 +117,9 @@ def iter_blocks(
                     f"a record starting on line {line} is longer than {limit // (1024 * 1024)} MiB: "
                     "probably an unclosed quote (or set --quote none)"
                 )
-            carry = buffer
+            carry = bytes(buffer)
             continue
-        if end == len(buffer):
-            block, carry = buffer, b""
-        else:
-            block, carry = buffer[:end], buffer[end:]
-        yield Block(block, line)
-        line += block.count(b"\n")
+        carry = bytes(buffer[end:])
+        del buffer[end:]
+        yield Block(buffer, line)
+        line += count_byte(buffer, b"\n")

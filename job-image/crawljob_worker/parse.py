@@ -10,6 +10,7 @@ bad rows become rejects with their line and reason. Clean blocks never pay for t
 from __future__ import annotations
 
 import csv
+import functools
 import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,8 +24,8 @@ from crawljob_worker.blocks import Block, first_record_end
 from crawljob_worker.errors import bad_input
 from crawljob_worker.schema import check_dtypes_cover, generated_names, stable_type, unique_names
 
+Bytes = bytes | bytearray
 NULL_VALUES = tuple(pacsv.ConvertOptions().null_values)
-_NULL_SET = pa.array(NULL_VALUES, pa.string())
 BINARY_PROBE_BYTES = 64 * 1024
 # Above this share of undecodable records in the first block the file is not text in that encoding.
 MAX_UNDECODABLE_SHARE = 0.1
@@ -62,10 +63,6 @@ class Parsed:
         return int(self.table.num_rows) + len(self.rejects)
 
 
-def _decode_record(data: bytes, encoding: str) -> str:
-    return data.decode(encoding, errors="replace")
-
-
 def _clip(text: str) -> str:
     text = text.rstrip("\r\n")
     return text if len(text) <= MAX_REJECT_TEXT else text[:MAX_REJECT_TEXT] + "…"
@@ -98,10 +95,10 @@ class BlockParser:
         """Good rows of *block* as a table of the fixed schema, and its rejects."""
         data, first_line = block.data, block.first_line
         if self.names is None:
-            if not data.strip():
-                return Parsed(self.empty_table() if self.names else pa.table({}))
+            if _blank(data):
+                return Parsed(pa.table({}))
             data, first_line = self._read_header(data, first_line)
-        if not data.strip(b"\r\n \t"):
+        if _blank(data):
             return Parsed(self.empty_table())
         table = self._fast(data)
         if table is not None:
@@ -116,9 +113,10 @@ class BlockParser:
         return self.schema.empty_table()
 
     # ---- header -------------------------------------------------------------------------------
-    def _read_header(self, data: bytes, first_line: int) -> tuple[bytes, int]:
+    def _read_header(self, data: Bytes, first_line: int) -> tuple[Bytes, int]:
         if b"\x00" in data[:BINARY_PROBE_BYTES]:
-            raise bad_input("the source holds binary data (NUL bytes), not CSV text")
+            hint = " (UTF-16 text? transcode it to UTF-8)" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
+            raise bad_input(f"the source holds binary data (NUL bytes), not CSV text{hint}")
         end = first_record_end(data, self.dialect.quote_bytes) or len(data)
         record = data[:end]
         try:
@@ -149,7 +147,7 @@ class BlockParser:
             column_names=self.names, use_threads=True, block_size=1 << 20, encoding=self.dialect.encoding
         )
 
-    def _fast(self, data: bytes) -> pa.Table | None:
+    def _fast(self, data: Bytes) -> pa.Table | None:
         """The block parsed by pyarrow, or None when it holds anything bad (then the slow path runs)."""
         invalid: list[Any] = []
 
@@ -185,7 +183,7 @@ class BlockParser:
         return table if table.schema.equals(self.schema) else table.cast(self.schema)
 
     # ---- slow path ----------------------------------------------------------------------------
-    def _records(self, data: bytes, first_line: int) -> tuple[list[tuple[int, list[str]]], list[Reject]]:
+    def _records(self, data: Bytes, first_line: int) -> tuple[list[tuple[int, list[str]]], list[Reject]]:
         """Every record with its line number, split exactly; wrong field counts and undecodable
         records are already rejected."""
         assert self.names is not None
@@ -243,7 +241,7 @@ class BlockParser:
             ]
         )
 
-    def _slow(self, data: bytes, first_line: int) -> Parsed:
+    def _slow(self, data: Bytes, first_line: int) -> Parsed:
         assert self.names is not None
         good, rejects = self._records(data, first_line)
         if self.schema is None:
@@ -282,14 +280,28 @@ class BlockParser:
             )
 
 
+def _blank(data: Bytes) -> bool:
+    """Only line ends and spaces (checked without copying a large block)."""
+    return len(data) < 4096 and not data.strip(b"\r\n \t")
+
+
 def _printable(raw: str) -> str:
     return raw.encode("utf-8", errors="surrogateescape").decode("utf-8", errors="replace")
 
 
 def _join(fields: Sequence[str], csv_format: Mapping[str, Any]) -> str:
     buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="", **csv_format).writerow(fields)
+    try:
+        csv.writer(buffer, lineterminator="", **csv_format).writerow(fields)
+    except csv.Error:  # QUOTE_NONE cannot write a field holding the delimiter: show it as it came
+        return str(csv_format["delimiter"]).join(fields)
     return buffer.getvalue()
+
+
+@functools.cache
+def _null_set() -> pa.Array:
+    # Built on first use: pa.array() on a list imports pandas (~0.5 s), which clean files never need.
+    return pa.array(NULL_VALUES, pa.string())
 
 
 def _convert(values: Sequence[str], kind: pa.DataType) -> tuple[pa.Array, list[tuple[int, str]]]:
@@ -298,7 +310,7 @@ def _convert(values: Sequence[str], kind: pa.DataType) -> tuple[pa.Array, list[t
     strings = pa.array(values, pa.string())
     if pa.types.is_string(kind) or pa.types.is_large_string(kind):
         return strings.cast(kind), []
-    nulls = pc.is_in(strings, value_set=_NULL_SET)
+    nulls = pc.is_in(strings, value_set=_null_set())
     masked = pc.if_else(nulls, pa.scalar(None, pa.string()), strings)
     try:
         return masked.cast(kind), []

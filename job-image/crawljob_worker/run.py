@@ -5,14 +5,16 @@ from __future__ import annotations
 import datetime
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Generator, Mapping
+from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
 
 from crawljob_worker import __version__
-from crawljob_worker.blocks import iter_blocks
+from crawljob_worker.blocks import Block, iter_blocks
 from crawljob_worker.errors import ExitCode, WorkerError
 from crawljob_worker.parse import BlockParser, Dialect
+from crawljob_worker.pipeline import prefetch
 from crawljob_worker.report import Progress, kube_target
 from crawljob_worker.settings import Settings
 from crawljob_worker.sink import (
@@ -144,6 +146,7 @@ def run(settings: Settings, environ: Mapping[str, str], counters: Counters, clie
         S3Target(client, output_location) if output_location.is_s3 else LocalTarget(output_location.path)
     )
     counters.output_uri = target.uri_of("")
+    target.names()  # fail fast (exit 6) on a missing or unreadable output bucket, before reading anything
     stream = open_source(
         source_location, version_id=settings.version_id, retries=settings.retries, client=client
     )
@@ -165,16 +168,23 @@ def run(settings: Settings, environ: Mapping[str, str], counters: Counters, clie
     rejects = RejectsWriter(None)
     try:
         text, compression = decompressed(stream, source_location.path, settings.compression)
-        for block in iter_blocks(text, settings.chunk_bytes, dialect.quote_bytes):
-            parsed = parser.parse(block)
-            parts.write(parsed.table)
-            if parsed.rejects:
-                rejects.add(parsed.rejects)
-            counters.rows_read += parsed.rows_read
-            counters.rows_written = parts.rows
-            counters.rows_rejected = rejects.count
-            counters.bytes_read = stream.offset
-            progress.update(stream.offset, counters.rows_read)
+
+        blocks: Generator[Block, None, None] = iter_blocks(text, settings.chunk_bytes, dialect.quote_bytes)
+        if source_location.is_s3:
+            # Network reads wait on the socket, not the CPU: a reader thread overlaps them with parsing.
+            # For local files, and for writing, extra threads measured no faster on 2 shared cores.
+            blocks = prefetch(blocks, depth=1)
+        with closing(blocks):
+            for block in blocks:
+                parsed = parser.parse(block)
+                parts.write(parsed.table)
+                if parsed.rejects:
+                    rejects.add(parsed.rejects)
+                counters.rows_read += parsed.rows_read
+                counters.bytes_read = stream.offset
+                progress.update(stream.offset, counters.rows_read)
+        counters.rows_written = parts.rows
+        counters.rows_rejected = rejects.count
         if parts.rows == 0 and parser.names:
             parts.write_empty(parser.empty_table().schema)
         written_parts = parts.close()

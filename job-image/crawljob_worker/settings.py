@@ -35,7 +35,7 @@ class Settings:
     max_reject_ratio: float = 0.01
     version_id: str | None = None
     termination_log: str = "/dev/termination-log"
-    chunk_bytes: int = 32 * MIB
+    chunk_bytes: int = 8 * MIB
     part_bytes: int = 128 * MIB
     retries: int = 8
     progress_interval: float = 5.0
@@ -116,7 +116,7 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         help="where the JSON summary is written (Kubernetes terminationMessagePath)",
     )
     parser.add_argument(
-        "--chunk-size-mb", default=_env(e, "CHUNK_SIZE_MB", "32"), help="bytes parsed at a time, in MiB"
+        "--chunk-size-mb", default=_env(e, "CHUNK_SIZE_MB", "8"), help="bytes parsed at a time, in MiB"
     )
     parser.add_argument(
         "--part-size-mb",

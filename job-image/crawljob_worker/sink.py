@@ -290,7 +290,8 @@ class PartsWriter:
                 str(Path(self._scratch) / name), self._format, self._compression, table.schema
             )
         self._current.write(table)
-        self.stats.add(table)
+        if self._format != "parquet":
+            self.stats.add(table)
         self.rows += table.num_rows
         if self._current.size() >= self._part_bytes:
             self._finish_part()
@@ -306,6 +307,8 @@ class PartsWriter:
         part, self._current = self._current, None
         assert part is not None
         part.close()
+        if self._format == "parquet":
+            self.stats.add_parquet(pq.read_metadata(part.path))
         self._collect()
         self._pending = self._uploads.submit(self._upload, part.path, part.rows)
 

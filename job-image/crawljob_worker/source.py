@@ -31,6 +31,9 @@ from crawljob_worker.uri import Location
 log = logging.getLogger("crawljob_worker.source")
 
 GZIP_MAGIC = b"\x1f\x8b"
+# Bytes asked of the HTTP body at a time: what a dropped connection can take with it (urllib3 drops a
+# partly filled read), so small enough to resume close to the break, large enough to be cheap.
+READ_SIZE = 256 * 1024
 # Other containers we recognise only to refuse them with a clear message.
 FOREIGN_MAGIC = {
     b"PK\x03\x04": "a ZIP archive",
@@ -148,16 +151,19 @@ class S3Stream(io.RawIOBase):
         return True
 
     def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
+        with memoryview(buffer) as whole, whole.cast("B") as view:
+            return self._readinto(view)
+
+    def _readinto(self, view: memoryview) -> int:
         while True:
             try:
-                data = self._body.read(len(view))
+                data = self._body.read(min(len(view), READ_SIZE))
             except READ_ERRORS as error:
-                self._reconnect(error)
+                self._reconnect(str(error))
                 continue
             size = self.info.size or 0
             if not data and self.offset < size:
-                self._reconnect(ConnectionError(f"stream ended at byte {self.offset} of {size}"))
+                self._reconnect(f"stream ended at byte {self.offset} of {size}")
                 continue
             count = len(data)
             view[:count] = data
@@ -166,12 +172,12 @@ class S3Stream(io.RawIOBase):
                 self._attempt = 0  # progress since the last failure: back off from the start again
             return count
 
-    def _reconnect(self, error: BaseException) -> None:
+    def _reconnect(self, error: str) -> None:
         """Reopen at the next undelivered byte, pinned to the same object, within the retry budget."""
         if self._retries_left <= 0:
             raise transient(
                 f"reading {self.info.uri} kept failing at byte {self.offset}; retry budget spent: {error}"
-            ) from error
+            )
         self._retries_left -= 1
         self.reconnects += 1
         delay = self._backoff(self._attempt)

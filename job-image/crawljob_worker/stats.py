@@ -59,6 +59,24 @@ class TableStats:
             if high is not None and (stats.maximum is None or high > stats.maximum):
                 stats.maximum = high
 
+    def add_parquet(self, metadata: Any) -> None:
+        """Merge the statistics Parquet already computed for each row group (no second pass)."""
+        for group_index in range(metadata.num_row_groups):
+            group = metadata.row_group(group_index)
+            for column_index in range(group.num_columns):
+                chunk = group.column(column_index)
+                stats = self.columns.setdefault(chunk.path_in_schema, ColumnStats())
+                found = chunk.statistics
+                if found is None:
+                    continue
+                stats.null_count += found.null_count or 0
+                if found.has_min_max:
+                    low, high = found.min, found.max
+                    if stats.minimum is None or low < stats.minimum:
+                        stats.minimum = low
+                    if stats.maximum is None or high > stats.maximum:
+                        stats.maximum = high
+
     def as_json(self) -> dict[str, dict[str, Any]]:
         return {
             name: {

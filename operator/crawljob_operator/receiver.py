@@ -25,7 +25,7 @@ from aiohttp import web
 
 from crawljob_operator import auth, config, events, kube, sns
 from crawljob_operator.receiver_metrics import ReceiverMetrics
-from crawljob_operator.resource import crawljob_manifest, crawljob_name
+from crawljob_operator.resource import crawljob_manifest
 
 log = logging.getLogger("crawljob.receiver")
 
@@ -261,7 +261,7 @@ async def _create(app: web.Application, target: events.Target) -> Outcome:
     """Create one CrawlJob: created, duplicate (409), refused (422: the API rejects it) or failed."""
     state = app[STATE]
     manifest = crawljob_manifest(target.ref, state.namespace, raw_key=target.raw_key)
-    name = crawljob_name(target.ref)
+    name = str(manifest["metadata"]["name"])  # type: ignore[index]
     try:
         await app[KUBE].create(kube.CRAWLJOBS, state.namespace, manifest)
     except kube.Conflict:
@@ -493,5 +493,5 @@ def main(argv: Sequence[str] | None = None) -> int:
             }
         },
     )
-    web.run_app(app, host=settings.host, port=settings.port, access_log=None, print=None)
+    web.run_app(app, host=settings.host, port=settings.port, access_log=None, print=None, shutdown_timeout=10)
     return 0

@@ -113,7 +113,9 @@ class CertificateCache:
         self.max_entries = max_entries
         self.timeout = timeout
         self._entries: dict[str, _Cached] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        # One lock for all fetches: they are rare (one per certificate and hour), and a lock per
+        # URL would let senders of made-up URLs grow a dict without bound.
+        self._lock = asyncio.Lock()
         self.fetches = 0
 
     async def get(self, url: str) -> x509.Certificate:
@@ -122,8 +124,7 @@ class CertificateCache:
         entry = self._entries.get(url)
         if entry is not None and entry.expires > time.monotonic():
             return entry.certificate
-        lock = self._locks.setdefault(url, asyncio.Lock())
-        async with lock:
+        async with self._lock:
             entry = self._entries.get(url)
             if entry is not None and entry.expires > time.monotonic():
                 return entry.certificate
@@ -142,6 +143,8 @@ class CertificateCache:
                 allow_redirects=False,
                 timeout=aiohttp.ClientTimeout(total=self.timeout),
             ) as response:
+                if response.status in (403, 404, 410):
+                    raise SnsRejected(f"SigningCertURL {url} answered {response.status}: no such certificate")
                 if response.status != 200:
                     raise SnsUnavailable(f"fetching the SNS signing certificate answered {response.status}")
                 pem = await response.content.read(64 * 1024)

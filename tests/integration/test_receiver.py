@@ -504,3 +504,61 @@ async def test_one_log_line_per_request_names_format_key_outcome_and_crawljob(
     assert fields["objects"][0]["key"] == "sensors/line 1/temp+hum 50%.csv"
     assert fields["objects"][0]["crawljob"] == answer["crawljobs"][0]["name"]
     assert isinstance(fields["latency_ms"], float)
+
+
+async def test_crawljob_receiver_command_serves_and_warns_when_auth_is_off(
+    emulator: tuple[Emulator, str], kube_client: kube.KubeClient
+) -> None:
+    import asyncio
+    import socket
+    import sys
+
+    import aiohttp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "crawljob_operator.cli", "receiver", "--host", "127.0.0.1", "--port", str(port),
+        "--kube-server", emulator[1], "--namespace", NAMESPACE, "--log-format", "json",
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert process.stderr is not None
+        warning = json.loads(await asyncio.wait_for(process.stderr.readline(), timeout=30))
+        assert warning["level"] == "warning"
+        assert "authentication is off" in warning["message"]
+        async with aiohttp.ClientSession() as session:
+
+            async def listening() -> bool:
+                try:
+                    async with session.get(f"http://127.0.0.1:{port}/healthz") as response:
+                        return response.status == 200
+                except aiohttp.ClientConnectionError:
+                    return False
+
+            await kube.wait_for(listening, timeout=30, what="crawljob receiver to listen")
+            async with session.post(
+                f"http://127.0.0.1:{port}/v1/trigger", data=(EVENTS / "minimal.json").read_bytes()
+            ) as response:
+                assert response.status == 202
+        assert len(await crawljobs(kube_client)) == 1
+    finally:
+        process.terminate()
+        assert await asyncio.wait_for(process.wait(), timeout=15) == 0
+
+
+async def test_replicas_share_nothing_and_one_event_on_two_replicas_makes_one_crawljob(
+    emulator: tuple[Emulator, str], aiohttp_client: Any, kube_client: kube.KubeClient
+) -> None:
+    import asyncio
+
+    settings = ReceiverSettings(kube_server=emulator[1], namespace=NAMESPACE)
+    replicas = [await aiohttp_client(create_app(settings)) for _ in range(2)]
+    body = (EVENTS / "s3-multi.json").read_bytes()
+    responses = await asyncio.gather(*(replica.post("/v1/trigger", data=body) for replica in replicas * 3))
+    assert {response.status for response in responses} == {202}
+    statuses = [item["status"] for response in responses for item in (await response.json())["crawljobs"]]
+    assert statuses.count("created") == 2
+    assert statuses.count("duplicate") == 10
+    assert len(await crawljobs(kube_client)) == 2

@@ -265,3 +265,15 @@ async def test_envelope_without_headers_still_needs_its_signature(
     )
     assert response.status == 403
     assert await crawljobs(kube_client) == []
+
+
+async def test_certificate_url_without_a_certificate_is_refused(
+    make_receiver: MakeReceiver, fake_sns: FakeSns, kube_client: kube.KubeClient
+) -> None:
+    client = await make_receiver()
+    message = fake_sns.sign(envelope("sns-notification.json"), "1")
+    message["SigningCertURL"] = f"{fake_sns.base}/no-such-cert.pem"
+    response = await post(client, message)
+    assert response.status == 403
+    assert "404" in (await response.json())["error"]
+    assert await crawljobs(kube_client) == []

@@ -98,3 +98,10 @@ def test_mostly_undecodable_text_is_not_csv() -> None:
     with pytest.raises(WorkerError) as caught:
         BlockParser(Dialect()).parse(Block(data, 1))
     assert caught.value.reason == "BadInput"
+
+
+def test_without_quoting_quotes_are_data() -> None:
+    parser = BlockParser(Dialect(delimiter="|", quote=None), {"n": pa.int64()})
+    table, rejects = parse_all(parser, (b'n|text\n1|say "hi\n2|x\nthree|y\n', 1))
+    assert table.column("text").to_pylist() == ['say "hi', "x"]
+    assert rejects == [(4, "column 'n': cannot read 'three' as int64")]

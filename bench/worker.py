@@ -1,0 +1,244 @@
+"""`make bench-worker`: the worker against the physical limit and reference converters, one table.
+
+Generates an IoT-style CSV (SIZE_MB, default 800), then on that same file measures, each in its own
+child process: `cat` to /dev/null, the worker from the local file, the worker from a loopback S3
+(moto), pandas `read_csv(chunksize=…)` → pyarrow ParquetWriter, DuckDB COPY → Parquet and polars
+`scan_csv().sink_parquet()`. Wall time, MB/s, the child's own peak RSS (wait4) and the ratio to the
+worker's local time. polars and duckdb are benchmark-only dependencies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+MB = 1_000_000
+CONTENDERS = ["cat", "worker (local file)", "worker (loopback S3)", "pandas chunked → ParquetWriter",
+              "DuckDB COPY → Parquet", "polars sink_parquet"]  # fmt: skip
+
+
+def generate(path: Path, size_mb: int, seed: int = 7) -> int:
+    """An IoT-style CSV: timestamp, device id, categories, floats, a quoted string with commas."""
+    rng = np.random.default_rng(seed)
+    rows_per_block = 200_000
+    start = np.datetime64("2024-05-01T00:00:00.000")
+    written = 0
+    block_index = 0
+    with path.open("wb") as handle:
+        while written < size_mb * MB:
+            n = rows_per_block
+            offsets = (np.arange(n) + block_index * n) * 37
+            ids = rng.integers(0, 50_000, n)
+            table = pa.table(
+                {
+                    "ts": pa.array((start + offsets.astype("timedelta64[ms]")).astype("datetime64[ms]")),
+                    "device_id": pa.array(np.char.add("dev-", ids.astype(str))),
+                    "site": pa.array(np.array(["north", "south", "east", "west", "lab"])[ids % 5]),
+                    "kind": pa.array(np.array(["thermo", "hygro", "baro", "co2"])[ids % 4]),
+                    "temperature": pa.array(np.round(rng.normal(21, 4, n), 3)),
+                    "humidity": pa.array(np.round(rng.uniform(20, 90, n), 2)),
+                    "pressure": pa.array(np.round(rng.normal(1013, 8, n), 1)),
+                    "battery": pa.array(rng.integers(0, 101, n)),
+                    "note": pa.array(np.char.add("reading ok, sensor ", (ids % 977).astype(str))),
+                }
+            )
+            options = pacsv.WriteOptions(include_header=block_index == 0, quoting_style="needed")
+            sink = pa.BufferOutputStream()
+            pacsv.write_csv(table, sink, write_options=options)
+            data = sink.getvalue().to_pybytes()
+            handle.write(data)
+            written += len(data)
+            block_index += 1
+    return written
+
+
+@dataclass
+class Result:
+    name: str
+    seconds: float
+    peak_rss_mb: float
+    note: str = ""
+
+
+# A small exec'd process that forks the contender, so the contender's peak RSS (wait4) is its own and
+# not inflated by the pages of the big benchmark process it would otherwise be forked from.
+MEASURE = """
+import json, os, sys, time
+started = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    os.execvp(sys.argv[1], sys.argv[1:])
+_, status, usage = os.wait4(pid, 0)
+print(json.dumps({"seconds": time.perf_counter() - started, "rss": usage.ru_maxrss / 1024,
+                  "code": os.waitstatus_to_exitcode(status)}))
+"""
+
+
+def measure(name: str, command: list[str], env: dict[str, str] | None = None) -> Result:
+    """Run *command* as a child; its wall time and its own peak RSS."""
+    done = subprocess.run(
+        [sys.executable, "-S", "-c", MEASURE, *command], env=env, capture_output=True, text=True, check=False
+    )
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    note = f"failed ({found['code']}): {done.stderr.strip()[-200:]}" if found["code"] else ""
+    return Result(name, found["seconds"], found["rss"], note)
+
+
+PANDAS = """
+import sys, pandas as pd, pyarrow as pa, pyarrow.parquet as pq
+writer = None
+for chunk in pd.read_csv(sys.argv[1], chunksize=500_000):
+    table = pa.Table.from_pandas(chunk, preserve_index=False)
+    if writer is None:
+        writer = pq.ParquetWriter(sys.argv[2], table.schema)
+    writer.write_table(table.cast(writer.schema))
+writer.close()
+"""
+DUCKDB = """
+import sys, duckdb
+duckdb.sql(f"COPY (SELECT * FROM read_csv('{sys.argv[1]}')) TO '{sys.argv[2]}' (FORMAT parquet)")
+"""
+POLARS = """
+import sys, polars as pl
+pl.scan_csv(sys.argv[1]).sink_parquet(sys.argv[2])
+"""
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--size-mb", type=int, default=int(os.environ.get("SIZE_MB", "800")))
+    parser.add_argument(
+        "--workdir", default=os.environ.get("BENCH_DIR"), help="where the file and outputs go"
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the generated file")
+    parser.add_argument("--repeat", type=int, default=int(os.environ.get("REPEAT", "2")), help="rounds")
+    parser.add_argument(
+        "--skip", default="", help="comma list of contenders to skip: s3,pandas,duckdb,polars"
+    )
+    args = parser.parse_args()
+    skip = {item.strip() for item in args.skip.split(",") if item.strip()}
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="crawljob-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    source = workdir / "iot.csv"
+    started = time.perf_counter()
+    size = generate(source, args.size_mb)
+    print(
+        f"generated {source} ({size / MB:,.0f} MB) in {time.perf_counter() - started:.1f}s", file=sys.stderr
+    )
+    python = sys.executable
+    worker = [python, "-m", "crawljob_worker"]
+    local_worker = [
+        *worker,
+        str(source),
+        "--output",
+        str(workdir / "out-local"),
+        "--termination-log",
+        str(workdir / "t"),
+    ]
+    references = {
+        "pandas": ("pandas chunked → ParquetWriter", PANDAS, "pandas.parquet"),
+        "duckdb": ("DuckDB COPY → Parquet", DUCKDB, "duckdb.parquet"),
+        "polars": ("polars sink_parquet", POLARS, "polars.parquet"),
+    }
+    s3_worker = [
+        *worker,
+        "s3://bench/iot.csv",
+        "--output",
+        str(workdir / "out-s3"),
+        "--termination-log",
+        str(workdir / "t"),
+    ]
+    runs: dict[str, list[Result]] = {}
+    try:
+        with contextlib.ExitStack() as stack:
+            s3_env = stack.enter_context(loopback_s3(source)) if "s3" not in skip else None
+            measure("warm page cache", ["cat", str(source)])
+            for _ in range(args.repeat):  # rounds interleave the contenders, so load drifts hit all alike
+                round_results = [
+                    measure("cat", ["cat", str(source)]),
+                    measure("worker (local file)", local_worker),
+                ]
+                if s3_env is not None:
+                    round_results.append(measure("worker (loopback S3)", s3_worker, env=s3_env))
+                for key, (name, script, output) in references.items():
+                    if key not in skip:
+                        round_results.append(
+                            measure(name, [python, "-c", script, str(source), str(workdir / output)])
+                        )
+                for result in round_results:
+                    runs.setdefault(result.name, []).append(result)
+    finally:
+        if not args.keep and not args.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+    results = [best(name, attempts) for name, attempts in runs.items()]
+    load = os.getloadavg()[0]
+    print(f"\n{args.repeat} round(s), best wall time of each; load average at the end {load:.1f}", end="")
+    print(f" on {os.cpu_count()} cores")
+    print(table(results, size))
+    return 0
+
+
+@contextlib.contextmanager
+def loopback_s3(source: Path) -> Iterator[dict[str, str]]:
+    """moto's S3 server on loopback holding the file as s3://bench/iot.csv (upload not timed)."""
+    import boto3
+
+    from crawljob_operator.local.s3 import run_local_s3
+
+    with run_local_s3() as s3:
+        env = {**os.environ, **s3.environment()}
+        client = boto3.client(
+            "s3", endpoint_url=s3.endpoint, region_name="us-east-1",
+            aws_access_key_id=env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        )  # fmt: skip
+        client.create_bucket(Bucket="bench")
+        client.upload_file(str(source), "bench", "iot.csv")
+        yield env
+
+
+def best(name: str, attempts: list[Result]) -> Result:
+    """The fastest successful attempt's time, the highest peak RSS of all attempts."""
+    good = [attempt for attempt in attempts if not attempt.note] or attempts
+    fastest = min(good, key=lambda attempt: attempt.seconds)
+    return Result(name, fastest.seconds, max(a.peak_rss_mb for a in attempts), fastest.note)
+
+
+def table(results: list[Result], size: int) -> str:
+    worker = next((r for r in results if r.name == "worker (local file)" and not r.note), None)
+    lines = [
+        f"| contender ({size / MB:,.0f} MB CSV) | wall s | MB/s | peak RSS MB | time ÷ worker |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for result in results:
+        ratio = f"{result.seconds / worker.seconds:.2f}" if worker else "-"
+        rate = size / MB / result.seconds
+        note = f" {result.note}" if result.note else ""
+        row = [
+            f"{result.name}{note}",
+            f"{result.seconds:.1f}",
+            f"{rate:,.0f}",
+            f"{result.peak_rss_mb:,.0f}",
+            ratio,
+        ]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""Which finished CrawlJobs to delete: past a TTL, or beyond per-outcome history limits (pure)."""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+
+def parse_time(value: Any) -> datetime.datetime | None:
+    """An RFC 3339 timestamp as an aware datetime, or None."""
+    if not value:
+        return None
+    try:
+        parsed = datetime.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.UTC)
+
+
+def select_for_deletion(
+    crawljobs: Iterable[Mapping[str, Any]],
+    now: datetime.datetime,
+    ttl_seconds: int | None,
+    successful_limit: int | None,
+    failed_limit: int | None,
+) -> list[str]:
+    """Names of finished CrawlJobs to delete; unfinished ones are never selected.
+
+    Like CronJob's history limits: per outcome (Succeeded; Failed, Cancelled and Superseded together),
+    the newest by completionTime are kept.
+    """
+    doomed: set[str] = set()
+    by_outcome: dict[str, list[tuple[datetime.datetime, str]]] = {"Succeeded": [], "Failed": []}
+    for crawljob in crawljobs:
+        status = crawljob.get("status") or {}
+        phase = status.get("phase")
+        if phase not in ("Succeeded", "Failed", "Cancelled", "Superseded"):
+            continue
+        name = str((crawljob.get("metadata") or {}).get("name"))
+        finished = parse_time(status.get("completionTime")) or parse_time(
+            (crawljob.get("metadata") or {}).get("creationTimestamp")
+        )
+        if finished is None:
+            continue
+        if ttl_seconds is not None and (now - finished).total_seconds() >= ttl_seconds:
+            doomed.add(name)
+        by_outcome["Succeeded" if phase == "Succeeded" else "Failed"].append((finished, name))
+    for outcome, limit in (("Succeeded", successful_limit), ("Failed", failed_limit)):
+        if limit is None:
+            continue
+        newest_first = sorted(by_outcome[outcome], reverse=True)
+        doomed.update(name for _, name in newest_first[limit:])
+    return sorted(doomed)

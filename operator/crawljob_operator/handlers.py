@@ -1,0 +1,570 @@
+"""kopf handlers: thin adapters that keep a view of CrawlJobs, Jobs and Pods and act on it.
+
+Decisions are made by the pure modules (`jobs`, `status`, `queue`, `gc`); this module only reads
+events, calls them and writes what they say through `kube`. No finalizers are used (no delete or
+timer handlers on CrawlJobs): deletions never hang while the operator is down; cancellation is done
+from the DELETED event, backed by owner references for the cluster's garbage collector.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import datetime
+import logging
+import secrets
+import socket
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+
+from crawljob_operator import gc, jobs, kube, queue, resource, status
+from crawljob_operator.config import OperatorSettings
+from crawljob_operator.operator_metrics import OperatorMetrics
+
+log = logging.getLogger("crawljob.operator")
+
+Body = dict[str, Any]
+Key = tuple[str, str]  # (namespace, name)
+
+MANAGED = {resource.LABEL_MANAGED_BY: resource.MANAGED_BY}
+ANNOTATION_RERUN = "crawljob.io/rerun"
+
+
+def _now() -> str:
+    return datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _key(body: Mapping[str, Any]) -> Key:
+    metadata = body.get("metadata") or {}
+    return (str(metadata.get("namespace") or "default"), str(metadata.get("name")))
+
+
+def _version(body: Mapping[str, Any]) -> int | None:
+    value = (body.get("metadata") or {}).get("resourceVersion")
+    try:
+        return int(str(value))
+    except ValueError:
+        return None
+
+
+def _job_finished(job: Mapping[str, Any]) -> bool:
+    for condition in (job.get("status") or {}).get("conditions") or []:
+        if condition.get("type") in ("Complete", "Failed") and condition.get("status") == "True":
+            return True
+    return False
+
+
+@dataclass
+class State:
+    """The operator's view of the cluster and its collaborators; lives in kopf's memo."""
+
+    settings: OperatorSettings
+    client: kube.KubeClient
+    metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
+    crawljobs: dict[Key, Body] = field(default_factory=dict)
+    jobs: dict[Key, Body] = field(default_factory=dict)
+    pods: dict[Key, Body] = field(default_factory=dict)
+    creating: set[Key] = field(default_factory=set)
+    locks: defaultdict[Key, asyncio.Lock] = field(default_factory=lambda: defaultdict(asyncio.Lock))
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    create_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(16))
+    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    instance: str = field(default_factory=socket.gethostname)
+    healthy_at: float = 0.0
+
+    def remember(self, store: dict[Key, Body], body: Mapping[str, Any]) -> None:
+        """Keep the newest version of *body* (watch events may arrive after a newer write answer)."""
+        key = _key(body)
+        known = store.get(key)
+        new, old = _version(body), _version(known or {})
+        if known is not None and new is not None and old is not None and new < old:
+            return
+        store[key] = copy.deepcopy(dict(body))
+
+    def spawn(self, coroutine: Any) -> None:
+        task = asyncio.create_task(coroutine)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def pods_of(self, namespace: str, job_name: str) -> list[Body]:
+        return [
+            pod
+            for (pod_namespace, _), pod in self.pods.items()
+            if pod_namespace == namespace
+            and ((pod.get("metadata") or {}).get("labels") or {}).get("job-name") == job_name
+        ]
+
+    def jobs_of(self, namespace: str, crawljob_name: str) -> list[Body]:
+        return [
+            job
+            for (job_namespace, _), job in self.jobs.items()
+            if job_namespace == namespace
+            and ((job.get("metadata") or {}).get("labels") or {}).get(resource.LABEL_CRAWLJOB)
+            == crawljob_name
+        ]
+
+
+def get_state(memo: Any) -> State:
+    state: State = memo["crawljob"]
+    return state
+
+
+# ---- reconciling one CrawlJob ----
+
+
+async def post_event(
+    state: State, crawljob: Mapping[str, Any], reason: str, message: str, warning: bool
+) -> None:
+    """A Kubernetes Event on the CrawlJob (best effort: failures are logged, never raised)."""
+    metadata = crawljob.get("metadata") or {}
+    namespace = str(metadata.get("namespace") or "default")
+    now = datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    event = {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"name": f"{metadata.get('name')}.{secrets.token_hex(8)}", "namespace": namespace},
+        "involvedObject": {
+            "apiVersion": resource.API_VERSION,
+            "kind": resource.KIND,
+            "name": metadata.get("name"),
+            "namespace": namespace,
+            "uid": metadata.get("uid"),
+        },
+        "reason": reason,
+        "message": message[:1024],
+        "type": "Warning" if warning else "Normal",
+        "firstTimestamp": now[:19] + "Z",
+        "lastTimestamp": now[:19] + "Z",
+        "eventTime": now,
+        "count": 1,
+        "action": "Reconcile",
+        "source": {"component": resource.MANAGED_BY},
+        "reportingComponent": resource.MANAGED_BY,
+        "reportingInstance": state.instance,
+    }
+    try:
+        await state.client.create(kube.EVENTS, namespace, event)
+    except kube.KubeError as exc:
+        state.metrics.api_errors.labels("event").inc()
+        log.warning("cannot post event %s on %s: %s", reason, metadata.get("name"), exc)
+
+
+async def write_status(
+    state: State, crawljob: Body, observation: status.Observation, job_name: str | None
+) -> Body:
+    """Patch the CrawlJob's status to match *observation*; post an Event when the phase or reason changes."""
+    current = crawljob.get("status") or {}
+    metadata = crawljob.get("metadata") or {}
+    generation = metadata.get("generation")
+    desired = status.desired_status(current, observation, generation, job_name, _now())
+    patch = status.status_patch(current, desired)
+    if not patch:
+        return crawljob
+    namespace, name = _key(crawljob)
+    try:
+        updated = await state.client.patch(kube.CRAWLJOBS, namespace, name, {"status": patch}, "status")
+    except kube.NotFound:
+        return crawljob
+    except kube.KubeError as exc:
+        state.metrics.api_errors.labels("status").inc()
+        raise kopf.TemporaryError(f"cannot update the status of {name}: {exc}", delay=2) from exc
+    if updated.get("metadata"):
+        state.remember(state.crawljobs, updated)
+    transitioned = current.get("phase") != observation.phase or current.get("reason") != observation.reason
+    if transitioned:
+        log.info(
+            "%s: %s (%s) %s",
+            name,
+            observation.phase,
+            observation.reason,
+            observation.message,
+            extra={"crawljob": name, "namespace": namespace, "phase": observation.phase},
+        )
+        state.metrics.transitions.labels(observation.phase, observation.reason).inc()
+        if status.is_terminal(observation.phase) and observation.start_time and observation.completion_time:
+            started = gc.parse_time(observation.start_time)
+            finished = gc.parse_time(observation.completion_time)
+            if started and finished:
+                state.metrics.duration.labels(observation.phase).observe((finished - started).total_seconds())
+        await post_event(
+            state,
+            crawljob,
+            observation.reason,
+            f"{observation.phase}: {observation.message}",
+            observation.warning,
+        )
+    return updated if updated.get("metadata") else crawljob
+
+
+async def reconcile(state: State, key: Key) -> None:
+    """Bring one CrawlJob's status in line with its Job and Pods (and handle a re-run request)."""
+    async with state.locks[key]:
+        crawljob = state.crawljobs.get(key)
+        if crawljob is None or (crawljob.get("metadata") or {}).get("deletionTimestamp"):
+            return
+        namespace, name = key
+        crawljob = await _maybe_rerun(state, crawljob)
+        current = crawljob.get("status") or {}
+        uid = str((crawljob.get("metadata") or {}).get("uid") or "")
+        expected = jobs.job_name(name, jobs.run_number(crawljob))
+        job = state.jobs.get((namespace, expected))
+        if job is not None and uid and not jobs.is_owned_by(job, uid):
+            # A Job of an earlier CrawlJob with the same name (no GC in some setups): not ours.
+            log.warning("%s: Job %s belongs to another object; deleting it", name, expected)
+            await _delete_job(state, namespace, expected)
+            return
+        if status.is_terminal(current.get("phase")):
+            return
+        if job is None:
+            if current.get("jobName") == expected and (namespace, name) not in state.creating:
+                # We made it before: is it really gone (deleted behind our back)?
+                try:
+                    found = await state.client.get(kube.JOBS, namespace, expected)
+                except kube.NotFound:
+                    await write_status(state, crawljob, status.job_deleted(expected, _now()), expected)
+                    state.wake.set()
+                    return
+                except kube.KubeError as exc:
+                    raise kopf.TemporaryError(f"cannot read Job {expected}: {exc}", delay=2) from exc
+                state.remember(state.jobs, found)
+                job = found
+            else:
+                return  # waiting for a slot: the scheduler writes Queued and creates the Job
+        observation = status.observe(job, state.pods_of(namespace, expected), _now())
+        await write_status(state, crawljob, observation, expected)
+        if status.is_terminal(observation.phase):
+            state.wake.set()
+
+
+async def _maybe_rerun(state: State, crawljob: Body) -> Body:
+    """Start a new run when the crawljob.io/rerun annotation carries a token not seen before."""
+    token = ((crawljob.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_RERUN)
+    current = crawljob.get("status") or {}
+    if not token or token == current.get("rerunToken"):
+        return crawljob
+    namespace, name = _key(crawljob)
+    if not status.is_terminal(current.get("phase")):
+        patch: Body = {"rerunToken": token}
+        message = (
+            f"re-run {token!r} ignored: the crawl has not finished (phase {current.get('phase') or 'new'})"
+        )
+        reason, warning = "RerunIgnored", True
+    else:
+        run = jobs.run_number(crawljob) + 1
+        patch = {
+            "rerunToken": token,
+            "run": run,
+            "phase": "Pending",
+            "reason": "Rerun",
+            "message": f"re-run {token!r} requested: waiting to start run {run}",
+            "jobName": None,
+            "attempts": 0,
+            "startTime": None,
+            "completionTime": None,
+            "result": None,
+            "progress": None,
+        }
+        message, reason, warning = str(patch["message"]), "Rerun", False
+        old = current.get("jobName")
+        if old:
+            state.spawn(_delete_job(state, namespace, str(old)))
+    try:
+        updated = await state.client.patch(kube.CRAWLJOBS, namespace, name, {"status": patch}, "status")
+    except kube.KubeError as exc:
+        raise kopf.TemporaryError(f"cannot record the re-run of {name}: {exc}", delay=2) from exc
+    state.remember(state.crawljobs, updated)
+    await post_event(state, crawljob, reason, message, warning)
+    state.wake.set()
+    return state.crawljobs.get((namespace, name), updated)
+
+
+async def _delete_job(state: State, namespace: str, job_name: str) -> None:
+    """Delete a Job (foreground) and, explicitly, its Pods (where garbage collection is slow or absent)."""
+    with contextlib.suppress(kube.NotFound):
+        try:
+            await state.client.delete(kube.JOBS, namespace, job_name, propagation="Foreground")
+        except kube.KubeError as exc:
+            state.metrics.api_errors.labels("delete").inc()
+            log.warning("cannot delete Job %s: %s", job_name, exc)
+    pods = await _list_quietly(state, kube.PODS, namespace, {"job-name": job_name})
+    for pod in pods + state.pods_of(namespace, job_name):
+        with contextlib.suppress(kube.KubeError):
+            await state.client.delete(kube.PODS, namespace, pod["metadata"]["name"])
+
+
+async def _list_quietly(
+    state: State, what: kube.Resource, namespace: str | None, labels: Mapping[str, str]
+) -> list[Body]:
+    try:
+        return await state.client.list(what, namespace, labels)
+    except kube.KubeError as exc:
+        log.warning("cannot list %s: %s", what.plural, exc)
+        return []
+
+
+# ---- admission under the cap ----
+
+
+def _needs_job(state: State, crawljob: Mapping[str, Any]) -> tuple[bool, bool]:
+    """(holds a slot, waits for one) for one CrawlJob."""
+    namespace, name = _key(crawljob)
+    current = crawljob.get("status") or {}
+    if status.is_terminal(current.get("phase")) or (crawljob.get("metadata") or {}).get("deletionTimestamp"):
+        return False, False
+    expected = jobs.job_name(name, jobs.run_number(crawljob))
+    job = state.jobs.get((namespace, expected))
+    if (namespace, name) in state.creating:
+        return True, False
+    if job is not None:
+        return not _job_finished(job), False
+    if current.get("jobName") == expected:
+        return True, False  # its Job vanished: reconcile() fails it; count it until then
+    return False, True
+
+
+async def schedule(state: State) -> None:
+    """Admit waiting CrawlJobs into free slots (FIFO) and keep queue positions current."""
+    candidates = []
+    for crawljob in state.crawljobs.values():
+        active, waiting = _needs_job(state, crawljob)
+        if active or waiting:
+            candidates.append(queue.candidate_from(crawljob, active, waiting))
+    plan = queue.plan(candidates, state.settings.max_active)
+    state.metrics.queue_length.set(len(plan.positions))
+    state.metrics.active.set(plan.active)
+    for name in plan.admit:
+        crawljob = next(
+            body for key, body in state.crawljobs.items() if key[1] == name and _needs_job(state, body)[1]
+        )
+        state.creating.add(_key(crawljob))
+        state.spawn(create_job(state, _key(crawljob)))
+    for name, position in plan.positions.items():
+        for key, crawljob in list(state.crawljobs.items()):
+            if key[1] != name:
+                continue
+            current = crawljob.get("status") or {}
+            observation = status.queued(position, len(plan.positions), state.settings.max_active)
+            if current.get("phase") != "Queued" or current.get("message") != observation.message:
+                state.spawn(_write_queued(state, key, observation))
+
+
+async def _write_queued(state: State, key: Key, observation: status.Observation) -> None:
+    async with state.locks[key]:
+        crawljob = state.crawljobs.get(key)
+        if crawljob is None or not _needs_job(state, crawljob)[1]:
+            return
+        with contextlib.suppress(kopf.TemporaryError):
+            await write_status(state, crawljob, observation, None)
+
+
+async def create_job(state: State, key: Key) -> None:
+    """Create the Job of an admitted CrawlJob; a 409 adopts the Job when it is ours (restart safety)."""
+    namespace, name = key
+    try:
+        async with state.create_slots, state.locks[key]:
+            crawljob = state.crawljobs.get(key)
+            if crawljob is None or not (crawljob.get("metadata") or {}).get("uid"):
+                return
+            try:
+                manifest = jobs.build_job(crawljob, state.settings)
+            except (KeyError, TypeError, ValueError) as exc:
+                await write_status(
+                    state, crawljob, status.invalid_spec(f"cannot build the Job: {exc!r}", _now()), None
+                )
+                return
+            job_name = manifest["metadata"]["name"]
+            try:
+                created = await state.client.create(kube.JOBS, namespace, manifest)
+                state.metrics.jobs_created.inc()
+                event_time = gc.parse_time(
+                    ((crawljob.get("spec") or {}).get("source") or {}).get("eventTime")
+                )
+                if event_time is not None:
+                    lag = (datetime.datetime.now(tz=datetime.UTC) - event_time).total_seconds()
+                    state.metrics.start_lag.observe(max(0.0, lag))
+            except kube.Conflict:
+                created = await state.client.get(kube.JOBS, namespace, job_name)
+                if not jobs.is_owned_by(created, crawljob["metadata"]["uid"]):
+                    message = f"a Job named {job_name} exists and is not owned by this CrawlJob; delete it"
+                    await write_status(state, crawljob, status.invalid_spec(message, _now()), None)
+                    return
+                state.metrics.jobs_adopted.inc()
+                log.info("%s: adopted existing Job %s", name, job_name, extra={"crawljob": name})
+            except kube.Invalid as exc:
+                await write_status(
+                    state, crawljob, status.invalid_spec(f"the Job was refused: {exc}", _now()), None
+                )
+                return
+            state.remember(state.jobs, created)
+            observation = status.observe(created, state.pods_of(namespace, job_name), _now())
+            await write_status(state, crawljob, observation, job_name)
+    except (kube.KubeError, kopf.TemporaryError) as exc:
+        state.metrics.api_errors.labels("create").inc()
+        log.warning("%s: cannot create its Job yet (will retry): %s", name, exc, extra={"crawljob": name})
+    finally:
+        state.creating.discard(key)
+        state.wake.set()
+
+
+async def scheduler_loop(state: State) -> None:
+    """Run schedule() whenever something changed (bursts of events coalesce into one pass)."""
+    while True:
+        await state.wake.wait()
+        state.wake.clear()
+        try:
+            await schedule(state)
+        except Exception:
+            log.exception("scheduling failed; will retry on the next change")
+        await asyncio.sleep(0.05)
+
+
+# ---- periodic resync and garbage collection ----
+
+
+async def resync(state: State) -> None:
+    """Re-read everything from the API, reconcile every unfinished CrawlJob, and collect garbage."""
+    namespace = state.settings.namespace
+    crawljobs = await state.client.list(kube.CRAWLJOBS, namespace)
+    job_list = await state.client.list(kube.JOBS, namespace, MANAGED)
+    pod_list = await state.client.list(kube.PODS, namespace, MANAGED)
+    for store, items in ((state.crawljobs, crawljobs), (state.jobs, job_list), (state.pods, pod_list)):
+        seen = {_key(item) for item in items}
+        for item in items:
+            state.remember(store, item)
+        for key in list(store):
+            if key not in seen and key not in state.creating:
+                store.pop(key, None)
+    state.healthy_at = asyncio.get_running_loop().time()
+    phases: dict[str, int] = defaultdict(int)
+    for key, crawljob in list(state.crawljobs.items()):
+        phases[str((crawljob.get("status") or {}).get("phase") or "New")] += 1
+        if not status.is_terminal((crawljob.get("status") or {}).get("phase")) or (
+            (crawljob.get("metadata") or {}).get("annotations") or {}
+        ).get(ANNOTATION_RERUN):
+            with contextlib.suppress(kopf.TemporaryError, kube.KubeError):
+                await reconcile(state, key)
+    for phase in resource.PHASES:
+        state.metrics.phase.labels(phase).set(phases.get(phase, 0))
+    state.wake.set()
+    await collect_garbage(state)
+
+
+async def collect_garbage(state: State) -> None:
+    """Delete finished CrawlJobs past the TTL or beyond the history limits (their Jobs follow)."""
+    settings = state.settings
+    if (
+        settings.finished_ttl_seconds is None
+        and settings.successful_history_limit is None
+        and (settings.failed_history_limit is None)
+    ):
+        return
+    by_namespace: dict[str, list[Body]] = defaultdict(list)
+    for (namespace, _), crawljob in state.crawljobs.items():
+        by_namespace[namespace].append(crawljob)
+    now = datetime.datetime.now(tz=datetime.UTC)
+    for namespace, items in by_namespace.items():
+        doomed = gc.select_for_deletion(
+            items,
+            now,
+            settings.finished_ttl_seconds,
+            settings.successful_history_limit,
+            settings.failed_history_limit,
+        )
+        for name in doomed:
+            try:
+                await state.client.delete(kube.CRAWLJOBS, namespace, name, propagation="Background")
+                state.metrics.garbage_collected.inc()
+                log.info(
+                    "%s: garbage-collected (finished, past TTL or history limit)",
+                    name,
+                    extra={"crawljob": name},
+                )
+            except kube.NotFound:
+                pass
+            except kube.KubeError as exc:
+                log.warning("cannot garbage-collect %s: %s", name, exc)
+
+
+async def resync_loop(state: State) -> None:
+    """resync() every settings.resync_seconds; failures are logged and retried next period."""
+    while True:
+        await asyncio.sleep(state.settings.resync_seconds)
+        try:
+            await resync(state)
+        except kube.KubeError as exc:
+            log.warning("resync failed (will retry): %s", exc)
+        except Exception:
+            log.exception("resync failed unexpectedly (will retry)")
+
+
+# ---- kopf registration ----
+
+
+async def on_crawljob_event(event: Mapping[str, Any], memo: Any, **_: Any) -> None:
+    """CrawlJob added/modified/deleted: keep the view, reconcile it, and rethink the queue."""
+    state = get_state(memo)
+    body = event.get("object") or {}
+    key = _key(body)
+    if event.get("type") == "DELETED":
+        state.crawljobs.pop(key, None)
+        await cancel(state, body)
+        state.wake.set()
+        return
+    state.remember(state.crawljobs, body)
+    await reconcile(state, key)
+    state.wake.set()
+
+
+async def cancel(state: State, crawljob: Mapping[str, Any]) -> None:
+    """A deleted CrawlJob: delete its Jobs (foreground) and their Pods, whatever the GC does."""
+    namespace, name = _key(crawljob)
+    uid = (crawljob.get("metadata") or {}).get("uid")
+    known = state.jobs_of(namespace, name)
+    listed = await _list_quietly(state, kube.JOBS, namespace, {resource.LABEL_CRAWLJOB: name})
+    names = {job["metadata"]["name"] for job in known + listed if not uid or jobs.is_owned_by(job, str(uid))}
+    for job_name in sorted(names):
+        finished = _job_finished(state.jobs.get((namespace, job_name)) or {})
+        await _delete_job(state, namespace, job_name)
+        if not finished:
+            log.info("%s: deleted; its Job %s was cancelled", name, job_name, extra={"crawljob": name})
+
+
+async def on_job_event(event: Mapping[str, Any], memo: Any, **_: Any) -> None:
+    """A Job of ours changed: reflect it on its CrawlJob."""
+    state = get_state(memo)
+    body = event.get("object") or {}
+    key = _key(body)
+    if event.get("type") == "DELETED":
+        state.jobs.pop(key, None)
+    else:
+        state.remember(state.jobs, body)
+    owner = ((body.get("metadata") or {}).get("labels") or {}).get(resource.LABEL_CRAWLJOB)
+    if owner:
+        await reconcile(state, (key[0], owner))
+    state.wake.set()
+
+
+async def on_pod_event(event: Mapping[str, Any], memo: Any, **_: Any) -> None:
+    """A worker Pod changed: reflect it on its CrawlJob (running, stuck pulling, terminated)."""
+    state = get_state(memo)
+    body = event.get("object") or {}
+    key = _key(body)
+    if event.get("type") == "DELETED":
+        state.pods.pop(key, None)
+        return
+    state.remember(state.pods, body)
+    owner = ((body.get("metadata") or {}).get("labels") or {}).get(resource.LABEL_CRAWLJOB)
+    if owner:
+        await reconcile(state, (key[0], owner))
+
+
+def register(registry: kopf.OperatorRegistry) -> None:
+    """Register the resource handlers on *registry* (startup/cleanup/login live in operator_app)."""
+    kopf.on.event(resource.GROUP, resource.VERSION, resource.PLURAL, registry=registry)(on_crawljob_event)
+    kopf.on.event("batch", "v1", "jobs", labels=MANAGED, registry=registry)(on_job_event)
+    kopf.on.event("", "v1", "pods", labels=MANAGED, registry=registry)(on_pod_event)

@@ -1,0 +1,198 @@
+"""CrawlJob + OperatorSettings → the batch/v1 Job that runs the worker (pure: no I/O)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from crawljob_operator import resource
+from crawljob_operator.config import OperatorSettings
+
+Body = dict[str, Any]
+
+CONTAINER_NAME = "worker"
+TERMINATION_LOG = "/dev/termination-log"
+# Worker exit codes that mean "bad input or configuration": retrying cannot help (docs/contracts.md).
+PERMANENT_EXIT_CODES = (2, 3, 4, 5, 6)
+ANNOTATION_RERUN = "crawljob.io/rerun"
+ANNOTATION_RUN = "crawljob.io/run"
+
+DEFAULT_POD_SECURITY_CONTEXT: Mapping[str, Any] = {
+    "runAsNonRoot": True,
+    "runAsUser": 10001,
+    "runAsGroup": 10001,
+    "fsGroup": 10001,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+CONTAINER_SECURITY_CONTEXT: Mapping[str, Any] = {
+    "runAsNonRoot": True,
+    "readOnlyRootFilesystem": True,
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def job_name(crawljob_name: str, run: int) -> str:
+    """The Job of the *run*-th run of a CrawlJob: its own name first, then `<name>-r<run>` on re-runs."""
+    return crawljob_name if run <= 1 else f"{crawljob_name}-r{run}"
+
+
+def run_number(crawljob: Mapping[str, Any]) -> int:
+    """Which run of the CrawlJob is current (1 unless it was re-run)."""
+    status = crawljob.get("status") or {}
+    try:
+        return max(1, int(status.get("run") or 1))
+    except (TypeError, ValueError):
+        return 1
+
+
+def source_uri(spec: Mapping[str, Any]) -> str:
+    """`s3://bucket/key` of the object to process."""
+    source = spec.get("source") or {}
+    return f"s3://{source['bucket']}/{source['key']}"
+
+
+def output_uri(spec: Mapping[str, Any], name: str, settings: OperatorSettings) -> str:
+    """Where the worker writes: spec.output.uri, else `<default>/<name>/`, else the source bucket."""
+    explicit = (spec.get("output") or {}).get("uri")
+    if explicit:
+        return str(explicit)
+    if settings.default_output_uri:
+        return f"{settings.default_output_uri.rstrip('/')}/{name}/"
+    return f"s3://{spec['source']['bucket']}/crawljob-output/{name}/"
+
+
+def worker_args(spec: Mapping[str, Any], name: str, settings: OperatorSettings) -> list[str]:
+    """Command-line arguments of the worker, per its CLI contract."""
+    args = [source_uri(spec), "--output", output_uri(spec, name, settings)]
+    output_format = (spec.get("output") or {}).get("format")
+    if output_format:
+        args += ["--format", str(output_format)]
+    csv = spec.get("csv") or {}
+    if csv.get("delimiter"):
+        args += ["--delimiter", str(csv["delimiter"])]
+    if csv.get("header") is False:
+        args.append("--no-header")
+    if csv.get("encoding"):
+        args += ["--encoding", str(csv["encoding"])]
+    if csv.get("compression"):
+        args += ["--compression", str(csv["compression"])]
+    if csv.get("dtypes"):
+        args += ["--dtypes", json.dumps(csv["dtypes"], sort_keys=True)]
+    if spec.get("maxRejectRatio") is not None:
+        args += ["--max-reject-ratio", str(spec["maxRejectRatio"])]
+    version_id = (spec.get("source") or {}).get("versionId")
+    if version_id:
+        args += ["--version-id", str(version_id)]
+    return args
+
+
+def _labels(crawljob_name: str) -> dict[str, str]:
+    return {
+        resource.LABEL_NAME: "crawljob",
+        resource.LABEL_MANAGED_BY: resource.MANAGED_BY,
+        resource.LABEL_CRAWLJOB: crawljob_name,
+    }
+
+
+def build_job(crawljob: Mapping[str, Any], settings: OperatorSettings) -> Body:
+    """The Job manifest for the current run of *crawljob* (which must have metadata.uid)."""
+    metadata = crawljob["metadata"]
+    name = str(metadata["name"])
+    spec = crawljob.get("spec") or {}
+    template = spec.get("jobTemplate") or {}
+    run = run_number(crawljob)
+    labels = _labels(name)
+    env: list[dict[str, Any]] = [
+        {"name": "CRAWLJOB_NAME", "value": name},
+        {"name": "CRAWLJOB_NAMESPACE", "value": str(metadata.get("namespace") or "default")},
+    ]
+    env += [dict(item) for item in settings.worker_env]
+    env += [dict(item) for item in template.get("env") or []]
+    resources = dict(template.get("resources") or settings.worker_resources or {})
+    container: Body = {
+        "name": CONTAINER_NAME,
+        "image": template.get("image") or settings.worker_image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": list(settings.worker_command),
+        "args": worker_args(spec, name, settings),
+        "env": env,
+        "resources": resources,
+        "securityContext": dict(CONTAINER_SECURITY_CONTEXT),
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        # The root filesystem is read-only; temporary files go to an emptyDir.
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+    }
+    pod_spec: Body = {
+        "restartPolicy": "Never",
+        "containers": [container],
+        "securityContext": dict(settings.worker_security_context or DEFAULT_POD_SECURITY_CONTEXT),
+        "volumes": [{"name": "tmp", "emptyDir": {}}],
+        "automountServiceAccountToken": True,
+    }
+    service_account = template.get("serviceAccountName") or settings.worker_service_account
+    if service_account:
+        pod_spec["serviceAccountName"] = service_account
+    if template.get("nodeSelector"):
+        pod_spec["nodeSelector"] = dict(template["nodeSelector"])
+    if template.get("tolerations"):
+        pod_spec["tolerations"] = [dict(item) for item in template["tolerations"]]
+    backoff_limit = spec.get("backoffLimit")
+    job_spec: Body = {
+        "backoffLimit": int(backoff_limit if backoff_limit is not None else settings.backoff_limit),
+        "completions": 1,
+        "parallelism": 1,
+        "podFailurePolicy": {
+            "rules": [
+                {
+                    "action": "FailJob",
+                    "onExitCodes": {
+                        "containerName": CONTAINER_NAME,
+                        "operator": "In",
+                        "values": list(PERMANENT_EXIT_CODES),
+                    },
+                },
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+            ]
+        },
+        "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
+    }
+    deadline = spec.get("activeDeadlineSeconds") or settings.active_deadline_seconds
+    if deadline:
+        job_spec["activeDeadlineSeconds"] = int(deadline)
+    if settings.job_ttl_seconds is not None:
+        job_spec["ttlSecondsAfterFinished"] = int(settings.job_ttl_seconds)
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": job_name(name, run),
+            "namespace": metadata.get("namespace"),
+            "labels": labels,
+            "annotations": {ANNOTATION_RUN: str(run)},
+            "ownerReferences": [owner_reference(crawljob)],
+        },
+        "spec": job_spec,
+    }
+
+
+def owner_reference(crawljob: Mapping[str, Any]) -> Body:
+    """The controller owner reference pointing at *crawljob*."""
+    metadata = crawljob["metadata"]
+    return {
+        "apiVersion": resource.API_VERSION,
+        "kind": resource.KIND,
+        "name": metadata["name"],
+        "uid": metadata["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def is_owned_by(child: Mapping[str, Any], owner_uid: str) -> bool:
+    """Whether *child* has an owner reference to the object with *owner_uid*."""
+    references = (child.get("metadata") or {}).get("ownerReferences") or []
+    return any(reference.get("uid") == owner_uid for reference in references)

@@ -1,0 +1,59 @@
+"""Prometheus metrics of the operator, in their own registry (one per operator instance)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+@dataclass
+class OperatorMetrics:
+    """CrawlJobs by phase, transitions, durations, queue length, Job creations, event→start lag."""
+
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        self.phase = Gauge("crawljob_crawljobs", "CrawlJobs by phase", ["phase"], registry=self.registry)
+        self.transitions = Counter(
+            "crawljob_transitions_total",
+            "Phase transitions of CrawlJobs",
+            ["phase", "reason"],
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "crawljob_duration_seconds",
+            "Job start to terminal phase, by outcome",
+            ["phase"],
+            buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200),
+            registry=self.registry,
+        )
+        self.queue_length = Gauge(
+            "crawljob_queue_length", "CrawlJobs waiting for a slot", registry=self.registry
+        )
+        self.active = Gauge(
+            "crawljob_active_jobs", "Jobs holding a slot under the cap", registry=self.registry
+        )
+        self.jobs_created = Counter(
+            "crawljob_jobs_created_total", "Jobs created (adopted ones not counted)", registry=self.registry
+        )
+        self.jobs_adopted = Counter(
+            "crawljob_jobs_adopted_total", "Existing Jobs adopted after a conflict", registry=self.registry
+        )
+        self.start_lag = Histogram(
+            "crawljob_event_to_start_seconds",
+            "From the S3 event time to the Job's creation",
+            buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600),
+            registry=self.registry,
+        )
+        self.api_errors = Counter(
+            "crawljob_operator_api_errors_total",
+            "Kubernetes API calls that failed",
+            ["operation"],
+            registry=self.registry,
+        )
+        self.garbage_collected = Counter(
+            "crawljob_garbage_collected_total",
+            "Finished CrawlJobs deleted by TTL or history limits",
+            registry=self.registry,
+        )

@@ -1,0 +1,238 @@
+"""Least-privilege RBAC: exactly the verbs each component needs, no wildcards, bound to its own account."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+from collections.abc import Iterable
+from pathlib import Path
+
+from chart_render import ROOT, Manifest, env_of, named, of_kind
+
+# (apiGroup, resource) -> verbs. The API calls of each component, one line each, and why.
+RECEIVER_CALLS = {
+    ("crawljob.io", "crawljobs"): {"create", "get"},  # create per event; 409 → duplicate
+}
+# Calls the operator makes (crawljob_operator.handlers; kopf runs standalone with scanning disabled,
+# so it reads no peerings, namespaces or CRDs). If the operator package keeps its own list
+# (crawljob_operator.rbac.API_CALLS, same shape), the test uses that instead.
+OPERATOR_CALLS = {
+    # kopf watches them (list + watch); garbage collection of finished CrawlJobs deletes them.
+    ("crawljob.io", "crawljobs"): {"list", "watch", "delete"},
+    # phase, conditions, progress of the queue, result: merge patches of the status subresource.
+    ("crawljob.io", "crawljobs/status"): {"patch"},
+    # Jobs are created with blockOwnerDeletion: the OwnerReferencesPermissionEnforcement admission
+    # plugin then requires update on the owner's finalizers.
+    ("crawljob.io", "crawljobs/finalizers"): {"update"},
+    # Jobs: watched; created per run (get on a 409 to adopt its own); deleted on cancel/supersede.
+    ("batch", "jobs"): {"get", "list", "watch", "create", "delete"},
+    # Pods: watched for the worker's termination message and failure reasons; deleted with a
+    # cancelled Job where garbage collection is slow or absent.
+    ("", "pods"): {"list", "watch", "delete"},
+    # Events on the CrawlJobs (the handlers and kopf's warnings): core v1.
+    ("", "events"): {"create"},
+}
+WORKER_CALLS = {
+    ("crawljob.io", "crawljobs/status"): {"patch"},  # progress, merge patch
+}
+EXPECTED = {"receiver": RECEIVER_CALLS, "operator": OPERATOR_CALLS, "worker": WORKER_CALLS}
+
+
+def operator_calls() -> dict[tuple[str, str], set[str]]:
+    """The operator's API calls: its own list when the package keeps one, else the list above."""
+    if importlib.util.find_spec("crawljob_operator.rbac") is None:
+        return OPERATOR_CALLS
+    from crawljob_operator import rbac  # type: ignore[attr-defined]
+
+    return {key: set(verbs) for key, verbs in rbac.API_CALLS.items()}
+
+
+PACKAGE = ROOT / "operator" / "crawljob_operator"
+VERBS = ("create", "get", "list", "watch", "patch", "delete")
+# Modules whose API calls are the receiver's; the operator's are in every other module of the
+# package except the local stack (which plays the cluster for tests and `crawljob run`).
+RECEIVER_MODULES = {"receiver.py"}
+
+
+def operator_modules() -> list[Path]:
+    return [path for path in PACKAGE.glob("*.py") if path.name not in RECEIVER_MODULES]
+
+
+def calls_in_code(paths: Iterable[Path]) -> dict[tuple[str, str], set[str]]:
+    """API calls read from the source: `f(..., kube.X, ...)` whose name holds a verb, and kopf watches.
+
+    A helper such as `_list_quietly(state, kube.PODS, ...)` counts as a list of pods; a patch call
+    passing "status" is a patch of the status subresource; `kopf.on.event(group, version, plural)`
+    is a list and a watch.
+    """
+    from crawljob_operator import kube
+    from crawljob_operator import resource as crawljob_resource
+
+    def value_of(arg: ast.expr) -> object:
+        """A constant, or a constant of crawljob_operator.resource (e.g. resource.PLURAL)."""
+        if isinstance(arg, ast.Constant):
+            return arg.value
+        if isinstance(arg, ast.Attribute) and ast.unparse(arg.value) == "resource":
+            return getattr(crawljob_resource, arg.attr, None)
+        return None
+
+    found: dict[tuple[str, str], set[str]] = {}
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not isinstance(node, ast.Call):
+                continue
+            function = node.func
+            name = function.attr if isinstance(function, ast.Attribute) else getattr(function, "id", "")
+            constants = [value_of(arg) for arg in node.args]
+            if name == "event" and ast.unparse(function).endswith("kopf.on.event") and len(constants) >= 3:
+                group, _, plural = constants[:3]
+                found.setdefault((str(group), str(plural)), set()).update({"list", "watch"})
+                continue
+            verbs = [verb for verb in VERBS if verb in name.lower()]
+            resources = [
+                getattr(kube, arg.attr)
+                for arg in node.args
+                if isinstance(arg, ast.Attribute) and ast.unparse(arg.value) == "kube"
+                and isinstance(getattr(kube, arg.attr, None), kube.Resource)
+            ]  # fmt: skip
+            for resource in resources:
+                plural = f"{resource.plural}/status" if "status" in constants else resource.plural
+                found.setdefault((resource.group, plural), set()).update(verbs[:1])
+    return {key: verbs for key, verbs in found.items() if verbs}
+
+
+def grants(rules: Iterable[Manifest]) -> dict[tuple[str, str], set[str]]:
+    """Flatten RBAC rules into (apiGroup, resource) -> verbs."""
+    granted: dict[tuple[str, str], set[str]] = {}
+    for rule in rules:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                granted.setdefault((group, resource), set()).update(rule["verbs"])
+    return granted
+
+
+def role(manifests: list[Manifest], component: str, prefix: str) -> Manifest:
+    return named(manifests, "Role", f"{prefix}-{component}")
+
+
+def test_no_rule_uses_a_wildcard(manifests: list[Manifest]) -> None:
+    for manifest in of_kind(manifests, "Role") + of_kind(manifests, "ClusterRole"):
+        for rule in manifest["rules"]:
+            for field in ("apiGroups", "resources", "verbs"):
+                assert "*" not in rule[field], f"{manifest['metadata']['name']}: wildcard in {field}"
+            assert "resourceNames" not in rule or rule["resourceNames"]
+            assert "nonResourceURLs" not in rule
+
+
+def test_each_role_grants_exactly_its_calls(default_manifests: list[Manifest]) -> None:
+    expected = dict(EXPECTED, operator=operator_calls())
+    for component, calls in expected.items():
+        granted = grants(role(default_manifests, component, "demo-crawljob")["rules"])
+        assert granted == calls, component
+
+
+def test_operator_rbac_covers_every_api_call_it_makes(default_manifests: list[Manifest]) -> None:
+    granted = grants(role(default_manifests, "operator", "demo-crawljob")["rules"])
+    missing = {
+        f"{group or 'core'}/{resource}: {verb}"
+        for (group, resource), verbs in operator_calls().items()
+        for verb in verbs
+        if verb not in granted.get((group, resource), set())
+    }
+    assert not missing
+
+
+def test_the_calls_found_in_the_operator_code_are_the_documented_ones() -> None:
+    """The list above is not stale: the operator's code makes exactly these calls (besides the
+    finalizers update, which only an admission plugin asks for)."""
+    found = calls_in_code(operator_modules())
+    documented = {key: verbs for key, verbs in operator_calls().items() if key[1] != "crawljobs/finalizers"}
+    assert found == documented
+
+
+def test_the_calls_found_in_the_receiver_code_are_granted(default_manifests: list[Manifest]) -> None:
+    found = calls_in_code(PACKAGE / name for name in RECEIVER_MODULES)
+    assert found, "the receiver creates CrawlJobs: the scan must find that call"
+    granted = grants(role(default_manifests, "receiver", "demo-crawljob")["rules"])
+    for key, verbs in found.items():
+        assert verbs <= granted.get(key, set()), key
+
+
+def test_the_call_scan_reads_helpers_subresources_and_kopf_watches(tmp_path: Path) -> None:
+    source = tmp_path / "sample.py"
+    source.write_text(
+        "import kopf\n"
+        "from crawljob_operator import kube\n"
+        "async def f(client, state):\n"
+        "    await client.patch(kube.CRAWLJOBS, 'ns', 'name', {}, 'status')\n"
+        "    await _list_quietly(state, kube.PODS, 'ns', {})\n"
+        "    await client.delete(kube.JOBS, 'ns', 'name')\n"
+        "kopf.on.event('batch', 'v1', 'jobs')(f)\n"
+    )
+    assert calls_in_code([source]) == {
+        ("crawljob.io", "crawljobs/status"): {"patch"},
+        ("", "pods"): {"list"},
+        ("batch", "jobs"): {"delete", "list", "watch"},
+    }
+
+
+def test_only_the_operator_may_touch_jobs_and_pods(default_manifests: list[Manifest]) -> None:
+    for component in ("receiver", "worker"):
+        granted = grants(role(default_manifests, component, "demo-crawljob")["rules"])
+        assert not {key for key in granted if key[1] in {"jobs", "pods", "secrets", "events"}}, component
+        assert not {verb for verbs in granted.values() for verb in verbs} & {"delete", "list", "watch"}
+
+
+def test_roles_live_in_the_crawljob_namespace_and_bind_their_own_account(
+    all_manifests: list[Manifest],
+) -> None:
+    accounts = {
+        m["metadata"]["name"]: m["metadata"]["namespace"] for m in of_kind(all_manifests, "ServiceAccount")
+    }
+    assert accounts == {
+        "crawl-webhook": "crawljob-system",
+        "crawl-operator": "crawljob-system",
+        "crawl-worker": "crawls",  # workers run next to their CrawlJobs
+    }
+    deployments = {
+        d["metadata"]["name"]: d["spec"]["template"]["spec"] for d in of_kind(all_manifests, "Deployment")
+    }
+    uses = {
+        "receiver": deployments["crawl-receiver"]["serviceAccountName"],
+        "operator": deployments["crawl-operator"]["serviceAccountName"],
+        "worker": env_of(deployments["crawl-operator"]["containers"][0])["CRAWLJOB_WORKER_SERVICE_ACCOUNT"],
+    }
+    assert uses == {"receiver": "crawl-webhook", "operator": "crawl-operator", "worker": "crawl-worker"}
+    for component, account in uses.items():
+        binding = named(all_manifests, "RoleBinding", f"crawl-{component}")
+        assert binding["metadata"]["namespace"] == "crawls"
+        assert binding["roleRef"] == {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Role",
+            "name": f"crawl-{component}",
+        }
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": account, "namespace": accounts[account]}
+        ]
+        assert named(all_manifests, "Role", f"crawl-{component}")["metadata"]["namespace"] == "crawls"
+
+
+def test_nothing_is_granted_cluster_wide(manifests: list[Manifest]) -> None:
+    assert not of_kind(manifests, "ClusterRole")
+    assert not of_kind(manifests, "ClusterRoleBinding")
+
+
+def test_the_worker_identity_carries_the_workload_identity_annotation(all_manifests: list[Manifest]) -> None:
+    worker = named(all_manifests, "ServiceAccount", "crawl-worker")
+    assert worker["metadata"]["annotations"] == {
+        "eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/crawljob-worker"
+    }
+    assert worker["imagePullSecrets"] == [{"name": "registry-credentials"}]
+
+
+def test_rbac_can_be_left_to_the_cluster_admin() -> None:
+    from chart_render import render
+
+    manifests = render(sets=["rbac.create=false"])
+    assert not of_kind(manifests, "Role")
+    assert not of_kind(manifests, "RoleBinding")

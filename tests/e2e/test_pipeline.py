@@ -1,0 +1,97 @@
+"""End to end on the local stack: S3 event → receiver → CrawlJob → operator → Job → runner → worker → status.
+
+The same code path `crawljob run` uses: receiver and operator are child processes started by their
+commands, the worker runs as a local process for each Job, S3 is moto's server, the API the emulator.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+import pytest_asyncio
+
+from crawljob_operator.local.sample import generate_csv
+from crawljob_operator.local.stack import Stack, StackSettings, local_stack
+
+pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+    settings = StackSettings(work_dir=tmp_path_factory.mktemp("stack"), max_active=4)
+    async with local_stack(settings) as running:
+        yield running
+
+
+def _parquet_rows(stack: Stack, output_uri: str) -> int:
+    bucket, _, prefix = output_uri.removeprefix("s3://").partition("/")
+    listing = stack.s3_client.list_objects_v2(Bucket=bucket, Prefix=prefix)
+    parts = [item["Key"] for item in listing.get("Contents", []) if item["Key"].endswith(".parquet")]
+    assert parts, f"no Parquet parts under {output_uri}: {[i['Key'] for i in listing.get('Contents', [])]}"
+    total = 0
+    for key in parts:
+        body = stack.s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        total += pq.read_table(io.BytesIO(body)).num_rows
+    return total
+
+
+async def test_uploaded_csv_is_crawled_to_parquet_with_its_true_row_count(
+    stack: Stack, tmp_path: Path
+) -> None:
+    sample = generate_csv(tmp_path / "readings.csv", 3 * 2**20, seed=11)
+    stack.upload(sample.path, "e2e/site 1/readings+march.csv")
+    name = await stack.trigger("e2e/site 1/readings+march.csv")
+
+    crawljob = await stack.wait_finished(name, timeout=180)
+
+    status: dict[str, Any] = crawljob["status"]
+    assert status["phase"] == "Succeeded", status
+    assert crawljob["spec"]["source"]["key"] == "e2e/site 1/readings+march.csv"
+    result = status["result"]
+    assert result["rowsRead"] == sample.rows
+    assert result["rowsWritten"] == sample.rows
+    assert result["rowsRejected"] == 0
+    assert _parquet_rows(stack, result["outputUri"]) == sample.rows
+    assert status["jobName"] == name
+
+
+async def test_redelivered_event_creates_no_second_crawljob(stack: Stack, tmp_path: Path) -> None:
+    sample = generate_csv(tmp_path / "twice.csv", 20_000, seed=12)
+    head = stack.upload(sample.path, "e2e/twice.csv")
+    event = stack.s3_event("e2e/twice.csv", etag=head["ETag"], size=sample.size)
+
+    first_status, first = await stack.post_event(event)
+    second_status, second = await stack.post_event(event)
+
+    assert (first_status, second_status) == (202, 202)
+    assert "created" in str(first).lower()
+    assert "duplicate" in str(second).lower()
+    names = [
+        item["metadata"]["name"] for item in await stack.crawljobs() if "twice" in item["metadata"]["name"]
+    ]
+    assert len(names) == 1
+    crawljob = await stack.wait_finished(names[0], timeout=120)
+    assert crawljob["status"]["result"]["rowsRead"] == sample.rows
+
+
+async def test_missing_object_fails_readably_and_the_next_event_still_succeeds(
+    stack: Stack, tmp_path: Path
+) -> None:
+    missing = await stack.trigger("e2e/never-uploaded.csv")
+    failed = await stack.wait_finished(missing, timeout=120)
+
+    assert failed["status"]["phase"] == "Failed"
+    message = failed["status"]["message"].lower()
+    assert "never-uploaded.csv" in message or "not found" in message or "does not exist" in message, message
+
+    sample = generate_csv(tmp_path / "after.csv", 50_000, seed=13)
+    stack.upload(sample.path, "e2e/after-failure.csv")
+    name = await stack.trigger("e2e/after-failure.csv")
+    crawljob = await stack.wait_finished(name, timeout=120)
+    assert crawljob["status"]["phase"] == "Succeeded"
+    assert crawljob["status"]["result"]["rowsRead"] == sample.rows

@@ -1,0 +1,39 @@
+"""The pure conditions helper keeps the standard shape and stable transition times."""
+
+from crawljob_operator import conditions
+
+
+def test_new_condition_has_the_standard_shape() -> None:
+    result = conditions.set_condition([], "Running", True, "WorkerRunning", "running", "T1", generation=3)
+    assert result == [
+        {
+            "type": "Running",
+            "status": "True",
+            "reason": "WorkerRunning",
+            "message": "running",
+            "lastTransitionTime": "T1",
+            "observedGeneration": 3,
+        }
+    ]
+
+
+def test_transition_time_moves_only_when_status_changes() -> None:
+    first = conditions.set_condition([], "Running", True, "A", "a", "T1")
+    same = conditions.set_condition(first, "Running", True, "B", "b", "T2")
+    assert same[0]["lastTransitionTime"] == "T1"
+    assert same[0]["reason"] == "B"
+    flipped = conditions.set_condition(same, "Running", False, "C", "c", "T3")
+    assert flipped[0]["lastTransitionTime"] == "T3"
+    assert flipped[0]["status"] == "False"
+
+
+def test_other_conditions_are_kept_and_input_is_not_mutated() -> None:
+    original = [
+        {"type": "Queued", "status": "True", "reason": "R", "message": "", "lastTransitionTime": "T0"}
+    ]
+    result = conditions.set_condition(original, "Failed", False, "NotFailed", "", "T1")
+    assert [item["type"] for item in result] == ["Queued", "Failed"]
+    assert len(original) == 1
+    assert conditions.is_true(result, "Queued")
+    assert not conditions.is_true(result, "Failed")
+    assert conditions.get_condition(result, "Absent") is None

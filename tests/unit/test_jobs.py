@@ -1,0 +1,174 @@
+"""CrawlJob → Job manifest, per the Job contract in docs/contracts.md."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from crawljob_operator import jobs
+from crawljob_operator.config import OperatorSettings, operator_parser, operator_settings
+
+
+def _crawljob(**spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "crawljob.io/v1alpha1",
+        "kind": "CrawlJob",
+        "metadata": {"name": "data-csv-0123456789", "namespace": "crawl", "uid": "uid-1", "generation": 1},
+        "spec": {"source": {"bucket": "in", "key": "dir/data file.csv"}, **spec},
+    }
+
+
+SETTINGS = OperatorSettings(
+    worker_image="registry/worker:1",
+    worker_env=({"name": "AWS_ENDPOINT_URL_S3", "value": "http://s3:9000"},),
+    worker_resources={"requests": {"memory": "256Mi"}},
+    job_ttl_seconds=600,
+)
+
+
+def test_job_has_contract_metadata_and_owner_reference() -> None:
+    job = jobs.build_job(_crawljob(), SETTINGS)
+    metadata = job["metadata"]
+    assert metadata["name"] == "data-csv-0123456789"
+    assert metadata["namespace"] == "crawl"
+    assert metadata["labels"] == {
+        "app.kubernetes.io/name": "crawljob",
+        "app.kubernetes.io/managed-by": "crawljob-operator",
+        "crawljob.io/crawljob": "data-csv-0123456789",
+    }
+    assert metadata["ownerReferences"] == [
+        {
+            "apiVersion": "crawljob.io/v1alpha1",
+            "kind": "CrawlJob",
+            "name": "data-csv-0123456789",
+            "uid": "uid-1",
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
+    assert jobs.is_owned_by(job, "uid-1") and not jobs.is_owned_by(job, "other")
+
+
+def test_job_spec_retries_deadline_ttl_and_pod_failure_policy() -> None:
+    spec = jobs.build_job(_crawljob(backoffLimit=1, activeDeadlineSeconds=90), SETTINGS)["spec"]
+    assert spec["backoffLimit"] == 1
+    assert spec["activeDeadlineSeconds"] == 90
+    assert spec["ttlSecondsAfterFinished"] == 600
+    rules = spec["podFailurePolicy"]["rules"]
+    assert rules[0] == {
+        "action": "FailJob",
+        "onExitCodes": {"containerName": "worker", "operator": "In", "values": [2, 3, 4, 5, 6]},
+    }
+    assert rules[1] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}
+    assert spec["template"]["spec"]["restartPolicy"] == "Never"
+    defaults = jobs.build_job(_crawljob(), SETTINGS)["spec"]
+    assert defaults["backoffLimit"] == 3
+    assert "activeDeadlineSeconds" not in defaults
+
+
+def test_container_command_args_env_and_security() -> None:
+    pod = jobs.build_job(
+        _crawljob(
+            output={"uri": "s3://out/p/", "format": "jsonl"},
+            csv={
+                "delimiter": ";",
+                "header": False,
+                "encoding": "latin-1",
+                "compression": "gzip",
+                "dtypes": {"b": "int64", "a": "string"},
+            },
+            maxRejectRatio=0.05,
+            jobTemplate={
+                "env": [{"name": "EXTRA", "value": "1"}],
+                "image": "custom:2",
+                "resources": {"limits": {"memory": "1Gi"}},
+                "serviceAccountName": "sa",
+            },
+        ),
+        SETTINGS,
+    )["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["name"] == "worker"
+    assert container["image"] == "custom:2"
+    assert container["command"] == ["crawljob-worker"]
+    assert container["args"] == [
+        "s3://in/dir/data file.csv",
+        "--output",
+        "s3://out/p/",
+        "--format",
+        "jsonl",
+        "--delimiter",
+        ";",
+        "--no-header",
+        "--encoding",
+        "latin-1",
+        "--compression",
+        "gzip",
+        "--dtypes",
+        '{"a": "string", "b": "int64"}',
+        "--max-reject-ratio",
+        "0.05",
+    ]
+    assert [item["name"] for item in container["env"]] == [
+        "CRAWLJOB_NAME",
+        "CRAWLJOB_NAMESPACE",
+        "AWS_ENDPOINT_URL_S3",
+        "EXTRA",
+    ]
+    assert container["env"][1]["value"] == "crawl"
+    assert container["resources"] == {"limits": {"memory": "1Gi"}}
+    assert container["terminationMessagePath"] == "/dev/termination-log"
+    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    security = container["securityContext"]
+    assert security["runAsNonRoot"] and security["readOnlyRootFilesystem"]
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["serviceAccountName"] == "sa"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        (OperatorSettings(), "s3://in/crawljob-output/data-csv-0123456789/"),
+        (OperatorSettings(default_output_uri="s3://out/base/"), "s3://out/base/data-csv-0123456789/"),
+    ],
+)
+def test_default_output_uri(settings: OperatorSettings, expected: str) -> None:
+    args = jobs.build_job(_crawljob(), settings)["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[:3] == ["s3://in/dir/data file.csv", "--output", expected]
+
+
+def test_rerun_gets_its_own_job_name_within_dns_limits() -> None:
+    body = _crawljob()
+    body["status"] = {"run": 3}
+    assert jobs.build_job(body, SETTINGS)["metadata"]["name"] == "data-csv-0123456789-r3"
+    assert len(jobs.job_name("x" * 52, 99)) + 6 <= 63
+
+
+def test_settings_from_flags_and_env() -> None:
+    parser = operator_parser({"CRAWLJOB_MAX_ACTIVE": "3", "CRAWLJOB_WORKER_COMMAND": '["python", "w.py"]'})
+    settings = operator_settings(
+        parser.parse_args(["--backoff-limit", "0", "--worker-env", '[{"name": "A", "value": "b"}]'])
+    )
+    assert settings.max_active == 3
+    assert settings.worker_command == ("python", "w.py")
+    assert settings.backoff_limit == 0
+    assert settings.worker_env == ({"name": "A", "value": "b"},)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--worker-command", "crawljob-worker"], "--worker-command is not valid JSON"),
+        (["--worker-command", "[]"], "non-empty JSON list"),
+        (["--max-active", "0"], "--max-active must be at least 1"),
+        (["--worker-env", '[{"value": "x"}]'], "EnvVar objects with a name"),
+        (["--default-output-uri", "/tmp/x"], "s3://bucket/prefix"),
+    ],
+)
+def test_bad_settings_say_what_is_wrong(argv: list[str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        operator_settings(operator_parser({}).parse_args(argv))

@@ -1,0 +1,67 @@
+"""The concurrency cap admits the oldest waiting CrawlJobs into free slots and numbers the rest."""
+
+from crawljob_operator import gc, queue
+from crawljob_operator.queue import Candidate
+
+
+def _waiting(name: str, created: str) -> Candidate:
+    return Candidate(name=name, creation_timestamp=created, active=False, waiting=True)
+
+
+def test_admits_oldest_first_up_to_the_free_slots() -> None:
+    candidates = [
+        Candidate("running", "2026-01-01T00:00:00Z", active=True, waiting=False),
+        _waiting("c", "2026-01-01T00:00:03Z"),
+        _waiting("a", "2026-01-01T00:00:01Z"),
+        _waiting("b", "2026-01-01T00:00:02Z"),
+    ]
+    plan = queue.plan(candidates, max_active=3)
+    assert plan.admit == ("a", "b")
+    assert plan.positions == {"c": 1}
+    assert plan.active == 3
+
+
+def test_same_second_orders_by_name() -> None:
+    plan = queue.plan([_waiting("z", "T"), _waiting("m", "T"), _waiting("a", "T")], max_active=1)
+    assert plan.admit == ("a",)
+    assert plan.positions == {"m": 1, "z": 2}
+
+
+def test_nothing_is_admitted_when_the_cap_is_full_or_exceeded() -> None:
+    active = [Candidate(f"r{i}", "T", active=True, waiting=False) for i in range(4)]
+    plan = queue.plan([*active, _waiting("w", "T")], max_active=3)
+    assert plan.admit == ()
+    assert plan.positions == {"w": 1}
+    assert plan.active == 4
+
+
+def test_candidate_from_a_body() -> None:
+    body = {"metadata": {"name": "x", "creationTimestamp": "2026-01-01T00:00:00Z"}}
+    assert queue.candidate_from(body, active=False, waiting=True) == _waiting("x", "2026-01-01T00:00:00Z")
+
+
+def _finished(name: str, phase: str, completed: str) -> dict[str, object]:
+    return {"metadata": {"name": name}, "status": {"phase": phase, "completionTime": completed}}
+
+
+def test_gc_selects_past_ttl_and_beyond_history_limits_per_outcome() -> None:
+    now = gc.parse_time("2026-01-01T01:00:00Z")
+    assert now is not None
+    items = [
+        _finished("old-ok", "Succeeded", "2026-01-01T00:00:00Z"),
+        _finished("ok1", "Succeeded", "2026-01-01T00:59:00Z"),
+        _finished("ok2", "Succeeded", "2026-01-01T00:58:00Z"),
+        _finished("ok3", "Succeeded", "2026-01-01T00:57:00Z"),
+        _finished("bad1", "Failed", "2026-01-01T00:59:30Z"),
+        _finished("bad2", "Cancelled", "2026-01-01T00:59:00Z"),
+        {"metadata": {"name": "running"}, "status": {"phase": "Running"}},
+    ]
+    assert gc.select_for_deletion(items, now, ttl_seconds=1800, successful_limit=None, failed_limit=None) == [
+        "old-ok"
+    ]
+    assert gc.select_for_deletion(items, now, ttl_seconds=None, successful_limit=2, failed_limit=1) == [
+        "bad2",
+        "ok3",
+        "old-ok",
+    ]
+    assert gc.select_for_deletion(items, now, None, None, None) == []

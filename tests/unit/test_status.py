@@ -1,0 +1,221 @@
+"""Job + Pods → CrawlJob status: phases, failure reasons in words, results, and the patch rules."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from crawljob_operator import status
+
+NOW = "2026-01-01T00:10:00Z"
+
+
+def _job(condition: str | None = None, reason: str = "", **job_status: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "metadata": {"name": "j"},
+        "spec": {"backoffLimit": 2, "activeDeadlineSeconds": 60},
+        "status": {"startTime": "2026-01-01T00:00:00Z", **job_status},
+    }
+    if condition:
+        body["status"]["conditions"] = [
+            {
+                "type": condition,
+                "status": "True",
+                "reason": reason,
+                "lastTransitionTime": "2026-01-01T00:05:00Z",
+            }
+        ]
+    return body
+
+
+def _pod(name: str, phase: str, state: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "status": {"phase": phase, "containerStatuses": [{"name": "worker", "state": state}], **extra},
+    }
+
+
+def _terminated(
+    exit_code: int, message: str = "", reason: str = "Error", finished: str = "T1"
+) -> dict[str, Any]:
+    return {
+        "terminated": {"exitCode": exit_code, "reason": reason, "message": message, "finishedAt": finished}
+    }
+
+
+def _summary(**fields: Any) -> str:
+    return json.dumps({"outcome": "Succeeded", "exitCode": 0, **fields})
+
+
+def test_success_fills_the_result_from_the_termination_message() -> None:
+    message = _summary(
+        rowsRead=42,
+        rowsWritten=40,
+        rowsRejected=2,
+        bytesRead=1000,
+        outputUri="s3://o/p/",
+        outputObjects=3,
+        rejectsUri="s3://o/p/_rejects.csv",
+        durationSeconds=1.23456,
+        unknownField="x",
+    )
+    observed = status.observe(
+        _job("Complete", succeeded=1, completionTime="2026-01-01T00:06:00Z"),
+        [_pod("p1", "Succeeded", _terminated(0, message, "Completed"))],
+        NOW,
+    )
+    assert observed.phase == "Succeeded"
+    assert observed.result == {
+        "rowsRead": 42,
+        "rowsWritten": 40,
+        "rowsRejected": 2,
+        "bytesRead": 1000,
+        "outputUri": "s3://o/p/",
+        "outputObjects": 3,
+        "rejectsUri": "s3://o/p/_rejects.csv",
+        "durationSeconds": 1.235,
+    }
+    assert observed.completion_time == "2026-01-01T00:06:00Z"
+    assert "42 rows" in observed.message and "s3://o/p/" in observed.message
+    assert not observed.warning
+
+
+@pytest.mark.parametrize(
+    ("message", "words"),
+    [
+        ("not json at all", "invalid JSON"),
+        ('{"outcome": "Succeeded", "rowsRead": 12, "rowsWri', "truncated JSON"),
+        ("", "no termination message"),
+        ("[1, 2]", "not a JSON object"),
+    ],
+)
+def test_bad_termination_message_is_reported_not_crashed_on(message: str, words: str) -> None:
+    observed = status.observe(
+        _job("Complete", succeeded=1), [_pod("p", "Succeeded", _terminated(0, message))], NOW
+    )
+    assert observed.phase == "Succeeded"
+    assert observed.reason == "ResultUnavailable"
+    assert words in observed.message
+    assert observed.result is None
+    assert observed.warning
+
+
+@pytest.mark.parametrize(
+    ("code", "reason", "words"),
+    [
+        (2, "InvalidArguments", "arguments or configuration"),
+        (3, "BadInput", "not readable CSV"),
+        (4, "SourceNotFound", "missing or access to it was denied"),
+        (5, "RejectThresholdExceeded", "maxRejectRatio"),
+        (6, "OutputForbidden", "cannot write to the output"),
+    ],
+)
+def test_permanent_worker_exit_codes_name_their_cause(code: int, reason: str, words: str) -> None:
+    message = json.dumps({"outcome": "Failed", "exitCode": code, "reason": reason, "message": "detail here"})
+    observed = status.observe(
+        _job("Failed", "PodFailurePolicy", failed=1), [_pod("p", "Failed", _terminated(code, message))], NOW
+    )
+    assert observed.phase == "Failed"
+    assert observed.reason == reason
+    assert words in observed.message
+    assert "detail here" in observed.message
+    assert "not retried" in observed.message
+    assert f"exit code {code}" in observed.message
+
+
+def test_backoff_limit_names_the_attempts_and_the_last_failure() -> None:
+    transient = json.dumps(
+        {"outcome": "Failed", "exitCode": 75, "reason": "Transient", "message": "throttled"}
+    )
+    pods = [_pod(f"p{i}", "Failed", _terminated(75, transient, finished=f"T{i}")) for i in range(3)]
+    observed = status.observe(_job("Failed", "BackoffLimitExceeded", failed=3), pods, NOW)
+    assert observed.reason == "BackoffLimitExceeded"
+    assert "failed 3 times (backoffLimit=2)" in observed.message
+    assert "unreachable or throttled" in observed.message
+    assert observed.attempts == 3
+
+
+def test_oom_killed_is_said_in_words() -> None:
+    pods = [_pod("p", "Failed", _terminated(137, "", "OOMKilled"))]
+    observed = status.observe(_job("Failed", "BackoffLimitExceeded", failed=1), pods, NOW)
+    assert observed.reason == "OOMKilled"
+    assert "ran out of memory" in observed.message
+    assert "limits.memory" in observed.message
+
+
+def test_crash_without_json_falls_back_to_the_log_tail() -> None:
+    pods = [_pod("p", "Failed", _terminated(1, "some log\nRuntimeError: boom"))]
+    observed = status.observe(_job("Failed", "BackoffLimitExceeded", failed=1), pods, NOW)
+    assert "crashed with exit code 1" in observed.message
+    assert "RuntimeError: boom" in observed.message
+
+
+def test_deadline_exceeded() -> None:
+    observed = status.observe(_job("Failed", "DeadlineExceeded", failed=1), [], NOW)
+    assert observed.phase == "Failed"
+    assert observed.reason == "DeadlineExceeded"
+    assert "activeDeadlineSeconds=60" in observed.message
+    assert observed.completion_time == "2026-01-01T00:05:00Z"
+
+
+@pytest.mark.parametrize(
+    ("waiting", "words"),
+    [
+        ("ErrImagePull", "cannot be pulled"),
+        ("ImagePullBackOff", "cannot be pulled"),
+        ("CreateContainerConfigError", "configuration is invalid"),
+    ],
+)
+def test_stuck_pending_pod_is_surfaced_while_waiting(waiting: str, words: str) -> None:
+    pod = _pod("p", "Pending", {"waiting": {"reason": waiting, "message": "secret s3-creds not found"}})
+    observed = status.observe(_job(active=1), [pod], NOW)
+    assert observed.phase == "Pending"
+    assert observed.reason == waiting
+    assert words in observed.message and "s3-creds" in observed.message
+    assert observed.warning
+
+
+def test_running_and_pending() -> None:
+    running = _pod("p", "Running", {"running": {"startedAt": "T"}})
+    assert status.observe(_job(active=1), [running], NOW).phase == "Running"
+    assert status.observe(_job(active=1), [], NOW).phase == "Pending"
+    retry = status.observe(_job(active=1, failed=1), [_pod("a", "Failed", _terminated(1)), running], NOW)
+    assert retry.phase == "Running" and retry.attempts == 2 and "attempt 2" in retry.message
+
+
+def test_status_patch_touches_only_operator_fields_and_is_empty_when_nothing_changed() -> None:
+    current = {"progress": {"percent": "50%"}, "kopf": {"x": 1}, "run": 2}
+    observation = status.queued(2, 5, 3)
+    desired = status.desired_status(current, observation, 1, None, NOW)
+    patch = status.status_patch(current, desired)
+    assert patch["phase"] == "Queued"
+    assert "position 2 of 5" in patch["message"]
+    assert not {"progress", "kopf", "run"} & set(patch)
+    applied = {**current, **{key: value for key, value in patch.items() if value is not None}}
+    again = status.desired_status(applied, observation, 1, None, "2026-01-01T01:00:00Z")
+    assert status.status_patch(applied, again) == {}
+    queued = next(item for item in again["conditions"] if item["type"] == "Queued")
+    assert queued["status"] == "True" and queued["lastTransitionTime"] == NOW
+
+
+def test_terminal_phases() -> None:
+    assert status.is_terminal("Succeeded") and status.is_terminal("Failed")
+    assert not status.is_terminal("Running") and not status.is_terminal(None)
+    deleted = status.job_deleted("j", NOW)
+    assert (
+        deleted.phase == "Failed"
+        and deleted.reason == "JobDeleted"
+        and "crawljob.io/rerun" in deleted.message
+    )
+
+
+def test_a_finished_pod_before_the_jobs_verdict_stays_running_never_back_to_pending() -> None:
+    done = _pod("p", "Succeeded", _terminated(0, _summary(rowsRead=1), reason="Completed"))
+    observed = status.observe(_job(active=0, succeeded=1), [done], NOW)
+    assert (observed.phase, observed.reason) == ("Running", "WorkerFinished")
+    failed = _pod("p", "Failed", _terminated(75, "", reason="Error"))
+    waiting = status.observe(_job(active=0, failed=1), [failed], NOW)
+    assert (waiting.phase, waiting.reason) == ("Running", "Retrying")
+    assert "attempt 1 failed" in waiting.message

@@ -28,9 +28,8 @@ run: $(STAMP) ## Run the local stack and process a sample CSV end to end (ARGS="
 test: $(STAMP) tools ## Run the test suite (unit, integration, end to end, chart checks)
 	$(BIN)/pytest -q $(ARGS)
 
-test-cluster: $(STAMP) ## End-to-end tests on a real control plane (kube-apiserver 1.20 built from Debian sources)
+test-cluster: $(STAMP) tools ## End-to-end tests on a real control plane (kube-apiserver 1.20 built from Debian sources)
 	bash tools/cluster/build.sh >/dev/null
-	bash tools/cluster/kube-tools.sh $(BIN)
 	CRAWLJOB_TEST_CLUSTER=1 $(BIN)/pytest -q tests/cluster $(ARGS)
 
 lint: $(STAMP) ## ruff (lint + format check) and mypy --strict

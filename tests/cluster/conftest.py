@@ -170,9 +170,7 @@ async def namespace(client: kube.KubeClient) -> AsyncIterator[str]:
 def kubectl_binary() -> Path:
     found = shutil.which("kubectl", path=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
     if not found:
-        pytest.fail(
-            "kubectl not found: run tools/cluster/kube-tools.sh (make test-cluster does)", pytrace=False
-        )
+        pytest.fail("kubectl not found: run `make tools` (make test-cluster does)", pytrace=False)
     return Path(found)
 
 

@@ -21,6 +21,7 @@ from .test_pipeline import (
     OPERATOR,
     RECEIVER,
     ROWS,
+    STATUS_NULL_MESSAGE,
     WORKER,
     crawljob_for,
     post_json,
@@ -141,6 +142,7 @@ async def test_receiver_with_the_charts_service_account_creates_crawljobs_and_no
 
 
 @requires_modules(OPERATOR, WORKER)
+@STATUS_NULL_MESSAGE
 async def test_operator_configured_and_authorized_by_the_chart_completes_a_crawljob(
     helm_install: Callable[..., dict[str, Any]],
     kubectl: Callable[..., str],

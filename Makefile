@@ -31,9 +31,8 @@ test: $(STAMP) tools ## Run the test suite (unit, integration, end to end, chart
 bench-operator: $(STAMP) ## Operator throughput: 1,000 CrawlJobs at once, emulator + instant runner (ARGS="--count 200")
 	$(BIN)/python bench/operator.py $(ARGS)
 
-test-cluster: $(STAMP) ## End-to-end tests on a real control plane (kube-apiserver 1.20 built from Debian sources)
+test-cluster: $(STAMP) tools ## End-to-end tests on a real control plane (kube-apiserver 1.20 built from Debian sources)
 	bash tools/cluster/build.sh >/dev/null
-	bash tools/cluster/kube-tools.sh $(BIN)
 	CRAWLJOB_TEST_CLUSTER=1 $(BIN)/pytest -q tests/cluster $(ARGS)
 
 lint: $(STAMP) ## ruff (lint + format check), mypy --strict and the import-boundary contracts

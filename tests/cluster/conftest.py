@@ -170,9 +170,7 @@ async def namespace(client: kube.KubeClient) -> AsyncIterator[str]:
 def kubectl_binary() -> Path:
     found = shutil.which("kubectl", path=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
     if not found:
-        pytest.fail(
-            "kubectl not found: run tools/cluster/kube-tools.sh (make test-cluster does)", pytrace=False
-        )
+        pytest.fail("kubectl not found: run `make tools` (make test-cluster does)", pytrace=False)
     return Path(found)
 
 
@@ -251,7 +249,7 @@ def children(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callabl
     for child in reversed(started):
         child.stop()
     if request.node.stash.get(_failed_key, False):
-        for child in started:
+        for child in {child.log: child for child in started}.values():  # restarts share a log
             print(f"\n----- {child.log.name} (last 4000 characters) -----\n{child.log_text()[-4000:]}")
 
 
@@ -324,11 +322,13 @@ def operator(
             "operator",
             [str(BIN / "crawljob"), "operator"],
             cluster.env(
-                CRAWLJOB_NAMESPACE=namespace,
-                CRAWLJOB_HEALTH_PORT=str(port),
-                CRAWLJOB_WORKER_ENV=worker_env(local_s3),
-                CRAWLJOB_LOG_FORMAT="text",
-                **env,
+                **{
+                    "CRAWLJOB_NAMESPACE": namespace,
+                    "CRAWLJOB_HEALTH_PORT": str(port),
+                    "CRAWLJOB_WORKER_ENV": worker_env(local_s3),
+                    "CRAWLJOB_LOG_FORMAT": "text",
+                    **env,
+                }
             ),
         ).start()
         wait_http(f"http://127.0.0.1:{port}/healthz", child, timeout=60)
@@ -350,12 +350,14 @@ def start_receiver(cluster: Cluster, namespace: str, children: Callable[..., Chi
             "receiver",
             [str(BIN / "crawljob"), "receiver"],
             cluster.env(
-                CRAWLJOB_HOST="127.0.0.1",
-                CRAWLJOB_PORT=str(port),
-                CRAWLJOB_NAMESPACE=namespace,
-                CRAWLJOB_AUTH_MODE="none",
-                CRAWLJOB_LOG_FORMAT="text",
-                **env,
+                **{
+                    "CRAWLJOB_HOST": "127.0.0.1",
+                    "CRAWLJOB_PORT": str(port),
+                    "CRAWLJOB_NAMESPACE": namespace,
+                    "CRAWLJOB_AUTH_MODE": "none",
+                    "CRAWLJOB_LOG_FORMAT": "text",
+                    **env,
+                }
             ),
         ).start()
         wait_http(f"http://127.0.0.1:{port}/readyz", child, timeout=60)

@@ -41,7 +41,7 @@ def helm_binary() -> str:
         "helm", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     )
     if not found:
-        pytest.fail("helm not found: run tools/cluster/kube-tools.sh (make test-cluster does)", pytrace=False)
+        pytest.fail("helm not found: run `make tools` (make test-cluster does)", pytrace=False)
     return found
 
 

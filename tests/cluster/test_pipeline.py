@@ -22,6 +22,7 @@ from .test_jobs import condition, job_pods, processes_with
 
 ROWS = 250
 
+
 RECEIVER = "crawljob_operator.receiver"
 OPERATOR = "crawljob_operator.operator_app"
 WORKER = "crawljob_worker.__main__"

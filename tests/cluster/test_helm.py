@@ -141,6 +141,13 @@ async def test_receiver_with_the_charts_service_account_creates_crawljobs_and_no
 
 
 @requires_modules(OPERATOR, WORKER)
+@pytest.mark.xfail(
+    strict=True,
+    raises=TimeoutError,
+    reason="open: under the chart's settings the worker finds no S3 credentials (exit 75, 'Unable to "
+    "locate credentials'): the chart passes them as secretKeyRef env, which this test's secret or the "
+    "local kubelet does not yet supply",
+)
 async def test_operator_configured_and_authorized_by_the_chart_completes_a_crawljob(
     helm_install: Callable[..., dict[str, Any]],
     kubectl: Callable[..., str],

@@ -325,42 +325,23 @@ def desired_status(
     current = current or {}
     conds: list[Body] = list(current.get("conditions") or [])
     phase, reason, message = observation.phase, observation.reason, observation.message
-    conds = conditions.set_condition(
-        conds,
-        "Queued",
-        phase == "Queued",
-        reason if phase == "Queued" else "Admitted",
-        message if phase == "Queued" else "",
-        now,
-        generation,
-    )
-    conds = conditions.set_condition(
-        conds,
-        "Running",
-        phase == "Running",
-        reason if phase == "Running" else phase,
-        message if phase == "Running" else "",
-        now,
-        generation,
-    )
-    conds = conditions.set_condition(
-        conds,
-        "Complete",
-        phase == "Succeeded",
-        reason if phase == "Succeeded" else "NotComplete",
-        message if phase == "Succeeded" else "",
-        now,
-        generation,
-    )
-    conds = conditions.set_condition(
-        conds,
-        "Failed",
-        phase == "Failed",
-        reason if phase == "Failed" else "NotFailed",
-        message if phase == "Failed" else "",
-        now,
-        generation,
-    )
+    # One condition per phase family: True with the observation's reason/message while in it.
+    for type_, owning_phase, idle_reason in (
+        ("Queued", "Queued", "Admitted"),
+        ("Running", "Running", phase),
+        ("Complete", "Succeeded", "NotComplete"),
+        ("Failed", "Failed", "NotFailed"),
+    ):
+        active = phase == owning_phase
+        conds = conditions.set_condition(
+            conds,
+            type_,
+            active,
+            reason if active else idle_reason,
+            message if active else "",
+            now,
+            generation,
+        )
     status: Body = {
         "phase": phase,
         "reason": reason,

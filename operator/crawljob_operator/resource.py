@@ -13,7 +13,7 @@ VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 KIND = "CrawlJob"
 PLURAL = "crawljobs"
-SHORT_NAME = "cj"
+SHORT_NAME = "cjob"
 
 # Labels put on every Job and Pod the operator makes, so they can be found again.
 LABEL_NAME = "app.kubernetes.io/name"

@@ -30,6 +30,7 @@ from .test_pipeline import (
 )
 
 CHART = ROOT / "charts" / "crawljob"
+SECRETS = kube.Resource("", "v1", "secrets")
 
 pytestmark = pytest.mark.skipif(
     not (CHART / "templates").is_dir(), reason="charts/crawljob/templates is not merged yet (the chart)"
@@ -141,13 +142,6 @@ async def test_receiver_with_the_charts_service_account_creates_crawljobs_and_no
 
 
 @requires_modules(OPERATOR, WORKER)
-@pytest.mark.xfail(
-    strict=True,
-    raises=TimeoutError,
-    reason="open: under the chart's settings the worker finds no S3 credentials (exit 75, 'Unable to "
-    "locate credentials'): the chart passes them as secretKeyRef env, which this test's secret or the "
-    "local kubelet does not yet supply",
-)
 async def test_operator_configured_and_authorized_by_the_chart_completes_a_crawljob(
     helm_install: Callable[..., dict[str, Any]],
     kubectl: Callable[..., str],
@@ -157,10 +151,21 @@ async def test_operator_configured_and_authorized_by_the_chart_completes_a_crawl
     operator: Callable[..., Child],
     kubelet: Child,
     s3_client: Any,
+    local_s3: Any,
     bucket: str,
     tmp_path: Path,
 ) -> None:
-    helm_install()
+    # Static S3 credentials the way a user gives them to the chart: an existing Secret, named in values.
+    credentials = local_s3.environment()
+    await client.create(SECRETS, namespace, {
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-credentials"},
+        "stringData": {key: credentials[key] for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")},
+    })  # fmt: skip
+    helm_install(
+        "--set", f"s3.endpointUrl={local_s3.endpoint}",
+        "--set", f"s3.region={credentials['AWS_DEFAULT_REGION']}",
+        "--set", "s3.existingSecret=s3-credentials",
+    )  # fmt: skip
     pod_spec = deployments_by_component(kubectl)["operator"]["spec"]["template"]["spec"]
     token = await service_account_token(client, namespace, pod_spec["serviceAccountName"])
     kubeconfig = token_kubeconfig(cluster, token, namespace, tmp_path / "operator.kubeconfig")
@@ -182,3 +187,11 @@ async def test_operator_configured_and_authorized_by_the_chart_completes_a_crawl
     assert done["status"]["result"]["rowsWritten"] == ROWS
     [pod] = await job_pods(client, namespace, name)
     assert pod["spec"]["serviceAccountName"] == chart_env["CRAWLJOB_WORKER_SERVICE_ACCOUNT"]
+    # The credentials reached the worker only through the Secret reference the chart rendered.
+    refs = {
+        item["name"]: item["valueFrom"]["secretKeyRef"]
+        for item in pod["spec"]["containers"][0]["env"]
+        if "valueFrom" in item
+    }
+    assert refs["AWS_ACCESS_KEY_ID"] == {"name": "s3-credentials", "key": "AWS_ACCESS_KEY_ID"}
+    assert refs["AWS_SECRET_ACCESS_KEY"] == {"name": "s3-credentials", "key": "AWS_SECRET_ACCESS_KEY"}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import pytest
 import yaml
 
 from crawljob_operator import kube, resource
@@ -26,10 +25,6 @@ async def test_get_crawljobs_shows_the_printer_columns(
     assert kubectl("get", "crawljob").splitlines()[1].split()[0] == name
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the CRD's short name `cj` is CronJob's built-in short name: `kubectl get cj` lists cronjobs",
-)
 async def test_short_names_do_not_shadow_builtin_resources(
     client: kube.KubeClient, namespace: str, kubectl: Callable[..., str]
 ) -> None:

@@ -203,9 +203,10 @@ def _error_for(status: int, text: str) -> KubeError:
 class KubeClient:
     """Async Kubernetes REST client. Use as ``async with KubeClient(connection) as kube:``."""
 
-    def __init__(self, connection: Connection, timeout: float = 10.0) -> None:
+    def __init__(self, connection: Connection, timeout: float = 10.0, user_agent: str = "crawljob") -> None:
         self.connection = connection
         self.timeout = timeout
+        self.user_agent = user_agent
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> KubeClient:
@@ -217,7 +218,7 @@ class KubeClient:
 
     async def open(self) -> None:
         if self._session is None:
-            headers = {"Accept": "application/json", "User-Agent": "crawljob"}
+            headers = {"Accept": "application/json", "User-Agent": self.user_agent}
             if self.connection.token:
                 headers["Authorization"] = f"Bearer {self.connection.token}"
             connector = aiohttp.TCPConnector(ssl=self.connection.ssl_context(), limit=64)

@@ -1,0 +1,126 @@
+"""Active/standby by kopf peering: who acts, decided from the KopfPeering object (pure).
+
+kopf peering is priority-based pausing, not leader election: every replica writes a keep-alive
+(`status.<identity> = {priority, lifetime, lastseen}`) into one KopfPeering object, and a replica
+pauses while another live replica has a higher *or equal* priority. kopf pauses its own watch
+streams (so our handlers); `verdict()` applies the same rule to the operator's own background
+loops (queue admission, Job creation, resync), which kopf does not know about.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+GROUP = "kopf.dev"
+VERSION = "v1"
+KIND = "KopfPeering"
+PLURAL = "kopfpeerings"
+CLUSTER_KIND = "ClusterKopfPeering"
+CLUSTER_PLURAL = "clusterkopfpeerings"
+
+_ORDINAL = re.compile(r"-(\d+)$")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Whether this replica may act, why, and when the answer may change by time alone."""
+
+    active: bool
+    reason: str
+    # Earliest deadline of a blocking peer: it counts as dead from then on (None: no such peer).
+    recheck_at: datetime.datetime | None = None
+    # Whether our own keep-alive is in the object (the others can see us).
+    visible: bool = False
+
+
+def _parse_time(value: Any) -> datetime.datetime | None:
+    try:
+        parsed = datetime.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.UTC)
+
+
+def verdict(
+    peering_object: Mapping[str, Any] | None, identity: str, priority: int, now: datetime.datetime
+) -> Verdict:
+    """kopf's rule: act unless a live peer (not us) has a priority >= ours; no object: stand by.
+
+    A peer is live until `lastseen + lifetime` (kopf's `Peer.is_dead`). An entry without a usable
+    `lastseen` counts as seen now, as kopf does.
+    """
+    if peering_object is None:
+        return Verdict(False, "the peering object does not exist")
+    peers = peering_object.get("status") or {}
+    blocking: list[tuple[str, int, datetime.datetime]] = []
+    for peer_identity, info in peers.items():
+        if peer_identity == identity or not isinstance(info, Mapping):
+            continue
+        try:
+            peer_priority = int(info.get("priority", 0))
+            lifetime = int(info.get("lifetime", 60))
+        except (TypeError, ValueError):
+            continue
+        lastseen = _parse_time(info.get("lastseen")) if info.get("lastseen") is not None else now
+        if lastseen is None:
+            continue
+        deadline = lastseen + datetime.timedelta(seconds=lifetime)
+        if deadline > now and peer_priority >= priority:
+            blocking.append((str(peer_identity), peer_priority, deadline))
+    visible = isinstance(peers.get(identity), Mapping)
+    if not blocking:
+        return Verdict(True, "no live peer with a higher or equal priority", None, visible)
+    higher = [peer for peer in blocking if peer[1] > priority]
+    shown = higher or blocking
+    relation = "higher" if higher else "the same"
+    names = ", ".join(f"{name} ({peer_priority})" for name, peer_priority, _ in sorted(shown))
+    return Verdict(
+        False,
+        f"standing by: live peer(s) with {relation} priority: {names}",
+        min(deadline for _, _, deadline in blocking),
+        visible,
+    )
+
+
+def parse_priority(value: str, identity: str) -> int:
+    """An integer, or 'ordinal': minus the trailing number of *identity* (pod-0 → 0, pod-1 → -1).
+
+    So the lowest ordinal of a StatefulSet is the preferred active replica and every replica's
+    priority differs by construction (equal priorities would pause both).
+    """
+    text = value.strip()
+    if text == "ordinal":
+        match = _ORDINAL.search(identity)
+        if match is None:
+            raise ValueError(
+                f"--priority ordinal needs an identity ending in -<number> (a StatefulSet pod name), "
+                f"got {identity!r}"
+            )
+        return -int(match.group(1))
+    try:
+        return int(text)
+    except ValueError as exc:
+        raise ValueError(f"--priority must be an integer or 'ordinal', got {value!r}") from exc
+
+
+def default_identity() -> str:
+    """<hostname>/<pid>: distinct for two processes on one machine, stable for a pod's container."""
+    return f"{socket.gethostname()}/{os.getpid()}"
+
+
+def peering_manifest(name: str, namespace: str | None) -> dict[str, Any]:
+    """The (empty) KopfPeering object, or ClusterKopfPeering when *namespace* is None."""
+    metadata: dict[str, Any] = {"name": name}
+    if namespace is not None:
+        metadata["namespace"] = namespace
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": KIND if namespace is not None else CLUSTER_KIND,
+        "metadata": metadata,
+    }

@@ -1,0 +1,136 @@
+"""Active/standby: run the operator's background loops only while this replica is the active one.
+
+kopf pauses its watch streams (hence our handlers) while a peer with a higher or equal priority is
+alive. The loops started by the operator itself (queue admission, Job creation, periodic resync and
+GC) are invisible to kopf, so `Gate` follows the same KopfPeering object and applies kopf's rule
+(`peering.verdict`): it starts the loops when this replica becomes active and cancels them when
+it stands by. Standalone operators are active from the start (`activate` at startup).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+from typing import Any
+
+from crawljob_operator import handlers, kube, peering
+from crawljob_operator.config import OperatorSettings
+
+log = logging.getLogger("crawljob.operator")
+
+PEERINGS = kube.Resource(peering.GROUP, peering.VERSION, peering.PLURAL)
+CLUSTER_PEERINGS = kube.Resource(peering.GROUP, peering.VERSION, peering.CLUSTER_PLURAL, namespaced=False)
+
+
+def check_interval(lifetime: int) -> float:
+    """How often the gate re-reads the peering object: a sixth of the lifetime, within 0.5–5 s."""
+    return min(5.0, max(0.5, lifetime / 6))
+
+
+class Gate:
+    """Starts the operator's loops on becoming active; stops them when a peer takes over."""
+
+    def __init__(self, state: handlers.State, settings: OperatorSettings) -> None:
+        self.state = state
+        self.settings = settings
+        self.active = False
+        self.loops: set[asyncio.Task[Any]] = set()
+        # Loop time of the last successful read of the peering object (health of a standby).
+        self.checked_at = 0.0
+        self.reason = "starting"
+        self._visible_since: float | None = None
+
+    async def activate(self) -> None:
+        """Prime the view from the API (resync), then start the loops. Raises kube.KubeError."""
+        await handlers.resync(self.state)
+        for loop in (handlers.scheduler_loop, handlers.creator_loop, handlers.resync_loop):
+            task = asyncio.create_task(loop(self.state))
+            self.loops.add(task)
+            task.add_done_callback(self.loops.discard)
+        self.active = True
+
+    async def deactivate(self) -> None:
+        """Stop the loops and forget admissions not yet turned into Jobs (the next active re-admits)."""
+        self.active = False
+        loops = list(self.loops)
+        for task in loops:
+            task.cancel()
+        await asyncio.gather(*loops, return_exceptions=True)
+        while not self.state.admitted.empty():
+            self.state.creating.discard(self.state.admitted.get_nowait())
+
+    def _peering_resource(self) -> tuple[kube.Resource, str]:
+        if self.settings.namespace is None:
+            return CLUSTER_PEERINGS, ""
+        return PEERINGS, self.settings.namespace
+
+    async def read(self) -> dict[str, Any] | None:
+        """The peering object; created (empty) when missing, so that a fresh install works."""
+        what, namespace = self._peering_resource()
+        name = str(self.settings.peering)
+        try:
+            return await self.state.client.get(what, namespace, name)
+        except kube.NotFound:
+            pass
+        manifest = peering.peering_manifest(name, self.settings.namespace)
+        try:
+            created = await self.state.client.create(what, namespace, manifest)
+            log.info("peering: created %s %s", manifest["kind"], name)
+        except kube.Conflict:
+            return None  # another replica created it just now: read it on the next check
+        return created
+
+    async def check(self, now: datetime.datetime, loop_time: float) -> peering.Verdict:
+        """Read the peering object once and start or stop the loops accordingly."""
+        settings = self.settings
+        try:
+            found = await self.read()
+        except kube.NotFound as exc:
+            found = None
+            self.reason = f"no {peering.PLURAL} resource in the API (install the KopfPeering CRD): {exc}"
+        self.checked_at = loop_time
+        decision = peering.verdict(found, settings.peering_identity, settings.priority, now)
+        if found is not None:
+            self.reason = decision.reason
+        if not decision.visible:
+            self._visible_since = None
+        elif self._visible_since is None:
+            self._visible_since = loop_time
+        # Before the first activation, wait until our own keep-alive has been in the object for one
+        # check interval: the other replicas' gates have then seen us and stopped.
+        settled = self._visible_since is not None and (
+            loop_time - self._visible_since >= check_interval(settings.peering_lifetime)
+        )
+        if decision.active and not self.active and settled:
+            log.info("peering %s: this replica (%s, priority %d) is now active: %s",
+                     settings.peering, settings.peering_identity, settings.priority, decision.reason)  # fmt: skip
+            await self.activate()
+        elif not decision.active and self.active:
+            log.info("peering %s: this replica (%s, priority %d) stands by: %s",
+                     settings.peering, settings.peering_identity, settings.priority, decision.reason)  # fmt: skip
+            await self.deactivate()
+        return decision
+
+    async def run(self) -> None:
+        """Check the peering object every check_interval (sooner when a blocking peer expires)."""
+        interval = check_interval(self.settings.peering_lifetime)
+        loop = asyncio.get_running_loop()
+        logged = ""
+        while True:
+            now = datetime.datetime.now(tz=datetime.UTC)
+            delay = interval
+            try:
+                decision = await self.check(now, loop.time())
+                if decision.recheck_at is not None:
+                    delay = min(delay, max(0.05, (decision.recheck_at - now).total_seconds()))
+            except kube.KubeError as exc:
+                log.warning("peering %s: cannot read the peering object (will retry): %s",
+                            self.settings.peering, exc)  # fmt: skip
+            if not self.active and self.reason != logged:
+                log.info("peering %s: %s", self.settings.peering, self.reason)
+                logged = self.reason
+            await asyncio.sleep(delay)
+
+    async def close(self) -> None:
+        await self.deactivate()

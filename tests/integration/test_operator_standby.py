@@ -1,0 +1,162 @@
+"""Active/standby with kopf peering: only the active replica acts; the standby takes over on a crash.
+
+Two operator processes share one KopfPeering object with distinct priorities. Every API request is
+attributed to its replica by the User-Agent the operator sends (`crawljob-operator (<identity>)`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp.web
+import attrs
+import kmock
+import pytest
+
+from crawljob_operator import kube, peering, standby
+from crawljob_operator.local.emulator import Emulator, register_crawljob_crd, register_peering_crds
+from fakes.stack import NAMESPACE, OperatorProcess, crawljob, running_runner, wait_phase, wait_until
+
+pytestmark = pytest.mark.timeout(90)
+
+PEERING = "crawljob-operator"
+LIFETIME = 3  # seconds: kopf's keep-alive then runs every second; a crash is noticed within ~3 s
+
+
+@dataclass(frozen=True)
+class Call:
+    at: float  # time.monotonic()
+    method: str
+    path: str
+    user_agent: str
+
+    @property
+    def is_write(self) -> bool:
+        return self.method in {"POST", "PUT", "PATCH", "DELETE"}
+
+    @property
+    def is_peering(self) -> bool:
+        return f"/{peering.GROUP}/" in self.path
+
+
+@attrs.define(kw_only=True)
+class RecordingEmulator(Emulator):
+    """The emulator, keeping (time, method, path, user agent) of every request it answers."""
+
+    calls: list[Call] = attrs.field(factory=list)
+
+    async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        method = str(getattr(request.method, "value", request.method)).upper()
+        user_agent = str(request.headers.get("User-Agent", ""))
+        self.calls.append(Call(time.monotonic(), method, str(request.url.path), user_agent))
+        return await super()._handle(request)
+
+    def writes_by(self, identity: str, since: float = 0.0) -> list[Call]:
+        """Writes (other than peering keep-alives) the operator replica *identity* made."""
+        agent = f"crawljob-operator ({identity})"
+        return [
+            call
+            for call in self.calls
+            if call.at >= since and call.user_agent == agent and call.is_write and not call.is_peering
+        ]
+
+
+@asynccontextmanager
+async def recording_emulator() -> AsyncIterator[tuple[RecordingEmulator, str]]:
+    emulator = RecordingEmulator()
+    emulator.resources.load_bundled()
+    register_crawljob_crd(emulator)
+    register_peering_crds(emulator)
+    async with emulator, kmock.Server(emulator, host="127.0.0.1") as server:
+        yield emulator, str(server.url).rstrip("/")
+
+
+def replica(url: str, log_path: Path, identity: str, priority: int) -> OperatorProcess:
+    flags = {
+        "max-active": 3,
+        "peering": PEERING,
+        "priority": priority,
+        "peering-identity": identity,
+        "peering-lifetime": LIFETIME,
+    }
+    return OperatorProcess(url, log_path, **flags)
+
+
+async def peers(client: kube.KubeClient) -> dict[str, object]:
+    try:
+        body = await client.get(standby.PEERINGS, NAMESPACE, PEERING)
+    except kube.NotFound:
+        return {}
+    return dict(body.get("status") or {})
+
+
+async def test_standby_stays_idle_while_the_active_lives_and_takes_over_after_a_crash(
+    tmp_path: Path,
+) -> None:
+    bodies = [crawljob(f"ha/h{index:02d}_sleep-0.5_ok-{index + 1}.csv") for index in range(12)]
+    names = [body["metadata"]["name"] for body in bodies]
+    job_additions: Counter[str] = Counter()
+    async with recording_emulator() as (emulator, url), kube.KubeClient(kube.Connection(server=url)) as client:
+
+        async def watch_creations() -> None:
+            async for event in client.watch(kube.JOBS, NAMESPACE):
+                if event["type"] == "ADDED":
+                    job_additions[event["object"]["metadata"]["name"]] += 1
+
+        async def succeeded_at_least(count: int) -> bool:
+            items = await client.list(kube.CRAWLJOBS, NAMESPACE)
+            return sum((item.get("status") or {}).get("phase") == "Succeeded" for item in items) >= count
+
+        active = replica(url, tmp_path / "high.log", "op-high", priority=10)
+        spare = replica(url, tmp_path / "low.log", "op-low", priority=5)
+        watcher = asyncio.create_task(watch_creations())
+        async with running_runner(client, {"FAKE_WORKER_STATE": str(tmp_path)}, max_parallel=6):
+            # No KopfPeering object exists yet: the first replica creates it.
+            await active.start()
+            await wait_until(lambda: _has_peer(client, "op-high"), 20, "op-high's keep-alive")
+            await spare.start()
+            await wait_until(lambda: _has_peer(client, "op-low"), 20, "op-low's keep-alive")
+            for body in bodies:
+                await client.create(kube.CRAWLJOBS, NAMESPACE, body)
+            await wait_until(lambda: succeeded_at_least(4), 40, "4 CrawlJobs Succeeded")
+
+            # While the high-priority replica lives, the low one has written nothing.
+            assert spare.process is not None and spare.process.returncode is None, "the standby died"
+            assert emulator.writes_by("op-low") == []
+            assert any("/jobs" in call.path for call in emulator.writes_by("op-high"))
+
+            await active.kill()
+            killed_at = time.monotonic()
+            finished = [
+                await wait_phase(client, name, {"Succeeded", "Failed"}, timeout=40) for name in names
+            ]
+            taken_over = emulator.writes_by("op-low", since=killed_at)
+            await spare.stop()
+        watcher.cancel()
+
+    runs = Counter((tmp_path / "runs.log").read_text().split())
+    assert [item["status"]["phase"] for item in finished] == ["Succeeded"] * 12
+    assert [item["status"]["result"]["rowsRead"] for item in finished] == list(range(1, 13))
+    assert sorted(job_additions) == sorted(names)
+    assert set(job_additions.values()) == {1}, job_additions  # 0 duplicate Jobs
+    assert runs == Counter({name: 1 for name in names}), runs  # each crawl ran exactly once
+    # The standby did the rest: it created Jobs after the crash (so the attribution can see it act).
+    standby_jobs = [call for call in taken_over if call.method == "POST" and call.path.endswith("/jobs")]
+    assert standby_jobs, "the standby created no Job after the active replica was killed"
+    failover = taken_over[0].at - killed_at
+    assert failover < LIFETIME + 3, failover
+    print(
+        f"standby test: failover {failover:.1f} s after SIGKILL (peering lifetime {LIFETIME} s); "
+        f"Jobs created by the active {len(names) - len(standby_jobs)}, by the standby "
+        f"{len(standby_jobs)}; 12/12 Succeeded, 0 duplicates"
+    )
+
+
+async def _has_peer(client: kube.KubeClient, identity: str) -> bool:
+    return identity in await peers(client)

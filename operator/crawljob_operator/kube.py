@@ -77,6 +77,9 @@ CRAWLJOBS = Resource("crawljob.io", "v1alpha1", "crawljobs")
 JOBS = Resource("batch", "v1", "jobs")
 PODS = Resource("", "v1", "pods")
 EVENTS = Resource("", "v1", "events")
+# kopf's peering objects (active/standby operators, `crawljob operator --peering`).
+PEERINGS = Resource("kopf.dev", "v1", "kopfpeerings")
+CLUSTER_PEERINGS = Resource("kopf.dev", "v1", "clusterkopfpeerings", namespaced=False)
 
 
 @dataclass

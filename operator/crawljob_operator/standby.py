@@ -19,9 +19,6 @@ from crawljob_operator.config import OperatorSettings
 
 log = logging.getLogger("crawljob.operator")
 
-PEERINGS = kube.Resource(peering.GROUP, peering.VERSION, peering.PLURAL)
-CLUSTER_PEERINGS = kube.Resource(peering.GROUP, peering.VERSION, peering.CLUSTER_PLURAL, namespaced=False)
-
 
 def check_interval(lifetime: int) -> float:
     """How often the gate re-reads the peering object: a sixth of the lifetime, within 0.5–5 s."""
@@ -60,25 +57,28 @@ class Gate:
         while not self.state.admitted.empty():
             self.state.creating.discard(self.state.admitted.get_nowait())
 
-    def _peering_resource(self) -> tuple[kube.Resource, str]:
-        if self.settings.namespace is None:
-            return CLUSTER_PEERINGS, ""
-        return PEERINGS, self.settings.namespace
-
     async def read(self) -> dict[str, Any] | None:
-        """The peering object; created (empty) when missing, so that a fresh install works."""
-        what, namespace = self._peering_resource()
-        name = str(self.settings.peering)
+        """The peering object; created (empty) when missing, so that a fresh install works.
+
+        A KopfPeering in the watched namespace, or a ClusterKopfPeering when watching all of them
+        (where kopf looks for it).
+        """
+        client, namespace, name = self.state.client, self.settings.namespace, str(self.settings.peering)
         try:
-            return await self.state.client.get(what, namespace, name)
+            if namespace is None:
+                return await client.get(kube.CLUSTER_PEERINGS, "", name)
+            return await client.get(kube.PEERINGS, namespace, name)
         except kube.NotFound:
             pass
-        manifest = peering.peering_manifest(name, self.settings.namespace)
+        manifest = peering.peering_manifest(name, namespace)
         try:
-            created = await self.state.client.create(what, namespace, manifest)
-            log.info("peering: created %s %s", manifest["kind"], name)
+            if namespace is None:
+                created = await client.create(kube.CLUSTER_PEERINGS, "", manifest)
+            else:
+                created = await client.create(kube.PEERINGS, namespace, manifest)
         except kube.Conflict:
             return None  # another replica created it just now: read it on the next check
+        log.info("peering: created %s %s", manifest["kind"], name)
         return created
 
     async def check(self, now: datetime.datetime, loop_time: float) -> peering.Verdict:

@@ -19,7 +19,7 @@ import attrs
 import kmock
 import pytest
 
-from crawljob_operator import kube, peering, standby
+from crawljob_operator import kube, peering
 from crawljob_operator.local.emulator import Emulator, register_crawljob_crd, register_peering_crds
 from fakes.stack import NAMESPACE, OperatorProcess, crawljob, running_runner, wait_phase, wait_until
 
@@ -90,7 +90,7 @@ def replica(url: str, log_path: Path, identity: str, priority: int) -> OperatorP
 
 async def peers(client: kube.KubeClient) -> dict[str, object]:
     try:
-        body = await client.get(standby.PEERINGS, NAMESPACE, PEERING)
+        body = await client.get(kube.PEERINGS, NAMESPACE, PEERING)
     except kube.NotFound:
         return {}
     return dict(body.get("status") or {})

@@ -21,7 +21,7 @@ log = logging.getLogger("crawljob.operator")
 
 
 def check_interval(lifetime: int) -> float:
-    """How often the gate re-reads the peering object: a sixth of the lifetime, within 0.5–5 s."""
+    """How often the gate re-reads the peering object: a sixth of the lifetime, within 0.5-5 s."""
     return min(5.0, max(0.5, lifetime / 6))
 
 

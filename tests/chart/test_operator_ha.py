@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import kubernetes_validate
 import pytest
-from chart_render import CHART, KUBERNETES_VERSION, Manifest, env_of, helm, named, of_kind, render, render_error
+from chart_render import (
+    CHART,
+    KUBERNETES_VERSION,
+    Manifest,
+    env_of,
+    helm,
+    named,
+    of_kind,
+    render,
+    render_error,
+)
 from test_values import contract_names
 
 from crawljob_operator import peering
@@ -40,9 +50,10 @@ def test_ha_runs_a_statefulset_whose_pods_take_distinct_priorities(ha_manifests:
     spec = statefulset["spec"]
     assert spec["replicas"] == 2
     assert spec["podManagementPolicy"] == "Parallel"
-    assert spec["serviceName"] == named(ha_manifests, "Service", "demo-crawljob-operator-metrics")[
-        "metadata"
-    ]["name"]
+    assert (
+        spec["serviceName"]
+        == named(ha_manifests, "Service", "demo-crawljob-operator-metrics")["metadata"]["name"]
+    )
     env = env_of(operator_container(statefulset))
     assert env["CRAWLJOB_PEERING"] == "demo-crawljob-operator"
     assert env["CRAWLJOB_PEERING_IDENTITY"] == {"fieldRef": {"fieldPath": "metadata.name"}}

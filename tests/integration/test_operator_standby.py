@@ -102,7 +102,10 @@ async def test_standby_stays_idle_while_the_active_lives_and_takes_over_after_a_
     bodies = [crawljob(f"ha/h{index:02d}_sleep-0.5_ok-{index + 1}.csv") for index in range(12)]
     names = [body["metadata"]["name"] for body in bodies]
     job_additions: Counter[str] = Counter()
-    async with recording_emulator() as (emulator, url), kube.KubeClient(kube.Connection(server=url)) as client:
+    async with (
+        recording_emulator() as (emulator, url),
+        kube.KubeClient(kube.Connection(server=url)) as client,
+    ):
 
         async def watch_creations() -> None:
             async for event in client.watch(kube.JOBS, NAMESPACE):
@@ -133,9 +136,7 @@ async def test_standby_stays_idle_while_the_active_lives_and_takes_over_after_a_
 
             await active.kill()
             killed_at = time.monotonic()
-            finished = [
-                await wait_phase(client, name, {"Succeeded", "Failed"}, timeout=40) for name in names
-            ]
+            finished = [await wait_phase(client, name, {"Succeeded", "Failed"}, timeout=40) for name in names]
             taken_over = emulator.writes_by("op-low", since=killed_at)
             await spare.stop()
         watcher.cancel()

@@ -35,8 +35,12 @@ class Verdict:
     reason: str
     # Earliest deadline of a blocking peer: it counts as dead from then on (None: no such peer).
     recheck_at: datetime.datetime | None = None
-    # Whether our own keep-alive is in the object (the others can see us).
-    visible: bool = False
+    # When our own keep-alive was last written, if it is in the object (the others can see us).
+    own_lastseen: datetime.datetime | None = None
+
+    @property
+    def visible(self) -> bool:
+        return self.own_lastseen is not None
 
 
 def _parse_time(value: Any) -> datetime.datetime | None:
@@ -73,9 +77,12 @@ def verdict(
         deadline = lastseen + datetime.timedelta(seconds=lifetime)
         if deadline > now and peer_priority >= priority:
             blocking.append((str(peer_identity), peer_priority, deadline))
-    visible = isinstance(peers.get(identity), Mapping)
+    own = peers.get(identity)
+    own_lastseen = None
+    if isinstance(own, Mapping):
+        own_lastseen = (_parse_time(own["lastseen"]) if own.get("lastseen") is not None else None) or now
     if not blocking:
-        return Verdict(True, "no live peer with a higher or equal priority", None, visible)
+        return Verdict(True, "no live peer with a higher or equal priority", None, own_lastseen)
     higher = [peer for peer in blocking if peer[1] > priority]
     shown = higher or blocking
     relation = "higher" if higher else "the same"
@@ -84,7 +91,7 @@ def verdict(
         False,
         f"standing by: live peer(s) with {relation} priority: {names}",
         min(deadline for _, _, deadline in blocking),
-        visible,
+        own_lastseen,
     )
 
 

@@ -36,7 +36,8 @@ class Gate:
         # Loop time of the last successful read of the peering object (health of a standby).
         self.checked_at = 0.0
         self.reason = "starting"
-        self._visible_since: float | None = None
+        # Since when our keep-alive is in the peering object (wall clock, as kopf writes it).
+        self._visible_since: datetime.datetime | None = None
 
     async def activate(self) -> None:
         """Prime the view from the API (resync), then start the loops. Raises kube.KubeError."""
@@ -93,14 +94,14 @@ class Gate:
         decision = peering.verdict(found, settings.peering_identity, settings.priority, now)
         if found is not None:
             self.reason = decision.reason
-        if not decision.visible:
+        if decision.own_lastseen is None:
             self._visible_since = None
         elif self._visible_since is None:
-            self._visible_since = loop_time
-        # Before the first activation, wait until our own keep-alive has been in the object for one
-        # check interval: the other replicas' gates have then seen us and stopped.
+            self._visible_since = decision.own_lastseen
+        # Before activating, wait until our own keep-alive has been in the object for one check
+        # interval: the gates of the other replicas have then seen us and stopped.
         settled = self._visible_since is not None and (
-            loop_time - self._visible_since >= check_interval(settings.peering_lifetime)
+            (now - self._visible_since).total_seconds() >= check_interval(settings.peering_lifetime)
         )
         if decision.active and not self.active and settled:
             log.info("peering %s: this replica (%s, priority %d) is now active: %s",
@@ -124,6 +125,8 @@ class Gate:
                 decision = await self.check(now, loop.time())
                 if decision.recheck_at is not None:
                     delay = min(delay, max(0.05, (decision.recheck_at - now).total_seconds()))
+                if decision.active and not self.active:
+                    delay = min(delay, 0.5)  # settling: activate as soon as the interval has passed
             except kube.KubeError as exc:
                 log.warning("peering %s: cannot read the peering object (will retry): %s",
                             self.settings.peering, exc)  # fmt: skip

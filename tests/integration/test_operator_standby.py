@@ -7,6 +7,7 @@ attributed to its replica by the User-Agent the operator sends (`crawljob-operat
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -14,6 +15,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import aiohttp.web
 import attrs
 import kmock
@@ -59,12 +61,12 @@ class RecordingEmulator(Emulator):
 
     def writes_by(self, identity: str, since: float = 0.0) -> list[Call]:
         """Writes (other than peering keep-alives) the operator replica *identity* made."""
+        return [call for call in self.calls_by(identity, since) if call.is_write and not call.is_peering]
+
+    def calls_by(self, identity: str, since: float = 0.0) -> list[Call]:
+        """Every request the operator replica *identity* made (through its own API client)."""
         agent = f"crawljob-operator ({identity})"
-        return [
-            call
-            for call in self.calls
-            if call.at >= since and call.user_agent == agent and call.is_write and not call.is_peering
-        ]
+        return [call for call in self.calls if call.at >= since and call.user_agent == agent]
 
 
 @asynccontextmanager
@@ -77,15 +79,36 @@ async def recording_emulator() -> AsyncIterator[tuple[RecordingEmulator, str]]:
         yield emulator, str(server.url).rstrip("/")
 
 
-def replica(url: str, log_path: Path, identity: str, priority: int) -> OperatorProcess:
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def replica(
+    url: str, log_path: Path, identity: str, priority: int, lifetime: int = LIFETIME
+) -> OperatorProcess:
     flags = {
         "max-active": 3,
         "peering": PEERING,
         "priority": priority,
         "peering-identity": identity,
-        "peering-lifetime": LIFETIME,
+        "peering-lifetime": lifetime,
+        "health-port": free_port(),
     }
     return OperatorProcess(url, log_path, **flags)
+
+
+async def health(operator: OperatorProcess) -> tuple[int, dict[str, object], bool]:
+    """(/healthz status, its body, the crawljob_operator_active gauge) of one replica."""
+    base = f"http://127.0.0.1:{operator.flags['health-port']}"
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{base}/healthz") as answer:
+            status, body = answer.status, await answer.json()
+        async with http.get(f"{base}/metrics") as answer:
+            active = "crawljob_operator_active 1.0" in await answer.text()
+    return status, body, active
 
 
 async def peers(client: kube.KubeClient) -> dict[str, object]:
@@ -129,15 +152,23 @@ async def test_standby_stays_idle_while_the_active_lives_and_takes_over_after_a_
                 await client.create(kube.CRAWLJOBS, NAMESPACE, body)
             await wait_until(lambda: succeeded_at_least(4), 40, "4 CrawlJobs Succeeded")
 
-            # While the high-priority replica lives, the low one has written nothing.
+            # While the high-priority replica lives, the low one has written nothing, and read only
+            # the peering object; both are healthy, in their roles.
             assert spare.process is not None and spare.process.returncode is None, "the standby died"
             assert emulator.writes_by("op-low") == []
+            assert all(call.is_peering for call in emulator.calls_by("op-low")), emulator.calls_by("op-low")
             assert any("/jobs" in call.path for call in emulator.writes_by("op-high"))
+            high_health, low_health = await health(active), await health(spare)
+            assert high_health[0] == 200 and high_health[1]["role"] == "active" and high_health[2]
+            assert low_health[0] == 200 and low_health[1]["role"] == "standby" and not low_health[2]
+            assert "higher priority: op-high (10)" in str(low_health[1]["reason"])
 
             await active.kill()
             killed_at = time.monotonic()
             finished = [await wait_phase(client, name, {"Succeeded", "Failed"}, timeout=40) for name in names]
             taken_over = emulator.writes_by("op-low", since=killed_at)
+            low_health = await health(spare)
+            assert low_health[0] == 200 and low_health[1]["role"] == "active" and low_health[2]
             await spare.stop()
         watcher.cancel()
 
@@ -161,3 +192,45 @@ async def test_standby_stays_idle_while_the_active_lives_and_takes_over_after_a_
 
 async def _has_peer(client: kube.KubeClient, identity: str) -> bool:
     return identity in await peers(client)
+
+
+async def test_a_gracefully_stopped_active_replica_hands_over_at_once(tmp_path: Path) -> None:
+    """kopf removes its keep-alive on exit: no waiting for the (here long) lifetime to expire."""
+    lifetime = 30
+    body = crawljob("ha/after-handover_ok-7.csv")
+    async with (
+        recording_emulator() as (emulator, url),
+        kube.KubeClient(kube.Connection(server=url)) as client,
+    ):
+        active = replica(url, tmp_path / "high.log", "op-high", priority=1, lifetime=lifetime)
+        spare = replica(url, tmp_path / "low.log", "op-low", priority=0, lifetime=lifetime)
+        async with running_runner(client):
+            await active.start()
+            await wait_until(lambda: _has_peer(client, "op-high"), 20, "op-high's keep-alive")
+            await spare.start()
+            await wait_until(lambda: _has_peer(client, "op-low"), 20, "op-low's keep-alive")
+            await wait_until(lambda: _role_is(spare, "standby"), 20, "op-low standing by")
+            await active.stop()  # SIGTERM
+            stopped_at = time.monotonic()
+            assert "op-high" not in await peers(client)
+            await wait_until(lambda: _role_is(spare, "active"), 10, "op-low active")
+            handover = time.monotonic() - stopped_at
+            await client.create(kube.CRAWLJOBS, NAMESPACE, body)
+            done = await wait_phase(client, body["metadata"]["name"], {"Succeeded", "Failed"}, timeout=20)
+            await spare.stop()
+    assert done["status"]["phase"] == "Succeeded"
+    # Within a gate check (5 s at this lifetime) + a resync; taking over by expiry would take
+    # 20 s or more here (the lifetime 30 s minus the few seconds since op-high's last keep-alive).
+    assert handover < 12, handover
+    assert [
+        call.path for call in emulator.writes_by("op-low") if call.method == "POST" and "/jobs" in call.path
+    ]
+    print(f"graceful handover: standby active {handover:.1f} s after SIGTERM (lifetime {lifetime} s)")
+
+
+async def _role_is(operator: OperatorProcess, role: str) -> bool:
+    try:
+        status, body, _ = await health(operator)
+    except aiohttp.ClientError:
+        return False
+    return status == 200 and body.get("role") == role

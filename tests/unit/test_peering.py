@@ -23,8 +23,9 @@ def test_without_the_peering_object_nobody_acts() -> None:
 
 
 def test_alone_in_the_object_the_replica_acts_and_sees_itself() -> None:
-    decision = peering.verdict({"status": {"me": seen(1, 0)}}, "me", 0, NOW)
+    decision = peering.verdict({"status": {"me": seen(4, 0)}}, "me", 0, NOW)
     assert decision.active and decision.visible and decision.recheck_at is None
+    assert decision.own_lastseen == NOW - datetime.timedelta(seconds=4)
 
 
 def test_an_empty_object_lets_the_replica_act_before_its_keepalive_lands() -> None:

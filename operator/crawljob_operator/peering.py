@@ -37,6 +37,8 @@ class Verdict:
     recheck_at: datetime.datetime | None = None
     # When our own keep-alive was last written, if it is in the object (the others can see us).
     own_lastseen: datetime.datetime | None = None
+    # Live peers with a lower priority: one of them may be acting until it sees us.
+    lower: tuple[str, ...] = ()
 
     @property
     def visible(self) -> bool:
@@ -57,12 +59,16 @@ def verdict(
     """kopf's rule: act unless a live peer (not us) has a priority >= ours; no object: stand by.
 
     A peer is live until `lastseen + lifetime` (kopf's `Peer.is_dead`). An entry without a usable
-    `lastseen` counts as seen now, as kopf does.
+    `lastseen` counts as seen now, as kopf does. One rule more than kopf's: act only while our own
+    keep-alive is in the object. The others cannot see a replica that is not in it, and kopf
+    removes it first thing when the operator shuts down, so the loops stop as soon as a standby
+    may start.
     """
     if peering_object is None:
         return Verdict(False, "the peering object does not exist")
     peers = peering_object.get("status") or {}
     blocking: list[tuple[str, int, datetime.datetime]] = []
+    lower: list[str] = []
     for peer_identity, info in peers.items():
         if peer_identity == identity or not isinstance(info, Mapping):
             continue
@@ -77,12 +83,18 @@ def verdict(
         deadline = lastseen + datetime.timedelta(seconds=lifetime)
         if deadline > now and peer_priority >= priority:
             blocking.append((str(peer_identity), peer_priority, deadline))
+        elif deadline > now:
+            lower.append(str(peer_identity))
     own = peers.get(identity)
     own_lastseen = None
     if isinstance(own, Mapping):
         own_lastseen = (_parse_time(own["lastseen"]) if own.get("lastseen") is not None else None) or now
+    if not blocking and own_lastseen is None:
+        reason = "waiting for this replica's keep-alive to appear in the peering object"
+        return Verdict(False, reason, None, None, tuple(sorted(lower)))
     if not blocking:
-        return Verdict(True, "no live peer with a higher or equal priority", None, own_lastseen)
+        reason = "no live peer with a higher or equal priority"
+        return Verdict(True, reason, None, own_lastseen, tuple(sorted(lower)))
     higher = [peer for peer in blocking if peer[1] > priority]
     shown = higher or blocking
     relation = "higher" if higher else "the same"
@@ -92,6 +104,7 @@ def verdict(
         f"standing by: live peer(s) with {relation} priority: {names}",
         min(deadline for _, _, deadline in blocking),
         own_lastseen,
+        tuple(sorted(lower)),
     )
 
 
@@ -121,13 +134,23 @@ def default_identity() -> str:
     return f"{socket.gethostname()}/{os.getpid()}"
 
 
-def peering_manifest(name: str, namespace: str | None) -> dict[str, Any]:
-    """The (empty) KopfPeering object, or ClusterKopfPeering when *namespace* is None."""
+def keepalive(priority: int, lifetime: int, now: datetime.datetime) -> dict[str, Any]:
+    """One replica's entry in the peering object's status, as kopf writes it."""
+    return {"priority": priority, "lifetime": lifetime, "lastseen": now.isoformat()}
+
+
+def peering_manifest(
+    name: str, namespace: str | None, peers: Mapping[str, Mapping[str, Any]] | None = None
+) -> dict[str, Any]:
+    """The KopfPeering object (ClusterKopfPeering when *namespace* is None), with *peers*' entries."""
     metadata: dict[str, Any] = {"name": name}
     if namespace is not None:
         metadata["namespace"] = namespace
-    return {
+    manifest: dict[str, Any] = {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": KIND if namespace is not None else CLUSTER_KIND,
         "metadata": metadata,
     }
+    if peers:
+        manifest["status"] = {identity: dict(entry) for identity, entry in peers.items()}
+    return manifest

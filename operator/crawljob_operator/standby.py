@@ -2,14 +2,15 @@
 
 kopf pauses its watch streams (hence our handlers) while a peer with a higher or equal priority is
 alive. The loops started by the operator itself (queue admission, Job creation, periodic resync and
-GC) are invisible to kopf, so `Gate` follows the same KopfPeering object and applies kopf's rule
-(`peering.verdict`): it starts the loops when this replica becomes active and cancels them when
-it stands by. Standalone operators are active from the start (`activate` at startup).
+GC) are invisible to kopf, so `Gate` watches the same KopfPeering object and applies kopf's rule
+(`peering.verdict`) on each change: it starts the loops when this replica becomes active and
+cancels them when it stands by. Standalone operators are active from the start (`activate` at startup).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import logging
 from typing import Any
@@ -71,7 +72,13 @@ class Gate:
             return await client.get(kube.PEERINGS, namespace, name)
         except kube.NotFound:
             pass
-        manifest = peering.peering_manifest(name, namespace)
+        # With our keep-alive in it: kopf's next one may be most of a lifetime away (its first one
+        # found no object), and a replica acts only while it is in the object.
+        settings = self.settings
+        entry = peering.keepalive(
+            settings.priority, settings.peering_lifetime, datetime.datetime.now(tz=datetime.UTC)
+        )
+        manifest = peering.peering_manifest(name, namespace, {settings.peering_identity: entry})
         try:
             if namespace is None:
                 created = await client.create(kube.CLUSTER_PEERINGS, "", manifest)
@@ -98,10 +105,12 @@ class Gate:
             self._visible_since = None
         elif self._visible_since is None:
             self._visible_since = decision.own_lastseen
-        # Before activating, wait until our own keep-alive has been in the object for one check
-        # interval: the gates of the other replicas have then seen us and stopped.
-        settled = self._visible_since is not None and (
-            (now - self._visible_since).total_seconds() >= check_interval(settings.peering_lifetime)
+        # Taking over from a live lower-priority replica (it may be acting): wait until our own
+        # keep-alive has been in the object for one check interval, so that it has seen us and
+        # stopped. Nobody lower alive (a failover, or alone): act at once.
+        settled = not decision.lower or (
+            self._visible_since is not None
+            and (now - self._visible_since).total_seconds() >= check_interval(settings.peering_lifetime)
         )
         if decision.active and not self.active and settled:
             log.info("peering %s: this replica (%s, priority %d) is now active: %s",
@@ -114,26 +123,52 @@ class Gate:
         return decision
 
     async def run(self) -> None:
-        """Check the peering object every check_interval (sooner when a blocking peer expires)."""
+        """Check the peering object on every change of it (a watch), at least every check_interval,
+        and when a blocking peer's keep-alive expires."""
         interval = check_interval(self.settings.peering_lifetime)
         loop = asyncio.get_running_loop()
+        changed = asyncio.Event()
+        watcher = asyncio.create_task(self.watch(changed))
         logged = ""
+        try:
+            while True:
+                changed.clear()  # before the read: a change during it triggers the next check
+                now = datetime.datetime.now(tz=datetime.UTC)
+                delay = interval
+                try:
+                    decision = await self.check(now, loop.time())
+                    if decision.recheck_at is not None:
+                        delay = min(delay, max(0.05, (decision.recheck_at - now).total_seconds()))
+                    if decision.active and not self.active:
+                        delay = min(delay, 0.5)  # settling: activate once the interval has passed
+                except kube.KubeError as exc:
+                    log.warning("peering %s: cannot read the peering object (will retry): %s",
+                                self.settings.peering, exc)  # fmt: skip
+                if not self.active and self.reason != logged:
+                    log.info("peering %s: %s", self.settings.peering, self.reason)
+                    logged = self.reason
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), delay)
+        finally:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+
+    async def watch(self, changed: asyncio.Event) -> None:
+        """Set *changed* on every watch event of the peering object (kopf reacts to the same)."""
+        client, namespace, name = self.state.client, self.settings.namespace, str(self.settings.peering)
+        timeout = self.settings.watch_server_timeout
         while True:
-            now = datetime.datetime.now(tz=datetime.UTC)
-            delay = interval
             try:
-                decision = await self.check(now, loop.time())
-                if decision.recheck_at is not None:
-                    delay = min(delay, max(0.05, (decision.recheck_at - now).total_seconds()))
-                if decision.active and not self.active:
-                    delay = min(delay, 0.5)  # settling: activate as soon as the interval has passed
+                if namespace is None:
+                    stream = client.watch(kube.CLUSTER_PEERINGS, None, timeout_seconds=timeout)
+                else:
+                    stream = client.watch(kube.PEERINGS, namespace, timeout_seconds=timeout)
+                async for event in stream:
+                    if ((event.get("object") or {}).get("metadata") or {}).get("name") == name:
+                        changed.set()
             except kube.KubeError as exc:
-                log.warning("peering %s: cannot read the peering object (will retry): %s",
-                            self.settings.peering, exc)  # fmt: skip
-            if not self.active and self.reason != logged:
-                log.info("peering %s: %s", self.settings.peering, self.reason)
-                logged = self.reason
-            await asyncio.sleep(delay)
+                log.debug("peering %s: watch interrupted (re-established): %s", name, exc)
+            await asyncio.sleep(1.0)  # a closed or failed stream: the periodic check covers the gap
 
     async def close(self) -> None:
         await self.deactivate()

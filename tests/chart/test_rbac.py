@@ -33,15 +33,15 @@ OPERATOR_CALLS = {
     ("", "events"): {"create"},
 }
 # Only with operator.ha.enabled (active/standby): kopf's peering keeps the replicas' keep-alives in
-# a KopfPeering object (list + watch it, patch its status), and the operator's gate reads it (get)
-# and creates it when missing (create). The chart always watches one namespace: never the
+# a KopfPeering object (list + watch it, patch its status), and the operator's gate reads and
+# watches it (get, watch) and creates it when missing (create). The chart always watches one namespace: never the
 # cluster-scoped ClusterKopfPeering, which the code reads only when watching all namespaces.
 PEERING_CALLS = {
     ("kopf.dev", "kopfpeerings"): {"get", "list", "watch", "patch", "create"},
 }
 PEERING_CALLS_IN_CODE = {
-    ("kopf.dev", "kopfpeerings"): {"get", "create"},
-    ("kopf.dev", "clusterkopfpeerings"): {"get", "create"},
+    ("kopf.dev", "kopfpeerings"): {"get", "watch", "create"},
+    ("kopf.dev", "clusterkopfpeerings"): {"get", "watch", "create"},
 }
 WORKER_CALLS = {
     ("crawljob.io", "crawljobs/status"): {"patch"},  # progress, merge patch

@@ -28,9 +28,12 @@ def test_alone_in_the_object_the_replica_acts_and_sees_itself() -> None:
     assert decision.own_lastseen == NOW - datetime.timedelta(seconds=4)
 
 
-def test_an_empty_object_lets_the_replica_act_before_its_keepalive_lands() -> None:
+def test_a_replica_acts_only_while_its_own_keepalive_is_in_the_object() -> None:
     decision = peering.verdict({"metadata": {"name": "p"}}, "me", 0, NOW)
-    assert decision.active and not decision.visible
+    assert not decision.active and not decision.visible
+    assert "keep-alive" in decision.reason
+    # kopf removes the entry first thing on shutdown: the loops stop before a standby starts.
+    assert not peering.verdict({"status": {"standby": seen(1, -1)}}, "me", 0, NOW).active
 
 
 def test_a_live_peer_with_a_higher_priority_makes_the_replica_stand_by_until_its_deadline() -> None:
@@ -48,7 +51,15 @@ def test_equal_priorities_pause_both_as_kopf_does() -> None:
 
 def test_lower_priority_and_expired_peers_do_not_block() -> None:
     status = {"me": seen(1, 5), "low": seen(1, 1), "dead": seen(31, 9), "just-dead": seen(30, 9)}
-    assert peering.verdict({"status": status}, "me", 5, NOW).active
+    decision = peering.verdict({"status": status}, "me", 5, NOW)
+    assert decision.active
+    assert decision.lower == ("low",)  # live and possibly acting until it sees us
+
+
+def test_a_failover_displaces_nobody() -> None:
+    status = {"me": seen(1, 0), "crashed": seen(40, 9), "standby": seen(2, -1, lifetime=1)}
+    decision = peering.verdict({"status": status}, "me", 0, NOW)
+    assert decision.active and decision.lower == ()
 
 
 def test_a_peer_without_lastseen_counts_as_seen_now_and_malformed_entries_are_ignored() -> None:
@@ -85,6 +96,15 @@ def test_the_peering_object_is_namespaced_unless_the_operator_watches_all_namesp
         "metadata": {"name": "p", "namespace": "crawls"},
     }
     assert peering.peering_manifest("p", None)["kind"] == "ClusterKopfPeering"
+
+
+def test_the_creator_of_the_peering_object_puts_its_keepalive_in_it_as_kopf_writes_it() -> None:
+    entry = peering.keepalive(-1, 30, NOW)
+    assert entry == {"priority": -1, "lifetime": 30, "lastseen": "2026-11-29T12:00:00+00:00"}
+    manifest = peering.peering_manifest("p", "crawls", {"pod-1": entry})
+    assert manifest["status"] == {"pod-1": entry}
+    decision = peering.verdict(manifest, "pod-1", -1, NOW + datetime.timedelta(seconds=29))
+    assert decision.active and decision.own_lastseen == NOW
 
 
 def test_the_gate_checks_a_sixth_of_the_lifetime_within_bounds() -> None:

@@ -60,7 +60,7 @@ class Gate:
             self.state.creating.discard(self.state.admitted.get_nowait())
 
     async def read(self) -> dict[str, Any] | None:
-        """The peering object; created (empty) when missing, so that a fresh install works.
+        """The peering object; created (with our keep-alive) when missing, so that a fresh install works.
 
         A KopfPeering in the watched namespace, or a ClusterKopfPeering when watching all of them
         (where kopf looks for it).
@@ -113,12 +113,22 @@ class Gate:
             and (now - self._visible_since).total_seconds() >= check_interval(settings.peering_lifetime)
         )
         if decision.active and not self.active and settled:
-            log.info("peering %s: this replica (%s, priority %d) is now active: %s",
-                     settings.peering, settings.peering_identity, settings.priority, decision.reason)  # fmt: skip
+            log.info(
+                "peering %s: this replica (%s, priority %d) is now active: %s",
+                settings.peering,
+                settings.peering_identity,
+                settings.priority,
+                decision.reason,
+            )
             await self.activate()
         elif not decision.active and self.active:
-            log.info("peering %s: this replica (%s, priority %d) stands by: %s",
-                     settings.peering, settings.peering_identity, settings.priority, decision.reason)  # fmt: skip
+            log.info(
+                "peering %s: this replica (%s, priority %d) stands by: %s",
+                settings.peering,
+                settings.peering_identity,
+                settings.priority,
+                decision.reason,
+            )
             await self.deactivate()
         return decision
 
@@ -142,8 +152,11 @@ class Gate:
                     if decision.active and not self.active:
                         delay = min(delay, 0.5)  # settling: activate once the interval has passed
                 except kube.KubeError as exc:
-                    log.warning("peering %s: cannot read the peering object (will retry): %s",
-                                self.settings.peering, exc)  # fmt: skip
+                    log.warning(
+                        "peering %s: cannot read the peering object (will retry): %s",
+                        self.settings.peering,
+                        exc,
+                    )
                 if not self.active and self.reason != logged:
                     log.info("peering %s: %s", self.settings.peering, self.reason)
                     logged = self.reason

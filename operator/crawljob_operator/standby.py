@@ -26,6 +26,18 @@ def check_interval(lifetime: int) -> float:
     return min(5.0, max(0.5, lifetime / 6))
 
 
+def forget_view(state: handlers.State) -> None:
+    """Drop what this replica saw of CrawlJobs, Jobs and Pods.
+
+    A standby receives no events, so its view goes stale while another replica acts. Were it kept,
+    the handlers that kopf resumes on a later takeover would reconcile fresh Job events against
+    stale CrawlJobs and rewrite finished statuses. Forgotten, the view is refilled from fresh
+    events and the activation's resync; a CrawlJob not (yet) in it is left alone.
+    """
+    for store in (state.crawljobs, state.jobs, state.pods, state.pods_by_job, state.position_written):
+        store.clear()
+
+
 class Gate:
     """Starts the operator's loops on becoming active; stops them when a peer takes over."""
 
@@ -50,7 +62,8 @@ class Gate:
         self.active = True
 
     async def deactivate(self) -> None:
-        """Stop the loops and forget admissions not yet turned into Jobs (the next active re-admits)."""
+        """Stop the loops, forget admissions not yet turned into Jobs (the next active re-admits)
+        and forget the view (see forget_view)."""
         self.active = False
         loops = list(self.loops)
         for task in loops:
@@ -58,6 +71,7 @@ class Gate:
         await asyncio.gather(*loops, return_exceptions=True)
         while not self.state.admitted.empty():
             self.state.creating.discard(self.state.admitted.get_nowait())
+        forget_view(self.state)
 
     async def read(self) -> dict[str, Any] | None:
         """The peering object; created (with our keep-alive) when missing, so that a fresh install works.

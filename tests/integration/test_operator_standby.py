@@ -256,3 +256,91 @@ async def _role_is(operator: OperatorProcess, role: str) -> bool:
     except aiohttp.ClientError:
         return False
     return status == 200 and body.get("role") == role
+
+
+async def test_a_returning_higher_priority_replica_takes_over_without_duplicates(tmp_path: Path) -> None:
+    """Failback (a StatefulSet rollout brings pod 0 back while pod 1 acts), then back again: the
+    displaced replica stops creating Jobs before the returning one starts, and no status ever
+    goes back from a finished phase (a replica that stood by must not act on what it saw before)."""
+    lifetime = 6  # gate checks every second: the returning replica waits that long before acting
+    bodies = [crawljob(f"ha/b{index:02d}_sleep-1_ok-{index + 1}.csv") for index in range(9)]
+    last = crawljob("ha/b-last_ok-10.csv")
+    names = [body["metadata"]["name"] for body in bodies]
+    job_additions: Counter[str] = Counter()
+    phases: dict[str, list[str]] = {}
+    async with (
+        recording_emulator() as (emulator, url),
+        kube.KubeClient(kube.Connection(server=url)) as client,
+    ):
+
+        async def watch_creations() -> None:
+            async for event in client.watch(kube.JOBS, NAMESPACE):
+                if event["type"] == "ADDED":
+                    job_additions[event["object"]["metadata"]["name"]] += 1
+
+        async def watch_phases() -> None:
+            async for event in client.watch(kube.CRAWLJOBS, NAMESPACE):
+                phase = (event["object"].get("status") or {}).get("phase")
+                history = phases.setdefault(event["object"]["metadata"]["name"], [])
+                if phase and (not history or history[-1] != phase):
+                    history.append(phase)
+
+        async def some_running() -> bool:
+            items = await client.list(kube.CRAWLJOBS, NAMESPACE)
+            return any((item.get("status") or {}).get("phase") == "Running" for item in items)
+
+        low = replica(url, tmp_path / "low.log", "op-low", priority=0, lifetime=lifetime)
+        high = replica(url, tmp_path / "high.log", "op-high", priority=1, lifetime=lifetime)
+        watchers = [asyncio.create_task(watch_creations()), asyncio.create_task(watch_phases())]
+        async with running_runner(client, {"FAKE_WORKER_STATE": str(tmp_path)}, max_parallel=6):
+            await low.start()
+            for body in bodies:
+                await client.create(kube.CRAWLJOBS, NAMESPACE, body)
+            await wait_until(some_running, 20, "a CrawlJob Running")
+            await high.start()
+            await wait_until(lambda: _role_is(high, "active"), 20, "op-high active")
+            assert await _role_is(low, "standby")
+            finished = [await wait_phase(client, name, {"Succeeded", "Failed"}, timeout=40) for name in names]
+            high_stopping_at = time.monotonic()
+            await high.stop()  # and back to op-low, which saw these CrawlJobs running before
+            await wait_until(lambda: _role_is(low, "active"), 10, "op-low active again")
+            await client.create(kube.CRAWLJOBS, NAMESPACE, last)
+            await wait_phase(client, last["metadata"]["name"], {"Succeeded", "Failed"}, timeout=20)
+            await low.stop()
+            final = {item["metadata"]["name"]: item for item in await client.list(kube.CRAWLJOBS, NAMESPACE)}
+            events = await client.list(kube.EVENTS, NAMESPACE)
+        for watcher in watchers:
+            watcher.cancel()
+
+    def job_creations(identity: str) -> list[Call]:
+        return [
+            call for call in emulator.writes_by(identity) if call.method == "POST" and "/jobs" in call.path
+        ]
+
+    low_jobs = [call for call in job_creations("op-low") if call.at < high_stopping_at]
+    high_jobs = job_creations("op-high")
+    assert [item["status"]["phase"] for item in finished] == ["Succeeded"] * 9
+    assert set(job_additions.values()) == {1} and sorted(job_additions) == sorted(
+        [*names, last["metadata"]["name"]]
+    )
+    assert Counter((tmp_path / "runs.log").read_text().split()) == Counter(
+        {name: 1 for name in job_additions}
+    )
+    assert low_jobs and high_jobs, (len(low_jobs), len(high_jobs))
+    assert low_jobs[-1].at < high_jobs[0].at  # the loops never overlapped
+    regressed = {name: history for name, history in phases.items() if history[-1] != "Succeeded"
+                 or any(phase != "Succeeded" for phase in history[history.index("Succeeded"):])}  # fmt: skip
+    assert not regressed, regressed
+    # Nothing rewrote a finished status, and each finish was announced once.
+    for item in finished:
+        name = item["metadata"]["name"]
+        for field in ("reason", "message", "completionTime", "conditions", "result"):
+            assert final[name]["status"][field] == item["status"][field], (name, field)
+    completed = Counter(
+        event["involvedObject"]["name"] for event in events if event.get("reason") == "Completed"
+    )
+    assert completed == Counter({name: 1 for name in job_additions}), completed
+    print(
+        f"failback: op-low created {len(low_jobs)} Jobs, op-high {len(high_jobs)}; op-low's last Job "
+        f"{high_jobs[0].at - low_jobs[-1].at:.2f} s before op-high's first"
+    )

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -21,8 +22,9 @@ import yaml
 from crawljob_operator import kube, resource
 from crawljob_operator.local.s3 import free_port
 
-from .conftest import BIN, CRDS, ROOT, Child, Cluster, wait_http
-from .test_pipeline import wait_phase
+from .conftest import BIN, CRDS, ROOT, Child, Cluster, service_account_token, token_kubeconfig, wait_http
+from .test_helm import helm_install  # noqa: F401 (a fixture)
+from .test_pipeline import crawljob_for, wait_phase
 
 FAKE_WORKER = ROOT / "tests" / "fakes" / "worker.py"
 PEERING = "crawljob-operator"
@@ -137,3 +139,63 @@ async def test_only_the_active_replica_writes_and_the_standby_takes_over_after_a
     assert low.process is not None and low.process.poll() is None
     low.stop()
     assert "op-low" not in await peers()  # a graceful exit removes its own keep-alive
+
+
+async def test_the_charts_ha_mode_installs_and_its_rbac_lets_the_operator_peer_and_act(
+    helm_install: Callable[..., dict[str, Any]],  # noqa: F811 (the fixture imported above)
+    kubectl: Callable[..., str],
+    client: kube.KubeClient,
+    cluster: Cluster,
+    namespace: str,
+    operator: Callable[..., Child],
+    tmp_path: Path,
+) -> None:
+    """helm install with operator.ha.enabled into 1.20; the operator, as pod 0 of the StatefulSet
+    with the chart's environment and its ServiceAccount's token, peers and creates a Job: the
+    Role's kopfpeerings rule covers kopf's and the gate's calls under the real authorizer."""
+    try:
+        await client.get(CRDS, "", "kopfpeerings.kopf.dev")
+        existing = ["--set", "operator.ha.createPeeringCRD=false"]  # installed by another test
+    except kube.NotFound:
+        existing = []
+    assert helm_install("--set", "operator.ha.enabled=true", *existing)["info"]["status"] == "deployed"
+    await install_peering_crd(client, namespace)  # established (a no-op when the chart made it)
+    statefulset = json.loads(kubectl("get", "statefulsets", "-o", "json"))["items"]
+    [operator_set] = [item for item in statefulset if item["metadata"]["name"].endswith("operator")]
+    assert operator_set["spec"]["replicas"] == 2
+    assert not [d for d in json.loads(kubectl("get", "deployments", "-o", "json"))["items"]
+                if d["metadata"]["name"].endswith("operator")]  # fmt: skip
+    pod_spec = operator_set["spec"]["template"]["spec"]
+    token = await service_account_token(client, namespace, pod_spec["serviceAccountName"])
+    kubeconfig = token_kubeconfig(cluster, token, namespace, tmp_path / "operator.kubeconfig")
+    chart_env = {
+        item["name"]: item["value"] for item in pod_spec["containers"][0].get("env", []) if "value" in item
+    }
+    chart_env.pop("CRAWLJOB_HEALTH_PORT", None)  # the fixture picks a free port
+    chart_env.pop("CRAWLJOB_LOG_FORMAT", None)
+    pod_name = f"{operator_set['metadata']['name']}-0"  # what the fieldRef metadata.name gives pod 0
+    assert chart_env["CRAWLJOB_PRIORITY"] == "ordinal"
+    operator(KUBECONFIG=str(kubeconfig), CRAWLJOB_PEERING_IDENTITY=pod_name, **chart_env)
+
+    peering_name = chart_env["CRAWLJOB_PEERING"]
+
+    async def keepalive() -> Any:
+        try:
+            body = await client.get(kube.PEERINGS, namespace, peering_name)
+        except kube.NotFound:
+            return None
+        return (body.get("status") or {}).get(pod_name)
+
+    entry = await kube.wait_for(keepalive, timeout=30, what="pod 0's keep-alive in the KopfPeering")
+    assert entry["priority"] == 0
+    name, body = crawljob_for("landing", "ha/chart.csv", "h1", namespace)
+    await client.create(kube.CRAWLJOBS, namespace, body)
+
+    async def job_made() -> Any:
+        try:
+            return await client.get(kube.JOBS, namespace, name)
+        except kube.NotFound:
+            return None
+
+    job = await kube.wait_for(job_made, timeout=60, what="the active operator to create the Job")
+    assert f"crawljob-operator ({pod_name})" in managers(job)

@@ -40,6 +40,7 @@ def test_default_install_is_one_standalone_replica_with_a_recreate_strategy(
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}
     assert not of_kind(default_manifests, "StatefulSet")
     assert not [m for m in default_manifests if "kopf" in str(m["metadata"]["name"])]
+    assert "affinity" not in deployment["spec"]["template"]["spec"]
     env = env_of(operator_container(deployment))
     assert not {name for name in env if "PEERING" in name or name == "CRAWLJOB_PRIORITY"}
 
@@ -64,6 +65,12 @@ def test_ha_runs_a_statefulset_whose_pods_take_distinct_priorities(ha_manifests:
     pods = [f"{statefulset['metadata']['name']}-{ordinal}" for ordinal in range(spec["replicas"])]
     priorities = [peering.parse_priority(env["CRAWLJOB_PRIORITY"], pod) for pod in pods]
     assert priorities == [0, -1]  # distinct by construction; pod 0 is the preferred active one
+    # A standby on another node: soft anti-affinity on the operator's own pods.
+    [term] = statefulset["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"][
+        "preferredDuringSchedulingIgnoredDuringExecution"
+    ]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert term["podAffinityTerm"]["labelSelector"]["matchLabels"] == spec["selector"]["matchLabels"]
 
 
 def test_ha_installs_the_kopfpeering_crd_kept_on_uninstall(ha_manifests: list[Manifest]) -> None:

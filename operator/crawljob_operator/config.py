@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from crawljob_operator import peering
+
 
 def env_default(environ: Mapping[str, str], name: str, default: str | None = None) -> str | None:
     """The CRAWLJOB_<NAME> env var, else *default*."""
@@ -247,6 +249,11 @@ class OperatorSettings:
     resync_seconds: float = 30.0
     # Watch streams are re-established this often even when silent (kopf#698).
     watch_server_timeout: int = 300
+    # Active/standby (kopf peering): None runs standalone (one replica, Recreate). See peering.py.
+    peering: str | None = None
+    priority: int = 0
+    peering_identity: str = ""
+    peering_lifetime: int = 30
 
 
 def _json_arg(name: str, value: str | None, kind: type) -> object:
@@ -373,6 +380,31 @@ def operator_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         help="port of /healthz and /metrics (CRAWLJOB_HEALTH_PORT; 0 disables)",
     )
     ops.add_argument(
+        "--peering",
+        default=env("PEERING"),
+        help="name of the KopfPeering object shared by active/standby replicas; unset: standalone, "
+        "one replica (CRAWLJOB_PEERING)",
+    )
+    ops.add_argument(
+        "--priority",
+        default=env("PRIORITY", defaults.priority),
+        help="peering priority: the live replica with the highest acts, the others stand by; an "
+        "integer, or 'ordinal' for minus the trailing number of the identity, e.g. a StatefulSet "
+        "pod name (CRAWLJOB_PRIORITY)",
+    )
+    ops.add_argument(
+        "--peering-identity",
+        default=env("PEERING_IDENTITY"),
+        help="this replica's name in the peering object; default <hostname>/<pid> "
+        "(CRAWLJOB_PEERING_IDENTITY)",
+    )
+    ops.add_argument(
+        "--peering-lifetime",
+        default=env("PEERING_LIFETIME", defaults.peering_lifetime),
+        help="seconds a replica counts as alive after its last keep-alive: the failover time after "
+        "a crash (CRAWLJOB_PEERING_LIFETIME)",
+    )
+    ops.add_argument(
         "--log-format",
         choices=("json", "text"),
         default=env("LOG_FORMAT", "json"),
@@ -400,6 +432,9 @@ def operator_settings(args: argparse.Namespace) -> OperatorSettings:
         raise ValueError(f"--resync-seconds must be a number, got {args.resync_seconds!r}") from exc
     if resync <= 0:
         raise ValueError("--resync-seconds must be positive")
+    identity = args.peering_identity or peering.default_identity()
+    priority = peering.parse_priority(str(args.priority), identity)
+    lifetime = _optional_int("peering-lifetime", str(args.peering_lifetime), minimum=1)
     uri = args.default_output_uri
     if uri and not (uri.startswith("s3://") or uri.startswith("file://")):
         raise ValueError(f"--default-output-uri must be s3://bucket/prefix or file://path, got {uri!r}")
@@ -426,4 +461,8 @@ def operator_settings(args: argparse.Namespace) -> OperatorSettings:
         health_port=health_port or 0,
         log_format=args.log_format,
         resync_seconds=resync,
+        peering=args.peering or None,
+        priority=priority,
+        peering_identity=identity,
+        peering_lifetime=lifetime or OperatorSettings.peering_lifetime,
     )

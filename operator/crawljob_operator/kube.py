@@ -77,6 +77,9 @@ CRAWLJOBS = Resource("crawljob.io", "v1alpha1", "crawljobs")
 JOBS = Resource("batch", "v1", "jobs")
 PODS = Resource("", "v1", "pods")
 EVENTS = Resource("", "v1", "events")
+# kopf's peering objects (active/standby operators, `crawljob operator --peering`).
+PEERINGS = Resource("kopf.dev", "v1", "kopfpeerings")
+CLUSTER_PEERINGS = Resource("kopf.dev", "v1", "clusterkopfpeerings", namespaced=False)
 
 
 @dataclass
@@ -203,9 +206,10 @@ def _error_for(status: int, text: str) -> KubeError:
 class KubeClient:
     """Async Kubernetes REST client. Use as ``async with KubeClient(connection) as kube:``."""
 
-    def __init__(self, connection: Connection, timeout: float = 10.0) -> None:
+    def __init__(self, connection: Connection, timeout: float = 10.0, user_agent: str = "crawljob") -> None:
         self.connection = connection
         self.timeout = timeout
+        self.user_agent = user_agent
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> KubeClient:
@@ -217,7 +221,7 @@ class KubeClient:
 
     async def open(self) -> None:
         if self._session is None:
-            headers = {"Accept": "application/json", "User-Agent": "crawljob"}
+            headers = {"Accept": "application/json", "User-Agent": self.user_agent}
             if self.connection.token:
                 headers["Authorization"] = f"Bearer {self.connection.token}"
             connector = aiohttp.TCPConnector(ssl=self.connection.ssl_context(), limit=64)

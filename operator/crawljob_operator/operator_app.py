@@ -1,7 +1,9 @@
 """`crawljob operator`: settings, kopf setup (login, startup, cleanup), health and metrics endpoint.
 
-One active replica: run it as a Deployment with `replicas: 1` and `strategy: Recreate` (see
-docs/operator.md for why not kopf peering). kopf runs standalone: no peering objects needed.
+One active replica. By default kopf runs standalone: one replica, a Deployment with
+`strategy: Recreate`. With `--peering NAME` replicas of distinct `--priority` share a KopfPeering
+object: the highest live one acts, the others stand by (kopf pauses their handlers, `standby.Gate`
+their background loops) and take over when it stops or its keep-alive expires. See docs/operator.md.
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ from typing import Any
 
 import kopf
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 
-from crawljob_operator import config, handlers, kube
+from crawljob_operator import config, handlers, kube, standby
 from crawljob_operator.config import OperatorSettings
 from crawljob_operator.logs import configure_logging
 
@@ -43,28 +45,44 @@ def build_registry(settings: OperatorSettings, connection: kube.Connection) -> k
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
         tune_kopf(settings, own)
-        client = kube.KubeClient(connection, timeout=10.0)
+        client = kube.KubeClient(connection, timeout=10.0, user_agent=user_agent(own))
         await client.open()
         state = handlers.State(settings=own, client=client)
+        gate = standby.Gate(state, own)
         memo["crawljob"] = state
-        # Prime the view before any handler runs, so that the cap counts every existing Job and a
-        # missing Job is never mistaken for a deleted one after a restart.
-        try:
-            await handlers.resync(state)
-        except kube.KubeError as exc:
-            await client.close()
-            raise kopf.TemporaryError(f"cannot read CrawlJobs/Jobs at startup: {exc}", delay=3) from exc
-        state.spawn(handlers.scheduler_loop(state))
-        state.spawn(handlers.creator_loop(state))
-        state.spawn(handlers.resync_loop(state))
+        memo["gate"] = gate
+        active = Gauge(
+            "crawljob_operator_active",
+            "1 while this replica is the active one (always 1 when standalone), 0 while standing by",
+            registry=state.metrics.registry,
+        )
+        active.set_function(lambda: float(gate.active))
+        if own.peering is None:
+            # Prime the view before any handler runs, so that the cap counts every existing Job and
+            # a missing Job is never mistaken for a deleted one after a restart.
+            try:
+                await gate.activate()
+            except kube.KubeError as exc:
+                await client.close()
+                raise kopf.TemporaryError(f"cannot read CrawlJobs/Jobs at startup: {exc}", delay=3) from exc
+        else:
+            state.spawn(gate.run())
         if own.health_port:
-            runner = await start_health_server(state, own)
+            runner = await start_health_server(state, gate, own)
             memo["health_runner"] = runner
-        log.info("operator started: namespace=%s max_active=%d", own.namespace or "<all>", own.max_active)
+        log.info(
+            "operator started: namespace=%s max_active=%d peering=%s identity=%s priority=%d",
+            own.namespace or "<all>",
+            own.max_active,
+            own.peering or "<standalone>",
+            own.peering_identity,
+            own.priority,
+        )
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(memo: Any, **_: Any) -> None:
         state: handlers.State | None = memo.get("crawljob")
+        gate: standby.Gate | None = memo.get("gate")
         runner: web.AppRunner | None = memo.get("health_runner")
         if runner is not None:
             await runner.cleanup()
@@ -72,6 +90,8 @@ def build_registry(settings: OperatorSettings, connection: kube.Connection) -> k
             for task in list(state.tasks):
                 task.cancel()
             await asyncio.gather(*state.tasks, return_exceptions=True)
+            if gate is not None:
+                await gate.close()
             await state.client.close()
 
     own = settings
@@ -89,15 +109,36 @@ def tune_kopf(settings: kopf.OperatorSettings, own: OperatorSettings) -> None:
     settings.posting.level = logging.WARNING
     # No change handlers: nothing is persisted by kopf on the CrawlJobs (no annotations, no status.kopf).
     settings.scanning.disabled = True
+    # Peering (when enabled): a crashed active replica is taken over after this many seconds.
+    settings.peering.lifetime = own.peering_lifetime
+    settings.peering.stealth = True
 
 
-async def start_health_server(state: handlers.State, settings: OperatorSettings) -> web.AppRunner:
-    """`/healthz` (the API was reached by the last resync) and `/metrics` on settings.health_port."""
+def user_agent(settings: OperatorSettings) -> str:
+    """Names the replica in API audit logs (and in the emulator's request log, for the tests)."""
+    return f"crawljob-operator ({settings.peering_identity})"
+
+
+async def start_health_server(
+    state: handlers.State, gate: standby.Gate, settings: OperatorSettings
+) -> web.AppRunner:
+    """`/healthz` and `/metrics` on settings.health_port.
+
+    Healthy while the API was reached recently: by the last resync when active, by the last read of
+    the peering object when standing by (a standby does not resync).
+    """
 
     async def healthz(_: web.Request) -> web.Response:
-        age = asyncio.get_running_loop().time() - state.healthy_at
-        healthy = age < max(3 * settings.resync_seconds, 60)
-        body = {"status": "ok" if healthy else "stale", "lastResyncSecondsAgo": round(age, 1)}
+        now = asyncio.get_running_loop().time()
+        limit = max(3 * settings.resync_seconds, 60)
+        if gate.active:
+            age = now - state.healthy_at
+            body: dict[str, Any] = {"role": "active", "lastResyncSecondsAgo": round(age, 1)}
+        else:
+            age = now - gate.checked_at
+            body = {"role": "standby", "lastPeeringCheckSecondsAgo": round(age, 1), "reason": gate.reason}
+        healthy = age < limit
+        body = {"status": "ok" if healthy else "stale", **body}
         return web.json_response(body, status=200 if healthy else 503)
 
     async def metrics(_: web.Request) -> web.Response:
@@ -121,7 +162,10 @@ async def run_operator(
     registry = build_registry(settings, connection)
     await kopf.operator(
         registry=registry,
-        standalone=True,
+        standalone=settings.peering is None,
+        peering_name=settings.peering,
+        priority=settings.priority,
+        identity=settings.peering_identity,  # type: ignore[arg-type]
         clusterwide=settings.namespace is None,
         namespaces=[settings.namespace] if settings.namespace else [],
         stop_flag=stop_flag,

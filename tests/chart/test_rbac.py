@@ -13,8 +13,8 @@ from chart_render import ROOT, Manifest, env_of, named, of_kind
 RECEIVER_CALLS = {
     ("crawljob.io", "crawljobs"): {"create", "get"},  # create per event; 409 → duplicate
 }
-# Calls the operator makes (crawljob_operator.handlers; kopf runs standalone with scanning disabled,
-# so it reads no peerings, namespaces or CRDs). If the operator package keeps its own list
+# Calls the operator makes (crawljob_operator.handlers; kopf runs with scanning disabled, so it
+# reads no namespaces or CRDs; peerings only with HA, see PEERING_CALLS). If the operator package keeps its own list
 # (crawljob_operator.rbac.API_CALLS, same shape), the test uses that instead.
 OPERATOR_CALLS = {
     # kopf watches them (list + watch); garbage collection of finished CrawlJobs deletes them.
@@ -31,6 +31,17 @@ OPERATOR_CALLS = {
     ("", "pods"): {"list", "watch", "delete"},
     # Events on the CrawlJobs (the handlers and kopf's warnings): core v1.
     ("", "events"): {"create"},
+}
+# Only with operator.ha.enabled (active/standby): kopf's peering keeps the replicas' keep-alives in
+# a KopfPeering object (list + watch it, patch its status), and the operator's gate reads and
+# watches it (get, watch) and creates it when missing (create). The chart always watches one namespace: never the
+# cluster-scoped ClusterKopfPeering, which the code reads only when watching all namespaces.
+PEERING_CALLS = {
+    ("kopf.dev", "kopfpeerings"): {"get", "list", "watch", "patch", "create"},
+}
+PEERING_CALLS_IN_CODE = {
+    ("kopf.dev", "kopfpeerings"): {"get", "watch", "create"},
+    ("kopf.dev", "clusterkopfpeerings"): {"get", "watch", "create"},
 }
 WORKER_CALLS = {
     ("crawljob.io", "crawljobs/status"): {"patch"},  # progress, merge patch
@@ -147,7 +158,19 @@ def test_the_calls_found_in_the_operator_code_are_the_documented_ones() -> None:
     finalizers update, which only an admission plugin asks for)."""
     found = calls_in_code(operator_modules())
     documented = {key: verbs for key, verbs in operator_calls().items() if key[1] != "crawljobs/finalizers"}
-    assert found == documented
+    assert found == documented | PEERING_CALLS_IN_CODE
+
+
+def test_with_ha_the_operator_role_adds_exactly_the_peering_calls() -> None:
+    from chart_render import render
+
+    manifests = render(sets=["operator.ha.enabled=true"])
+    granted = grants(role(manifests, "operator", "demo-crawljob")["rules"])
+    assert granted == operator_calls() | PEERING_CALLS
+    namespaced = {key: verbs for key, verbs in PEERING_CALLS_IN_CODE.items() if key[1] == "kopfpeerings"}
+    for key, verbs in namespaced.items():
+        assert verbs <= granted[key], key
+    assert not of_kind(manifests, "ClusterRole") and not of_kind(manifests, "ClusterRoleBinding")
 
 
 def test_the_calls_found_in_the_receiver_code_are_granted(default_manifests: list[Manifest]) -> None:

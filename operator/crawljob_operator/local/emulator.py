@@ -19,7 +19,7 @@ import attrs
 import kmock
 import yaml
 
-from crawljob_operator import resource
+from crawljob_operator import peering, resource
 
 _versions = itertools.count(1)
 
@@ -238,11 +238,27 @@ def register_crawljob_crd(emulator: Emulator) -> None:
         emulator.printer_columns[key] = list(version.get("additionalPrinterColumns") or [])
 
 
+def register_peering_crds(emulator: Emulator) -> None:
+    """Declare kopf's KopfPeering and ClusterKopfPeering (as the chart's CRD: no status subresource)."""
+    for kind, plural, namespaced in (
+        (peering.KIND, peering.PLURAL, True),
+        (peering.CLUSTER_KIND, peering.CLUSTER_PLURAL, False),
+    ):
+        emulator.resources[f"{peering.GROUP}/{peering.VERSION}/{plural}"] = kmock.ResourceInfo(
+            kind=kind,
+            singular=kind.lower(),
+            namespaced=namespaced,
+            verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
+        )
+
+
 def make_emulator() -> Emulator:
-    """An emulator with the built-in resources (jobs, pods, events, …) and the CrawlJob CRD."""
+    """An emulator with the built-in resources (jobs, pods, events, …), the CrawlJob CRD and kopf's
+    peering resources (for operators run with --peering)."""
     emulator = Emulator()
     emulator.resources.load_bundled()
     register_crawljob_crd(emulator)
+    register_peering_crds(emulator)
     return emulator
 
 

@@ -36,6 +36,9 @@ ANNOTATION_RERUN = "crawljob.io/rerun"
 POSITION_EXACT_HEAD = 10
 POSITION_HEAD_SECONDS = 2.0
 POSITION_REFRESH_SECONDS = 15.0
+# A change that cannot open a slot (a status write, a progress patch) is coalesced with the others
+# of this window into one scheduling pass; a freed slot is refilled at once.
+SCHEDULE_COALESCE_SECONDS = 0.25
 
 
 def _now() -> str:
@@ -76,6 +79,8 @@ class State:
     creating: set[Key] = field(default_factory=set)
     locks: defaultdict[Key, asyncio.Lock] = field(default_factory=lambda: defaultdict(asyncio.Lock))
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    slot_freed: asyncio.Event = field(default_factory=asyncio.Event)
+    free_slots: int = 0
     admitted: asyncio.Queue[Key] = field(default_factory=asyncio.Queue)
     queued_writes: set[Key] = field(default_factory=set)
     position_written: dict[Key, float] = field(default_factory=dict)
@@ -91,6 +96,12 @@ class State:
         if known is not None and new is not None and old is not None and new < old:
             return
         store[key] = copy.deepcopy(dict(body))
+
+    def kick(self, urgent: bool = False) -> None:
+        """Ask for a scheduling pass: at once when *urgent* (a slot may be free), else coalesced."""
+        self.wake.set()
+        if urgent:
+            self.slot_freed.set()
 
     def spawn(self, coroutine: Any) -> None:
         task = asyncio.create_task(coroutine)
@@ -241,7 +252,7 @@ async def reconcile(state: State, key: Key) -> None:
                     found = await state.client.get(kube.JOBS, namespace, expected)
                 except kube.NotFound:
                     await write_status(state, crawljob, status.job_deleted(expected, _now()), expected)
-                    state.wake.set()
+                    state.kick(urgent=True)
                     return
                 except kube.KubeError as exc:
                     raise kopf.TemporaryError(f"cannot read Job {expected}: {exc}", delay=2) from exc
@@ -250,13 +261,15 @@ async def reconcile(state: State, key: Key) -> None:
             else:
                 return  # waiting for a slot: the scheduler writes Queued and creates the Job
         if _job_finished(job):
-            # The Job's and the Pods' watch events race: read the Pods (termination message) fresh.
-            for pod in await _list_quietly(state, kube.PODS, namespace, {"job-name": expected}):
-                state.remember_pod(pod)
+            state.kick(urgent=True)  # its slot is free whatever the status write below does
+            if not status.pods_explain_verdict(job, state.pods_of(namespace, expected)):
+                # The Job's and the Pods' watch events race: read the Pods (termination message) fresh.
+                for pod in await _list_quietly(state, kube.PODS, namespace, {"job-name": expected}):
+                    state.remember_pod(pod)
         observation = status.observe(job, state.pods_of(namespace, expected), _now())
         await write_status(state, crawljob, observation, expected)
         if status.is_terminal(observation.phase):
-            state.wake.set()
+            state.kick(urgent=True)
 
 
 async def _maybe_rerun(state: State, crawljob: Body) -> Body:
@@ -297,7 +310,7 @@ async def _maybe_rerun(state: State, crawljob: Body) -> Body:
         raise kopf.TemporaryError(f"cannot record the re-run of {name}: {exc}", delay=2) from exc
     state.remember(state.crawljobs, updated)
     await post_event(state, crawljob, reason, message, warning)
-    state.wake.set()
+    state.kick(urgent=True)
     return state.crawljobs.get((namespace, name), updated)
 
 
@@ -328,16 +341,18 @@ async def _list_quietly(
 # ---- admission under the cap ----
 
 
-def _needs_job(state: State, crawljob: Mapping[str, Any]) -> tuple[bool, bool]:
+def _needs_job(state: State, crawljob: Mapping[str, Any], key: Key | None = None) -> tuple[bool, bool]:
     """(holds a slot, waits for one) for one CrawlJob."""
-    namespace, name = _key(crawljob)
+    namespace, name = key or _key(crawljob)
     current = crawljob.get("status") or {}
-    if status.is_terminal(current.get("phase")) or (crawljob.get("metadata") or {}).get("deletionTimestamp"):
+    if current.get("phase") in resource.TERMINAL_PHASES or (crawljob.get("metadata") or {}).get(
+        "deletionTimestamp"
+    ):
         return False, False
-    expected = jobs.job_name(name, jobs.run_number(crawljob))
-    job = state.jobs.get((namespace, expected))
     if (namespace, name) in state.creating:
         return True, False
+    expected = jobs.job_name(name, jobs.run_number(crawljob))
+    job = state.jobs.get((namespace, expected))
     if job is not None:
         return not _job_finished(job), False
     if current.get("jobName") == expected:
@@ -350,14 +365,16 @@ async def schedule(state: State) -> None:
     candidates = []
     waiting_keys: dict[str, Key] = {}
     for key, crawljob in state.crawljobs.items():
-        active, waiting = _needs_job(state, crawljob)
+        active, waiting = _needs_job(state, crawljob, key)
         if active or waiting:
             created = str((crawljob.get("metadata") or {}).get("creationTimestamp") or "")
             candidates.append(queue.Candidate(f"{key[0]}/{key[1]}", created, active, waiting))
         if waiting:
             waiting_keys[f"{key[0]}/{key[1]}"] = key
     plan = queue.plan(candidates, state.settings.max_active)
-    state.metrics.queue_length.set(len(plan.positions))
+    length = len(plan.positions)
+    state.free_slots = max(0, state.settings.max_active - plan.active)
+    state.metrics.queue_length.set(length)
     state.metrics.active.set(plan.active)
     for name in plan.admit:
         key = waiting_keys[name]
@@ -368,14 +385,14 @@ async def schedule(state: State) -> None:
         waiting_body = state.crawljobs.get(key)
         if waiting_body is not None:
             current = waiting_body.get("status") or {}
-            observation = status.queued(position, len(plan.positions), state.settings.max_active)
+            observation = status.queued(position, length, state.settings.max_active)
             stale = current.get("phase") != "Queued" or (
                 current.get("message") != observation.message and _position_due(state, key, position)
             )
             if stale and key not in state.queued_writes:
                 state.position_written[key] = asyncio.get_running_loop().time()
                 state.queued_writes.add(key)
-                state.spawn(_write_queued(state, key, position))
+                state.spawn(_write_queued(state, key, position, length))
 
 
 def _position_due(state: State, key: Key, position: int) -> bool:
@@ -390,19 +407,18 @@ def _position_due(state: State, key: Key, position: int) -> bool:
     return asyncio.get_running_loop().time() - last >= interval
 
 
-async def _write_queued(state: State, key: Key, position: int) -> None:
+async def _write_queued(state: State, key: Key, position: int, length: int) -> None:
     try:
         async with state.locks[key]:
             crawljob = state.crawljobs.get(key)
-            if crawljob is None or not _needs_job(state, crawljob)[1]:
+            if crawljob is None or not _needs_job(state, crawljob, key)[1]:
                 return
-            length = sum(1 for body in state.crawljobs.values() if _needs_job(state, body)[1])
             observation = status.queued(position, max(length, position), state.settings.max_active)
             with contextlib.suppress(kopf.TemporaryError):
                 await write_status(state, crawljob, observation, None)
     finally:
         state.queued_writes.discard(key)
-        state.wake.set()
+        state.kick()
 
 
 async def create_job(state: State, key: Key) -> None:
@@ -417,7 +433,7 @@ async def create_job(state: State, key: Key) -> None:
         return
     finally:
         state.creating.discard(key)
-        state.wake.set()
+        state.kick()
     # The status write (and its Event) runs beside the next creation: creation stays in FIFO order
     # without waiting for it.
     state.spawn(reconcile_quietly(state, key))
@@ -476,15 +492,24 @@ async def creator_loop(state: State) -> None:
 
 
 async def scheduler_loop(state: State) -> None:
-    """Run schedule() whenever something changed (bursts of events coalesce into one pass)."""
+    """Run schedule() whenever something changed.
+
+    Event-driven: a freed slot (a Job finished or vanished, a CrawlJob ended or was deleted, a new
+    CrawlJob while slots are free) runs a pass at once, so the next queued CrawlJob gets its Job
+    without waiting; other changes (status writes, progress) are coalesced into one pass per
+    SCHEDULE_COALESCE_SECONDS, which keeps a burst of 1,000 events from costing 1,000 passes.
+    """
     while True:
         await state.wake.wait()
+        if not state.slot_freed.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(state.slot_freed.wait(), SCHEDULE_COALESCE_SECONDS)
         state.wake.clear()
+        state.slot_freed.clear()
         try:
             await schedule(state)
         except Exception:
             log.exception("scheduling failed; will retry on the next change")
-        await asyncio.sleep(0.05)
 
 
 # ---- periodic resync and garbage collection ----
@@ -520,7 +545,7 @@ async def resync(state: State) -> None:
                 await reconcile(state, key)
     for phase in resource.PHASES:
         state.metrics.phase.labels(phase).set(phases.get(phase, 0))
-    state.wake.set()
+    state.kick(urgent=True)
     await cancel_orphans(state)
     await collect_garbage(state)
 
@@ -612,11 +637,12 @@ async def on_crawljob_event(event: Mapping[str, Any], memo: Any, **_: Any) -> No
         state.crawljobs.pop(key, None)
         state.position_written.pop(key, None)
         await cancel(state, body)
-        state.wake.set()
+        state.kick(urgent=True)
         return
+    new = key not in state.crawljobs
     state.remember(state.crawljobs, body)
     await reconcile(state, key)
-    state.wake.set()
+    state.kick(urgent=new and state.free_slots > 0)
 
 
 async def cancel(state: State, crawljob: Mapping[str, Any]) -> None:
@@ -640,12 +666,15 @@ async def on_job_event(event: Mapping[str, Any], memo: Any, **_: Any) -> None:
     key = _key(body)
     if event.get("type") == "DELETED":
         state.jobs.pop(key, None)
+        freed = True
     else:
         state.remember(state.jobs, body)
+        freed = _job_finished(body)
+    state.kick(urgent=freed)  # before the status write: the slot is free now
     owner = ((body.get("metadata") or {}).get("labels") or {}).get(resource.LABEL_CRAWLJOB)
     if owner:
         await reconcile(state, (key[0], owner))
-    state.wake.set()
+    state.kick(urgent=freed)
 
 
 async def on_pod_event(event: Mapping[str, Any], memo: Any, **_: Any) -> None:

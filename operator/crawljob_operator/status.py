@@ -288,6 +288,25 @@ def observe(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], now: str)
     )
 
 
+def pods_explain_verdict(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether *pods* (the operator's view) already hold what observe() needs for a finished Job.
+
+    Complete: a worker pod that exited 0 (its termination message is the result). Failed: at least
+    as many failed pods as the Job counts. Otherwise the Pods must be read fresh: their watch events
+    race the Job's.
+    """
+    job_status = job.get("status") or {}
+    if _job_condition(job, "Complete") or _job_condition(job, "SuccessCriteriaMet"):
+        return any((_terminated(pod) or {}).get("exitCode") == 0 for pod in pods)
+    failed = [
+        pod
+        for pod in pods
+        if (pod.get("status") or {}).get("phase") == "Failed"
+        or (_terminated(pod) or {}).get("exitCode") not in (None, 0)
+    ]
+    return bool(failed) and len(failed) >= int(job_status.get("failed") or 0)
+
+
 def queued(position: int, queue_length: int, max_active: int) -> Observation:
     """A CrawlJob waiting for a free slot under the concurrency cap."""
     return Observation(

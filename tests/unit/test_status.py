@@ -219,3 +219,17 @@ def test_a_finished_pod_before_the_jobs_verdict_stays_running_never_back_to_pend
     waiting = status.observe(_job(active=0, failed=1), [failed], NOW)
     assert (waiting.phase, waiting.reason) == ("Running", "Retrying")
     assert "attempt 1 failed" in waiting.message
+
+
+def test_pods_in_view_explain_a_finished_job_or_must_be_read_fresh() -> None:
+    done = _pod("p", "Succeeded", _terminated(0, _summary(rowsRead=1), reason="Completed"))
+    running = _pod("p", "Running", {"running": {"startedAt": "T"}})
+    complete = _job("Complete", succeeded=1)
+    assert status.pods_explain_verdict(complete, [done])
+    assert not status.pods_explain_verdict(complete, [running])  # the pod's final event is late
+    assert not status.pods_explain_verdict(complete, [])
+    first, second = (_pod(name, "Failed", _terminated(75)) for name in ("a", "b"))
+    failed = _job("Failed", "BackoffLimitExceeded", failed=2)
+    assert status.pods_explain_verdict(failed, [first, second])
+    assert not status.pods_explain_verdict(failed, [first])  # one failure not seen yet
+    assert not status.pods_explain_verdict(failed, [])

@@ -33,6 +33,7 @@ Key = tuple[str, str]  # (namespace, name)
 
 MANAGED = {resource.LABEL_MANAGED_BY: resource.MANAGED_BY}
 ANNOTATION_RERUN = "crawljob.io/rerun"
+ANNOTATION_CANCEL = "crawljob.io/cancel"
 POSITION_EXACT_HEAD = 10
 POSITION_HEAD_SECONDS = 2.0
 POSITION_REFRESH_SECONDS = 15.0
@@ -56,6 +57,16 @@ def _version(body: Mapping[str, Any]) -> int | None:
         return int(str(value))
     except ValueError:
         return None
+
+
+def _sequenced(key: Key, crawljob: Mapping[str, Any], waiting: bool) -> queue.Sequenced:
+    source = (crawljob.get("spec") or {}).get("source") or {}
+    return queue.Sequenced(
+        f"{key[0]}/{key[1]}",
+        (key[0], str(source.get("bucket") or ""), str(source.get("key") or "")),
+        str(source.get("sequencer") or ""),
+        waiting,
+    )
 
 
 def _job_finished(job: Mapping[str, Any]) -> bool:
@@ -82,7 +93,8 @@ class State:
     slot_freed: asyncio.Event = field(default_factory=asyncio.Event)
     free_slots: int = 0
     admitted: asyncio.Queue[Key] = field(default_factory=asyncio.Queue)
-    queued_writes: set[Key] = field(default_factory=set)
+    queued_writes: set[Key] = field(default_factory=set)  # Queued/Superseded writes in flight
+    newest: dict[tuple[str, str, str], Key] = field(default_factory=dict)  # object → newest event's CrawlJob
     position_written: dict[Key, float] = field(default_factory=dict)
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     instance: str = field(default_factory=socket.gethostname)
@@ -233,6 +245,7 @@ async def reconcile(state: State, key: Key) -> None:
         if crawljob is None or (crawljob.get("metadata") or {}).get("deletionTimestamp"):
             return
         namespace, name = key
+        crawljob = await _maybe_cancel(state, crawljob)
         crawljob = await _maybe_rerun(state, crawljob)
         current = crawljob.get("status") or {}
         uid = str((crawljob.get("metadata") or {}).get("uid") or "")
@@ -270,6 +283,54 @@ async def reconcile(state: State, key: Key) -> None:
         await write_status(state, crawljob, observation, expected)
         if status.is_terminal(observation.phase):
             state.kick(urgent=True)
+
+
+async def _maybe_cancel(state: State, crawljob: Body) -> Body:
+    """Cancel the current run when the crawljob.io/cancel annotation carries a value not acted on yet.
+
+    The CrawlJob stays, in phase Cancelled: its Job (if any) and the Job's Pods are deleted, a queued
+    one simply leaves the queue. On a finished CrawlJob the value is recorded and ignored.
+    """
+    annotations = (crawljob.get("metadata") or {}).get("annotations") or {}
+    current = crawljob.get("status") or {}
+    token = status.cancel_request(annotations.get(ANNOTATION_CANCEL), current)
+    if token is None:
+        return crawljob
+    key = _key(crawljob)
+    namespace, name = key
+    if status.is_terminal(current.get("phase")):
+        try:
+            updated = await state.client.patch(
+                kube.CRAWLJOBS, namespace, name, {"status": {"cancelToken": token}}, "status"
+            )
+        except kube.KubeError as exc:
+            raise kopf.TemporaryError(f"cannot record the cancel request of {name}: {exc}", delay=2) from exc
+        state.remember(state.crawljobs, updated)
+        message = f"cancel request {token!r} ignored: the crawl already ended ({current.get('phase')})"
+        await post_event(state, crawljob, "CancelIgnored", message, False)
+        return state.crawljobs.get(key, updated)
+    uid = str((crawljob.get("metadata") or {}).get("uid") or "")
+    job_names = {
+        str(job["metadata"]["name"])
+        for job in state.jobs_of(namespace, name)
+        if not uid or jobs.is_owned_by(job, uid)
+    }
+    if current.get("jobName"):
+        job_names.add(str(current["jobName"]))
+    for job_name in sorted(job_names):
+        await _delete_job(state, namespace, job_name)
+        state.jobs.pop((namespace, job_name), None)
+    state.position_written.pop(key, None)
+    observation = status.cancelled(
+        token,
+        current.get("jobName") or (sorted(job_names)[-1] if job_names else None),
+        _now(),
+        int(current.get("attempts") or 0),
+        current.get("startTime"),
+    )
+    updated = await write_status(state, crawljob, observation, current.get("jobName"))
+    state.kick(urgent=True)
+    return updated
 
 
 async def _maybe_rerun(state: State, crawljob: Body) -> Body:
@@ -361,16 +422,33 @@ def _needs_job(state: State, crawljob: Mapping[str, Any], key: Key | None = None
 
 
 async def schedule(state: State) -> None:
-    """Admit waiting CrawlJobs into free slots (FIFO) and keep queue positions current."""
-    candidates = []
-    waiting_keys: dict[str, Key] = {}
+    """Admit waiting CrawlJobs into free slots (FIFO), supersede stale ones, keep queue positions current."""
+    seen: list[tuple[Key, Body, bool, bool]] = []
+    sequenced: list[queue.Sequenced] = []
     for key, crawljob in state.crawljobs.items():
         active, waiting = _needs_job(state, crawljob, key)
+        seen.append((key, crawljob, active, waiting))
+        if ((crawljob.get("spec") or {}).get("source") or {}).get("sequencer"):
+            sequenced.append(_sequenced(key, crawljob, waiting))
+    doomed: dict[str, str] = {}
+    if sequenced:
+        newest = queue.newest_events(sequenced)
+        state.newest = {obj: _split(item.name) for obj, item in newest.items()}
+        doomed = queue.superseded(sequenced)
+    candidates = []
+    waiting_keys: dict[str, Key] = {}
+    for key, crawljob, active, waiting in seen:
+        name = f"{key[0]}/{key[1]}"
+        if name in doomed:
+            if key not in state.queued_writes:
+                state.queued_writes.add(key)
+                state.spawn(_write_superseded(state, key))
+            continue
         if active or waiting:
             created = str((crawljob.get("metadata") or {}).get("creationTimestamp") or "")
-            candidates.append(queue.Candidate(f"{key[0]}/{key[1]}", created, active, waiting))
+            candidates.append(queue.Candidate(name, created, active, waiting))
         if waiting:
-            waiting_keys[f"{key[0]}/{key[1]}"] = key
+            waiting_keys[name] = key
     plan = queue.plan(candidates, state.settings.max_active)
     length = len(plan.positions)
     state.free_slots = max(0, state.settings.max_active - plan.active)
@@ -383,16 +461,63 @@ async def schedule(state: State) -> None:
     for name, position in plan.positions.items():
         key = waiting_keys[name]
         waiting_body = state.crawljobs.get(key)
-        if waiting_body is not None:
-            current = waiting_body.get("status") or {}
-            observation = status.queued(position, length, state.settings.max_active)
-            stale = current.get("phase") != "Queued" or (
-                current.get("message") != observation.message and _position_due(state, key, position)
-            )
-            if stale and key not in state.queued_writes:
-                state.position_written[key] = asyncio.get_running_loop().time()
-                state.queued_writes.add(key)
-                state.spawn(_write_queued(state, key, position, length))
+        if waiting_body is None or key in state.queued_writes:
+            continue
+        current = waiting_body.get("status") or {}
+        if current.get("phase") == "Queued":
+            # Already queued: rewrite the position only when due (cheap test first), and changed.
+            if not _position_due(state, key, position):
+                continue
+            message = status.queued(position, length, state.settings.max_active).message
+            if current.get("message") == message:
+                continue
+        state.position_written[key] = asyncio.get_running_loop().time()
+        state.queued_writes.add(key)
+        state.spawn(_write_queued(state, key, position, length))
+
+
+def _split(name: str) -> Key:
+    namespace, _, rest = name.partition("/")
+    return (namespace, rest)
+
+
+def _newer_event(state: State, key: Key, crawljob: Mapping[str, Any]) -> Body | None:
+    """The CrawlJob of a newer event of the same object, if the operator has seen one."""
+    own = _sequenced(key, crawljob, True)
+    if not own.sequencer.strip():
+        return None
+    newest_key = state.newest.get(own.obj)
+    newest = state.crawljobs.get(newest_key) if newest_key and newest_key != key else None
+    if newest is None:
+        return None
+    other = _sequenced(_key(newest), newest, False)
+    return newest if queue.compare_sequencers(other.sequencer, own.sequencer) > 0 else None
+
+
+def _superseded_by(crawljob: Mapping[str, Any], newer: Mapping[str, Any]) -> status.Observation:
+    def sequencer(body: Mapping[str, Any]) -> str:
+        return str(((body.get("spec") or {}).get("source") or {}).get("sequencer") or "")
+
+    return status.superseded(
+        str((newer.get("metadata") or {}).get("name")), sequencer(newer), sequencer(crawljob), _now()
+    )
+
+
+async def _write_superseded(state: State, key: Key) -> None:
+    try:
+        async with state.locks[key]:
+            crawljob = state.crawljobs.get(key)
+            if crawljob is None or not _needs_job(state, crawljob, key)[1]:
+                return
+            newer = _newer_event(state, key, crawljob)
+            if newer is None:
+                return
+            state.position_written.pop(key, None)
+            with contextlib.suppress(kopf.TemporaryError):
+                await write_status(state, crawljob, _superseded_by(crawljob, newer), None)
+    finally:
+        state.queued_writes.discard(key)
+        state.kick()
 
 
 def _position_due(state: State, key: Key, position: int) -> bool:
@@ -444,6 +569,12 @@ async def _create_job_locked(state: State, key: Key) -> None:
     async with state.locks[key]:
         crawljob = state.crawljobs.get(key)
         if crawljob is None or not (crawljob.get("metadata") or {}).get("uid"):
+            return
+        if status.is_terminal((crawljob.get("status") or {}).get("phase")):
+            return  # cancelled (or superseded) after it was admitted
+        newer = _newer_event(state, key, crawljob)
+        if newer is not None:
+            await write_status(state, crawljob, _superseded_by(crawljob, newer), None)
             return
         try:
             manifest = jobs.build_job(crawljob, state.settings)
@@ -540,7 +671,7 @@ async def resync(state: State) -> None:
         phases[str((crawljob.get("status") or {}).get("phase") or "New")] += 1
         if not status.is_terminal((crawljob.get("status") or {}).get("phase")) or (
             (crawljob.get("metadata") or {}).get("annotations") or {}
-        ).get(ANNOTATION_RERUN):
+        ).keys() & {ANNOTATION_RERUN, ANNOTATION_CANCEL}:
             with contextlib.suppress(kopf.TemporaryError, kube.KubeError):
                 await reconcile(state, key)
     for phase in resource.PHASES:
@@ -641,8 +772,20 @@ async def on_crawljob_event(event: Mapping[str, Any], memo: Any, **_: Any) -> No
         return
     new = key not in state.crawljobs
     state.remember(state.crawljobs, body)
+    _note_event_order(state, key, body)
     await reconcile(state, key)
     state.kick(urgent=new and state.free_slots > 0)
+
+
+def _note_event_order(state: State, key: Key, crawljob: Mapping[str, Any]) -> None:
+    """Keep state.newest current between scheduling passes (creation checks it)."""
+    item = _sequenced(key, crawljob, False)
+    if not item.sequencer.strip():
+        return
+    known_key = state.newest.get(item.obj)
+    known = state.crawljobs.get(known_key) if known_key else None
+    if known is None or queue.compare_sequencers(item.sequencer, _sequenced(key, known, False).sequencer) > 0:
+        state.newest[item.obj] = key
 
 
 async def cancel(state: State, crawljob: Mapping[str, Any]) -> None:

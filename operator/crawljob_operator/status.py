@@ -328,6 +328,52 @@ def job_deleted(job_name: str, now: str) -> Observation:
     )
 
 
+CANCEL_PLAIN_VALUES = frozenset({"", "true", "yes", "1"})
+
+
+def cancel_request(annotation: str | None, current: Mapping[str, Any] | None) -> str | None:
+    """The crawljob.io/cancel value to act on now, or None (absent, or already acted on)."""
+    if annotation is None:
+        return None
+    if annotation == (current or {}).get("cancelToken"):
+        return None
+    return annotation
+
+
+def cancelled(
+    token: str, job_name: str | None, now: str, attempts: int = 0, start: str | None = None
+) -> Observation:
+    """The crawl was cancelled with the crawljob.io/cancel annotation (value *token*)."""
+    why = (
+        "cancelled with the crawljob.io/cancel annotation"
+        if token.strip().lower() in CANCEL_PLAIN_VALUES
+        else f"cancelled: {token.strip()}"
+    )
+    done = (
+        f"its Job {job_name} and its pods were deleted" if job_name else "it had not started; no Job was made"
+    )
+    return Observation(
+        "Cancelled",
+        "Cancelled",
+        f"{why}; {done}; re-run with the crawljob.io/rerun annotation",
+        attempts,
+        start,
+        now,
+        extra={"cancelToken": token},
+    )
+
+
+def superseded(newer: str, newer_sequencer: str, own_sequencer: str, now: str) -> Observation:
+    """A newer event of the same object arrived before this CrawlJob started: it is not run."""
+    return Observation(
+        "Superseded",
+        "Superseded",
+        f"not run: CrawlJob {newer} is a newer event for the same object (sequencer "
+        f"{newer_sequencer} > {own_sequencer}) and will process its current version",
+        completion_time=now,
+    )
+
+
 def invalid_spec(problem: str, now: str) -> Observation:
     """The CrawlJob cannot be turned into a Job."""
     return Observation("Failed", "InvalidSpec", problem, completion_time=now, warning=True)
@@ -361,6 +407,19 @@ def desired_status(
             now,
             generation,
         )
+    # The rarer endings get their condition when they happen (and keep it, False, after a re-run).
+    for type_, idle_reason in (("Cancelled", "NotCancelled"), ("Superseded", "NotSuperseded")):
+        active = phase == type_
+        if active or conditions.get_condition(conds, type_) is not None:
+            conds = conditions.set_condition(
+                conds,
+                type_,
+                active,
+                reason if active else idle_reason,
+                message if active else "",
+                now,
+                generation,
+            )
     status: Body = {
         "phase": phase,
         "reason": reason,
@@ -373,6 +432,8 @@ def desired_status(
         "completionTime": observation.completion_time,
         "result": observation.result,
     }
+    for name, value in observation.extra.items():
+        status.setdefault(name, value)
     return status
 
 
@@ -383,7 +444,7 @@ def status_patch(current: Mapping[str, Any] | None, desired: Mapping[str, Any]) 
     """
     current = current or {}
     patch: Body = {}
-    for name in OPERATOR_FIELDS:
+    for name in (*OPERATOR_FIELDS, *(name for name in desired if name not in OPERATOR_FIELDS)):
         want = desired.get(name)
         have = current.get(name)
         if name == "conditions":

@@ -233,3 +233,45 @@ def test_pods_in_view_explain_a_finished_job_or_must_be_read_fresh() -> None:
     assert status.pods_explain_verdict(failed, [first, second])
     assert not status.pods_explain_verdict(failed, [first])  # one failure not seen yet
     assert not status.pods_explain_verdict(failed, [])
+
+
+def test_cancel_request_acts_once_per_annotation_value() -> None:
+    assert status.cancel_request(None, {}) is None
+    assert status.cancel_request("true", None) == "true"
+    assert status.cancel_request("true", {"cancelToken": "true"}) is None
+    assert status.cancel_request("again", {"cancelToken": "true"}) == "again"
+
+
+def test_cancelled_keeps_the_record_with_reason_and_condition() -> None:
+    running = status.desired_status(
+        {}, status.Observation("Running", "WorkerRunning", "running", 1, "T0"), 1, "j", NOW
+    )
+    observation = status.cancelled("wrong input file", "j", "2026-01-01T00:20:00Z", 1, "T0")
+    assert (observation.phase, observation.reason) == ("Cancelled", "Cancelled")
+    assert "cancelled: wrong input file" in observation.message
+    assert "Job j and its pods were deleted" in observation.message
+    assert not observation.warning
+    desired = status.desired_status(running, observation, 1, "j", "2026-01-01T00:20:00Z")
+    patch = status.status_patch(running, desired)
+    assert patch["phase"] == "Cancelled" and patch["cancelToken"] == "wrong input file"
+    assert patch["completionTime"] == "2026-01-01T00:20:00Z" and desired["startTime"] == "T0"
+    by_type = {item["type"]: item for item in desired["conditions"]}
+    assert by_type["Cancelled"]["status"] == "True" and by_type["Cancelled"]["reason"] == "Cancelled"
+    assert by_type["Running"]["status"] == "False"
+    assert "Superseded" not in by_type  # rare conditions appear only once they happen
+    queued = status.cancelled("true", None, NOW)
+    assert queued.message.startswith("cancelled with the crawljob.io/cancel annotation; it had not started")
+    # After a re-run the Cancelled condition stays, False.
+    rerun = status.desired_status(desired, status.queued(1, 1, 8), 1, None, NOW)
+    assert {item["type"]: item["status"] for item in rerun["conditions"]}["Cancelled"] == "False"
+
+
+def test_superseded_names_the_newer_crawljob() -> None:
+    observation = status.superseded("data-csv-2", "0100", "00FF", NOW)
+    assert (observation.phase, observation.reason) == ("Superseded", "Superseded")
+    assert "CrawlJob data-csv-2 is a newer event" in observation.message
+    assert "0100 > 00FF" in observation.message
+    assert status.is_terminal(observation.phase)
+    desired = status.desired_status({}, observation, 1, None, NOW)
+    assert {item["type"]: item["status"] for item in desired["conditions"]}["Superseded"] == "True"
+    assert desired["completionTime"] == NOW

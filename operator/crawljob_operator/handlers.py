@@ -36,7 +36,12 @@ ANNOTATION_RERUN = "crawljob.io/rerun"
 ANNOTATION_CANCEL = "crawljob.io/cancel"
 POSITION_EXACT_HEAD = 10
 POSITION_HEAD_SECONDS = 2.0
-POSITION_REFRESH_SECONDS = 15.0
+POSITION_REFRESH_SECONDS = 30.0
+# Rewrites of a changed position (not the first Queued write) share this budget, head of the queue
+# first: when the queue moves fast every waiting CrawlJob would otherwise get a write as it nears
+# the head, only to be admitted a moment later.
+POSITION_WRITES_PER_SECOND = 5.0
+POSITION_WRITES_BURST = 10.0
 # A change that cannot open a slot (a status write, a progress patch) is coalesced with the others
 # of this window into one scheduling pass; a freed slot is refilled at once.
 SCHEDULE_COALESCE_SECONDS = 0.25
@@ -96,6 +101,9 @@ class State:
     queued_writes: set[Key] = field(default_factory=set)  # Queued/Superseded writes in flight
     newest: dict[tuple[str, str, str], Key] = field(default_factory=dict)  # object → newest event's CrawlJob
     position_written: dict[Key, float] = field(default_factory=dict)
+    position_budget: queue.Budget = field(
+        default_factory=lambda: queue.Budget(POSITION_WRITES_PER_SECOND, POSITION_WRITES_BURST)
+    )
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     instance: str = field(default_factory=socket.gethostname)
     healthy_at: float = 0.0
@@ -200,7 +208,7 @@ async def write_status(
     generation = metadata.get("generation")
     desired = status.desired_status(current, observation, generation, job_name, _now())
     patch = status.status_patch(current, desired)
-    if not patch:
+    if not status.worth_writing(patch):
         return crawljob
     namespace, name = _key(crawljob)
     try:
@@ -471,6 +479,8 @@ async def schedule(state: State) -> None:
             message = status.queued(position, length, state.settings.max_active).message
             if current.get("message") == message:
                 continue
+            if not state.position_budget.take(asyncio.get_running_loop().time()):
+                continue
         state.position_written[key] = asyncio.get_running_loop().time()
         state.queued_writes.add(key)
         state.spawn(_write_queued(state, key, position, length))
@@ -525,7 +535,8 @@ def _position_due(state: State, key: Key, position: int) -> bool:
 
     Each admission moves every waiting CrawlJob up one place; writing them all every time costs
     O(queue length) writes per admission. A position is rewritten at most every
-    POSITION_HEAD_SECONDS near the head of the queue and every POSITION_REFRESH_SECONDS behind it.
+    POSITION_HEAD_SECONDS near the head of the queue and every POSITION_REFRESH_SECONDS behind it,
+    and all rewrites together at most POSITION_WRITES_PER_SECOND.
     """
     interval = POSITION_HEAD_SECONDS if position <= POSITION_EXACT_HEAD else POSITION_REFRESH_SECONDS
     last = state.position_written.get(key, 0.0)
@@ -817,7 +828,6 @@ async def on_job_event(event: Mapping[str, Any], memo: Any, **_: Any) -> None:
     owner = ((body.get("metadata") or {}).get("labels") or {}).get(resource.LABEL_CRAWLJOB)
     if owner:
         await reconcile(state, (key[0], owner))
-    state.kick(urgent=freed)
 
 
 async def on_pod_event(event: Mapping[str, Any], memo: Any, **_: Any) -> None:

@@ -57,6 +57,27 @@ def candidate_from(crawljob: Mapping[str, Any], active: bool, waiting: bool) -> 
     )
 
 
+@dataclass
+class Budget:
+    """A token bucket: at most *rate* actions a second on average, *burst* at once (time passed in)."""
+
+    rate: float
+    burst: float
+    tokens: float = 0.0
+    at: float | None = None
+
+    def take(self, now: float) -> bool:
+        """Spend one token if there is one at *now* (a monotonic clock, seconds)."""
+        if self.at is None:
+            self.tokens, self.at = self.burst, now
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
+
+
 # ---- newer events of the same object (S3 sequencers) ----
 
 

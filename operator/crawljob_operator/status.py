@@ -455,6 +455,19 @@ def status_patch(current: Mapping[str, Any] | None, desired: Mapping[str, Any]) 
     return patch
 
 
+DEFERRABLE_FIELDS = frozenset({"attempts", "startTime"})
+
+
+def worth_writing(patch: Mapping[str, Any]) -> bool:
+    """Whether a status patch must be sent now.
+
+    A patch of bookkeeping alone (a pod counted, the Job's start time) waits for the next change of
+    phase, reason or message, which carries it along: that saves two writes (and their watch
+    events) per crawl, and every crawl ends with a terminal write.
+    """
+    return bool(patch) and not set(patch) <= DEFERRABLE_FIELDS
+
+
 def _conditions_key(value: Any) -> Any:
     # lastTransitionTime is carried over by set_condition; compare everything else exactly.
     return json.dumps(value or [], sort_keys=True)

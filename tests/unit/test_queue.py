@@ -107,3 +107,12 @@ def test_the_newest_event_and_equal_or_unordered_events_are_not_superseded() -> 
     assert queue.superseded([_seq("x", ""), _seq("y", "")]) == {}
     other_namespace = queue.Sequenced("far", ("elsewhere", "bucket", "k"), "1", True)
     assert queue.superseded([other_namespace, _seq("near", "2")]) == {}
+
+
+def test_budget_allows_a_burst_then_the_rate() -> None:
+    budget = queue.Budget(rate=5.0, burst=2.0)
+    assert budget.take(100.0) and budget.take(100.0)
+    assert not budget.take(100.0)  # burst spent
+    assert not budget.take(100.1)  # half a token
+    assert budget.take(100.2)  # 0.2 s at 5/s: one token
+    assert budget.take(110.0) and budget.take(110.0) and not budget.take(110.0)  # never above burst

@@ -275,3 +275,11 @@ def test_superseded_names_the_newer_crawljob() -> None:
     desired = status.desired_status({}, observation, 1, None, NOW)
     assert {item["type"]: item["status"] for item in desired["conditions"]}["Superseded"] == "True"
     assert desired["completionTime"] == NOW
+
+
+def test_bookkeeping_alone_waits_for_the_next_transition() -> None:
+    assert not status.worth_writing({})
+    assert not status.worth_writing({"attempts": 1})
+    assert not status.worth_writing({"attempts": 1, "startTime": "T"})
+    assert status.worth_writing({"attempts": 2, "message": "attempt 2 failed"})
+    assert status.worth_writing({"phase": "Running"})

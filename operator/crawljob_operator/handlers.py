@@ -45,6 +45,7 @@ POSITION_WRITES_BURST = 10.0
 # A change that cannot open a slot (a status write, a progress patch) is coalesced with the others
 # of this window into one scheduling pass; a freed slot is refilled at once.
 SCHEDULE_COALESCE_SECONDS = 0.25
+SCHEDULE_MIN_INTERVAL_SECONDS = 0.01
 
 
 def _now() -> str:
@@ -100,6 +101,9 @@ class State:
     admitted: asyncio.Queue[Key] = field(default_factory=asyncio.Queue)
     queued_writes: set[Key] = field(default_factory=set)  # Queued/Superseded writes in flight
     newest: dict[tuple[str, str, str], Key] = field(default_factory=dict)  # object → newest event's CrawlJob
+    # Indexes over crawljobs for the scheduling pass (it re-checks each key against crawljobs):
+    open_keys: set[Key] = field(default_factory=set)  # not in a terminal phase
+    sequenced_keys: set[Key] = field(default_factory=set)  # spec.source.sequencer set
     position_written: dict[Key, float] = field(default_factory=dict)
     position_budget: queue.Budget = field(
         default_factory=lambda: queue.Budget(POSITION_WRITES_PER_SECOND, POSITION_WRITES_BURST)
@@ -116,6 +120,13 @@ class State:
         if known is not None and new is not None and old is not None and new < old:
             return
         store[key] = copy.deepcopy(dict(body))
+        if store is self.crawljobs:
+            if (body.get("status") or {}).get("phase") in resource.TERMINAL_PHASES:
+                self.open_keys.discard(key)
+            else:
+                self.open_keys.add(key)
+            if ((body.get("spec") or {}).get("source") or {}).get("sequencer"):
+                self.sequenced_keys.add(key)
 
     def kick(self, urgent: bool = False) -> None:
         """Ask for a scheduling pass: at once when *urgent* (a slot may be free), else coalesced."""
@@ -208,7 +219,7 @@ async def write_status(
     generation = metadata.get("generation")
     desired = status.desired_status(current, observation, generation, job_name, _now())
     patch = status.status_patch(current, desired)
-    if not status.worth_writing(patch):
+    if not status.worth_writing(patch, current):
         return crawljob
     namespace, name = _key(crawljob)
     try:
@@ -325,6 +336,13 @@ async def _maybe_cancel(state: State, crawljob: Body) -> Body:
     }
     if current.get("jobName"):
         job_names.add(str(current["jobName"]))
+    # What the Job had got to (start time, attempts), before it goes.
+    seen_job = state.jobs.get((namespace, str(current.get("jobName") or "")))
+    so_far = (
+        status.observe(seen_job, state.pods_of(namespace, str(current["jobName"])), _now())
+        if seen_job
+        else None
+    )
     for job_name in sorted(job_names):
         await _delete_job(state, namespace, job_name)
         state.jobs.pop((namespace, job_name), None)
@@ -333,8 +351,8 @@ async def _maybe_cancel(state: State, crawljob: Body) -> Body:
         token,
         current.get("jobName") or (sorted(job_names)[-1] if job_names else None),
         _now(),
-        int(current.get("attempts") or 0),
-        current.get("startTime"),
+        max(int(current.get("attempts") or 0), so_far.attempts if so_far else 0),
+        current.get("startTime") or (so_far.start_time if so_far else None),
     )
     updated = await write_status(state, crawljob, observation, current.get("jobName"))
     state.kick(urgent=True)
@@ -431,13 +449,14 @@ def _needs_job(state: State, crawljob: Mapping[str, Any], key: Key | None = None
 
 async def schedule(state: State) -> None:
     """Admit waiting CrawlJobs into free slots (FIFO), supersede stale ones, keep queue positions current."""
-    seen: list[tuple[Key, Body, bool, bool]] = []
+    # Only unfinished CrawlJobs take part in the queue; finished ones matter only as newer events.
     sequenced: list[queue.Sequenced] = []
-    for key, crawljob in state.crawljobs.items():
-        active, waiting = _needs_job(state, crawljob, key)
-        seen.append((key, crawljob, active, waiting))
-        if ((crawljob.get("spec") or {}).get("source") or {}).get("sequencer"):
-            sequenced.append(_sequenced(key, crawljob, waiting))
+    for key in list(state.sequenced_keys):
+        crawljob = state.crawljobs.get(key)
+        if crawljob is None:
+            state.sequenced_keys.discard(key)
+            continue
+        sequenced.append(_sequenced(key, crawljob, _needs_job(state, crawljob, key)[1]))
     doomed: dict[str, str] = {}
     if sequenced:
         newest = queue.newest_events(sequenced)
@@ -445,7 +464,12 @@ async def schedule(state: State) -> None:
         doomed = queue.superseded(sequenced)
     candidates = []
     waiting_keys: dict[str, Key] = {}
-    for key, crawljob, active, waiting in seen:
+    for key in list(state.open_keys):
+        crawljob = state.crawljobs.get(key)
+        if crawljob is None or (crawljob.get("status") or {}).get("phase") in resource.TERMINAL_PHASES:
+            state.open_keys.discard(key)
+            continue
+        active, waiting = _needs_job(state, crawljob, key)
         name = f"{key[0]}/{key[1]}"
         if name in doomed:
             if key not in state.queued_writes:
@@ -652,6 +676,8 @@ async def scheduler_loop(state: State) -> None:
             await schedule(state)
         except Exception:
             log.exception("scheduling failed; will retry on the next change")
+        # The kicks of one finished Job (its event, its terminal status) land in one pass.
+        await asyncio.sleep(SCHEDULE_MIN_INTERVAL_SECONDS)
 
 
 # ---- periodic resync and garbage collection ----

@@ -458,14 +458,20 @@ def status_patch(current: Mapping[str, Any] | None, desired: Mapping[str, Any]) 
 DEFERRABLE_FIELDS = frozenset({"attempts", "startTime"})
 
 
-def worth_writing(patch: Mapping[str, Any]) -> bool:
+def worth_writing(patch: Mapping[str, Any], current: Mapping[str, Any] | None = None) -> bool:
     """Whether a status patch must be sent now.
 
     A patch of bookkeeping alone (a pod counted, the Job's start time) waits for the next change of
     phase, reason or message, which carries it along: that saves two writes (and their watch
-    events) per crawl, and every crawl ends with a terminal write.
+    events) per crawl, and every crawl ends with a terminal write. Only a running crawl's first
+    startTime is written at once (a long crawl would otherwise show none until it ends).
     """
-    return bool(patch) and not set(patch) <= DEFERRABLE_FIELDS
+    if not patch:
+        return False
+    if not set(patch) <= DEFERRABLE_FIELDS:
+        return True
+    current = current or {}
+    return current.get("phase") == "Running" and not current.get("startTime") and bool(patch.get("startTime"))
 
 
 def _conditions_key(value: Any) -> Any:

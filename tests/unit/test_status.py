@@ -283,3 +283,7 @@ def test_bookkeeping_alone_waits_for_the_next_transition() -> None:
     assert not status.worth_writing({"attempts": 1, "startTime": "T"})
     assert status.worth_writing({"attempts": 2, "message": "attempt 2 failed"})
     assert status.worth_writing({"phase": "Running"})
+    # ... except a running crawl's first start time.
+    assert status.worth_writing({"startTime": "T"}, {"phase": "Running"})
+    assert not status.worth_writing({"startTime": "T2"}, {"phase": "Running", "startTime": "T1"})
+    assert not status.worth_writing({"startTime": "T"}, {"phase": "Pending"})

@@ -390,6 +390,7 @@ def desired_status(
     current = current or {}
     conds: list[Body] = list(current.get("conditions") or [])
     phase, reason, message = observation.phase, observation.reason, observation.message
+    terminal = is_terminal(phase)
     # One condition per phase family: True with the observation's reason/message while in it.
     for type_, owning_phase, idle_reason in (
         ("Queued", "Queued", "Admitted"),
@@ -429,8 +430,11 @@ def desired_status(
         "jobName": job_name,
         "attempts": observation.attempts or current.get("attempts") or 0,
         "startTime": observation.start_time or current.get("startTime"),
-        "completionTime": observation.completion_time,
-        "result": observation.result,
+        # Only a terminal observation says anything about the outcome: a non-terminal one (e.g. from
+        # a view lagging behind, or a second operator by mistake) never erases it. A re-run clears
+        # both explicitly.
+        "completionTime": observation.completion_time if terminal else current.get("completionTime"),
+        "result": observation.result if terminal else current.get("result"),
     }
     for name, value in observation.extra.items():
         status.setdefault(name, value)

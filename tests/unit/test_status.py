@@ -287,3 +287,13 @@ def test_bookkeeping_alone_waits_for_the_next_transition() -> None:
     assert status.worth_writing({"startTime": "T"}, {"phase": "Running"})
     assert not status.worth_writing({"startTime": "T2"}, {"phase": "Running", "startTime": "T1"})
     assert not status.worth_writing({"startTime": "T"}, {"phase": "Pending"})
+
+
+def test_a_non_terminal_observation_never_erases_the_outcome() -> None:
+    result = {"rowsRead": 4}
+    done = {"phase": "Succeeded", "completionTime": "T9", "result": result}
+    late = status.desired_status(done, status.Observation("Running", "WorkerFinished", "late"), 1, "j", NOW)
+    patch = status.status_patch(done, late)
+    assert "result" not in patch and "completionTime" not in patch
+    failed = status.desired_status(done, status.job_deleted("j", NOW), 1, "j", NOW)
+    assert status.status_patch(done, failed)["result"] is None  # a terminal one decides

@@ -33,9 +33,19 @@ Key = tuple[str, str]  # (namespace, name)
 
 MANAGED = {resource.LABEL_MANAGED_BY: resource.MANAGED_BY}
 ANNOTATION_RERUN = "crawljob.io/rerun"
+ANNOTATION_CANCEL = "crawljob.io/cancel"
 POSITION_EXACT_HEAD = 10
 POSITION_HEAD_SECONDS = 2.0
-POSITION_REFRESH_SECONDS = 15.0
+POSITION_REFRESH_SECONDS = 30.0
+# Rewrites of a changed position (not the first Queued write) share this budget, head of the queue
+# first: when the queue moves fast every waiting CrawlJob would otherwise get a write as it nears
+# the head, only to be admitted a moment later.
+POSITION_WRITES_PER_SECOND = 5.0
+POSITION_WRITES_BURST = 10.0
+# A change that cannot open a slot (a status write, a progress patch) is coalesced with the others
+# of this window into one scheduling pass; a freed slot is refilled at once.
+SCHEDULE_COALESCE_SECONDS = 0.25
+SCHEDULE_MIN_INTERVAL_SECONDS = 0.01
 
 
 def _now() -> str:
@@ -53,6 +63,16 @@ def _version(body: Mapping[str, Any]) -> int | None:
         return int(str(value))
     except ValueError:
         return None
+
+
+def _sequenced(key: Key, crawljob: Mapping[str, Any], waiting: bool) -> queue.Sequenced:
+    source = (crawljob.get("spec") or {}).get("source") or {}
+    return queue.Sequenced(
+        f"{key[0]}/{key[1]}",
+        (key[0], str(source.get("bucket") or ""), str(source.get("key") or "")),
+        str(source.get("sequencer") or ""),
+        waiting,
+    )
 
 
 def _job_finished(job: Mapping[str, Any]) -> bool:
@@ -76,9 +96,18 @@ class State:
     creating: set[Key] = field(default_factory=set)
     locks: defaultdict[Key, asyncio.Lock] = field(default_factory=lambda: defaultdict(asyncio.Lock))
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    slot_freed: asyncio.Event = field(default_factory=asyncio.Event)
+    free_slots: int = 0
     admitted: asyncio.Queue[Key] = field(default_factory=asyncio.Queue)
-    queued_writes: set[Key] = field(default_factory=set)
+    queued_writes: set[Key] = field(default_factory=set)  # Queued/Superseded writes in flight
+    newest: dict[tuple[str, str, str], Key] = field(default_factory=dict)  # object → newest event's CrawlJob
+    # Indexes over crawljobs for the scheduling pass (it re-checks each key against crawljobs):
+    open_keys: set[Key] = field(default_factory=set)  # not in a terminal phase
+    sequenced_keys: set[Key] = field(default_factory=set)  # spec.source.sequencer set
     position_written: dict[Key, float] = field(default_factory=dict)
+    position_budget: queue.Budget = field(
+        default_factory=lambda: queue.Budget(POSITION_WRITES_PER_SECOND, POSITION_WRITES_BURST)
+    )
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     instance: str = field(default_factory=socket.gethostname)
     healthy_at: float = 0.0
@@ -91,6 +120,19 @@ class State:
         if known is not None and new is not None and old is not None and new < old:
             return
         store[key] = copy.deepcopy(dict(body))
+        if store is self.crawljobs:
+            if (body.get("status") or {}).get("phase") in resource.TERMINAL_PHASES:
+                self.open_keys.discard(key)
+            else:
+                self.open_keys.add(key)
+            if ((body.get("spec") or {}).get("source") or {}).get("sequencer"):
+                self.sequenced_keys.add(key)
+
+    def kick(self, urgent: bool = False) -> None:
+        """Ask for a scheduling pass: at once when *urgent* (a slot may be free), else coalesced."""
+        self.wake.set()
+        if urgent:
+            self.slot_freed.set()
 
     def spawn(self, coroutine: Any) -> None:
         task = asyncio.create_task(coroutine)
@@ -177,7 +219,7 @@ async def write_status(
     generation = metadata.get("generation")
     desired = status.desired_status(current, observation, generation, job_name, _now())
     patch = status.status_patch(current, desired)
-    if not patch:
+    if not status.worth_writing(patch, current):
         return crawljob
     namespace, name = _key(crawljob)
     try:
@@ -222,6 +264,7 @@ async def reconcile(state: State, key: Key) -> None:
         if crawljob is None or (crawljob.get("metadata") or {}).get("deletionTimestamp"):
             return
         namespace, name = key
+        crawljob = await _maybe_cancel(state, crawljob)
         crawljob = await _maybe_rerun(state, crawljob)
         current = crawljob.get("status") or {}
         uid = str((crawljob.get("metadata") or {}).get("uid") or "")
@@ -241,7 +284,7 @@ async def reconcile(state: State, key: Key) -> None:
                     found = await state.client.get(kube.JOBS, namespace, expected)
                 except kube.NotFound:
                     await write_status(state, crawljob, status.job_deleted(expected, _now()), expected)
-                    state.wake.set()
+                    state.kick(urgent=True)
                     return
                 except kube.KubeError as exc:
                     raise kopf.TemporaryError(f"cannot read Job {expected}: {exc}", delay=2) from exc
@@ -250,13 +293,70 @@ async def reconcile(state: State, key: Key) -> None:
             else:
                 return  # waiting for a slot: the scheduler writes Queued and creates the Job
         if _job_finished(job):
-            # The Job's and the Pods' watch events race: read the Pods (termination message) fresh.
-            for pod in await _list_quietly(state, kube.PODS, namespace, {"job-name": expected}):
-                state.remember_pod(pod)
+            state.kick(urgent=True)  # its slot is free whatever the status write below does
+            if not status.pods_explain_verdict(job, state.pods_of(namespace, expected)):
+                # The Job's and the Pods' watch events race: read the Pods (termination message) fresh.
+                for pod in await _list_quietly(state, kube.PODS, namespace, {"job-name": expected}):
+                    state.remember_pod(pod)
         observation = status.observe(job, state.pods_of(namespace, expected), _now())
         await write_status(state, crawljob, observation, expected)
         if status.is_terminal(observation.phase):
-            state.wake.set()
+            state.kick(urgent=True)
+
+
+async def _maybe_cancel(state: State, crawljob: Body) -> Body:
+    """Cancel the current run when the crawljob.io/cancel annotation carries a value not acted on yet.
+
+    The CrawlJob stays, in phase Cancelled: its Job (if any) and the Job's Pods are deleted, a queued
+    one simply leaves the queue. On a finished CrawlJob the value is recorded and ignored.
+    """
+    annotations = (crawljob.get("metadata") or {}).get("annotations") or {}
+    current = crawljob.get("status") or {}
+    token = status.cancel_request(annotations.get(ANNOTATION_CANCEL), current)
+    if token is None:
+        return crawljob
+    key = _key(crawljob)
+    namespace, name = key
+    if status.is_terminal(current.get("phase")):
+        try:
+            updated = await state.client.patch(
+                kube.CRAWLJOBS, namespace, name, {"status": {"cancelToken": token}}, "status"
+            )
+        except kube.KubeError as exc:
+            raise kopf.TemporaryError(f"cannot record the cancel request of {name}: {exc}", delay=2) from exc
+        state.remember(state.crawljobs, updated)
+        message = f"cancel request {token!r} ignored: the crawl already ended ({current.get('phase')})"
+        await post_event(state, crawljob, "CancelIgnored", message, False)
+        return state.crawljobs.get(key, updated)
+    uid = str((crawljob.get("metadata") or {}).get("uid") or "")
+    job_names = {
+        str(job["metadata"]["name"])
+        for job in state.jobs_of(namespace, name)
+        if not uid or jobs.is_owned_by(job, uid)
+    }
+    if current.get("jobName"):
+        job_names.add(str(current["jobName"]))
+    # What the Job had got to (start time, attempts), before it goes.
+    seen_job = state.jobs.get((namespace, str(current.get("jobName") or "")))
+    so_far = (
+        status.observe(seen_job, state.pods_of(namespace, str(current["jobName"])), _now())
+        if seen_job
+        else None
+    )
+    for job_name in sorted(job_names):
+        await _delete_job(state, namespace, job_name)
+        state.jobs.pop((namespace, job_name), None)
+    state.position_written.pop(key, None)
+    observation = status.cancelled(
+        token,
+        current.get("jobName") or (sorted(job_names)[-1] if job_names else None),
+        _now(),
+        max(int(current.get("attempts") or 0), so_far.attempts if so_far else 0),
+        current.get("startTime") or (so_far.start_time if so_far else None),
+    )
+    updated = await write_status(state, crawljob, observation, current.get("jobName"))
+    state.kick(urgent=True)
+    return updated
 
 
 async def _maybe_rerun(state: State, crawljob: Body) -> Body:
@@ -297,7 +397,7 @@ async def _maybe_rerun(state: State, crawljob: Body) -> Body:
         raise kopf.TemporaryError(f"cannot record the re-run of {name}: {exc}", delay=2) from exc
     state.remember(state.crawljobs, updated)
     await post_event(state, crawljob, reason, message, warning)
-    state.wake.set()
+    state.kick(urgent=True)
     return state.crawljobs.get((namespace, name), updated)
 
 
@@ -328,16 +428,18 @@ async def _list_quietly(
 # ---- admission under the cap ----
 
 
-def _needs_job(state: State, crawljob: Mapping[str, Any]) -> tuple[bool, bool]:
+def _needs_job(state: State, crawljob: Mapping[str, Any], key: Key | None = None) -> tuple[bool, bool]:
     """(holds a slot, waits for one) for one CrawlJob."""
-    namespace, name = _key(crawljob)
+    namespace, name = key or _key(crawljob)
     current = crawljob.get("status") or {}
-    if status.is_terminal(current.get("phase")) or (crawljob.get("metadata") or {}).get("deletionTimestamp"):
+    if current.get("phase") in resource.TERMINAL_PHASES or (crawljob.get("metadata") or {}).get(
+        "deletionTimestamp"
+    ):
         return False, False
-    expected = jobs.job_name(name, jobs.run_number(crawljob))
-    job = state.jobs.get((namespace, expected))
     if (namespace, name) in state.creating:
         return True, False
+    expected = jobs.job_name(name, jobs.run_number(crawljob))
+    job = state.jobs.get((namespace, expected))
     if job is not None:
         return not _job_finished(job), False
     if current.get("jobName") == expected:
@@ -346,18 +448,43 @@ def _needs_job(state: State, crawljob: Mapping[str, Any]) -> tuple[bool, bool]:
 
 
 async def schedule(state: State) -> None:
-    """Admit waiting CrawlJobs into free slots (FIFO) and keep queue positions current."""
+    """Admit waiting CrawlJobs into free slots (FIFO), supersede stale ones, keep queue positions current."""
+    # Only unfinished CrawlJobs take part in the queue; finished ones matter only as newer events.
+    sequenced: list[queue.Sequenced] = []
+    for key in list(state.sequenced_keys):
+        crawljob = state.crawljobs.get(key)
+        if crawljob is None:
+            state.sequenced_keys.discard(key)
+            continue
+        sequenced.append(_sequenced(key, crawljob, _needs_job(state, crawljob, key)[1]))
+    doomed: dict[str, str] = {}
+    if sequenced:
+        newest = queue.newest_events(sequenced)
+        state.newest = {obj: _split(item.name) for obj, item in newest.items()}
+        doomed = queue.superseded(sequenced)
     candidates = []
     waiting_keys: dict[str, Key] = {}
-    for key, crawljob in state.crawljobs.items():
-        active, waiting = _needs_job(state, crawljob)
+    for key in list(state.open_keys):
+        crawljob = state.crawljobs.get(key)
+        if crawljob is None or (crawljob.get("status") or {}).get("phase") in resource.TERMINAL_PHASES:
+            state.open_keys.discard(key)
+            continue
+        active, waiting = _needs_job(state, crawljob, key)
+        name = f"{key[0]}/{key[1]}"
+        if name in doomed:
+            if key not in state.queued_writes:
+                state.queued_writes.add(key)
+                state.spawn(_write_superseded(state, key))
+            continue
         if active or waiting:
             created = str((crawljob.get("metadata") or {}).get("creationTimestamp") or "")
-            candidates.append(queue.Candidate(f"{key[0]}/{key[1]}", created, active, waiting))
+            candidates.append(queue.Candidate(name, created, active, waiting))
         if waiting:
-            waiting_keys[f"{key[0]}/{key[1]}"] = key
+            waiting_keys[name] = key
     plan = queue.plan(candidates, state.settings.max_active)
-    state.metrics.queue_length.set(len(plan.positions))
+    length = len(plan.positions)
+    state.free_slots = max(0, state.settings.max_active - plan.active)
+    state.metrics.queue_length.set(length)
     state.metrics.active.set(plan.active)
     for name in plan.admit:
         key = waiting_keys[name]
@@ -366,16 +493,65 @@ async def schedule(state: State) -> None:
     for name, position in plan.positions.items():
         key = waiting_keys[name]
         waiting_body = state.crawljobs.get(key)
-        if waiting_body is not None:
-            current = waiting_body.get("status") or {}
-            observation = status.queued(position, len(plan.positions), state.settings.max_active)
-            stale = current.get("phase") != "Queued" or (
-                current.get("message") != observation.message and _position_due(state, key, position)
-            )
-            if stale and key not in state.queued_writes:
-                state.position_written[key] = asyncio.get_running_loop().time()
-                state.queued_writes.add(key)
-                state.spawn(_write_queued(state, key, position))
+        if waiting_body is None or key in state.queued_writes:
+            continue
+        current = waiting_body.get("status") or {}
+        if current.get("phase") == "Queued":
+            # Already queued: rewrite the position only when due (cheap test first), and changed.
+            if not _position_due(state, key, position):
+                continue
+            message = status.queued(position, length, state.settings.max_active).message
+            if current.get("message") == message:
+                continue
+            if not state.position_budget.take(asyncio.get_running_loop().time()):
+                continue
+        state.position_written[key] = asyncio.get_running_loop().time()
+        state.queued_writes.add(key)
+        state.spawn(_write_queued(state, key, position, length))
+
+
+def _split(name: str) -> Key:
+    namespace, _, rest = name.partition("/")
+    return (namespace, rest)
+
+
+def _newer_event(state: State, key: Key, crawljob: Mapping[str, Any]) -> Body | None:
+    """The CrawlJob of a newer event of the same object, if the operator has seen one."""
+    own = _sequenced(key, crawljob, True)
+    if not own.sequencer.strip():
+        return None
+    newest_key = state.newest.get(own.obj)
+    newest = state.crawljobs.get(newest_key) if newest_key and newest_key != key else None
+    if newest is None:
+        return None
+    other = _sequenced(_key(newest), newest, False)
+    return newest if queue.compare_sequencers(other.sequencer, own.sequencer) > 0 else None
+
+
+def _superseded_by(crawljob: Mapping[str, Any], newer: Mapping[str, Any]) -> status.Observation:
+    def sequencer(body: Mapping[str, Any]) -> str:
+        return str(((body.get("spec") or {}).get("source") or {}).get("sequencer") or "")
+
+    return status.superseded(
+        str((newer.get("metadata") or {}).get("name")), sequencer(newer), sequencer(crawljob), _now()
+    )
+
+
+async def _write_superseded(state: State, key: Key) -> None:
+    try:
+        async with state.locks[key]:
+            crawljob = state.crawljobs.get(key)
+            if crawljob is None or not _needs_job(state, crawljob, key)[1]:
+                return
+            newer = _newer_event(state, key, crawljob)
+            if newer is None:
+                return
+            state.position_written.pop(key, None)
+            with contextlib.suppress(kopf.TemporaryError):
+                await write_status(state, crawljob, _superseded_by(crawljob, newer), None)
+    finally:
+        state.queued_writes.discard(key)
+        state.kick()
 
 
 def _position_due(state: State, key: Key, position: int) -> bool:
@@ -383,26 +559,26 @@ def _position_due(state: State, key: Key, position: int) -> bool:
 
     Each admission moves every waiting CrawlJob up one place; writing them all every time costs
     O(queue length) writes per admission. A position is rewritten at most every
-    POSITION_HEAD_SECONDS near the head of the queue and every POSITION_REFRESH_SECONDS behind it.
+    POSITION_HEAD_SECONDS near the head of the queue and every POSITION_REFRESH_SECONDS behind it,
+    and all rewrites together at most POSITION_WRITES_PER_SECOND.
     """
     interval = POSITION_HEAD_SECONDS if position <= POSITION_EXACT_HEAD else POSITION_REFRESH_SECONDS
     last = state.position_written.get(key, 0.0)
     return asyncio.get_running_loop().time() - last >= interval
 
 
-async def _write_queued(state: State, key: Key, position: int) -> None:
+async def _write_queued(state: State, key: Key, position: int, length: int) -> None:
     try:
         async with state.locks[key]:
             crawljob = state.crawljobs.get(key)
-            if crawljob is None or not _needs_job(state, crawljob)[1]:
+            if crawljob is None or not _needs_job(state, crawljob, key)[1]:
                 return
-            length = sum(1 for body in state.crawljobs.values() if _needs_job(state, body)[1])
             observation = status.queued(position, max(length, position), state.settings.max_active)
             with contextlib.suppress(kopf.TemporaryError):
                 await write_status(state, crawljob, observation, None)
     finally:
         state.queued_writes.discard(key)
-        state.wake.set()
+        state.kick()
 
 
 async def create_job(state: State, key: Key) -> None:
@@ -417,7 +593,7 @@ async def create_job(state: State, key: Key) -> None:
         return
     finally:
         state.creating.discard(key)
-        state.wake.set()
+        state.kick()
     # The status write (and its Event) runs beside the next creation: creation stays in FIFO order
     # without waiting for it.
     state.spawn(reconcile_quietly(state, key))
@@ -428,6 +604,12 @@ async def _create_job_locked(state: State, key: Key) -> None:
     async with state.locks[key]:
         crawljob = state.crawljobs.get(key)
         if crawljob is None or not (crawljob.get("metadata") or {}).get("uid"):
+            return
+        if status.is_terminal((crawljob.get("status") or {}).get("phase")):
+            return  # cancelled (or superseded) after it was admitted
+        newer = _newer_event(state, key, crawljob)
+        if newer is not None:
+            await write_status(state, crawljob, _superseded_by(crawljob, newer), None)
             return
         try:
             manifest = jobs.build_job(crawljob, state.settings)
@@ -476,15 +658,26 @@ async def creator_loop(state: State) -> None:
 
 
 async def scheduler_loop(state: State) -> None:
-    """Run schedule() whenever something changed (bursts of events coalesce into one pass)."""
+    """Run schedule() whenever something changed.
+
+    Event-driven: a freed slot (a Job finished or vanished, a CrawlJob ended or was deleted, a new
+    CrawlJob while slots are free) runs a pass at once, so the next queued CrawlJob gets its Job
+    without waiting; other changes (status writes, progress) are coalesced into one pass per
+    SCHEDULE_COALESCE_SECONDS, which keeps a burst of 1,000 events from costing 1,000 passes.
+    """
     while True:
         await state.wake.wait()
+        if not state.slot_freed.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(state.slot_freed.wait(), SCHEDULE_COALESCE_SECONDS)
         state.wake.clear()
+        state.slot_freed.clear()
         try:
             await schedule(state)
         except Exception:
             log.exception("scheduling failed; will retry on the next change")
-        await asyncio.sleep(0.05)
+        # The kicks of one finished Job (its event, its terminal status) land in one pass.
+        await asyncio.sleep(SCHEDULE_MIN_INTERVAL_SECONDS)
 
 
 # ---- periodic resync and garbage collection ----
@@ -515,12 +708,12 @@ async def resync(state: State) -> None:
         phases[str((crawljob.get("status") or {}).get("phase") or "New")] += 1
         if not status.is_terminal((crawljob.get("status") or {}).get("phase")) or (
             (crawljob.get("metadata") or {}).get("annotations") or {}
-        ).get(ANNOTATION_RERUN):
+        ).keys() & {ANNOTATION_RERUN, ANNOTATION_CANCEL}:
             with contextlib.suppress(kopf.TemporaryError, kube.KubeError):
                 await reconcile(state, key)
     for phase in resource.PHASES:
         state.metrics.phase.labels(phase).set(phases.get(phase, 0))
-    state.wake.set()
+    state.kick(urgent=True)
     await cancel_orphans(state)
     await collect_garbage(state)
 
@@ -612,11 +805,24 @@ async def on_crawljob_event(event: Mapping[str, Any], memo: Any, **_: Any) -> No
         state.crawljobs.pop(key, None)
         state.position_written.pop(key, None)
         await cancel(state, body)
-        state.wake.set()
+        state.kick(urgent=True)
         return
+    new = key not in state.crawljobs
     state.remember(state.crawljobs, body)
+    _note_event_order(state, key, body)
     await reconcile(state, key)
-    state.wake.set()
+    state.kick(urgent=new and state.free_slots > 0)
+
+
+def _note_event_order(state: State, key: Key, crawljob: Mapping[str, Any]) -> None:
+    """Keep state.newest current between scheduling passes (creation checks it)."""
+    item = _sequenced(key, crawljob, False)
+    if not item.sequencer.strip():
+        return
+    known_key = state.newest.get(item.obj)
+    known = state.crawljobs.get(known_key) if known_key else None
+    if known is None or queue.compare_sequencers(item.sequencer, _sequenced(key, known, False).sequencer) > 0:
+        state.newest[item.obj] = key
 
 
 async def cancel(state: State, crawljob: Mapping[str, Any]) -> None:
@@ -640,12 +846,14 @@ async def on_job_event(event: Mapping[str, Any], memo: Any, **_: Any) -> None:
     key = _key(body)
     if event.get("type") == "DELETED":
         state.jobs.pop(key, None)
+        freed = True
     else:
         state.remember(state.jobs, body)
+        freed = _job_finished(body)
+    state.kick(urgent=freed)  # before the status write: the slot is free now
     owner = ((body.get("metadata") or {}).get("labels") or {}).get(resource.LABEL_CRAWLJOB)
     if owner:
         await reconcile(state, (key[0], owner))
-    state.wake.set()
 
 
 async def on_pod_event(event: Mapping[str, Any], memo: Any, **_: Any) -> None:

@@ -55,3 +55,80 @@ def candidate_from(crawljob: Mapping[str, Any], active: bool, waiting: bool) -> 
         active=active,
         waiting=waiting,
     )
+
+
+@dataclass
+class Budget:
+    """A token bucket: at most *rate* actions a second on average, *burst* at once (time passed in)."""
+
+    rate: float
+    burst: float
+    tokens: float = 0.0
+    at: float | None = None
+
+    def take(self, now: float) -> bool:
+        """Spend one token if there is one at *now* (a monotonic clock, seconds)."""
+        if self.at is None:
+            self.tokens, self.at = self.burst, now
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
+
+
+# ---- newer events of the same object (S3 sequencers) ----
+
+
+def sequencer_order(sequencer: str, width: int) -> str:
+    """*sequencer* left-padded with zeros to *width* (upper-cased hex), comparable as a string.
+
+    S3 sequencers of one key grow with time but not in length: "FF" is older than "0100", so both
+    are padded to the same width before comparing (AWS's documented rule).
+    """
+    return sequencer.strip().upper().rjust(width, "0")
+
+
+def compare_sequencers(left: str, right: str) -> int:
+    """-1, 0 or 1 as *left* is older than, the same as, or newer than *right* (same key)."""
+    width = max(len(left.strip()), len(right.strip()))
+    a, b = sequencer_order(left, width), sequencer_order(right, width)
+    return (a > b) - (a < b)
+
+
+@dataclass(frozen=True)
+class Sequenced:
+    """A CrawlJob as supersession sees it: which object (namespace, bucket, key), which event."""
+
+    name: str
+    obj: tuple[str, str, str]
+    sequencer: str
+    waiting: bool  # it has not started (no Job yet): it may still be superseded
+
+
+def newest_events(items: Iterable[Sequenced]) -> dict[tuple[str, str, str], Sequenced]:
+    """For each object, the CrawlJob of its newest event (the greatest sequencer; first one on ties)."""
+    newest: dict[tuple[str, str, str], Sequenced] = {}
+    for item in items:
+        if not item.sequencer.strip():
+            continue
+        best = newest.get(item.obj)
+        if best is None or compare_sequencers(item.sequencer, best.sequencer) > 0:
+            newest[item.obj] = item
+    return newest
+
+
+def superseded(items: Iterable[Sequenced]) -> dict[str, str]:
+    """Waiting CrawlJobs that a newer event of the same object makes pointless → the newest one.
+
+    Only CrawlJobs with a sequencer take part; a CrawlJob that has started (or ended) is never
+    superseded here, but it does supersede older waiting ones.
+    """
+    entries = [item for item in items if item.sequencer.strip()]
+    newest = newest_events(entries)
+    return {
+        item.name: newest[item.obj].name
+        for item in entries
+        if item.waiting and compare_sequencers(newest[item.obj].sequencer, item.sequencer) > 0
+    }

@@ -288,6 +288,25 @@ def observe(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], now: str)
     )
 
 
+def pods_explain_verdict(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether *pods* (the operator's view) already hold what observe() needs for a finished Job.
+
+    Complete: a worker pod that exited 0 (its termination message is the result). Failed: at least
+    as many failed pods as the Job counts. Otherwise the Pods must be read fresh: their watch events
+    race the Job's.
+    """
+    job_status = job.get("status") or {}
+    if _job_condition(job, "Complete") or _job_condition(job, "SuccessCriteriaMet"):
+        return any((_terminated(pod) or {}).get("exitCode") == 0 for pod in pods)
+    failed = [
+        pod
+        for pod in pods
+        if (pod.get("status") or {}).get("phase") == "Failed"
+        or (_terminated(pod) or {}).get("exitCode") not in (None, 0)
+    ]
+    return bool(failed) and len(failed) >= int(job_status.get("failed") or 0)
+
+
 def queued(position: int, queue_length: int, max_active: int) -> Observation:
     """A CrawlJob waiting for a free slot under the concurrency cap."""
     return Observation(
@@ -309,6 +328,52 @@ def job_deleted(job_name: str, now: str) -> Observation:
     )
 
 
+CANCEL_PLAIN_VALUES = frozenset({"", "true", "yes", "1"})
+
+
+def cancel_request(annotation: str | None, current: Mapping[str, Any] | None) -> str | None:
+    """The crawljob.io/cancel value to act on now, or None (absent, or already acted on)."""
+    if annotation is None:
+        return None
+    if annotation == (current or {}).get("cancelToken"):
+        return None
+    return annotation
+
+
+def cancelled(
+    token: str, job_name: str | None, now: str, attempts: int = 0, start: str | None = None
+) -> Observation:
+    """The crawl was cancelled with the crawljob.io/cancel annotation (value *token*)."""
+    why = (
+        "cancelled with the crawljob.io/cancel annotation"
+        if token.strip().lower() in CANCEL_PLAIN_VALUES
+        else f"cancelled: {token.strip()}"
+    )
+    done = (
+        f"its Job {job_name} and its pods were deleted" if job_name else "it had not started; no Job was made"
+    )
+    return Observation(
+        "Cancelled",
+        "Cancelled",
+        f"{why}; {done}; re-run with the crawljob.io/rerun annotation",
+        attempts,
+        start,
+        now,
+        extra={"cancelToken": token},
+    )
+
+
+def superseded(newer: str, newer_sequencer: str, own_sequencer: str, now: str) -> Observation:
+    """A newer event of the same object arrived before this CrawlJob started: it is not run."""
+    return Observation(
+        "Superseded",
+        "Superseded",
+        f"not run: CrawlJob {newer} is a newer event for the same object (sequencer "
+        f"{newer_sequencer} > {own_sequencer}) and will process its current version",
+        completion_time=now,
+    )
+
+
 def invalid_spec(problem: str, now: str) -> Observation:
     """The CrawlJob cannot be turned into a Job."""
     return Observation("Failed", "InvalidSpec", problem, completion_time=now, warning=True)
@@ -325,6 +390,7 @@ def desired_status(
     current = current or {}
     conds: list[Body] = list(current.get("conditions") or [])
     phase, reason, message = observation.phase, observation.reason, observation.message
+    terminal = is_terminal(phase)
     # One condition per phase family: True with the observation's reason/message while in it.
     for type_, owning_phase, idle_reason in (
         ("Queued", "Queued", "Admitted"),
@@ -342,6 +408,19 @@ def desired_status(
             now,
             generation,
         )
+    # The rarer endings get their condition when they happen (and keep it, False, after a re-run).
+    for type_, idle_reason in (("Cancelled", "NotCancelled"), ("Superseded", "NotSuperseded")):
+        active = phase == type_
+        if active or conditions.get_condition(conds, type_) is not None:
+            conds = conditions.set_condition(
+                conds,
+                type_,
+                active,
+                reason if active else idle_reason,
+                message if active else "",
+                now,
+                generation,
+            )
     status: Body = {
         "phase": phase,
         "reason": reason,
@@ -351,9 +430,14 @@ def desired_status(
         "jobName": job_name,
         "attempts": observation.attempts or current.get("attempts") or 0,
         "startTime": observation.start_time or current.get("startTime"),
-        "completionTime": observation.completion_time,
-        "result": observation.result,
+        # Only a terminal observation says anything about the outcome: a non-terminal one (e.g. from
+        # a view lagging behind, or a second operator by mistake) never erases it. A re-run clears
+        # both explicitly.
+        "completionTime": observation.completion_time if terminal else current.get("completionTime"),
+        "result": observation.result if terminal else current.get("result"),
     }
+    for name, value in observation.extra.items():
+        status.setdefault(name, value)
     return status
 
 
@@ -364,7 +448,7 @@ def status_patch(current: Mapping[str, Any] | None, desired: Mapping[str, Any]) 
     """
     current = current or {}
     patch: Body = {}
-    for name in OPERATOR_FIELDS:
+    for name in (*OPERATOR_FIELDS, *(name for name in desired if name not in OPERATOR_FIELDS)):
         want = desired.get(name)
         have = current.get(name)
         if name == "conditions":
@@ -373,6 +457,25 @@ def status_patch(current: Mapping[str, Any] | None, desired: Mapping[str, Any]) 
         elif want != have:
             patch[name] = want
     return patch
+
+
+DEFERRABLE_FIELDS = frozenset({"attempts", "startTime"})
+
+
+def worth_writing(patch: Mapping[str, Any], current: Mapping[str, Any] | None = None) -> bool:
+    """Whether a status patch must be sent now.
+
+    A patch of bookkeeping alone (a pod counted, the Job's start time) waits for the next change of
+    phase, reason or message, which carries it along: that saves two writes (and their watch
+    events) per crawl, and every crawl ends with a terminal write. Only a running crawl's first
+    startTime is written at once (a long crawl would otherwise show none until it ends).
+    """
+    if not patch:
+        return False
+    if not set(patch) <= DEFERRABLE_FIELDS:
+        return True
+    current = current or {}
+    return current.get("phase") == "Running" and not current.get("startTime") and bool(patch.get("startTime"))
 
 
 def _conditions_key(value: Any) -> Any:

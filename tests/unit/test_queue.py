@@ -1,5 +1,7 @@
 """The concurrency cap admits the oldest waiting CrawlJobs into free slots and numbers the rest."""
 
+import pytest
+
 from crawljob_operator import gc, queue
 from crawljob_operator.queue import Candidate
 
@@ -65,3 +67,52 @@ def test_gc_selects_past_ttl_and_beyond_history_limits_per_outcome() -> None:
         "old-ok",
     ]
     assert gc.select_for_deletion(items, now, None, None, None) == []
+
+
+@pytest.mark.parametrize(
+    ("left", "right", "expected"),
+    [
+        ("0055AED6DCD90281E5", "0055AED6DCD90281E6", -1),
+        ("FF", "0100", -1),  # shorter is not newer: left-padded to "00FF" < "0100"
+        ("100", "FF", 1),  # without padding "100" < "FF" as strings: wrong
+        ("00ff", "FF", 0),  # case and leading zeros do not matter
+        ("A", "9", 1),
+    ],
+)
+def test_sequencers_compare_after_left_padding(left: str, right: str, expected: int) -> None:
+    assert queue.compare_sequencers(left, right) == expected
+    assert queue.compare_sequencers(right, left) == -expected
+
+
+def _seq(name: str, sequencer: str, waiting: bool = True, key: str = "k") -> queue.Sequenced:
+    return queue.Sequenced(name, ("ns", "bucket", key), sequencer, waiting)
+
+
+def test_a_waiting_older_event_is_superseded_by_the_newest_of_its_object() -> None:
+    items = [
+        _seq("old", "0FF"),
+        _seq("middle", "100", waiting=False),  # started: never superseded, but supersedes
+        _seq("newest", "0101", waiting=False),
+        _seq("other-key", "001", key="other"),
+        _seq("no-sequencer", ""),
+    ]
+    assert queue.superseded(items) == {"old": "newest"}
+    assert queue.newest_events(items)[("ns", "bucket", "k")].name == "newest"
+
+
+def test_the_newest_event_and_equal_or_unordered_events_are_not_superseded() -> None:
+    assert queue.superseded([_seq("a", "10"), _seq("b", "010")]) == {}  # same event twice
+    assert queue.superseded([_seq("only", "5")]) == {}
+    assert queue.superseded([_seq("new", "B"), _seq("old", "A")]) == {"old": "new"}
+    assert queue.superseded([_seq("x", ""), _seq("y", "")]) == {}
+    other_namespace = queue.Sequenced("far", ("elsewhere", "bucket", "k"), "1", True)
+    assert queue.superseded([other_namespace, _seq("near", "2")]) == {}
+
+
+def test_budget_allows_a_burst_then_the_rate() -> None:
+    budget = queue.Budget(rate=5.0, burst=2.0)
+    assert budget.take(100.0) and budget.take(100.0)
+    assert not budget.take(100.0)  # burst spent
+    assert not budget.take(100.1)  # half a token
+    assert budget.take(100.2)  # 0.2 s at 5/s: one token
+    assert budget.take(110.0) and budget.take(110.0) and not budget.take(110.0)  # never above burst

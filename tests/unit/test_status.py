@@ -219,3 +219,81 @@ def test_a_finished_pod_before_the_jobs_verdict_stays_running_never_back_to_pend
     waiting = status.observe(_job(active=0, failed=1), [failed], NOW)
     assert (waiting.phase, waiting.reason) == ("Running", "Retrying")
     assert "attempt 1 failed" in waiting.message
+
+
+def test_pods_in_view_explain_a_finished_job_or_must_be_read_fresh() -> None:
+    done = _pod("p", "Succeeded", _terminated(0, _summary(rowsRead=1), reason="Completed"))
+    running = _pod("p", "Running", {"running": {"startedAt": "T"}})
+    complete = _job("Complete", succeeded=1)
+    assert status.pods_explain_verdict(complete, [done])
+    assert not status.pods_explain_verdict(complete, [running])  # the pod's final event is late
+    assert not status.pods_explain_verdict(complete, [])
+    first, second = (_pod(name, "Failed", _terminated(75)) for name in ("a", "b"))
+    failed = _job("Failed", "BackoffLimitExceeded", failed=2)
+    assert status.pods_explain_verdict(failed, [first, second])
+    assert not status.pods_explain_verdict(failed, [first])  # one failure not seen yet
+    assert not status.pods_explain_verdict(failed, [])
+
+
+def test_cancel_request_acts_once_per_annotation_value() -> None:
+    assert status.cancel_request(None, {}) is None
+    assert status.cancel_request("true", None) == "true"
+    assert status.cancel_request("true", {"cancelToken": "true"}) is None
+    assert status.cancel_request("again", {"cancelToken": "true"}) == "again"
+
+
+def test_cancelled_keeps_the_record_with_reason_and_condition() -> None:
+    running = status.desired_status(
+        {}, status.Observation("Running", "WorkerRunning", "running", 1, "T0"), 1, "j", NOW
+    )
+    observation = status.cancelled("wrong input file", "j", "2026-01-01T00:20:00Z", 1, "T0")
+    assert (observation.phase, observation.reason) == ("Cancelled", "Cancelled")
+    assert "cancelled: wrong input file" in observation.message
+    assert "Job j and its pods were deleted" in observation.message
+    assert not observation.warning
+    desired = status.desired_status(running, observation, 1, "j", "2026-01-01T00:20:00Z")
+    patch = status.status_patch(running, desired)
+    assert patch["phase"] == "Cancelled" and patch["cancelToken"] == "wrong input file"
+    assert patch["completionTime"] == "2026-01-01T00:20:00Z" and desired["startTime"] == "T0"
+    by_type = {item["type"]: item for item in desired["conditions"]}
+    assert by_type["Cancelled"]["status"] == "True" and by_type["Cancelled"]["reason"] == "Cancelled"
+    assert by_type["Running"]["status"] == "False"
+    assert "Superseded" not in by_type  # rare conditions appear only once they happen
+    queued = status.cancelled("true", None, NOW)
+    assert queued.message.startswith("cancelled with the crawljob.io/cancel annotation; it had not started")
+    # After a re-run the Cancelled condition stays, False.
+    rerun = status.desired_status(desired, status.queued(1, 1, 8), 1, None, NOW)
+    assert {item["type"]: item["status"] for item in rerun["conditions"]}["Cancelled"] == "False"
+
+
+def test_superseded_names_the_newer_crawljob() -> None:
+    observation = status.superseded("data-csv-2", "0100", "00FF", NOW)
+    assert (observation.phase, observation.reason) == ("Superseded", "Superseded")
+    assert "CrawlJob data-csv-2 is a newer event" in observation.message
+    assert "0100 > 00FF" in observation.message
+    assert status.is_terminal(observation.phase)
+    desired = status.desired_status({}, observation, 1, None, NOW)
+    assert {item["type"]: item["status"] for item in desired["conditions"]}["Superseded"] == "True"
+    assert desired["completionTime"] == NOW
+
+
+def test_bookkeeping_alone_waits_for_the_next_transition() -> None:
+    assert not status.worth_writing({})
+    assert not status.worth_writing({"attempts": 1})
+    assert not status.worth_writing({"attempts": 1, "startTime": "T"})
+    assert status.worth_writing({"attempts": 2, "message": "attempt 2 failed"})
+    assert status.worth_writing({"phase": "Running"})
+    # ... except a running crawl's first start time.
+    assert status.worth_writing({"startTime": "T"}, {"phase": "Running"})
+    assert not status.worth_writing({"startTime": "T2"}, {"phase": "Running", "startTime": "T1"})
+    assert not status.worth_writing({"startTime": "T"}, {"phase": "Pending"})
+
+
+def test_a_non_terminal_observation_never_erases_the_outcome() -> None:
+    result = {"rowsRead": 4}
+    done = {"phase": "Succeeded", "completionTime": "T9", "result": result}
+    late = status.desired_status(done, status.Observation("Running", "WorkerFinished", "late"), 1, "j", NOW)
+    patch = status.status_patch(done, late)
+    assert "result" not in patch and "completionTime" not in patch
+    failed = status.desired_status(done, status.job_deleted("j", NOW), 1, "j", NOW)
+    assert status.status_patch(done, failed)["result"] is None  # a terminal one decides

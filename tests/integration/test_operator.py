@@ -189,10 +189,15 @@ async def test_cluster_only_states_are_surfaced_while_pending_and_at_the_end(
             await wait_until(surfaced, 20, f"{reason} surfaced")
             got = (await kube_client.get(kube.CRAWLJOBS, NAMESPACE, job["metadata"]["name"]))["status"]
             assert words in got["message"] and "details from the kubelet" in got["message"]
-            assert any(
-                event["reason"] == reason and event["type"] == "Warning"
-                for event in await _events_of(kube_client, job["metadata"]["name"])
-            )
+
+            # The Event is written just after the status: wait for it rather than race it.
+            async def announced(name: str = job["metadata"]["name"], reason: str = reason) -> bool:
+                return any(
+                    event["reason"] == reason and event["type"] == "Warning"
+                    for event in await _events_of(kube_client, name)
+                )
+
+            await wait_until(announced, 20, f"{reason} Event")
         job = await _job_of(kube_client, bodies["oom"]["metadata"]["name"])
         terminated = {
             "terminated": {"exitCode": 137, "reason": "OOMKilled", "finishedAt": "2026-01-01T00:00:00Z"}

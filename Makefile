@@ -28,7 +28,7 @@ run: $(STAMP) ## Run the local stack and process a sample CSV end to end (ARGS="
 test: $(STAMP) tools ## Run the test suite (unit, integration, end to end, chart checks)
 	$(BIN)/pytest -q $(ARGS)
 
-bench-operator: $(STAMP) ## Operator throughput: 1,000 CrawlJobs at once, emulator + instant runner (ARGS="--count 200")
+bench-operator: $(STAMP) ## Operator throughput: 1,000 CrawlJobs at once at cap 8 and 1,000, emulator + instant runner (ARGS="--count 200")
 	$(BIN)/python bench/operator.py $(ARGS)
 
 test-cluster: $(STAMP) tools ## End-to-end tests on a real control plane (kube-apiserver 1.20 built from Debian sources)

@@ -1,7 +1,7 @@
 """Operator throughput: N CrawlJobs created at once against the emulator, the runner in instant mode.
 
 Measures the time until every CrawlJob has its Job and until every one is Succeeded, for one or more
-concurrency caps, and prints a table. Usage: python bench/operator.py [--count 1000] [--caps 1000,8] (the state is polled every second)
+concurrency caps, and prints a table. Usage: python bench/operator.py [--count 1000] [--caps 8,1000] (the state is polled every second)
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ async def one_round(count: int, cap: int, log_dir: Path) -> dict[str, float]:
 async def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--count", type=int, default=1000)
-    parser.add_argument("--caps", default="1000", help="comma list of concurrency caps to measure")
+    parser.add_argument("--caps", default="8,1000", help="comma list of concurrency caps (8 = the default cap)")
     parser.add_argument("--log-dir", type=Path, help="keep the operator logs here")
     args = parser.parse_args(argv)
     caps = [int(item) for item in args.caps.split(",")]

@@ -163,9 +163,12 @@ class BlockParser:
         return next((char for char in SUBSTITUTE_QUOTES if char.encode(encoding) not in data), None)
 
     def _read_dtypes(self) -> dict[str, pa.DataType]:
+        """The dtypes pandas applies: the explicit ones in the first block; later, the string columns
+        (they must be read as text, not inferred); the other columns are cast to the schema after,
+        which is the same safe Arrow cast pandas' `astype` would do, without its per-column cost."""
         if self.schema is None:
             return self.dtypes
-        return dict(zip(self.schema.names, self.schema.types, strict=True))
+        return {f.name: f.type for f in self.schema if pa.types.is_string(f.type)}
 
     def _fast(self, data: Bytes, newlines: int) -> pa.Table | None:
         """The block parsed through pandas, or None when it holds anything bad (then the slow path runs)."""
@@ -381,7 +384,9 @@ class PandasBlockReader:
             return "skip"
 
         frame = pd.read_csv(
-            io.BytesIO(self.header + data),
+            # A pyarrow buffer reader: pyarrow parses the bytes in place instead of copying them in
+            # through Python file reads.
+            pa.BufferReader(pa.py_buffer(self.header + data)),
             engine="pyarrow",
             dtype_backend="pyarrow",
             sep=self.delimiter,

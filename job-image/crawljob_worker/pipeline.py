@@ -1,15 +1,16 @@
-"""Overlap network reads with parsing: a reader thread and a bounded queue in front of the parser.
+"""Overlap reading, parsing and writing: a reader thread before the parser, a writer thread after it.
 
-The queue holds at most *depth* blocks, so memory stays a small multiple of the chunk size; an
-error in the reader is raised in the consumer, and closing the consumer stops the reader.
+Each bounded queue holds at most *depth* items, so memory stays a small multiple of the chunk size;
+an error in either thread is raised in the parsing thread, and closing or aborting stops them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
-from collections.abc import Generator, Iterator
-from typing import TypeVar
+from collections.abc import Callable, Generator, Iterator
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 _DONE = object()
@@ -58,3 +59,60 @@ def prefetch(items: Iterator[T], depth: int = 1) -> Generator[T, None, None]:
     finally:
         stop.set()
         thread.join(timeout=30)
+
+
+class Drain(Generic[T]):
+    """Runs *handle* on each item put, in a background thread, at most *depth* items behind.
+
+    Parsing and Parquet encoding both run in pyarrow without the GIL, so handing the writing to a
+    thread lets the two overlap. An error in *handle* is raised by the next `put` or by `close`.
+    """
+
+    def __init__(self, handle: Callable[[T], None], depth: int = 1, name: str = "crawljob-writer") -> None:
+        self._handle = handle
+        self._channel: queue.Queue[object] = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._channel.get()
+            if item is _DONE:
+                return
+            try:
+                self._handle(item)  # type: ignore[arg-type]
+            except BaseException as error:  # handed to the producer, which raises it
+                self._error = error
+                self._stop.set()
+                return
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def put(self, item: T) -> None:
+        """Queue *item*; waits while the queue is full; raises the handler's error if it failed."""
+        self._raise()
+        if not _put(self._channel, item, self._stop):
+            self._raise()
+            raise RuntimeError("the writer thread was stopped")
+
+    def close(self) -> None:
+        """Wait until every item is handled; raises the handler's error if it failed."""
+        _put(self._channel, _DONE, self._stop)
+        self._thread.join()
+        self._raise()
+
+    def abort(self) -> None:
+        """Stop without handling what is still queued."""
+        self._stop.set()
+        while True:
+            try:
+                self._channel.get_nowait()
+            except queue.Empty:
+                break
+        with contextlib.suppress(queue.Full):
+            self._channel.put_nowait(_DONE)
+        self._thread.join(timeout=30)

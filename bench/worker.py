@@ -129,7 +129,7 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the generated file")
     parser.add_argument("--repeat", type=int, default=int(os.environ.get("REPEAT", "2")), help="rounds")
     parser.add_argument(
-        "--skip", default="", help="comma list of contenders to skip: s3,pandas,duckdb,polars"
+        "--skip", default="", help="comma list to skip: s3,pandas,duckdb,polars, parse (the parse-stage comparison)"
     )
     args = parser.parse_args()
     skip = {item.strip() for item in args.skip.split(",") if item.strip()}
@@ -183,6 +183,7 @@ def main() -> int:
                         )
                 for result in round_results:
                     runs.setdefault(result.name, []).append(result)
+            stage = "" if "parse" in skip else parse_stage(source)
     finally:
         if not args.keep and not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -191,7 +192,53 @@ def main() -> int:
     print(f"\n{args.repeat} round(s), best wall time of each; load average at the end {load:.1f}", end="")
     print(f" on {os.cpu_count()} cores")
     print(table(results, size))
+    print(stage)
     return 0
+
+
+def parse_stage(source: Path, chunk_bytes: int = 8 << 20) -> str:
+    """What parsing through pandas costs: the worker's fast path (`pandas.read_csv(engine="pyarrow")`
+    → `pa.Table.from_pandas`) against calling `pyarrow.csv.read_csv` directly, on the same blocks,
+    alternating per block so load drifts hit both alike (in this process; no writing)."""
+    from crawljob_worker.blocks import iter_blocks
+    from crawljob_worker.parse import BlockParser, Dialect
+
+    parser = BlockParser(Dialect())
+    pandas_seconds = direct_seconds = 0.0
+    rows = 0
+    with source.open("rb") as handle:
+        for index, block in enumerate(iter_blocks(handle, chunk_bytes, b'"')):
+            if parser.schema is None:
+                parser.parse(block)  # the header and the schema; not timed
+                continue
+            newlines = block.newlines if block.newlines is not None else block.data.count(b"\n")
+            for which in ("pandas", "direct") if index % 2 else ("direct", "pandas"):
+                started = time.perf_counter()
+                if which == "pandas":
+                    parsed = parser._fast(block.data, newlines)
+                    assert parsed is not None
+                    rows += parsed.num_rows
+                else:
+                    pacsv.read_csv(
+                        pa.py_buffer(block.data),
+                        read_options=pacsv.ReadOptions(column_names=parser.names, block_size=1 << 20),
+                        parse_options=pacsv.ParseOptions(newlines_in_values=True),
+                        convert_options=pacsv.ConvertOptions(
+                            column_types=dict(zip(parser.schema.names, parser.schema.types, strict=True)),
+                            strings_can_be_null=False,
+                        ),
+                    )
+                elapsed = time.perf_counter() - started
+                if which == "pandas":
+                    pandas_seconds += elapsed
+                else:
+                    direct_seconds += elapsed
+    return (
+        f"\nparse stage only ({rows:,} rows after the first block, 8 MiB blocks): "
+        f"pandas.read_csv(engine=pyarrow) + from_pandas {pandas_seconds:.2f} s, "
+        f"pyarrow.csv.read_csv directly {direct_seconds:.2f} s: pandas costs "
+        f"{pandas_seconds / direct_seconds - 1:+.0%}"
+    )
 
 
 @contextlib.contextmanager

@@ -176,9 +176,9 @@ def run(settings: Settings, environ: Mapping[str, str], counters: Counters, clie
         if source_location.is_s3:
             # Network reads wait on the socket, not the CPU: a reader thread overlaps them with parsing.
             # For local files a reader thread measured no faster on 2 shared cores.
-            blocks = prefetch(blocks, depth=1)
+            blocks = prefetch(blocks)
         # Parquet encoding (one thread, GIL released) overlaps parsing the next block.
-        writer = Drain(parts.write, depth=1)
+        writer = Drain(parts.write)
         with closing(blocks):
             for block in blocks:
                 parsed = parser.parse(block)

@@ -10,7 +10,7 @@ from crawljob_worker.pipeline import Drain, prefetch
 
 
 def test_prefetch_keeps_order() -> None:
-    assert list(prefetch(iter(range(100)), depth=2)) == list(range(100))
+    assert list(prefetch(iter(range(100)))) == list(range(100))
 
 
 def test_a_producer_error_is_raised_to_the_consumer() -> None:
@@ -31,7 +31,7 @@ def test_closing_early_stops_the_producer() -> None:
 
 def test_drain_handles_every_item_in_order_in_another_thread() -> None:
     seen: list[tuple[int, str]] = []
-    drain: Drain[int] = Drain(lambda item: seen.append((item, threading.current_thread().name)), depth=2)
+    drain: Drain[int] = Drain(lambda item: seen.append((item, threading.current_thread().name)))
     for item in range(100):
         drain.put(item)
     drain.close()
@@ -53,7 +53,7 @@ def test_a_writer_error_is_raised_by_put_or_close() -> None:
 
 
 @pytest.mark.timeout(10)
-def test_abort_stops_a_blocked_writer_without_handling_the_rest() -> None:
+def test_abort_stops_the_writer_and_later_puts_fail() -> None:
     release = threading.Event()
     handled: list[int] = []
 
@@ -61,9 +61,23 @@ def test_abort_stops_a_blocked_writer_without_handling_the_rest() -> None:
         release.wait(5)
         handled.append(item)
 
-    drain: Drain[int] = Drain(handle, depth=1)
-    drain.put(1)
-    drain.put(2)
-    release.set()
+    drain: Drain[int] = Drain(handle)
+    drain.put(1)  # taken at once; the handler now waits
+    threading.Timer(0.2, release.set).start()
     drain.abort()
-    assert handled in ([1], [1, 2])
+    assert handled == [1]
+    with pytest.raises(RuntimeError, match="stopped"):
+        drain.put(2)
+
+
+def test_the_reader_is_never_more_than_one_item_ahead() -> None:
+    produced: list[int] = []
+
+    def items() -> Iterator[int]:
+        for item in range(50):
+            produced.append(item)
+            yield item
+
+    for item in prefetch(items()):
+        # the consumer holds `item`; the reader may have made the next one, not more
+        assert len(produced) <= item + 2

@@ -400,7 +400,8 @@ class PandasBlockReader:
             # pyarrow's invalid_row_handler (an InvalidRow → "skip"), which pandas-stubs does not know
             on_bad_lines=cast(Any, on_bad_line),
         )
-        table = pa.Table.from_pandas(frame, preserve_index=False)
+        # One thread: the columns are Arrow already (no conversion), a pool would only cost its start.
+        table = pa.Table.from_pandas(frame, preserve_index=False, nthreads=1)
         return table.replace_schema_metadata(None), invalid
 
 

@@ -294,19 +294,20 @@ class BlockParser:
 class PandasBlockReader:
     """One block of whole records → an Arrow table via `pandas.read_csv(engine="pyarrow")`.
 
-    The block carries no header: one is put in front of it, because pandas' pyarrow engine applies
-    `dtype` to the wrong (auto-generated) column names when given `names=` and `header=None`, and
-    then reads a `string` column like `007` as the number 7.
+    The block has no header line. pandas' pyarrow engine, given `names=` and `header=None`, lets
+    pyarrow name the columns `f0, f1, …` (pyarrow's documented auto-generated names) and passes
+    `dtype` on to pyarrow under the names it was given: with real names, pyarrow would not find the
+    columns, and a `string` column such as `007` would be read as the number 7. So the columns are
+    read as `f0, f1, …` and renamed after, which keeps the block zero-copy (no header put in front).
     """
 
     def __init__(self, names: Sequence[str], delimiter: str, quote: str, encoding: str) -> None:
         self.names = list(names)
+        self.read_names = [f"f{index}" for index in range(len(self.names))]
+        self._read_name = dict(zip(self.names, self.read_names, strict=True))
         self.delimiter = delimiter
         self.quote = quote
         self.encoding = encoding
-        buffer = io.StringIO()
-        csv.writer(buffer, delimiter=delimiter, quotechar=quote, lineterminator="\n").writerow(names)
-        self.header = buffer.getvalue().encode(encoding)
 
     def read(
         self, data: Bytes, dtypes: Mapping[str, pa.DataType], piece_quote: bytes | None, newlines: int
@@ -314,7 +315,7 @@ class PandasBlockReader:
         """The rows of *data* (holding *newlines* line ends) typed as *dtypes*, others inferred; None
         if any row has the wrong field count. String columns keep their text exactly."""
         lines = newlines + (1 if data and not data.endswith(b"\n") else 0)
-        whole = piece_quote is None or len(self.header) + len(data) < PYARROW_BLOCK_BYTES
+        whole = piece_quote is None or len(data) < PYARROW_BLOCK_BYTES
         try:
             table, invalid = self._read_exact(data, dtypes)
         except ValueError as error:
@@ -338,7 +339,7 @@ class PandasBlockReader:
         return pa.concat_tables(tables, promote_options="permissive")
 
     def _pieces(self, data: Bytes, quote: bytes | None) -> list[Bytes]:
-        size = PYARROW_BLOCK_BYTES - len(self.header) - 1
+        size = PYARROW_BLOCK_BYTES - 1
         pieces: list[Bytes] = []
         start = 0
         while len(data) - start > size:
@@ -352,7 +353,7 @@ class PandasBlockReader:
         return pieces
 
     def _read_exact(self, data: Bytes, dtypes: Mapping[str, pa.DataType]) -> tuple[pa.Table, int]:
-        table, invalid = self._read(data, dtypes, None)
+        table, invalid = self._read(data, dtypes)
         if invalid:
             return table, invalid
         # pandas makes every null marker in a string column null (pyarrow's `strings_can_be_null`
@@ -365,7 +366,7 @@ class PandasBlockReader:
         ]
         if not text:
             return table, 0
-        exact, invalid = self._read(data, dict.fromkeys(text, pa.string()), text)
+        exact, invalid = self._read(data, dict.fromkeys(text, pa.string()), exact_text=True)
         if invalid or exact.num_rows != table.num_rows:
             return table, max(invalid, 1)
         for name in text:
@@ -373,9 +374,10 @@ class PandasBlockReader:
         return table, 0
 
     def _read(
-        self, data: Bytes, dtypes: Mapping[str, pa.DataType], text_columns: list[str] | None
+        self, data: Bytes, dtypes: Mapping[str, pa.DataType], exact_text: bool = False
     ) -> tuple[pa.Table, int]:
-        """The good rows of *data* and how many rows had the wrong field count."""
+        """The good rows of *data* and how many rows had the wrong field count; with *exact_text*
+        no value is a null marker."""
         invalid = 0
 
         def on_bad_line(_row: Any) -> str:
@@ -384,25 +386,28 @@ class PandasBlockReader:
             return "skip"
 
         frame = pd.read_csv(
-            # A pyarrow buffer reader: pyarrow parses the bytes in place instead of copying them in
-            # through Python file reads.
-            pa.BufferReader(pa.py_buffer(self.header + data)),
+            # pyarrow parses the block's bytes in place (no copy, no Python-level file reads).
+            pa.BufferReader(pa.py_buffer(data)),
             engine="pyarrow",
             dtype_backend="pyarrow",
             sep=self.delimiter,
             quotechar=self.quote,
-            header=0,
+            header=None,
+            names=self.read_names,
             encoding=self.encoding,
-            dtype={name: pd.ArrowDtype(kind) for name, kind in dtypes.items()},
-            usecols=text_columns,
-            na_values=[] if text_columns else list(NULL_VALUES),
+            dtype={self._read_name[name]: pd.ArrowDtype(kind) for name, kind in dtypes.items()},
+            na_values=[] if exact_text else list(NULL_VALUES),
             keep_default_na=False,
             # pyarrow's invalid_row_handler (an InvalidRow → "skip"), which pandas-stubs does not know
             on_bad_lines=cast(Any, on_bad_line),
         )
+        if not isinstance(frame.index, pd.RangeIndex):
+            # pyarrow counts the columns in the block's first row; with more fields there than
+            # names, pandas turns the extra leading ones into an index. Every row is then suspect.
+            invalid = max(invalid, 1)
         # One thread: the columns are Arrow already (no conversion), a pool would only cost its start.
         table = pa.Table.from_pandas(frame, preserve_index=False, nthreads=1)
-        return table.replace_schema_metadata(None), invalid
+        return table.rename_columns(self.names).replace_schema_metadata(None), invalid
 
 
 def _blank(data: Bytes) -> bool:

@@ -132,3 +132,19 @@ def test_columns_typed_as_strings_are_not_read_as_numbers() -> None:
     parser = BlockParser(Dialect(header=False), {"column_1": pa.string()})
     table, _ = parse_all(parser, (b"007,1\n010,2\n", 1))
     assert table.column("column_1").to_pylist() == ["007", "010"]
+
+
+def test_a_block_whose_rows_all_have_an_extra_field_is_rejected_not_shifted() -> None:
+    parser = BlockParser(Dialect())
+    parse_all(parser, (b"a,b\n1,2\n", 1))
+    table, rejects = parse_all(parser, (b"3,4,\n5,6,\n", 3))
+    assert table.num_rows == 0
+    assert rejects == [(3, "expected 2 fields, found 3"), (4, "expected 2 fields, found 3")]
+
+
+def test_a_block_starting_with_a_short_row_keeps_its_good_rows() -> None:
+    parser = BlockParser(Dialect())
+    parse_all(parser, (b"a,b\n1,2\n", 1))
+    table, rejects = parse_all(parser, (b"3\n5,6\n7,8\n", 3))
+    assert table.column("a").to_pylist() == [5, 7]
+    assert rejects == [(3, "expected 2 fields, found 1")]

@@ -3,8 +3,9 @@
 Generates an IoT-style CSV (SIZE_MB, default 800), then on that same file measures, each in its own
 child process: `cat` to /dev/null, the worker from the local file, the worker from a loopback S3
 (moto), pandas `read_csv(chunksize=…)` → pyarrow ParquetWriter, DuckDB COPY → Parquet and polars
-`scan_csv().sink_parquet()`. Wall time, MB/s, the child's own peak RSS (wait4) and the ratio to the
-worker's local time. polars and duckdb are benchmark-only dependencies.
+`scan_csv().sink_parquet()`. Wall time, MB/s, CPU time (user + system; on shared cores the steadier
+measure of work), the child's own peak RSS (wait4) and the ratio to the worker's local time. polars
+and duckdb are benchmark-only dependencies.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ class Result:
     seconds: float
     peak_rss_mb: float
     note: str = ""
+    cpu_seconds: float = 0.0
 
 
 # A small exec'd process that forks the contender, so the contender's peak RSS (wait4) is its own and
@@ -86,6 +88,7 @@ if pid == 0:
     os.execvp(sys.argv[1], sys.argv[1:])
 _, status, usage = os.wait4(pid, 0)
 print(json.dumps({"seconds": time.perf_counter() - started, "rss": usage.ru_maxrss / 1024,
+                  "cpu": usage.ru_utime + usage.ru_stime,
                   "code": os.waitstatus_to_exitcode(status)}))
 """
 
@@ -97,7 +100,7 @@ def measure(name: str, command: list[str], env: dict[str, str] | None = None) ->
     )
     found = json.loads(done.stdout.strip().splitlines()[-1])
     note = f"failed ({found['code']}): {done.stderr.strip()[-200:]}" if found["code"] else ""
-    return Result(name, found["seconds"], found["rss"], note)
+    return Result(name, found["seconds"], found["rss"], note, found["cpu"])
 
 
 PANDAS = """
@@ -129,7 +132,9 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the generated file")
     parser.add_argument("--repeat", type=int, default=int(os.environ.get("REPEAT", "2")), help="rounds")
     parser.add_argument(
-        "--skip", default="", help="comma list of contenders to skip: s3,pandas,duckdb,polars"
+        "--skip",
+        default="",
+        help="comma list to skip: s3,pandas,duckdb,polars, parse (the parse-stage comparison)",
     )
     args = parser.parse_args()
     skip = {item.strip() for item in args.skip.split(",") if item.strip()}
@@ -183,6 +188,7 @@ def main() -> int:
                         )
                 for result in round_results:
                     runs.setdefault(result.name, []).append(result)
+            stage = "" if "parse" in skip else parse_stage(source)
     finally:
         if not args.keep and not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -191,7 +197,53 @@ def main() -> int:
     print(f"\n{args.repeat} round(s), best wall time of each; load average at the end {load:.1f}", end="")
     print(f" on {os.cpu_count()} cores")
     print(table(results, size))
+    print(stage)
     return 0
+
+
+def parse_stage(source: Path, chunk_bytes: int = 8 << 20) -> str:
+    """What parsing through pandas costs: the worker's fast path (`pandas.read_csv(engine="pyarrow")`
+    → `pa.Table.from_pandas`) against calling `pyarrow.csv.read_csv` directly, on the same blocks,
+    alternating per block so load drifts hit both alike (in this process; no writing)."""
+    from crawljob_worker.blocks import iter_blocks
+    from crawljob_worker.parse import BlockParser, Dialect
+
+    parser = BlockParser(Dialect())
+    pandas_seconds = direct_seconds = 0.0
+    rows = 0
+    with source.open("rb") as handle:
+        for index, block in enumerate(iter_blocks(handle, chunk_bytes, b'"')):
+            if parser.schema is None:
+                parser.parse(block)  # the header and the schema; not timed
+                continue
+            newlines = block.newlines if block.newlines is not None else block.data.count(b"\n")
+            for which in ("pandas", "direct") if index % 2 else ("direct", "pandas"):
+                started = time.perf_counter()
+                if which == "pandas":
+                    parsed = parser._fast(block.data, newlines)
+                    assert parsed is not None
+                    rows += parsed.num_rows
+                else:
+                    pacsv.read_csv(
+                        pa.py_buffer(block.data),
+                        read_options=pacsv.ReadOptions(column_names=parser.names, block_size=1 << 20),
+                        parse_options=pacsv.ParseOptions(newlines_in_values=True),
+                        convert_options=pacsv.ConvertOptions(
+                            column_types=dict(zip(parser.schema.names, parser.schema.types, strict=True)),
+                            strings_can_be_null=False,
+                        ),
+                    )
+                elapsed = time.perf_counter() - started
+                if which == "pandas":
+                    pandas_seconds += elapsed
+                else:
+                    direct_seconds += elapsed
+    return (
+        f"\nparse stage only ({rows:,} rows after the first block, 8 MiB blocks): "
+        f"pandas.read_csv(engine=pyarrow) + from_pandas {pandas_seconds:.2f} s, "
+        f"pyarrow.csv.read_csv directly {direct_seconds:.2f} s: pandas costs "
+        f"{pandas_seconds / direct_seconds - 1:+.0%}"
+    )
 
 
 @contextlib.contextmanager
@@ -216,14 +268,15 @@ def best(name: str, attempts: list[Result]) -> Result:
     """The fastest successful attempt's time, the highest peak RSS of all attempts."""
     good = [attempt for attempt in attempts if not attempt.note] or attempts
     fastest = min(good, key=lambda attempt: attempt.seconds)
-    return Result(name, fastest.seconds, max(a.peak_rss_mb for a in attempts), fastest.note)
+    cpu = min(attempt.cpu_seconds for attempt in good)
+    return Result(name, fastest.seconds, max(a.peak_rss_mb for a in attempts), fastest.note, cpu)
 
 
 def table(results: list[Result], size: int) -> str:
     worker = next((r for r in results if r.name == "worker (local file)" and not r.note), None)
     lines = [
-        f"| contender ({size / MB:,.0f} MB CSV) | wall s | MB/s | peak RSS MB | time ÷ worker |",
-        "|---|---:|---:|---:|---:|",
+        f"| contender ({size / MB:,.0f} MB CSV) | wall s | MB/s | CPU s | peak RSS MB | time ÷ worker |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for result in results:
         ratio = f"{result.seconds / worker.seconds:.2f}" if worker else "-"
@@ -233,6 +286,7 @@ def table(results: list[Result], size: int) -> str:
             f"{result.name}{note}",
             f"{result.seconds:.1f}",
             f"{rate:,.0f}",
+            f"{result.cpu_seconds:.1f}",
             f"{result.peak_rss_mb:,.0f}",
             ratio,
         ]

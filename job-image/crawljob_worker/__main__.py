@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from crawljob_worker.errors import ExitCode, WorkerError
+from crawljob_worker.memory import use_jemalloc
 from crawljob_worker.report import write_termination_message
 from crawljob_worker.run import Counters, run
 from crawljob_worker.settings import settings_from_args
@@ -33,6 +34,7 @@ def summary(code: int, reason: str, message: str, counters: Counters, started: f
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the worker; the return value is the process exit code."""
     started = time.monotonic()
+    use_jemalloc()
     environ = os.environ
     logging.basicConfig(
         level=environ.get("CRAWLJOB_LOG_LEVEL", "INFO").upper(),

@@ -20,10 +20,12 @@ UTF8_BOM = b"\xef\xbb\xbf"
 
 @dataclass(frozen=True)
 class Block:
-    """Whole records; `first_line` is the 1-based physical line number of the block's first byte."""
+    """Whole records; `first_line` is the 1-based physical line number of the block's first byte;
+    `newlines` the number of line ends in `data`, when known."""
 
     data: bytes | bytearray
     first_line: int
+    newlines: int | None = None
 
 
 def count_byte(data: bytes | bytearray, byte: bytes) -> int:
@@ -121,5 +123,6 @@ def iter_blocks(
             continue
         carry = bytes(buffer[end:])
         del buffer[end:]
-        yield Block(buffer, line)
-        line += count_byte(buffer, b"\n")
+        newlines = count_byte(buffer, b"\n")
+        yield Block(buffer, line, newlines)
+        line += newlines

@@ -1,10 +1,11 @@
 """Record-aligned blocks → Arrow tables with a stable schema, plus the rejected rows (pure, no I/O).
 
-Fast path: pyarrow's multithreaded CSV reader parses the whole block (this is the reader that
-`pandas.read_csv(engine="pyarrow")` uses). When the block holds a bad row (wrong field count, a value
-that does not fit its column's type, bytes not valid in the encoding), the block is re-read record by
-record with the `csv` module, which knows each record's physical line number; good rows are kept,
-bad rows become rejects with their line and reason. Clean blocks never pay for the slow path.
+Fast path: `pandas.read_csv(engine="pyarrow", dtype_backend="pyarrow")` parses the whole block with
+pyarrow's multithreaded CSV reader, and `pa.Table.from_pandas` hands its Arrow-backed columns on
+without a copy. When the block holds a bad row (wrong field count, a value that does not fit its
+column's type, bytes not valid in the encoding), the block is re-read record by record with the `csv`
+module, which knows each record's physical line number; good rows are kept, bad rows become rejects
+with their line and reason. Clean blocks never pay for the slow path.
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ import functools
 import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from crawljob_worker.blocks import Block, first_record_end
+from crawljob_worker.blocks import Block, count_byte, first_record_end, last_record_end
 from crawljob_worker.errors import bad_input
 from crawljob_worker.schema import check_dtypes_cover, generated_names, stable_type, unique_names
 
@@ -30,6 +32,16 @@ BINARY_PROBE_BYTES = 64 * 1024
 # Above this share of undecodable records in the first block the file is not text in that encoding.
 MAX_UNDECODABLE_SHARE = 0.1
 MAX_REJECT_TEXT = 2000
+# pandas' pyarrow engine reads with pyarrow's default block size and cannot turn on
+# `newlines_in_values`: pyarrow then cuts its blocks at any newline, also one inside quotes, and either
+# raises "out of sync" or silently drops or splits that record. An input smaller than one block is
+# parsed exactly.
+PYARROW_BLOCK_BYTES = 1 << 20
+# Quote characters for a dialect without quoting (pandas' pyarrow engine always quotes): the first
+# one absent from the block makes quoting a no-op there.
+SUBSTITUTE_QUOTES = tuple(chr(code) for code in (1, 2, 3, 4, 5, 6, 7, 8, 14, 15, 16, 17))
+OUT_OF_SYNC = "out of sync with chunker"
+READ_ERRORS = (ValueError, TypeError, pa.ArrowException, UnicodeError)
 
 
 @dataclass(frozen=True)
@@ -100,7 +112,8 @@ class BlockParser:
             data, first_line = self._read_header(data, first_line)
         if _blank(data):
             return Parsed(self.empty_table())
-        table = self._fast(data)
+        newlines = block.newlines if data is block.data and block.newlines is not None else None
+        table = self._fast(data, count_byte(data, b"\n") if newlines is None else newlines)
         if table is not None:
             return Parsed(table)
         return self._slow(data, first_line)
@@ -142,45 +155,44 @@ class BlockParser:
         return {"delimiter": self.dialect.delimiter, "quotechar": quote, "doublequote": True}
 
     # ---- fast path ----------------------------------------------------------------------------
-    def _read_options(self) -> pacsv.ReadOptions:
-        return pacsv.ReadOptions(
-            column_names=self.names, use_threads=True, block_size=1 << 20, encoding=self.dialect.encoding
-        )
+    def _quote_for(self, data: Bytes) -> str | None:
+        """The quote character pandas should use for *data* (None: no usable one, take the slow path)."""
+        if self.dialect.quote is not None:
+            return self.dialect.quote
+        encoding = self.dialect.encoding
+        return next((char for char in SUBSTITUTE_QUOTES if char.encode(encoding) not in data), None)
 
-    def _fast(self, data: Bytes) -> pa.Table | None:
-        """The block parsed by pyarrow, or None when it holds anything bad (then the slow path runs)."""
-        invalid: list[Any] = []
+    def _read_dtypes(self) -> dict[str, pa.DataType]:
+        """The dtypes pandas applies: the explicit ones in the first block; later, the string columns
+        (they must be read as text, not inferred); the other columns are cast to the schema after,
+        which is the same safe Arrow cast pandas' `astype` would do, without its per-column cost."""
+        if self.schema is None:
+            return self.dtypes
+        return {f.name: f.type for f in self.schema if pa.types.is_string(f.type)}
 
-        def on_invalid(row: Any) -> str:
-            invalid.append(row)
-            return "skip"
-
-        quote = self.dialect.quote_bytes
-        parse_options = pacsv.ParseOptions(
-            delimiter=self.dialect.delimiter,
-            quote_char=self.dialect.quote if self.dialect.quote is not None else False,
-            double_quote=True,
-            newlines_in_values=quote is not None and quote in data,
-            invalid_row_handler=on_invalid,
-        )
-        types = dict(zip(self.schema.names, self.schema.types, strict=True)) if self.schema else self.dtypes
-        convert_options = pacsv.ConvertOptions(column_types=types, strings_can_be_null=False)
-        try:
-            table = pacsv.read_csv(
-                pa.py_buffer(data),
-                read_options=self._read_options(),
-                parse_options=parse_options,
-                convert_options=convert_options,
-            )
-        except (pa.ArrowInvalid, UnicodeDecodeError, ValueError):
+    def _fast(self, data: Bytes, newlines: int) -> pa.Table | None:
+        """The block parsed through pandas, or None when it holds anything bad (then the slow path runs)."""
+        assert self.names is not None
+        quote = self._quote_for(data)
+        if quote is None:
             return None
-        if invalid:
+        reader = PandasBlockReader(self.names, self.dialect.delimiter, quote, self.dialect.encoding)
+        try:
+            table = reader.read(data, self._read_dtypes(), self.dialect.quote_bytes, newlines)
+        except READ_ERRORS:
+            return None
+        if table is None:
             return None
         if self.schema is None:
             if any(pa.types.is_binary(f.type) for f in table.schema):
                 return None  # bytes not valid in the encoding: the slow path rejects those rows
             self.schema = pa.schema([(f.name, stable_type(f.type)) for f in table.schema])
-        return table if table.schema.equals(self.schema) else table.cast(self.schema)
+        if table.schema.equals(self.schema):
+            return table
+        try:
+            return table.cast(self.schema)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            return None
 
     # ---- slow path ----------------------------------------------------------------------------
     def _records(self, data: Bytes, first_line: int) -> tuple[list[tuple[int, list[str]]], list[Reject]]:
@@ -228,12 +240,11 @@ class BlockParser:
         buffer = io.StringIO()
         csv.writer(buffer, lineterminator="\n").writerows(rows)
         typed_as_text = dict.fromkeys(self.dtypes, pa.string())
-        table = pacsv.read_csv(
-            pa.py_buffer(buffer.getvalue().encode("utf-8")),
-            read_options=pacsv.ReadOptions(column_names=self.names),
-            parse_options=pacsv.ParseOptions(newlines_in_values=True),
-            convert_options=pacsv.ConvertOptions(column_types=typed_as_text, strings_can_be_null=False),
+        text = buffer.getvalue().encode("utf-8")
+        table = PandasBlockReader(self.names, ",", '"', "utf-8").read(
+            text, typed_as_text, b'"', count_byte(text, b"\n")
         )
+        assert table is not None, "rows the csv module split are well-formed"
         return pa.schema(
             [
                 (f.name, self.dtypes[f.name] if f.name in self.dtypes else stable_type(f.type))
@@ -278,6 +289,125 @@ class BlockParser:
                 f"{undecodable} of the first {total} records are not valid {self.dialect.encoding} text: "
                 "binary data or another encoding (set --encoding)"
             )
+
+
+class PandasBlockReader:
+    """One block of whole records → an Arrow table via `pandas.read_csv(engine="pyarrow")`.
+
+    The block has no header line. pandas' pyarrow engine, given `names=` and `header=None`, lets
+    pyarrow name the columns `f0, f1, …` (pyarrow's documented auto-generated names) and passes
+    `dtype` on to pyarrow under the names it was given: with real names, pyarrow would not find the
+    columns, and a `string` column such as `007` would be read as the number 7. So the columns are
+    read as `f0, f1, …` and renamed after, which keeps the block zero-copy (no header put in front).
+    """
+
+    def __init__(self, names: Sequence[str], delimiter: str, quote: str, encoding: str) -> None:
+        self.names = list(names)
+        self.read_names = [f"f{index}" for index in range(len(self.names))]
+        self._read_name = dict(zip(self.names, self.read_names, strict=True))
+        self.delimiter = delimiter
+        self.quote = quote
+        self.encoding = encoding
+
+    def read(
+        self, data: Bytes, dtypes: Mapping[str, pa.DataType], piece_quote: bytes | None, newlines: int
+    ) -> pa.Table | None:
+        """The rows of *data* (holding *newlines* line ends) typed as *dtypes*, others inferred; None
+        if any row has the wrong field count. String columns keep their text exactly."""
+        lines = newlines + (1 if data and not data.endswith(b"\n") else 0)
+        whole = piece_quote is None or len(data) < PYARROW_BLOCK_BYTES
+        try:
+            table, invalid = self._read_exact(data, dtypes)
+        except ValueError as error:
+            if whole or OUT_OF_SYNC not in str(error):
+                raise
+        else:
+            if whole or (not invalid and table.num_rows == lines):
+                return None if invalid else table
+            if invalid and table.num_rows + invalid == lines:
+                return None  # bad rows, each on its own line: the slow path finds them
+        # Fewer rows than lines: blank lines, or quoted newlines, and pyarrow may have cut its
+        # blocks inside one (it then raises "out of sync", or silently drops or splits a record).
+        # Parse pieces that each fit in one pyarrow block, cut at record boundaries (quote
+        # parity), where quoted newlines are exact, and join them.
+        tables: list[pa.Table] = []
+        for piece in self._pieces(data, piece_quote):
+            table, invalid = self._read_exact(piece, dtypes)
+            if invalid:
+                return None
+            tables.append(table)
+        return pa.concat_tables(tables, promote_options="permissive")
+
+    def _pieces(self, data: Bytes, quote: bytes | None) -> list[Bytes]:
+        size = PYARROW_BLOCK_BYTES - 1
+        pieces: list[Bytes] = []
+        start = 0
+        while len(data) - start > size:
+            window = data[start : start + size]
+            end = last_record_end(window, quote)
+            if end == 0:  # one record longer than a pyarrow block: hand the rest over whole
+                break
+            pieces.append(window[:end])
+            start += end
+        pieces.append(data[start:])
+        return pieces
+
+    def _read_exact(self, data: Bytes, dtypes: Mapping[str, pa.DataType]) -> tuple[pa.Table, int]:
+        table, invalid = self._read(data, dtypes)
+        if invalid:
+            return table, invalid
+        # pandas makes every null marker in a string column null (pyarrow's `strings_can_be_null`
+        # follows "" being a marker); those columns are re-read with no markers to keep the text.
+        text = [
+            f.name
+            for f in table.schema
+            if (pa.types.is_string(f.type) or pa.types.is_large_string(f.type))
+            and table.column(f.name).null_count
+        ]
+        if not text:
+            return table, 0
+        exact, invalid = self._read(data, dict.fromkeys(text, pa.string()), exact_text=True)
+        if invalid or exact.num_rows != table.num_rows:
+            return table, max(invalid, 1)
+        for name in text:
+            table = table.set_column(table.schema.get_field_index(name), name, exact.column(name))
+        return table, 0
+
+    def _read(
+        self, data: Bytes, dtypes: Mapping[str, pa.DataType], exact_text: bool = False
+    ) -> tuple[pa.Table, int]:
+        """The good rows of *data* and how many rows had the wrong field count; with *exact_text*
+        no value is a null marker."""
+        invalid = 0
+
+        def on_bad_line(_row: Any) -> str:
+            nonlocal invalid
+            invalid += 1
+            return "skip"
+
+        frame = pd.read_csv(
+            # pyarrow parses the block's bytes in place (no copy, no Python-level file reads).
+            pa.BufferReader(pa.py_buffer(data)),
+            engine="pyarrow",
+            dtype_backend="pyarrow",
+            sep=self.delimiter,
+            quotechar=self.quote,
+            header=None,
+            names=self.read_names,
+            encoding=self.encoding,
+            dtype={self._read_name[name]: pd.ArrowDtype(kind) for name, kind in dtypes.items()},
+            na_values=[] if exact_text else list(NULL_VALUES),
+            keep_default_na=False,
+            # pyarrow's invalid_row_handler (an InvalidRow → "skip"), which pandas-stubs does not know
+            on_bad_lines=cast(Any, on_bad_line),
+        )
+        if not isinstance(frame.index, pd.RangeIndex):
+            # pyarrow counts the columns in the block's first row; with more fields there than
+            # names, pandas turns the extra leading ones into an index. Every row is then suspect.
+            invalid = max(invalid, 1)
+        # One thread: the columns are Arrow already (no conversion), a pool would only cost its start.
+        table = pa.Table.from_pandas(frame, preserve_index=False, nthreads=1)
+        return table.rename_columns(self.names).replace_schema_metadata(None), invalid
 
 
 def _blank(data: Bytes) -> bool:

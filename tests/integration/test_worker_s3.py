@@ -58,7 +58,7 @@ def test_s3_object_to_parquet_parts_under_the_output_prefix(
     s3_client.put_object(Bucket=bucket, Key="landing/day 1/data.csv", Body=body)
     code, message = run_worker(
         tmp_path, f"s3://{bucket}/landing/day 1/data.csv", "--output", f"s3://{bucket}/out/cj",
-        "--chunk-size-mb", "0.2", "--part-size-mb", "0.2",
+        "--chunk-size-mb", "0.2", "--part-size-mb", "0.05",
     )  # fmt: skip
     assert code == 0, message
     table, manifest = read_s3_parts(s3_client, bucket, "out/cj/")

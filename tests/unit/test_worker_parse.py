@@ -105,3 +105,46 @@ def test_without_quoting_quotes_are_data() -> None:
     table, rejects = parse_all(parser, (b'n|text\n1|say "hi\n2|x\nthree|y\n', 1))
     assert table.column("text").to_pylist() == ['say "hi', "x"]
     assert rejects == [(4, "column 'n': cannot read 'three' as int64")]
+
+
+def test_quoted_newlines_across_pyarrow_block_boundaries_parse_exactly() -> None:
+    # Over 1 MiB: pandas' pyarrow engine cuts it where a newline sits inside quotes ("out of sync").
+    rows = b"".join(b'%d,"first line\nsecond, line %d",%d.5\n' % (n, n, n) for n in range(60_000))
+    assert len(rows) > 2 * (1 << 20)
+    parser = BlockParser(Dialect())
+    table, rejects = parse_all(parser, (b"id,text,x\n" + rows, 1))
+    assert rejects == []
+    assert table.num_rows == 60_000
+    assert table.column("text")[59_999].as_py() == "first line\nsecond, line 59999"
+    assert table.schema.types == [pa.int64(), pa.string(), pa.float64()]
+
+
+def test_later_blocks_keep_string_text_exactly() -> None:
+    parser = BlockParser(Dialect())
+    parse_all(parser, (b"code,n\nA1,1\n", 1))
+    table, rejects = parse_all(parser, (b"007,2\nNA,3\n,4\n", 3))
+    assert rejects == []
+    assert table.column("code").to_pylist() == ["007", "NA", ""]
+    assert table.column("n").to_pylist() == [2, 3, 4]
+
+
+def test_columns_typed_as_strings_are_not_read_as_numbers() -> None:
+    parser = BlockParser(Dialect(header=False), {"column_1": pa.string()})
+    table, _ = parse_all(parser, (b"007,1\n010,2\n", 1))
+    assert table.column("column_1").to_pylist() == ["007", "010"]
+
+
+def test_a_block_whose_rows_all_have_an_extra_field_is_rejected_not_shifted() -> None:
+    parser = BlockParser(Dialect())
+    parse_all(parser, (b"a,b\n1,2\n", 1))
+    table, rejects = parse_all(parser, (b"3,4,\n5,6,\n", 3))
+    assert table.num_rows == 0
+    assert rejects == [(3, "expected 2 fields, found 3"), (4, "expected 2 fields, found 3")]
+
+
+def test_a_block_starting_with_a_short_row_keeps_its_good_rows() -> None:
+    parser = BlockParser(Dialect())
+    parse_all(parser, (b"a,b\n1,2\n", 1))
+    table, rejects = parse_all(parser, (b"3\n5,6\n7,8\n", 3))
+    assert table.column("a").to_pylist() == [5, 7]
+    assert rejects == [(3, "expected 2 fields, found 1")]

@@ -1,15 +1,16 @@
-"""The reader thread: order kept, errors surface in the consumer, closing stops it."""
+"""The reader and writer threads: order kept, errors surface in the parsing thread, stopping works."""
 
+import threading
 from collections.abc import Iterator
 from contextlib import closing
 
 import pytest
 
-from crawljob_worker.pipeline import prefetch
+from crawljob_worker.pipeline import Drain, prefetch
 
 
 def test_prefetch_keeps_order() -> None:
-    assert list(prefetch(iter(range(100)), depth=2)) == list(range(100))
+    assert list(prefetch(iter(range(100)))) == list(range(100))
 
 
 def test_a_producer_error_is_raised_to_the_consumer() -> None:
@@ -26,3 +27,57 @@ def test_closing_early_stops_the_producer() -> None:
     blocks = prefetch(iter(range(10**9)))
     with closing(blocks):
         assert next(blocks) == 0
+
+
+def test_drain_handles_every_item_in_order_in_another_thread() -> None:
+    seen: list[tuple[int, str]] = []
+    drain: Drain[int] = Drain(lambda item: seen.append((item, threading.current_thread().name)))
+    for item in range(100):
+        drain.put(item)
+    drain.close()
+    assert [item for item, _ in seen] == list(range(100))
+    assert {name for _, name in seen} == {"crawljob-writer"}
+
+
+@pytest.mark.timeout(10)
+def test_a_writer_error_is_raised_by_put_or_close() -> None:
+    def handle(item: int) -> None:
+        if item == 3:
+            raise OSError("disk full")
+
+    drain: Drain[int] = Drain(handle)
+    with pytest.raises(OSError, match="disk full"):
+        for item in range(10**6):
+            drain.put(item)
+        drain.close()
+
+
+@pytest.mark.timeout(10)
+def test_abort_stops_the_writer_and_later_puts_fail() -> None:
+    release = threading.Event()
+    handled: list[int] = []
+
+    def handle(item: int) -> None:
+        release.wait(5)
+        handled.append(item)
+
+    drain: Drain[int] = Drain(handle)
+    drain.put(1)  # taken at once; the handler now waits
+    threading.Timer(0.2, release.set).start()
+    drain.abort()
+    assert handled == [1]
+    with pytest.raises(RuntimeError, match="stopped"):
+        drain.put(2)
+
+
+def test_the_reader_is_never_more_than_one_item_ahead() -> None:
+    produced: list[int] = []
+
+    def items() -> Iterator[int]:
+        for item in range(50):
+            produced.append(item)
+            yield item
+
+    for item in prefetch(items()):
+        # the consumer holds `item`; the reader may have made the next one, not more
+        assert len(produced) <= item + 2

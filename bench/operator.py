@@ -100,7 +100,9 @@ async def one_round(count: int, cap: int, log_dir: Path) -> dict[str, float]:
 async def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--count", type=int, default=1000)
-    parser.add_argument("--caps", default="8,1000", help="comma list of concurrency caps (8 = the default cap)")
+    parser.add_argument(
+        "--caps", default="8,1000", help="comma list of concurrency caps (8 = the default cap)"
+    )
     parser.add_argument("--log-dir", type=Path, help="keep the operator logs here")
     args = parser.parse_args(argv)
     caps = [int(item) for item in args.caps.split(",")]

@@ -166,7 +166,9 @@ def run(settings: Settings, environ: Mapping[str, str], counters: Counters, clie
     )
     dialect = Dialect(settings.delimiter, settings.quote, settings.encoding, settings.header)
     parser = BlockParser(dialect, settings.dtypes)
-    parts = PartsWriter(target, settings.format, settings.output_compression, settings.part_bytes)
+    parts = PartsWriter(
+        target, settings.format, settings.output_compression, settings.part_bytes, settings.string_statistics
+    )
     rejects = RejectsWriter(None)
     writer: Drain[pa.Table] | None = None
     try:

@@ -26,6 +26,7 @@ class Settings:
     output: str
     format: str = "parquet"
     output_compression: str = "snappy"
+    string_statistics: bool = False
     delimiter: str = ","
     quote: str | None = '"'
     header: bool = True
@@ -79,6 +80,13 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         default=_env(e, "OUTPUT_COMPRESSION", "snappy"),
         choices=PARQUET_COMPRESSIONS,
         help="Parquet codec (default snappy); for csv/jsonl, gzip compresses the parts",
+    )
+    parser.add_argument(
+        "--string-statistics",
+        action="store_true",
+        default=(_env(e, "STRING_STATISTICS", "") or "").lower() in ("1", "true", "yes"),
+        help="also write Parquet min/max statistics for text columns (off: ~20%% of Parquet write time; "
+        "other columns always have them, and the manifest has every column's min/max)",
     )
     parser.add_argument(
         "--delimiter", default=_env(e, "DELIMITER", ","), help=r"field delimiter, one character (\t for tab)"
@@ -200,6 +208,7 @@ def settings_from_args(argv: Sequence[str], environ: Mapping[str, str]) -> Setti
         output=args.output,
         format=args.format,
         output_compression=args.output_compression,
+        string_statistics=args.string_statistics,
         delimiter=delimiter,
         quote=quote,
         header=not args.no_header,

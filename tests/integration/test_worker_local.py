@@ -255,3 +255,28 @@ def test_crawljob_worker_command_and_help(tmp_path: Path) -> None:
     bad = subprocess.run([*command, str(source)], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2
     assert "--output is required" in bad.stderr
+
+
+@pytest.mark.parametrize("flags", [(), ("--string-statistics",)])
+def test_parquet_statistics_for_text_columns_only_on_request(tmp_path: Path, flags: tuple[str, ...]) -> None:
+    source = tmp_path / "in.csv"
+    source.write_text(
+        "device,reading,when\n"
+        + "".join(f"d{n % 7},{n}.5,2026-01-0{n % 9 + 1}T00:00:00\n" for n in range(50))
+    )
+    code, message = convert(source, tmp_path / "out", *flags)
+    assert code == 0, message
+    manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
+    metadata = pq.ParquetFile(tmp_path / "out" / manifest["parts"][0]["name"]).metadata
+    columns = {metadata.schema.column(i).name: metadata.row_group(0).column(i) for i in range(3)}
+    reading, when, device = (
+        columns["reading"].statistics,
+        columns["when"].statistics,
+        columns["device"].statistics,
+    )
+    assert (reading.min, reading.max) == (0.5, 49.5)
+    assert when is not None and when.has_min_max
+    if flags:
+        assert device is not None and (device.min, device.max) == ("d0", "d6")
+    else:
+        assert device is None or not device.has_min_max

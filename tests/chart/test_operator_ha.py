@@ -119,3 +119,22 @@ def test_ha_options_replicas_lifetime_and_an_existing_crd() -> None:
 )
 def test_schema_rejects_bad_ha_values(setting: str, complaint: str) -> None:
     assert complaint in render_error(sets=[setting])
+
+
+def test_ha_has_a_disruption_budget_evicting_one_replica_at_a_time(
+    ha_manifests: list[Manifest], default_manifests: list[Manifest]
+) -> None:
+    statefulset = named(ha_manifests, "StatefulSet", "demo-crawljob-operator")
+    pdb = named(ha_manifests, "PodDisruptionBudget", "demo-crawljob-operator")
+    assert pdb["apiVersion"] == "policy/v1"
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["selector"] == statefulset["spec"]["selector"]
+    assert not [
+        m for m in of_kind(default_manifests, "PodDisruptionBudget") if "operator" in m["metadata"]["name"]
+    ]
+    (old,) = [
+        m
+        for m in of_kind(render(sets=HA, kube_version="1.20.2"), "PodDisruptionBudget")
+        if "operator" in m["metadata"]["name"]
+    ]
+    assert old["apiVersion"] == "policy/v1beta1"

@@ -107,3 +107,8 @@ app.kubernetes.io/component: {{ .component }}
   emptyDir:
     sizeLimit: 64Mi
 {{- end }}
+
+{{/* PodDisruptionBudget apiVersion: policy/v1 is served from Kubernetes 1.21; 1.20 only has policy/v1beta1. */}}
+{{- define "crawljob.pdbApiVersion" -}}
+{{- if semverCompare ">=1.21-0" .Capabilities.KubeVersion.Version }}policy/v1{{ else }}policy/v1beta1{{ end }}
+{{- end }}

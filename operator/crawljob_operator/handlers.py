@@ -10,251 +10,37 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import datetime
-import logging
-import secrets
-import socket
 from collections import defaultdict
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
 
 from crawljob_operator import gc, jobs, kube, queue, resource, status
-from crawljob_operator.config import OperatorSettings
-from crawljob_operator.operator_metrics import OperatorMetrics
-
-log = logging.getLogger("crawljob.operator")
-
-Body = dict[str, Any]
-Key = tuple[str, str]  # (namespace, name)
-
-MANAGED = {resource.LABEL_MANAGED_BY: resource.MANAGED_BY}
-ANNOTATION_RERUN = "crawljob.io/rerun"
-ANNOTATION_CANCEL = "crawljob.io/cancel"
-POSITION_EXACT_HEAD = 10
-POSITION_HEAD_SECONDS = 2.0
-POSITION_REFRESH_SECONDS = 30.0
-# Rewrites of a changed position (not the first Queued write) share this budget, head of the queue
-# first: when the queue moves fast every waiting CrawlJob would otherwise get a write as it nears
-# the head, only to be admitted a moment later.
-POSITION_WRITES_PER_SECOND = 5.0
-POSITION_WRITES_BURST = 10.0
-# A change that cannot open a slot (a status write, a progress patch) is coalesced with the others
-# of this window into one scheduling pass; a freed slot is refilled at once.
-SCHEDULE_COALESCE_SECONDS = 0.25
-SCHEDULE_MIN_INTERVAL_SECONDS = 0.01
-
-
-def _now() -> str:
-    return datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _key(body: Mapping[str, Any]) -> Key:
-    metadata = body.get("metadata") or {}
-    return (str(metadata.get("namespace") or "default"), str(metadata.get("name")))
-
-
-def _version(body: Mapping[str, Any]) -> int | None:
-    value = (body.get("metadata") or {}).get("resourceVersion")
-    try:
-        return int(str(value))
-    except ValueError:
-        return None
-
-
-def _sequenced(key: Key, crawljob: Mapping[str, Any], waiting: bool) -> queue.Sequenced:
-    source = (crawljob.get("spec") or {}).get("source") or {}
-    return queue.Sequenced(
-        f"{key[0]}/{key[1]}",
-        (key[0], str(source.get("bucket") or ""), str(source.get("key") or "")),
-        str(source.get("sequencer") or ""),
-        waiting,
-    )
-
-
-def _job_finished(job: Mapping[str, Any]) -> bool:
-    for condition in (job.get("status") or {}).get("conditions") or []:
-        if condition.get("type") in ("Complete", "Failed") and condition.get("status") == "True":
-            return True
-    return False
-
-
-@dataclass
-class State:
-    """The operator's view of the cluster and its collaborators; lives in kopf's memo."""
-
-    settings: OperatorSettings
-    client: kube.KubeClient
-    metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
-    crawljobs: dict[Key, Body] = field(default_factory=dict)
-    jobs: dict[Key, Body] = field(default_factory=dict)
-    pods: dict[Key, Body] = field(default_factory=dict)
-    pods_by_job: defaultdict[Key, set[Key]] = field(default_factory=lambda: defaultdict(set))
-    creating: set[Key] = field(default_factory=set)
-    locks: defaultdict[Key, asyncio.Lock] = field(default_factory=lambda: defaultdict(asyncio.Lock))
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
-    slot_freed: asyncio.Event = field(default_factory=asyncio.Event)
-    free_slots: int = 0
-    admitted: asyncio.Queue[Key] = field(default_factory=asyncio.Queue)
-    queued_writes: set[Key] = field(default_factory=set)  # Queued/Superseded writes in flight
-    newest: dict[tuple[str, str, str], Key] = field(default_factory=dict)  # object → newest event's CrawlJob
-    # Indexes over crawljobs for the scheduling pass (it re-checks each key against crawljobs):
-    open_keys: set[Key] = field(default_factory=set)  # not in a terminal phase
-    sequenced_keys: set[Key] = field(default_factory=set)  # spec.source.sequencer set
-    position_written: dict[Key, float] = field(default_factory=dict)
-    position_budget: queue.Budget = field(
-        default_factory=lambda: queue.Budget(POSITION_WRITES_PER_SECOND, POSITION_WRITES_BURST)
-    )
-    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
-    instance: str = field(default_factory=socket.gethostname)
-    healthy_at: float = 0.0
-
-    def remember(self, store: dict[Key, Body], body: Mapping[str, Any]) -> None:
-        """Keep the newest version of *body* (watch events may arrive after a newer write answer)."""
-        key = _key(body)
-        known = store.get(key)
-        new, old = _version(body), _version(known or {})
-        if known is not None and new is not None and old is not None and new < old:
-            return
-        store[key] = copy.deepcopy(dict(body))
-        if store is self.crawljobs:
-            if (body.get("status") or {}).get("phase") in resource.TERMINAL_PHASES:
-                self.open_keys.discard(key)
-            else:
-                self.open_keys.add(key)
-            if ((body.get("spec") or {}).get("source") or {}).get("sequencer"):
-                self.sequenced_keys.add(key)
-
-    def kick(self, urgent: bool = False) -> None:
-        """Ask for a scheduling pass: at once when *urgent* (a slot may be free), else coalesced."""
-        self.wake.set()
-        if urgent:
-            self.slot_freed.set()
-
-    def spawn(self, coroutine: Any) -> None:
-        task = asyncio.create_task(coroutine)
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
-    def remember_pod(self, body: Mapping[str, Any]) -> None:
-        self.remember(self.pods, body)
-        job_name = ((body.get("metadata") or {}).get("labels") or {}).get("job-name")
-        if job_name:
-            self.pods_by_job[(_key(body)[0], str(job_name))].add(_key(body))
-
-    def forget_pod(self, key: Key) -> None:
-        body = self.pods.pop(key, None) or {}
-        job_name = ((body.get("metadata") or {}).get("labels") or {}).get("job-name")
-        if job_name:
-            self.pods_by_job[(key[0], str(job_name))].discard(key)
-
-    def pods_of(self, namespace: str, job_name: str) -> list[Body]:
-        keys = self.pods_by_job.get((namespace, job_name)) or set()
-        return [self.pods[key] for key in keys if key in self.pods]
-
-    def jobs_of(self, namespace: str, crawljob_name: str) -> list[Body]:
-        return [
-            job
-            for (job_namespace, _), job in self.jobs.items()
-            if job_namespace == namespace
-            and ((job.get("metadata") or {}).get("labels") or {}).get(resource.LABEL_CRAWLJOB)
-            == crawljob_name
-        ]
-
-
-def get_state(memo: Any) -> State:
-    state: State = memo["crawljob"]
-    return state
-
+from crawljob_operator.view import (
+    ANNOTATION_CANCEL,
+    ANNOTATION_RERUN,
+    MANAGED,
+    POSITION_EXACT_HEAD,
+    POSITION_HEAD_SECONDS,
+    POSITION_REFRESH_SECONDS,
+    SCHEDULE_COALESCE_SECONDS,
+    SCHEDULE_MIN_INTERVAL_SECONDS,
+    Body,
+    Key,
+    State,
+    get_state,
+    job_finished,
+    key_of,
+    log,
+    post_event,
+    sequenced_of,
+    utc_now,
+    write_status,
+)
 
 # ---- reconciling one CrawlJob ----
-
-
-async def post_event(
-    state: State, crawljob: Mapping[str, Any], reason: str, message: str, warning: bool
-) -> None:
-    """A Kubernetes Event on the CrawlJob (best effort: failures are logged, never raised)."""
-    metadata = crawljob.get("metadata") or {}
-    namespace = str(metadata.get("namespace") or "default")
-    now = datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    event = {
-        "apiVersion": "v1",
-        "kind": "Event",
-        "metadata": {"name": f"{metadata.get('name')}.{secrets.token_hex(8)}", "namespace": namespace},
-        "involvedObject": {
-            "apiVersion": resource.API_VERSION,
-            "kind": resource.KIND,
-            "name": metadata.get("name"),
-            "namespace": namespace,
-            "uid": metadata.get("uid"),
-        },
-        "reason": reason,
-        "message": message[:1024],
-        "type": "Warning" if warning else "Normal",
-        "firstTimestamp": now[:19] + "Z",
-        "lastTimestamp": now[:19] + "Z",
-        "eventTime": now,
-        "count": 1,
-        "action": "Reconcile",
-        "source": {"component": resource.MANAGED_BY},
-        "reportingComponent": resource.MANAGED_BY,
-        "reportingInstance": state.instance,
-    }
-    try:
-        await state.client.create(kube.EVENTS, namespace, event)
-    except kube.KubeError as exc:
-        state.metrics.api_errors.labels("event").inc()
-        log.warning("cannot post event %s on %s: %s", reason, metadata.get("name"), exc)
-
-
-async def write_status(
-    state: State, crawljob: Body, observation: status.Observation, job_name: str | None
-) -> Body:
-    """Patch the CrawlJob's status to match *observation*; post an Event when the phase or reason changes."""
-    current = crawljob.get("status") or {}
-    metadata = crawljob.get("metadata") or {}
-    generation = metadata.get("generation")
-    desired = status.desired_status(current, observation, generation, job_name, _now())
-    patch = status.status_patch(current, desired)
-    if not status.worth_writing(patch, current):
-        return crawljob
-    namespace, name = _key(crawljob)
-    try:
-        updated = await state.client.patch(kube.CRAWLJOBS, namespace, name, {"status": patch}, "status")
-    except kube.NotFound:
-        return crawljob
-    except kube.KubeError as exc:
-        state.metrics.api_errors.labels("status").inc()
-        raise kopf.TemporaryError(f"cannot update the status of {name}: {exc}", delay=2) from exc
-    if updated.get("metadata"):
-        state.remember(state.crawljobs, updated)
-    transitioned = current.get("phase") != observation.phase or current.get("reason") != observation.reason
-    if transitioned:
-        log.info(
-            "%s: %s (%s) %s",
-            name,
-            observation.phase,
-            observation.reason,
-            observation.message,
-            extra={"crawljob": name, "namespace": namespace, "phase": observation.phase},
-        )
-        state.metrics.transitions.labels(observation.phase, observation.reason).inc()
-        if status.is_terminal(observation.phase) and observation.start_time and observation.completion_time:
-            started = gc.parse_time(observation.start_time)
-            finished = gc.parse_time(observation.completion_time)
-            if started and finished:
-                state.metrics.duration.labels(observation.phase).observe((finished - started).total_seconds())
-        await post_event(
-            state,
-            crawljob,
-            observation.reason,
-            f"{observation.phase}: {observation.message}",
-            observation.warning,
-        )
-    return updated if updated.get("metadata") else crawljob
 
 
 async def reconcile(state: State, key: Key) -> None:
@@ -283,7 +69,7 @@ async def reconcile(state: State, key: Key) -> None:
                 try:
                     found = await state.client.get(kube.JOBS, namespace, expected)
                 except kube.NotFound:
-                    await write_status(state, crawljob, status.job_deleted(expected, _now()), expected)
+                    await write_status(state, crawljob, status.job_deleted(expected, utc_now()), expected)
                     state.kick(urgent=True)
                     return
                 except kube.KubeError as exc:
@@ -292,13 +78,13 @@ async def reconcile(state: State, key: Key) -> None:
                 job = found
             else:
                 return  # waiting for a slot: the scheduler writes Queued and creates the Job
-        if _job_finished(job):
+        if job_finished(job):
             state.kick(urgent=True)  # its slot is free whatever the status write below does
             if not status.pods_explain_verdict(job, state.pods_of(namespace, expected)):
                 # The Job's and the Pods' watch events race: read the Pods (termination message) fresh.
                 for pod in await _list_quietly(state, kube.PODS, namespace, {"job-name": expected}):
                     state.remember_pod(pod)
-        observation = status.observe(job, state.pods_of(namespace, expected), _now())
+        observation = status.observe(job, state.pods_of(namespace, expected), utc_now())
         await write_status(state, crawljob, observation, expected)
         if status.is_terminal(observation.phase):
             state.kick(urgent=True)
@@ -315,7 +101,7 @@ async def _maybe_cancel(state: State, crawljob: Body) -> Body:
     token = status.cancel_request(annotations.get(ANNOTATION_CANCEL), current)
     if token is None:
         return crawljob
-    key = _key(crawljob)
+    key = key_of(crawljob)
     namespace, name = key
     if status.is_terminal(current.get("phase")):
         try:
@@ -339,7 +125,7 @@ async def _maybe_cancel(state: State, crawljob: Body) -> Body:
     # What the Job had got to (start time, attempts), before it goes.
     seen_job = state.jobs.get((namespace, str(current.get("jobName") or "")))
     so_far = (
-        status.observe(seen_job, state.pods_of(namespace, str(current["jobName"])), _now())
+        status.observe(seen_job, state.pods_of(namespace, str(current["jobName"])), utc_now())
         if seen_job
         else None
     )
@@ -350,7 +136,7 @@ async def _maybe_cancel(state: State, crawljob: Body) -> Body:
     observation = status.cancelled(
         token,
         current.get("jobName") or (sorted(job_names)[-1] if job_names else None),
-        _now(),
+        utc_now(),
         max(int(current.get("attempts") or 0), so_far.attempts if so_far else 0),
         current.get("startTime") or (so_far.start_time if so_far else None),
     )
@@ -365,7 +151,7 @@ async def _maybe_rerun(state: State, crawljob: Body) -> Body:
     current = crawljob.get("status") or {}
     if not token or token == current.get("rerunToken"):
         return crawljob
-    namespace, name = _key(crawljob)
+    namespace, name = key_of(crawljob)
     if not status.is_terminal(current.get("phase")):
         patch: Body = {"rerunToken": token}
         message = (
@@ -430,7 +216,7 @@ async def _list_quietly(
 
 def _needs_job(state: State, crawljob: Mapping[str, Any], key: Key | None = None) -> tuple[bool, bool]:
     """(holds a slot, waits for one) for one CrawlJob."""
-    namespace, name = key or _key(crawljob)
+    namespace, name = key or key_of(crawljob)
     current = crawljob.get("status") or {}
     if current.get("phase") in resource.TERMINAL_PHASES or (crawljob.get("metadata") or {}).get(
         "deletionTimestamp"
@@ -441,7 +227,7 @@ def _needs_job(state: State, crawljob: Mapping[str, Any], key: Key | None = None
     expected = jobs.job_name(name, jobs.run_number(crawljob))
     job = state.jobs.get((namespace, expected))
     if job is not None:
-        return not _job_finished(job), False
+        return not job_finished(job), False
     if current.get("jobName") == expected:
         return True, False  # its Job vanished: reconcile() fails it; count it until then
     return False, True
@@ -456,7 +242,7 @@ async def schedule(state: State) -> None:
         if crawljob is None:
             state.sequenced_keys.discard(key)
             continue
-        sequenced.append(_sequenced(key, crawljob, _needs_job(state, crawljob, key)[1]))
+        sequenced.append(sequenced_of(key, crawljob, _needs_job(state, crawljob, key)[1]))
     doomed: dict[str, str] = {}
     if sequenced:
         newest = queue.newest_events(sequenced)
@@ -517,14 +303,14 @@ def _split(name: str) -> Key:
 
 def _newer_event(state: State, key: Key, crawljob: Mapping[str, Any]) -> Body | None:
     """The CrawlJob of a newer event of the same object, if the operator has seen one."""
-    own = _sequenced(key, crawljob, True)
+    own = sequenced_of(key, crawljob, True)
     if not own.sequencer.strip():
         return None
     newest_key = state.newest.get(own.obj)
     newest = state.crawljobs.get(newest_key) if newest_key and newest_key != key else None
     if newest is None:
         return None
-    other = _sequenced(_key(newest), newest, False)
+    other = sequenced_of(key_of(newest), newest, False)
     return newest if queue.compare_sequencers(other.sequencer, own.sequencer) > 0 else None
 
 
@@ -533,7 +319,7 @@ def _superseded_by(crawljob: Mapping[str, Any], newer: Mapping[str, Any]) -> sta
         return str(((body.get("spec") or {}).get("source") or {}).get("sequencer") or "")
 
     return status.superseded(
-        str((newer.get("metadata") or {}).get("name")), sequencer(newer), sequencer(crawljob), _now()
+        str((newer.get("metadata") or {}).get("name")), sequencer(newer), sequencer(crawljob), utc_now()
     )
 
 
@@ -615,7 +401,7 @@ async def _create_job_locked(state: State, key: Key) -> None:
             manifest = jobs.build_job(crawljob, state.settings)
         except (KeyError, TypeError, ValueError) as exc:
             await write_status(
-                state, crawljob, status.invalid_spec(f"cannot build the Job: {exc!r}", _now()), None
+                state, crawljob, status.invalid_spec(f"cannot build the Job: {exc!r}", utc_now()), None
             )
             return
         job_name = manifest["metadata"]["name"]
@@ -630,13 +416,13 @@ async def _create_job_locked(state: State, key: Key) -> None:
             created = await state.client.get(kube.JOBS, namespace, job_name)
             if not jobs.is_owned_by(created, crawljob["metadata"]["uid"]):
                 message = f"a Job named {job_name} exists and is not owned by this CrawlJob; delete it"
-                await write_status(state, crawljob, status.invalid_spec(message, _now()), None)
+                await write_status(state, crawljob, status.invalid_spec(message, utc_now()), None)
                 return
             state.metrics.jobs_adopted.inc()
             log.info("%s: adopted existing Job %s", name, job_name, extra={"crawljob": name})
         except kube.Invalid as exc:
             await write_status(
-                state, crawljob, status.invalid_spec(f"the Job was refused: {exc}", _now()), None
+                state, crawljob, status.invalid_spec(f"the Job was refused: {exc}", utc_now()), None
             )
             return
         state.remember(state.jobs, created)
@@ -690,13 +476,13 @@ async def resync(state: State) -> None:
     job_list = await state.client.list(kube.JOBS, namespace, MANAGED)
     pod_list = await state.client.list(kube.PODS, namespace, MANAGED)
     for store, items in ((state.crawljobs, crawljobs), (state.jobs, job_list)):
-        seen = {_key(item) for item in items}
+        seen = {key_of(item) for item in items}
         for item in items:
             state.remember(store, item)
         for key in list(store):
             if key not in seen and key not in state.creating:
                 store.pop(key, None)
-    seen_pods = {_key(item) for item in pod_list}
+    seen_pods = {key_of(item) for item in pod_list}
     for pod in pod_list:
         state.remember_pod(pod)
     for key in list(state.pods):
@@ -731,7 +517,7 @@ async def cancel_orphans(state: State) -> None:
         return
     # Confirm with a fresh list: the view may simply not have seen a new CrawlJob yet.
     fresh = await state.client.list(kube.CRAWLJOBS, state.settings.namespace)
-    alive = {(_key(item), (item.get("metadata") or {}).get("uid")) for item in fresh}
+    alive = {(key_of(item), (item.get("metadata") or {}).get("uid")) for item in fresh}
     for (namespace, job_name), owner, owner_uid in candidates:
         if ((namespace, owner), owner_uid) in alive:
             continue
@@ -800,7 +586,7 @@ async def on_crawljob_event(event: Mapping[str, Any], memo: Any, **_: Any) -> No
     """CrawlJob added/modified/deleted: keep the view, reconcile it, and rethink the queue."""
     state = get_state(memo)
     body = event.get("object") or {}
-    key = _key(body)
+    key = key_of(body)
     if event.get("type") == "DELETED":
         state.crawljobs.pop(key, None)
         state.position_written.pop(key, None)
@@ -816,24 +602,27 @@ async def on_crawljob_event(event: Mapping[str, Any], memo: Any, **_: Any) -> No
 
 def _note_event_order(state: State, key: Key, crawljob: Mapping[str, Any]) -> None:
     """Keep state.newest current between scheduling passes (creation checks it)."""
-    item = _sequenced(key, crawljob, False)
+    item = sequenced_of(key, crawljob, False)
     if not item.sequencer.strip():
         return
     known_key = state.newest.get(item.obj)
     known = state.crawljobs.get(known_key) if known_key else None
-    if known is None or queue.compare_sequencers(item.sequencer, _sequenced(key, known, False).sequencer) > 0:
+    if (
+        known is None
+        or queue.compare_sequencers(item.sequencer, sequenced_of(key, known, False).sequencer) > 0
+    ):
         state.newest[item.obj] = key
 
 
 async def cancel(state: State, crawljob: Mapping[str, Any]) -> None:
     """A deleted CrawlJob: delete its Jobs (foreground) and their Pods, whatever the GC does."""
-    namespace, name = _key(crawljob)
+    namespace, name = key_of(crawljob)
     uid = (crawljob.get("metadata") or {}).get("uid")
     known = state.jobs_of(namespace, name)
     listed = await _list_quietly(state, kube.JOBS, namespace, {resource.LABEL_CRAWLJOB: name})
     names = {job["metadata"]["name"] for job in known + listed if not uid or jobs.is_owned_by(job, str(uid))}
     for job_name in sorted(names):
-        finished = _job_finished(state.jobs.get((namespace, job_name)) or {})
+        finished = job_finished(state.jobs.get((namespace, job_name)) or {})
         await _delete_job(state, namespace, job_name)
         if not finished:
             log.info("%s: deleted; its Job %s was cancelled", name, job_name, extra={"crawljob": name})
@@ -843,13 +632,13 @@ async def on_job_event(event: Mapping[str, Any], memo: Any, **_: Any) -> None:
     """A Job of ours changed: reflect it on its CrawlJob."""
     state = get_state(memo)
     body = event.get("object") or {}
-    key = _key(body)
+    key = key_of(body)
     if event.get("type") == "DELETED":
         state.jobs.pop(key, None)
         freed = True
     else:
         state.remember(state.jobs, body)
-        freed = _job_finished(body)
+        freed = job_finished(body)
     state.kick(urgent=freed)  # before the status write: the slot is free now
     owner = ((body.get("metadata") or {}).get("labels") or {}).get(resource.LABEL_CRAWLJOB)
     if owner:
@@ -860,7 +649,7 @@ async def on_pod_event(event: Mapping[str, Any], memo: Any, **_: Any) -> None:
     """A worker Pod changed: reflect it on its CrawlJob (running, stuck pulling, terminated)."""
     state = get_state(memo)
     body = event.get("object") or {}
-    key = _key(body)
+    key = key_of(body)
     if event.get("type") == "DELETED":
         state.forget_pod(key)
         return

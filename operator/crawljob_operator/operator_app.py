@@ -18,7 +18,7 @@ import kopf
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 
-from crawljob_operator import config, handlers, kube, standby
+from crawljob_operator import config, handlers, kube, standby, view
 from crawljob_operator.config import OperatorSettings
 from crawljob_operator.logs import configure_logging
 
@@ -47,7 +47,7 @@ def build_registry(settings: OperatorSettings, connection: kube.Connection) -> k
         tune_kopf(settings, own)
         client = kube.KubeClient(connection, timeout=10.0, user_agent=user_agent(own))
         await client.open()
-        state = handlers.State(settings=own, client=client)
+        state = view.State(settings=own, client=client)
         gate = standby.Gate(state, own)
         memo["crawljob"] = state
         memo["gate"] = gate
@@ -81,7 +81,7 @@ def build_registry(settings: OperatorSettings, connection: kube.Connection) -> k
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(memo: Any, **_: Any) -> None:
-        state: handlers.State | None = memo.get("crawljob")
+        state: view.State | None = memo.get("crawljob")
         gate: standby.Gate | None = memo.get("gate")
         runner: web.AppRunner | None = memo.get("health_runner")
         if runner is not None:
@@ -120,7 +120,7 @@ def user_agent(settings: OperatorSettings) -> str:
 
 
 async def start_health_server(
-    state: handlers.State, gate: standby.Gate, settings: OperatorSettings
+    state: view.State, gate: standby.Gate, settings: OperatorSettings
 ) -> web.AppRunner:
     """`/healthz` and `/metrics` on settings.health_port.
 

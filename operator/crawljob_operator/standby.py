@@ -15,7 +15,7 @@ import datetime
 import logging
 from typing import Any
 
-from crawljob_operator import handlers, kube, peering
+from crawljob_operator import handlers, kube, peering, view
 from crawljob_operator.config import OperatorSettings
 
 log = logging.getLogger("crawljob.operator")
@@ -26,7 +26,7 @@ def check_interval(lifetime: int) -> float:
     return min(5.0, max(0.5, lifetime / 6))
 
 
-def forget_view(state: handlers.State) -> None:
+def forget_view(state: view.State) -> None:
     """Drop what this replica saw of CrawlJobs, Jobs and Pods.
 
     A standby receives no events, so its view goes stale while another replica acts. Were it kept,
@@ -41,7 +41,7 @@ def forget_view(state: handlers.State) -> None:
 class Gate:
     """Starts the operator's loops on becoming active; stops them when a peer takes over."""
 
-    def __init__(self, state: handlers.State, settings: OperatorSettings) -> None:
+    def __init__(self, state: view.State, settings: OperatorSettings) -> None:
         self.state = state
         self.settings = settings
         self.active = False

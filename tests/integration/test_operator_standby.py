@@ -7,7 +7,6 @@ attributed to its replica by the User-Agent the operator sends (`crawljob-operat
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -23,6 +22,7 @@ import pytest
 
 from crawljob_operator import kube, peering
 from crawljob_operator.local.emulator import Emulator, register_crawljob_crd, register_peering_crds
+from crawljob_operator.local.s3 import free_port
 from fakes.stack import NAMESPACE, OperatorProcess, crawljob, running_runner, wait_phase, wait_until
 
 pytestmark = pytest.mark.timeout(90)
@@ -79,11 +79,11 @@ async def recording_emulator() -> AsyncIterator[tuple[RecordingEmulator, str]]:
         yield emulator, str(server.url).rstrip("/")
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
+async def count_job_creations(client: kube.KubeClient, counts: Counter[str]) -> None:
+    """Count every Job creation (ADDED) by name, for as long as the task runs."""
+    async for event in client.watch(kube.JOBS, NAMESPACE):
+        if event["type"] == "ADDED":
+            counts[event["object"]["metadata"]["name"]] += 1
 
 
 def replica(
@@ -130,18 +130,13 @@ async def test_standby_stays_idle_while_the_active_lives_and_takes_over_after_a_
         kube.KubeClient(kube.Connection(server=url)) as client,
     ):
 
-        async def watch_creations() -> None:
-            async for event in client.watch(kube.JOBS, NAMESPACE):
-                if event["type"] == "ADDED":
-                    job_additions[event["object"]["metadata"]["name"]] += 1
-
         async def succeeded_at_least(count: int) -> bool:
             items = await client.list(kube.CRAWLJOBS, NAMESPACE)
             return sum((item.get("status") or {}).get("phase") == "Succeeded" for item in items) >= count
 
         active = replica(url, tmp_path / "high.log", "op-high", priority=10)
         spare = replica(url, tmp_path / "low.log", "op-low", priority=5)
-        watcher = asyncio.create_task(watch_creations())
+        watcher = asyncio.create_task(count_job_creations(client, job_additions))
         async with running_runner(client, {"FAKE_WORKER_STATE": str(tmp_path)}, max_parallel=6):
             # No KopfPeering object exists yet: the first replica creates it.
             await active.start()
@@ -206,18 +201,13 @@ async def test_a_gracefully_stopped_active_replica_hands_over_at_once(tmp_path: 
         kube.KubeClient(kube.Connection(server=url)) as client,
     ):
 
-        async def watch_creations() -> None:
-            async for event in client.watch(kube.JOBS, NAMESPACE):
-                if event["type"] == "ADDED":
-                    job_additions[event["object"]["metadata"]["name"]] += 1
-
         async def some_running() -> bool:
             items = await client.list(kube.CRAWLJOBS, NAMESPACE)
             return any((item.get("status") or {}).get("phase") == "Running" for item in items)
 
         active = replica(url, tmp_path / "high.log", "op-high", priority=1, lifetime=lifetime)
         spare = replica(url, tmp_path / "low.log", "op-low", priority=0, lifetime=lifetime)
-        watcher = asyncio.create_task(watch_creations())
+        watcher = asyncio.create_task(count_job_creations(client, job_additions))
         async with running_runner(client, {"FAKE_WORKER_STATE": str(tmp_path)}, max_parallel=6):
             await active.start()
             await wait_until(lambda: _has_peer(client, "op-high"), 20, "op-high's keep-alive")
@@ -273,11 +263,6 @@ async def test_a_returning_higher_priority_replica_takes_over_without_duplicates
         kube.KubeClient(kube.Connection(server=url)) as client,
     ):
 
-        async def watch_creations() -> None:
-            async for event in client.watch(kube.JOBS, NAMESPACE):
-                if event["type"] == "ADDED":
-                    job_additions[event["object"]["metadata"]["name"]] += 1
-
         async def watch_phases() -> None:
             async for event in client.watch(kube.CRAWLJOBS, NAMESPACE):
                 phase = (event["object"].get("status") or {}).get("phase")
@@ -291,7 +276,10 @@ async def test_a_returning_higher_priority_replica_takes_over_without_duplicates
 
         low = replica(url, tmp_path / "low.log", "op-low", priority=0, lifetime=lifetime)
         high = replica(url, tmp_path / "high.log", "op-high", priority=1, lifetime=lifetime)
-        watchers = [asyncio.create_task(watch_creations()), asyncio.create_task(watch_phases())]
+        watchers = [
+            asyncio.create_task(count_job_creations(client, job_additions)),
+            asyncio.create_task(watch_phases()),
+        ]
         async with running_runner(client, {"FAKE_WORKER_STATE": str(tmp_path)}, max_parallel=6):
             await low.start()
             for body in bodies:

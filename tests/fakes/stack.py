@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import sys
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,13 @@ async def running_runner(
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def count_job_creations(client: kube.KubeClient, counts: Counter[str]) -> None:
+    """Count every Job creation (ADDED) in NAMESPACE by name, for as long as the task runs."""
+    async for event in client.watch(kube.JOBS, NAMESPACE):
+        if event["type"] == "ADDED":
+            counts[event["object"]["metadata"]["name"]] += 1
 
 
 async def wait_until(predicate: Callable[[], Awaitable[Any]], timeout: float, what: str) -> Any:

@@ -10,7 +10,15 @@ import pytest
 
 from crawljob_operator import kube
 from crawljob_operator.local.emulator import Emulator
-from fakes.stack import NAMESPACE, OperatorProcess, crawljob, running_runner, wait_phase, wait_until
+from fakes.stack import (
+    NAMESPACE,
+    OperatorProcess,
+    count_job_creations,
+    crawljob,
+    running_runner,
+    wait_phase,
+    wait_until,
+)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -22,11 +30,6 @@ async def test_operator_killed_at_several_points_creates_no_duplicate_and_finish
     names = [body["metadata"]["name"] for body in bodies]
     job_additions: Counter[str] = Counter()
 
-    async def watch_creations() -> None:
-        async for event in kube_client.watch(kube.JOBS, NAMESPACE):
-            if event["type"] == "ADDED":
-                job_additions[event["object"]["metadata"]["name"]] += 1
-
     async def jobs_count_at_least(count: int) -> bool:
         return len(await kube_client.list(kube.JOBS, NAMESPACE)) >= count
 
@@ -36,7 +39,7 @@ async def test_operator_killed_at_several_points_creates_no_duplicate_and_finish
 
     kills = []
     operator = OperatorProcess(emulator[1], tmp_path / "op.log", **{"max-active": 6})
-    watcher = asyncio.create_task(watch_creations())
+    watcher = asyncio.create_task(count_job_creations(kube_client, job_additions))
     async with running_runner(kube_client, {"FAKE_WORKER_STATE": str(tmp_path)}, max_parallel=6):
         await operator.start()
         for body in bodies:
@@ -100,14 +103,9 @@ async def test_two_operators_running_by_mistake_still_make_one_job_per_crawljob(
     names = [body["metadata"]["name"] for body in bodies]
     job_additions: Counter[str] = Counter()
 
-    async def watch_creations() -> None:
-        async for event in kube_client.watch(kube.JOBS, NAMESPACE):
-            if event["type"] == "ADDED":
-                job_additions[event["object"]["metadata"]["name"]] += 1
-
     first = OperatorProcess(emulator[1], tmp_path / "op1.log")
     second = OperatorProcess(emulator[1], tmp_path / "op2.log")
-    watcher = asyncio.create_task(watch_creations())
+    watcher = asyncio.create_task(count_job_creations(kube_client, job_additions))
     async with running_runner(kube_client, {"FAKE_WORKER_STATE": str(tmp_path)}, max_parallel=8):
         await first.start()
         await second.start()

@@ -23,7 +23,15 @@ import pytest
 from crawljob_operator import kube, peering
 from crawljob_operator.local.emulator import Emulator, register_crawljob_crd, register_peering_crds
 from crawljob_operator.local.s3 import free_port
-from fakes.stack import NAMESPACE, OperatorProcess, crawljob, running_runner, wait_phase, wait_until
+from fakes.stack import (
+    NAMESPACE,
+    OperatorProcess,
+    count_job_creations,
+    crawljob,
+    running_runner,
+    wait_phase,
+    wait_until,
+)
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -77,13 +85,6 @@ async def recording_emulator() -> AsyncIterator[tuple[RecordingEmulator, str]]:
     register_peering_crds(emulator)
     async with emulator, kmock.Server(emulator, host="127.0.0.1") as server:
         yield emulator, str(server.url).rstrip("/")
-
-
-async def count_job_creations(client: kube.KubeClient, counts: Counter[str]) -> None:
-    """Count every Job creation (ADDED) by name, for as long as the task runs."""
-    async for event in client.watch(kube.JOBS, NAMESPACE):
-        if event["type"] == "ADDED":
-            counts[event["object"]["metadata"]["name"]] += 1
 
 
 def replica(

@@ -391,27 +391,19 @@ def desired_status(
     conds: list[Body] = list(current.get("conditions") or [])
     phase, reason, message = observation.phase, observation.reason, observation.message
     terminal = is_terminal(phase)
-    # One condition per phase family: True with the observation's reason/message while in it.
-    for type_, owning_phase, idle_reason in (
-        ("Queued", "Queued", "Admitted"),
-        ("Running", "Running", phase),
-        ("Complete", "Succeeded", "NotComplete"),
-        ("Failed", "Failed", "NotFailed"),
+    # One condition per phase family: True with the observation's reason/message while in it. The
+    # rarer endings (last two, not always shown) get theirs when they happen, and keep it, False,
+    # after a re-run.
+    for type_, owning_phase, idle_reason, always in (
+        ("Queued", "Queued", "Admitted", True),
+        ("Running", "Running", phase, True),
+        ("Complete", "Succeeded", "NotComplete", True),
+        ("Failed", "Failed", "NotFailed", True),
+        ("Cancelled", "Cancelled", "NotCancelled", False),
+        ("Superseded", "Superseded", "NotSuperseded", False),
     ):
         active = phase == owning_phase
-        conds = conditions.set_condition(
-            conds,
-            type_,
-            active,
-            reason if active else idle_reason,
-            message if active else "",
-            now,
-            generation,
-        )
-    # The rarer endings get their condition when they happen (and keep it, False, after a re-run).
-    for type_, idle_reason in (("Cancelled", "NotCancelled"), ("Superseded", "NotSuperseded")):
-        active = phase == type_
-        if active or conditions.get_condition(conds, type_) is not None:
+        if always or active or conditions.get_condition(conds, type_) is not None:
             conds = conditions.set_condition(
                 conds,
                 type_,

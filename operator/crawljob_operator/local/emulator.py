@@ -174,13 +174,13 @@ class Emulator(kmock.KubernetesEmulator):
         return obj.raw
 
     async def _serve_update(self, request: kmock.Request) -> Any:
-        async with self._lock:
-            obj = self._lookup(request.resource, request.namespace, request.name)
-        if obj is None:
-            raise kmock.KubernetesObjectNotFoundError()
-        return obj.last.raw
+        return await self._last_version(request)
 
     async def _serve_delete(self, request: kmock.Request) -> Any:
+        return await self._last_version(request)
+
+    async def _last_version(self, request: kmock.Request) -> Any:
+        """The addressed object's latest version (deleted ones too), or a 404."""
         async with self._lock:
             obj = self._lookup(request.resource, request.namespace, request.name)
         if obj is None:

@@ -95,6 +95,21 @@ def deployments_by_component(kubectl: Callable[..., str]) -> dict[str, dict[str,
     return found
 
 
+async def operator_identity_and_env(
+    client: kube.KubeClient, cluster: Cluster, namespace: str, pod_spec: dict[str, Any], tmp_path: Path
+) -> tuple[Path, dict[str, str]]:
+    """A kubeconfig with the token of the chart's operator ServiceAccount, and the operator's
+    environment as the chart renders it (plain values), for running it against this cluster."""
+    token = await service_account_token(client, namespace, pod_spec["serviceAccountName"])
+    kubeconfig = token_kubeconfig(cluster, token, namespace, tmp_path / "operator.kubeconfig")
+    chart_env = {
+        item["name"]: item["value"] for item in pod_spec["containers"][0].get("env", []) if "value" in item
+    }
+    chart_env.pop("CRAWLJOB_HEALTH_PORT", None)  # the fixture picks a free port
+    chart_env.pop("CRAWLJOB_LOG_FORMAT", None)
+    return kubeconfig, chart_env
+
+
 def test_helm_install_is_accepted_with_receiver_and_operator_deployments(
     helm_install: Callable[..., dict[str, Any]], kubectl: Callable[..., str]
 ) -> None:
@@ -167,14 +182,7 @@ async def test_operator_configured_and_authorized_by_the_chart_completes_a_crawl
         "--set", "s3.existingSecret=s3-credentials",
     )  # fmt: skip
     pod_spec = deployments_by_component(kubectl)["operator"]["spec"]["template"]["spec"]
-    token = await service_account_token(client, namespace, pod_spec["serviceAccountName"])
-    kubeconfig = token_kubeconfig(cluster, token, namespace, tmp_path / "operator.kubeconfig")
-    # The operator's environment as the chart renders it (plain values), pointed at this cluster.
-    chart_env = {
-        item["name"]: item["value"] for item in pod_spec["containers"][0].get("env", []) if "value" in item
-    }
-    chart_env.pop("CRAWLJOB_HEALTH_PORT", None)  # the fixture picks a free port
-    chart_env.pop("CRAWLJOB_LOG_FORMAT", None)
+    kubeconfig, chart_env = await operator_identity_and_env(client, cluster, namespace, pod_spec, tmp_path)
     assert chart_env["CRAWLJOB_NAMESPACE"] == namespace
 
     kubelet.start()

@@ -22,8 +22,8 @@ import yaml
 from crawljob_operator import kube, resource
 from crawljob_operator.local.s3 import free_port
 
-from .conftest import BIN, CRDS, ROOT, Child, Cluster, service_account_token, token_kubeconfig, wait_http
-from .test_helm import helm_install  # noqa: F401 (a fixture)
+from .conftest import BIN, CRDS, ROOT, Child, Cluster, wait_http
+from .test_helm import helm_install, operator_identity_and_env  # noqa: F401 (helm_install: a fixture)
 from .test_pipeline import crawljob_for, wait_phase
 
 FAKE_WORKER = ROOT / "tests" / "fakes" / "worker.py"
@@ -166,13 +166,7 @@ async def test_the_charts_ha_mode_installs_and_its_rbac_lets_the_operator_peer_a
     assert not [d for d in json.loads(kubectl("get", "deployments", "-o", "json"))["items"]
                 if d["metadata"]["name"].endswith("operator")]  # fmt: skip
     pod_spec = operator_set["spec"]["template"]["spec"]
-    token = await service_account_token(client, namespace, pod_spec["serviceAccountName"])
-    kubeconfig = token_kubeconfig(cluster, token, namespace, tmp_path / "operator.kubeconfig")
-    chart_env = {
-        item["name"]: item["value"] for item in pod_spec["containers"][0].get("env", []) if "value" in item
-    }
-    chart_env.pop("CRAWLJOB_HEALTH_PORT", None)  # the fixture picks a free port
-    chart_env.pop("CRAWLJOB_LOG_FORMAT", None)
+    kubeconfig, chart_env = await operator_identity_and_env(client, cluster, namespace, pod_spec, tmp_path)
     pod_name = f"{operator_set['metadata']['name']}-0"  # what the fieldRef metadata.name gives pod 0
     assert chart_env["CRAWLJOB_PRIORITY"] == "ordinal"
     operator(KUBECONFIG=str(kubeconfig), CRAWLJOB_PEERING_IDENTITY=pod_name, **chart_env)

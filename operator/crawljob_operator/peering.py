@@ -17,6 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from crawljob_operator.gc import parse_time
+
 GROUP = "kopf.dev"
 VERSION = "v1"
 KIND = "KopfPeering"
@@ -45,14 +47,6 @@ class Verdict:
         return self.own_lastseen is not None
 
 
-def _parse_time(value: Any) -> datetime.datetime | None:
-    try:
-        parsed = datetime.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.UTC)
-
-
 def verdict(
     peering_object: Mapping[str, Any] | None, identity: str, priority: int, now: datetime.datetime
 ) -> Verdict:
@@ -77,7 +71,7 @@ def verdict(
             lifetime = int(info.get("lifetime", 60))
         except (TypeError, ValueError):
             continue
-        lastseen = _parse_time(info.get("lastseen")) if info.get("lastseen") is not None else now
+        lastseen = parse_time(info.get("lastseen")) if info.get("lastseen") is not None else now
         if lastseen is None:
             continue
         deadline = lastseen + datetime.timedelta(seconds=lifetime)
@@ -88,7 +82,7 @@ def verdict(
     own = peers.get(identity)
     own_lastseen = None
     if isinstance(own, Mapping):
-        own_lastseen = (_parse_time(own["lastseen"]) if own.get("lastseen") is not None else None) or now
+        own_lastseen = (parse_time(own["lastseen"]) if own.get("lastseen") is not None else None) or now
     if not blocking and own_lastseen is None:
         reason = "waiting for this replica's keep-alive to appear in the peering object"
         return Verdict(False, reason, None, None, tuple(sorted(lower)))

@@ -1,10 +1,11 @@
 """Cutting a stream into record-aligned blocks: quotes, CRLF, BOM, line numbers."""
 
 import io
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from crawljob_worker.blocks import first_record_end, iter_blocks, last_record_end
+from crawljob_worker.blocks import count_byte, first_record_end, iter_blocks, last_record_end
 from crawljob_worker.errors import WorkerError
 
 
@@ -48,3 +49,18 @@ def test_an_unclosed_quote_is_refused_instead_of_buffered_forever() -> None:
         list(iter_blocks(stream, 100, b'"', max_record_bytes=1000))
     assert caught.value.code == 3
     assert "line 1" in caught.value.message
+
+
+@pytest.mark.parametrize("size", [10, (1 << 16) + 3, (3 << 20) + 12345])
+def test_count_byte_counts_across_its_scratch_slices(size: int) -> None:
+    data = bytearray((b'ab"\n' * (size // 4 + 1))[:size])
+    data[-1:] = b'"'  # one in the last, partial slice
+    for byte in (b'"', b"\n", b"z"):
+        assert count_byte(data, byte) == data.count(byte)
+
+
+def test_count_byte_is_exact_in_two_threads_at_once() -> None:
+    blocks = [bytes([index % 250]) * ((2 << 20) + index) for index in range(8)]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        counts = list(pool.map(lambda block: count_byte(block, block[:1]), blocks * 4))
+    assert counts == [len(block) for block in blocks] * 4

@@ -10,10 +10,11 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from crawljob_worker.counters import Counters
+from crawljob_worker.early import start_opening
 from crawljob_worker.errors import ExitCode, WorkerError
 from crawljob_worker.memory import use_jemalloc
 from crawljob_worker.report import write_termination_message
-from crawljob_worker.run import Counters, run
 from crawljob_worker.settings import settings_from_args
 
 log = logging.getLogger("crawljob_worker")
@@ -34,7 +35,6 @@ def summary(code: int, reason: str, message: str, counters: Counters, started: f
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the worker; the return value is the process exit code."""
     started = time.monotonic()
-    use_jemalloc()
     environ = os.environ
     logging.basicConfig(
         level=environ.get("CRAWLJOB_LOG_LEVEL", "INFO").upper(),
@@ -48,7 +48,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = settings_from_args(args, environ)
         termination_log = settings.termination_log
-        run(settings, environ, counters)
+        client, opening = start_opening(settings)
+        use_jemalloc()  # before Arrow allocates anything
+        # Imported only now: pandas takes ~0.4 s to import, spent while the S3 GET waits for its answer.
+        from crawljob_worker.run import run
+
+        run(settings, environ, counters, client=client, opening=opening)
         code, reason = ExitCode.SUCCEEDED, "Succeeded"
         message = (
             f"{counters.rows_written} rows written to {counters.output_uri} "

@@ -8,11 +8,11 @@ but cost ~0.7 s of CPU in page faults per 400 MB, so it is not done.)
 
 from __future__ import annotations
 
-import pyarrow as pa
-
 
 def use_jemalloc() -> bool:
     """Make jemalloc Arrow's default memory pool when this pyarrow build has it."""
+    import pyarrow as pa  # imported on the first call, after an S3 GET was sent (see `early`)
+
     try:
         pool = pa.jemalloc_memory_pool()
     except (NotImplementedError, pa.ArrowNotImplementedError):

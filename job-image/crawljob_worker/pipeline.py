@@ -134,3 +134,27 @@ class Drain(Generic[T]):
         """Stop without handling what was not taken yet."""
         self._handoff.stop.set()
         self._thread.join(timeout=30)
+
+
+class Pending(Generic[T]):
+    """*call* running in a background thread from now on; `result()` waits for it and returns its
+    value or raises its error."""
+
+    def __init__(self, call: Callable[[], T], name: str) -> None:
+        self._call = call
+        self._value: T | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._value = self._call()
+        except BaseException as error:  # raised by result(), in the waiting thread
+            self._error = error
+
+    def result(self) -> T:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value  # type: ignore[return-value]

@@ -6,17 +6,17 @@ import datetime
 import logging
 import time
 from collections.abc import Generator, Mapping
-from contextlib import closing
-from dataclasses import dataclass
+from contextlib import closing, suppress
 from typing import Any
 
 import pyarrow as pa
 
 from crawljob_worker import __version__
 from crawljob_worker.blocks import Block, iter_blocks
+from crawljob_worker.counters import Counters
 from crawljob_worker.errors import ExitCode, WorkerError
 from crawljob_worker.parse import BlockParser, Dialect
-from crawljob_worker.pipeline import Drain, prefetch
+from crawljob_worker.pipeline import Drain, Pending, prefetch
 from crawljob_worker.report import Progress, kube_target
 from crawljob_worker.settings import Settings
 from crawljob_worker.sink import (
@@ -31,37 +31,11 @@ from crawljob_worker.sink import (
     manifest_bytes,
     remove_stale,
 )
-from crawljob_worker.source import SourceInfo, decompressed, open_source, s3_client
+from crawljob_worker.source import SourceInfo, SourceStream, decompressed, open_source, s3_client
 from crawljob_worker.stats import TableStats
 from crawljob_worker.uri import parse_location
 
 log = logging.getLogger("crawljob_worker")
-
-
-@dataclass
-class Counters:
-    """What the run did so far: the termination message reports it on success and on failure."""
-
-    rows_read: int = 0
-    rows_written: int = 0
-    rows_rejected: int = 0
-    bytes_read: int = 0
-    output_uri: str | None = None
-    output_objects: int = 0
-    rejects_uri: str | None = None
-    manifest_uri: str | None = None
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "rowsRead": self.rows_read,
-            "rowsWritten": self.rows_written,
-            "rowsRejected": self.rows_rejected,
-            "bytesRead": self.bytes_read,
-            "outputUri": self.output_uri,
-            "outputObjects": self.output_objects,
-            "rejectsUri": self.rejects_uri,
-            "manifestUri": self.manifest_uri,
-        }
 
 
 def _iso(timestamp: float) -> str:
@@ -137,8 +111,16 @@ def build_manifest(
     }
 
 
-def run(settings: Settings, environ: Mapping[str, str], counters: Counters, client: Any = None) -> None:
-    """Convert the source; fills *counters*; raises WorkerError on failure (after writing rejects)."""
+def run(
+    settings: Settings,
+    environ: Mapping[str, str],
+    counters: Counters,
+    client: Any = None,
+    opening: Pending[SourceStream] | None = None,
+) -> None:
+    """Convert the source; fills *counters*; raises WorkerError on failure (after writing rejects).
+
+    *opening* is the source already being opened in the background (`early.start_opening`)."""
     started = time.time()
     source_location = parse_location(settings.source, what="SOURCE")
     output_location = parse_location(settings.output, what="--output")
@@ -148,9 +130,19 @@ def run(settings: Settings, environ: Mapping[str, str], counters: Counters, clie
         S3Target(client, output_location) if output_location.is_s3 else LocalTarget(output_location.path)
     )
     counters.output_uri = target.uri_of("")
-    target.names()  # fail fast (exit 6) on a missing or unreadable output bucket, before reading anything
-    stream = open_source(
-        source_location, version_id=settings.version_id, retries=settings.retries, client=client
+    try:
+        target.names()  # fail fast (exit 6) on a missing or unreadable output bucket, before reading
+    except BaseException:
+        if opening is not None:
+            with suppress(Exception):
+                opening.result().close()
+        raise
+    stream = (
+        opening.result()
+        if opening is not None
+        else open_source(
+            source_location, version_id=settings.version_id, retries=settings.retries, client=client
+        )
     )
     progress = Progress(
         stream.info.size,

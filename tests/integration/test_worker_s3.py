@@ -107,6 +107,15 @@ def test_missing_object_or_bucket_exits_4(tmp_path: Path, bucket: str, source: s
 
 
 @pytest.mark.usefixtures("s3_env")
+def test_an_unwritable_output_is_reported_before_a_missing_source(tmp_path: Path, bucket: str) -> None:
+    """The source's GET is sent in the background first (early.py); the output check still decides."""
+    code, message = run_worker(
+        tmp_path, f"s3://{bucket}/missing.csv", "--output", "s3://no-such-output-bucket-cj/out/"
+    )
+    assert (code, message["reason"]) == (6, "OutputForbidden")
+
+
+@pytest.mark.usefixtures("s3_env")
 def test_unwritable_output_exits_6(tmp_path: Path, s3_client: Any, bucket: str) -> None:
     s3_client.put_object(Bucket=bucket, Key="in.csv", Body=b"a\n1\n")
     code, message = run_worker(

@@ -6,7 +6,7 @@ from contextlib import closing
 
 import pytest
 
-from crawljob_worker.pipeline import Drain, prefetch
+from crawljob_worker.pipeline import Drain, Pending, prefetch
 
 
 def test_prefetch_keeps_order() -> None:
@@ -81,3 +81,26 @@ def test_the_reader_is_never_more_than_one_item_ahead() -> None:
     for item in prefetch(items()):
         # the consumer holds `item`; the reader may have made the next one, not more
         assert len(produced) <= item + 2
+
+
+def test_pending_runs_in_the_background_and_gives_its_result() -> None:
+    started = threading.Event()
+    release = threading.Event()
+
+    def call() -> str:
+        started.set()
+        release.wait(5)
+        return "opened"
+
+    pending = Pending(call, name="test-pending")
+    assert started.wait(5)  # running before anyone asks for the result
+    release.set()
+    assert pending.result() == "opened"
+
+
+def test_pending_raises_its_error_in_the_waiting_thread() -> None:
+    def call() -> str:
+        raise ValueError("no such bucket")
+
+    with pytest.raises(ValueError, match="no such bucket"):
+        Pending(call, name="test-pending").result()

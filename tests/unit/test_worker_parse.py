@@ -128,6 +128,27 @@ def test_later_blocks_keep_string_text_exactly() -> None:
     assert table.column("n").to_pylist() == [2, 3, 4]
 
 
+@pytest.mark.parametrize(
+    "later",
+    [
+        [b"true", b"false"],
+        [b"2024-01-01", b"2024-01-02"],
+        [b"2024-01-01T00:00:00", b"1.5"],
+        [b"", b""],
+        [b"1e3", b"-0"],
+    ],
+)
+def test_text_columns_inferred_as_another_type_in_a_later_block_keep_their_text(
+    later: list[bytes],
+) -> None:
+    parser = BlockParser(Dialect())
+    parse_all(parser, (b"code,n\nA1,1\n", 1))
+    table, rejects = parse_all(parser, (b"".join(b"%s,%d\n" % (text, n) for n, text in enumerate(later)), 3))
+    assert rejects == []
+    assert parser.schema == pa.schema([("code", pa.string()), ("n", pa.int64())])
+    assert table.column("code").to_pylist() == [text.decode() for text in later]
+
+
 def test_columns_typed_as_strings_are_not_read_as_numbers() -> None:
     parser = BlockParser(Dialect(header=False), {"column_1": pa.string()})
     table, _ = parse_all(parser, (b"007,1\n010,2\n", 1))

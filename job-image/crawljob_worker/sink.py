@@ -118,10 +118,11 @@ class S3Target:
 
     def put_file(self, path: str, name: str) -> None:
         try:
-            from boto3.s3.transfer import TransferConfig
+            from boto3.s3.transfer import S3Transfer, TransferConfig
 
-            config = TransferConfig(**TRANSFER)
-            self._client.upload_file(path, self._location.bucket, self._key(name), Config=config)
+            # What boto3's `client.upload_file` does, for a client made by botocore (source.s3_client).
+            with S3Transfer(self._client, TransferConfig(**TRANSFER)) as transfer:
+                transfer.upload_file(path, self._location.bucket, self._key(name))
         except (botocore.exceptions.ClientError, boto3_upload_failed(), *READ_ERRORS) as error:
             raise output_error(error, self.uri_of(name)) from error
 

@@ -1,12 +1,13 @@
 """Termination message, progress patch, settings, locations and exit-code decisions (pure)."""
 
+import io
 import json
 from pathlib import Path
 
 import pytest
 
 from crawljob_worker.errors import WorkerError
-from crawljob_worker.report import kube_target, percent, progress_patch, termination_message
+from crawljob_worker.report import Progress, kube_target, percent, progress_patch, termination_message
 from crawljob_worker.run import reject_threshold_error
 from crawljob_worker.settings import settings_from_args
 from crawljob_worker.source import detect_compression
@@ -105,3 +106,31 @@ def test_reject_threshold() -> None:
     assert error is not None
     assert error.code == 5
     assert "_rejects.csv" in error.message
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_terminal_gets_one_redrawn_progress_bar_throttled_to_the_interval() -> None:
+    now = [0.0]
+    screen = _Terminal()
+    progress = Progress(1000, 5.0, None, stream=screen, clock=lambda: now[0])
+    now[0] = 1.0
+    progress.update(250, 10)  # first report: shown at once
+    now[0] = 2.0
+    progress.update(400, 20)  # within the interval: skipped
+    now[0] = 7.0
+    progress.update(500, 30)
+    now[0] = 8.0
+    progress.update(1000, 60, final=True)  # the final one is always shown, and ends the line
+    frames = screen.getvalue().split("\r")[1:]
+    assert [frame.split("]")[0] for frame in frames] == [
+        "[#####...............",
+        "[##########..........",
+        "[####################",
+    ]
+    assert frames[0].startswith("[#####...............]  25%")
+    assert "60 rows" in frames[-1]
+    assert frames[-1].endswith("\n") and not any(frame.endswith("\n") for frame in frames[:-1])

@@ -13,7 +13,7 @@ from typing import Any
 
 from crawljob_worker.pipeline import Pending
 from crawljob_worker.settings import Settings
-from crawljob_worker.source import SourceStream, open_source, s3_client
+from crawljob_worker.source import SourceStream, open_settings_source, s3_client
 from crawljob_worker.uri import parse_location
 
 
@@ -22,11 +22,6 @@ def start_opening(settings: Settings) -> tuple[Any, Pending[SourceStream] | None
     location = parse_location(settings.source, what="SOURCE")
     if not location.is_s3:
         return None, None
-    client = s3_client()
-    opening = Pending(
-        lambda: open_source(
-            location, version_id=settings.version_id, retries=settings.retries, client=client
-        ),
-        name="crawljob-open",
-    )
+    client = s3_client(connections=settings.s3_connections)
+    opening = Pending(lambda: open_settings_source(settings, client), name="crawljob-open")
     return client, opening

@@ -31,7 +31,7 @@ from crawljob_worker.sink import (
     manifest_bytes,
     remove_stale,
 )
-from crawljob_worker.source import SourceInfo, SourceStream, decompressed, open_source, s3_client
+from crawljob_worker.source import SourceInfo, SourceStream, decompressed, open_settings_source, s3_client
 from crawljob_worker.stats import TableStats
 from crawljob_worker.uri import parse_location
 
@@ -125,7 +125,7 @@ def run(
     source_location = parse_location(settings.source, what="SOURCE")
     output_location = parse_location(settings.output, what="--output")
     if client is None and (source_location.is_s3 or output_location.is_s3):
-        client = s3_client()
+        client = s3_client(connections=settings.s3_connections)
     target: Target = (
         S3Target(client, output_location) if output_location.is_s3 else LocalTarget(output_location.path)
     )
@@ -137,13 +137,7 @@ def run(
             with suppress(Exception):
                 opening.result().close()
         raise
-    stream = (
-        opening.result()
-        if opening is not None
-        else open_source(
-            source_location, version_id=settings.version_id, retries=settings.retries, client=client
-        )
-    )
+    stream = opening.result() if opening is not None else open_settings_source(settings, client)
     progress = Progress(
         stream.info.size,
         settings.progress_interval,

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 FORMATS = ("parquet", "csv", "jsonl")
 PARQUET_COMPRESSIONS = ("snappy", "zstd", "gzip", "none")
 MIB = 1024 * 1024
+MAX_CONNECTIONS = 32
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,8 @@ class Settings:
     chunk_bytes: int = 8 * MIB
     part_bytes: int = 128 * MIB
     retries: int = 8
+    s3_connections: int = 1
+    s3_range_bytes: int = 8 * MIB
     progress_interval: float = 5.0
     crawljob_name: str | None = None
     namespace: str | None = None
@@ -136,6 +139,16 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         "--retries", default=_env(e, "RETRIES", "8"), help="reconnects allowed after transient S3 read errors"
     )
     parser.add_argument(
+        "--s3-connections",
+        default=_env(e, "S3_CONNECTIONS", "1"),
+        help="parallel ranged GETs reading an S3 source (1: one GET stream)",
+    )
+    parser.add_argument(
+        "--s3-range-mb",
+        default=_env(e, "S3_RANGE_MB", "8"),
+        help="bytes per ranged GET with --s3-connections above 1, in MiB",
+    )
+    parser.add_argument(
         "--progress-interval",
         default=_env(e, "PROGRESS_INTERVAL", "5"),
         help="seconds between progress reports",
@@ -146,6 +159,13 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         "--kube-server", default=_env(e, "KUBE_SERVER"), help="API server URL; default: in-cluster"
     )
     return parser
+
+
+def _connections(text: str) -> int:
+    connections = int(_number(text, "--s3-connections", minimum=1, integer=True))
+    if connections > MAX_CONNECTIONS:
+        raise invalid_arguments(f"--s3-connections is at most {MAX_CONNECTIONS}, got {connections}")
+    return connections
 
 
 def _number(text: str, flag: str, *, minimum: float, integer: bool = False) -> float:
@@ -232,6 +252,8 @@ def settings_from_args(argv: Sequence[str], environ: Mapping[str, str]) -> Setti
         chunk_bytes=int(_number(args.chunk_size_mb, "--chunk-size-mb", minimum=0.0) * MIB) or MIB // 16,
         part_bytes=int(_number(args.part_size_mb, "--part-size-mb", minimum=0.0) * MIB) or MIB // 16,
         retries=int(_number(args.retries, "--retries", minimum=0, integer=True)),
+        s3_connections=_connections(args.s3_connections),
+        s3_range_bytes=int(_number(args.s3_range_mb, "--s3-range-mb", minimum=0.0) * MIB) or MIB // 16,
         progress_interval=_number(args.progress_interval, "--progress-interval", minimum=0.0),
         crawljob_name=args.name or None,
         namespace=args.namespace or None,

@@ -33,6 +33,9 @@ class CuttingProxy:
         self.low, self.high = low, high
         self.random = random.Random(seed)
         self.cuts = 0
+        self.open = 0  # connections open now, and the most open at once
+        self.peak = 0
+        self.counting = threading.Lock()
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.stopped = threading.Event()
@@ -49,6 +52,16 @@ class CuttingProxy:
             threading.Thread(target=self._serve, args=(client, budget), daemon=True).start()
 
     def _serve(self, client: socket.socket, budget: int) -> None:
+        with self.counting:
+            self.open += 1
+            self.peak = max(self.peak, self.open)
+        try:
+            self._forward(client, budget)
+        finally:
+            with self.counting:
+                self.open -= 1
+
+    def _forward(self, client: socket.socket, budget: int) -> None:
         try:
             server = socket.create_connection(self.upstream)
         except OSError:
@@ -100,11 +113,13 @@ def s3_env(local_s3: LocalS3, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[
     yield environment
 
 
-def convert(tmp_path: Path, name: str, source: str) -> tuple[dict[str, Any], str, int]:
+def convert(tmp_path: Path, name: str, source: str, *flags: str) -> tuple[dict[str, Any], str, int]:
     """Run the worker to a local dir; the termination message, a content checksum, the resumes."""
     out = tmp_path / name
     termination = tmp_path / f"{name}.termination"
-    code = main([source, "--output", str(out), "--termination-log", str(termination), "--retries", "60"])
+    code = main(
+        [source, "--output", str(out), "--termination-log", str(termination), "--retries", "60", *flags]
+    )
     message = json.loads(termination.read_text())
     assert code == 0, message
     manifest = json.loads((out / "_manifest.json").read_text())
@@ -115,24 +130,40 @@ def convert(tmp_path: Path, name: str, source: str) -> tuple[dict[str, Any], str
     return message, digest.hexdigest(), int(manifest["resumes"])
 
 
+# One GET stream; and ranged GETs of ~100 KB over 3 connections, each range resuming on its own
+# (connections then carry less each, so they are cut sooner). Flags, and the cut's byte range.
+READS = {
+    "one-stream": ((), 300_000, 700_000),
+    "ranged": (("--s3-connections", "3", "--s3-range-mb", "0.1"), 40_000, 250_000),
+}
+
+
+@pytest.mark.parametrize("read", list(READS))
 def test_cut_connections_resume_to_the_same_output(
-    tmp_path: Path, s3_client: Any, bucket: str, s3_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    s3_client: Any,
+    bucket: str,
+    s3_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    read: str,
 ) -> None:
     rows = [f'{n},device-{n % 17},{n * 0.25},"text {n}, with comma"' for n in range(30000)]
     body = ("id,device,value,text\n" + "\n".join(rows) + "\n").encode()
     s3_client.put_object(Bucket=bucket, Key="big.csv", Body=body)
     source = f"s3://{bucket}/big.csv"
+    flags, low, high = READS[read]
     clean, clean_digest, clean_resumes = convert(tmp_path, "clean", source)
     assert (clean["rowsRead"], clean_resumes) == (30000, 0)
     endpoint = urlparse(s3_env["AWS_ENDPOINT_URL_S3"])
     total_resumes = 0
     for seed in (1, 2, 3):
-        proxy = CuttingProxy((endpoint.hostname or "127.0.0.1", endpoint.port or 80), 300_000, 700_000, seed)
+        proxy = CuttingProxy((endpoint.hostname or "127.0.0.1", endpoint.port or 80), low, high, seed)
         monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{proxy.port}")
         try:
-            message, digest, resumes = convert(tmp_path, f"cut-{seed}", source)
+            message, digest, resumes = convert(tmp_path, f"cut-{seed}", source, *flags)
         finally:
             proxy.close()
+        assert proxy.peak >= (3 if read == "ranged" else 1)  # ranged reads: three GETs at once
         assert message["rowsRead"] == message["rowsWritten"] == 30000
         assert message["bytesRead"] == len(body)
         assert digest == clean_digest

@@ -100,10 +100,34 @@ def test_gzip_object_with_rejects_on_s3(tmp_path: Path, s3_client: Any, bucket: 
         ("s3://no-such-bucket-crawljob/x.csv", "SourceNotFound"),
     ],
 )
-def test_missing_object_or_bucket_exits_4(tmp_path: Path, bucket: str, source: str, reason: str) -> None:
-    code, message = run_worker(tmp_path, source.format(bucket=bucket), "--output", f"s3://{bucket}/out/")
+@pytest.mark.parametrize("read", [(), ("--s3-connections", "4")], ids=["one-stream", "ranged"])
+def test_missing_object_or_bucket_exits_4(
+    tmp_path: Path, bucket: str, source: str, reason: str, read: tuple[str, ...]
+) -> None:
+    code, message = run_worker(
+        tmp_path, source.format(bucket=bucket), "--output", f"s3://{bucket}/out/", *read
+    )
     assert (code, message["reason"], message["outcome"]) == (4, reason, "Failed")
     assert "does not exist" in message["message"]
+
+
+@pytest.mark.usefixtures("s3_env")
+@pytest.mark.parametrize(
+    "read", [(), ("--s3-connections", "3", "--s3-range-mb", "0.01")], ids=["one-stream", "ranged"]
+)
+def test_a_version_id_reads_that_version_of_the_object(
+    tmp_path: Path, s3_client: Any, bucket: str, read: tuple[str, ...]
+) -> None:
+    s3_client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    old = s3_client.put_object(Bucket=bucket, Key="v.csv", Body=sample_csv(500))["VersionId"]
+    s3_client.put_object(Bucket=bucket, Key="v.csv", Body=sample_csv(20))
+    code, message = run_worker(
+        tmp_path, f"s3://{bucket}/v.csv", "--output", f"s3://{bucket}/v/", "--version-id", old, *read
+    )
+    assert code == 0, message
+    table, manifest = read_s3_parts(s3_client, bucket, "v/")
+    assert table.num_rows == message["rowsWritten"] == 500
+    assert manifest["source"]["versionId"] == old
 
 
 @pytest.mark.usefixtures("s3_env")

@@ -117,9 +117,15 @@ def _outputs(read: Any, names: list[str]) -> dict[str, Any]:
     return {"manifest": facts, "rows": rows, "rejects": rejects}
 
 
+# One GET stream, and parallel ranged GETs of 10 KB (so the larger cases span many ranges).
+READS = {"one-stream": (), "ranged": ("--s3-connections", "3", "--s3-range-mb", "0.01")}
+
+
+@pytest.mark.parametrize("read", list(READS))
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
 def test_s3_and_local_runs_of_the_same_bytes_agree(
     case: Case,
+    read: str,
     tmp_path: Path,
     s3_client: Any,
     bucket: str,
@@ -135,7 +141,7 @@ def test_s3_and_local_runs_of_the_same_bytes_agree(
 
     s3_client.put_object(Bucket=bucket, Key=case.key, Body=case.data)
     s3_code, s3_message = _run(
-        f"s3://{bucket}/{case.key}", f"s3://{bucket}/out/", tmp_path / "s3.term", case.flags
+        f"s3://{bucket}/{case.key}", f"s3://{bucket}/out/", tmp_path / "s3.term", case.flags + READS[read]
     )
 
     assert (local_code, local_message["rowsWritten"], local_message["rowsRejected"]) == (

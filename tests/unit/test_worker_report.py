@@ -59,6 +59,11 @@ def test_flags_win_over_env_and_env_fills_the_rest() -> None:
     settings = settings_from_args(["data.csv", "--delimiter", "\\t", "--dtypes", '{"a": "int32"}'], env)
     assert (settings.output, settings.max_reject_ratio, settings.delimiter) == ("s3://b/out/", 0.5, "\t")
     assert str(settings.dtypes["a"]) == "int32"
+    assert (settings.s3_connections, settings.s3_range_bytes) == (1, 8 * 1024 * 1024)
+    ranged = settings_from_args(
+        ["x.csv"], {**env, "CRAWLJOB_S3_CONNECTIONS": "6", "CRAWLJOB_S3_RANGE_MB": "16"}
+    )
+    assert (ranged.s3_connections, ranged.s3_range_bytes) == (6, 16 * 1024 * 1024)
 
 
 @pytest.mark.parametrize(
@@ -70,6 +75,9 @@ def test_flags_win_over_env_and_env_fills_the_rest() -> None:
         (["x.csv", "--output", "o", "--encoding", "utf-16"], "ASCII-compatible"),
         (["x.csv", "--output", "o", "--format", "xlsx"], "invalid choice"),
         (["x.csv", "--output", "o", "--delimiter", ",,"], "one character"),
+        (["x.csv", "--output", "o", "--s3-connections", "0"], "--s3-connections"),
+        (["x.csv", "--output", "o", "--s3-connections", "33"], "at most 32"),
+        (["x.csv", "--output", "o", "--s3-connections", "2.5"], "--s3-connections"),
     ],
 )
 def test_bad_arguments_name_the_problem(argv: list[str], fragment: str) -> None:

@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: help install run test lint format clean test-cluster bench bench-worker bench-operator
+.PHONY: help install run test lint format clean test-cluster bench bench-worker bench-operator bench-s3-ranges
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -49,7 +49,10 @@ bench-worker: $(STAMP) ## Worker vs cat, pandas, DuckDB, polars on a generated C
 	$(BIN)/pip install -q polars duckdb
 	$(BIN)/python bench/worker.py --size-mb $(or $(SIZE_MB),800) --repeat $(or $(REPEAT),2)
 
-bench: bench-receiver bench-operator bench-worker ## All three benchmarks, each printing its table (slow: the worker's uses an 800 MB file)
+bench-s3-ranges: $(STAMP) ## Worker reading S3 with 1, 2, 4, 8 ranged GETs when each connection is capped (SIZE_MB=100 THROTTLE=20 MB/s)
+	$(BIN)/python bench/s3_ranges.py
+
+bench: bench-receiver bench-operator bench-worker bench-s3-ranges ## All four benchmarks, each printing its table (slow: the worker's uses an 800 MB file)
 
 clean: ## Remove the venv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

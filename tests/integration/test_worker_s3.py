@@ -18,6 +18,9 @@ from crawljob_operator import kube
 from crawljob_operator.local.emulator import Emulator
 from crawljob_operator.local.s3 import LocalS3
 from crawljob_worker.__main__ import main
+from crawljob_worker.errors import WorkerError
+from crawljob_worker.source import RangedS3Stream
+from crawljob_worker.uri import Location
 
 
 @pytest.fixture
@@ -183,3 +186,28 @@ def test_progress_failures_are_not_fatal(tmp_path: Path, s3_client: Any, bucket:
         "--name", "q", "--kube-server", "http://127.0.0.1:9",
     )  # fmt: skip
     assert code == 0, message
+
+
+def test_ranged_reads_refuse_an_object_replaced_while_it_is_read(s3_client: Any, bucket: str) -> None:
+    """Ranges are pinned to the eTag the HEAD found: after a replacement the next range's GET fails
+    its If-Match, and the read stops instead of mixing two objects."""
+    s3_client.put_object(Bucket=bucket, Key="moving.csv", Body=b"x" * 100_000)
+    stream = RangedS3Stream(
+        s3_client,
+        Location("moving.csv", bucket),
+        version_id=None,
+        retries=2,
+        connections=2,
+        range_bytes=10_000,
+    )
+    try:
+        buffer = bytearray(10_000)
+        assert stream.readinto(buffer) == 10_000  # the first range, fetched before the replacement
+        s3_client.put_object(Bucket=bucket, Key="moving.csv", Body=b"y" * 100_000)
+        with pytest.raises(WorkerError) as failure:
+            while stream.readinto(buffer):
+                assert bytes(buffer[:1]) == b"x"
+        assert failure.value.reason == "SourceNotFound"
+        assert "replaced while it was being read" in failure.value.message
+    finally:
+        stream.close()

@@ -11,9 +11,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from crawljob_worker.counters import Counters
-from crawljob_worker.early import start_opening
 from crawljob_worker.errors import ExitCode, WorkerError
 from crawljob_worker.memory import use_jemalloc
+from crawljob_worker.opening import start_opening
 from crawljob_worker.report import write_termination_message
 from crawljob_worker.settings import settings_from_args
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 def use_jemalloc() -> bool:
     """Make jemalloc Arrow's default memory pool when this pyarrow build has it."""
-    import pyarrow as pa  # imported on the first call, after an S3 GET was sent (see `early`)
+    import pyarrow as pa  # imported on the first call, after an S3 GET was sent (see `opening`)
 
     try:
         pool = pa.jemalloc_memory_pool()

@@ -15,6 +15,7 @@ from crawljob_worker import __version__
 from crawljob_worker.blocks import Block, iter_blocks
 from crawljob_worker.counters import Counters
 from crawljob_worker.errors import ExitCode, WorkerError
+from crawljob_worker.opening import SourceStream, open_settings_source
 from crawljob_worker.parse import BlockParser, Dialect
 from crawljob_worker.pipeline import Drain, Pending, prefetch
 from crawljob_worker.report import Progress, kube_target
@@ -31,7 +32,7 @@ from crawljob_worker.sink import (
     manifest_bytes,
     remove_stale,
 )
-from crawljob_worker.source import SourceInfo, SourceStream, decompressed, open_settings_source, s3_client
+from crawljob_worker.source import SourceInfo, decompressed, s3_client
 from crawljob_worker.stats import TableStats
 from crawljob_worker.uri import parse_location
 
@@ -120,7 +121,7 @@ def run(
 ) -> None:
     """Convert the source; fills *counters*; raises WorkerError on failure (after writing rejects).
 
-    *opening* is the source already being opened in the background (`early.start_opening`)."""
+    *opening* is the source already being opened in the background (`opening.start_opening`)."""
     started = time.time()
     source_location = parse_location(settings.source, what="SOURCE")
     output_location = parse_location(settings.output, what="--output")

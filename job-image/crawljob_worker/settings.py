@@ -202,7 +202,7 @@ def _encoding(text: str) -> str:
 
 def _dtypes(spec: Mapping[str, str] | None) -> dict[str, pa.DataType]:
     """`--dtypes` as Arrow types. pyarrow (~0.15 s) is imported here only when types are given, so
-    that without them the S3 GET is sent before it is imported (see `early`)."""
+    that without them the S3 GET is sent before it is imported (see `opening`)."""
     if not spec:
         return {}
     from crawljob_worker.schema import parse_dtypes

@@ -19,7 +19,7 @@ from crawljob_operator.local.emulator import Emulator
 from crawljob_operator.local.s3 import LocalS3
 from crawljob_worker.__main__ import main
 from crawljob_worker.errors import WorkerError
-from crawljob_worker.source import RangedS3Stream
+from crawljob_worker.ranged import RangedS3Stream
 from crawljob_worker.uri import Location
 
 
@@ -135,7 +135,7 @@ def test_a_version_id_reads_that_version_of_the_object(
 
 @pytest.mark.usefixtures("s3_env")
 def test_an_unwritable_output_is_reported_before_a_missing_source(tmp_path: Path, bucket: str) -> None:
-    """The source's GET is sent in the background first (early.py); the output check still decides."""
+    """The source's GET is sent in the background first (opening.py); the output check still decides."""
     code, message = run_worker(
         tmp_path, f"s3://{bucket}/missing.csv", "--output", "s3://no-such-output-bucket-cj/out/"
     )

@@ -1,16 +1,16 @@
-"""The worker's entry point sends an S3 GET before importing pandas and pyarrow (early.py)."""
+"""The worker's entry point sends an S3 GET before importing pandas and pyarrow (opening.py)."""
 
 import json
 import subprocess
 import sys
 
-from crawljob_worker.early import start_opening
+from crawljob_worker.opening import start_opening
 from crawljob_worker.settings import settings_from_args
 
 
 def test_the_entry_point_imports_neither_pandas_nor_pyarrow() -> None:
     probe = (
-        "import json, sys, crawljob_worker.__main__, crawljob_worker.early;"
+        "import json, sys, crawljob_worker.__main__, crawljob_worker.opening;"
         "print(json.dumps(sorted(m for m in ('pandas', 'pyarrow', 'numpy') if m in sys.modules)))"
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)

@@ -7,10 +7,8 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-import botocore.exceptions
-
 from crawljob_worker.errors import transient
-from crawljob_worker.source import READ_ERRORS, S3Stream, SourceInfo, classify_source_error
+from crawljob_worker.source import S3Stream, SourceInfo, s3_request
 from crawljob_worker.uri import Location
 
 
@@ -53,15 +51,7 @@ class RangedS3Stream(io.RawIOBase):
             self._fetch_next()
 
     def _head(self, version_id: str | None) -> SourceInfo:
-        arguments = {"Bucket": self._location.bucket, "Key": self._location.path}
-        if version_id:
-            arguments["VersionId"] = version_id
-        try:
-            response = self._client.head_object(**arguments)
-        except botocore.exceptions.ClientError as error:
-            raise classify_source_error(error, self._location.uri()) from error
-        except READ_ERRORS as error:
-            raise transient(f"cannot reach S3 for {self._location.uri()}: {error}") from error
+        response = s3_request(self._client.head_object, self._location, VersionId=version_id)
         return SourceInfo(
             uri=self._location.uri(),
             size=int(response["ContentLength"]),
@@ -121,8 +111,6 @@ class RangedS3Stream(io.RawIOBase):
 
     def close(self) -> None:
         if not self.closed:
-            for future in self._fetching:
-                future.cancel()
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._fetching.clear()
         super().close()

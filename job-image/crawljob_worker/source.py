@@ -120,6 +120,19 @@ def classify_source_error(error: botocore.exceptions.ClientError, uri: str) -> W
     return transient(f"reading {uri} failed: {code} {error}")
 
 
+def s3_request(call: Callable[..., Any], location: Location, **extra: Any) -> Any:
+    """*call* (`get_object`, `head_object`) on the source object with the *extra* arguments that are
+    set; a refusal as WorkerError (missing, forbidden, changed), a network failure as Transient."""
+    arguments: dict[str, Any] = {"Bucket": location.bucket, "Key": location.path}
+    arguments.update({name: value for name, value in extra.items() if value})
+    try:
+        return call(**arguments)
+    except botocore.exceptions.ClientError as error:
+        raise classify_source_error(error, location.uri()) from error
+    except READ_ERRORS as error:
+        raise transient(f"cannot reach S3 for {location.uri()}: {error}") from error
+
+
 def _http_response(body: Any) -> http.client.HTTPResponse | None:
     """The http.client response under a botocore StreamingBody and its urllib3 response, while
     urllib3 has read nothing of it itself (else its own buffer holds the next bytes)."""
@@ -167,14 +180,7 @@ class S3Stream(io.RawIOBase):
         self._body = response["Body"]
 
     def _get(self, **extra: Any) -> Any:
-        arguments: dict[str, Any] = {"Bucket": self._location.bucket, "Key": self._location.path}
-        arguments.update({name: value for name, value in extra.items() if value})
-        try:
-            return self._client.get_object(**arguments)
-        except botocore.exceptions.ClientError as error:
-            raise classify_source_error(error, self._location.uri()) from error
-        except READ_ERRORS as error:
-            raise transient(f"cannot reach S3 for {self._location.uri()}: {error}") from error
+        return s3_request(self._client.get_object, self._location, **extra)
 
     def readable(self) -> bool:
         return True

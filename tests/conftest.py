@@ -36,6 +36,15 @@ def local_s3() -> Iterator[LocalS3]:
 
 
 @pytest.fixture
+def s3_env(local_s3: LocalS3, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The local S3's AWS_* variables, set for this test: the worker finds it the way it finds any S3."""
+    environment = local_s3.environment()
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    return environment
+
+
+@pytest.fixture
 def s3_client(local_s3: LocalS3) -> Any:
     """A boto3 S3 client talking to the local S3 server."""
     env = local_s3.environment()

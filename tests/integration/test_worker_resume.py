@@ -9,7 +9,6 @@ import random
 import socket
 import struct
 import threading
-from collections.abc import Iterator
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,6 @@ from urllib.parse import urlparse
 import pyarrow.parquet as pq
 import pytest
 
-from crawljob_operator.local.s3 import LocalS3
 from crawljob_worker.__main__ import main
 
 
@@ -103,14 +101,6 @@ class CuttingProxy:
     def close(self) -> None:
         self.stopped.set()
         self.listener.close()
-
-
-@pytest.fixture
-def s3_env(local_s3: LocalS3, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
-    environment = local_s3.environment()
-    for name, value in environment.items():
-        monkeypatch.setenv(name, value)
-    yield environment
 
 
 def convert(tmp_path: Path, name: str, source: str, *flags: str) -> tuple[dict[str, Any], str, int]:

@@ -16,18 +16,10 @@ import pytest
 
 from crawljob_operator import kube
 from crawljob_operator.local.emulator import Emulator
-from crawljob_operator.local.s3 import LocalS3
 from crawljob_worker.__main__ import main
 from crawljob_worker.errors import WorkerError
 from crawljob_worker.ranged import RangedS3Stream
 from crawljob_worker.uri import Location
-
-
-@pytest.fixture
-def s3_env(local_s3: LocalS3, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The worker finds the local S3 the way it finds any S3: AWS_* variables."""
-    for name, value in local_s3.environment().items():
-        monkeypatch.setenv(name, value)
 
 
 def run_worker(tmp_path: Path, *argv: str) -> tuple[int, dict[str, Any]]:

@@ -15,7 +15,6 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from crawljob_operator.local.s3 import LocalS3
 from crawljob_worker.__main__ import main
 
 
@@ -129,11 +128,8 @@ def test_s3_and_local_runs_of_the_same_bytes_agree(
     tmp_path: Path,
     s3_client: Any,
     bucket: str,
-    local_s3: LocalS3,
-    monkeypatch: pytest.MonkeyPatch,
+    s3_env: dict[str, str],
 ) -> None:
-    for name, value in local_s3.environment().items():
-        monkeypatch.setenv(name, value)
     local_source = tmp_path / case.key
     local_source.write_bytes(case.data)
     local_out = tmp_path / "out"

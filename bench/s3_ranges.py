@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -102,7 +102,7 @@ def main() -> int:
                        "--s3-connections", str(connections), "--s3-range-mb", args.range_mb]  # fmt: skip
             result = measure(f"{connections}", command, env=slow)
             rows.append((connections, result))
-    subprocess.run(["rm", "-rf", str(workdir)], check=False)
+    shutil.rmtree(workdir, ignore_errors=True)
     base = rows[0][1].seconds
     print(f"\n{size / MB:,.0f} MB CSV from moto through a proxy capping each connection at "
           f"{args.throttle:g} MB/s; ranges of {args.range_mb} MiB")  # fmt: skip

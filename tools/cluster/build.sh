@@ -26,9 +26,23 @@ need_tools() {
   command -v etcd >/dev/null || missing+=(etcd-server)
   command -v openssl >/dev/null || missing+=(openssl)
   [[ -f "$reflect2_src/reflect2.go" ]] || missing+=(golang-github-modern-go-reflect2-dev)
-  if ((${#missing[@]})); then
-    die "the real control plane cannot be built here: missing Debian packages ${missing[*]} (apt-get install ${missing[*]})"
+  ((${#missing[@]})) || return 0
+  local install=(env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}")
+  local update=(apt-get update -q)
+  if [[ $(id -u) -ne 0 ]]; then
+    if command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
+      install=(sudo -n "${install[@]}")
+      update=(sudo -n "${update[@]}")
+    else
+      die "the real control plane needs Debian packages ${missing[*]}; install them with: sudo apt-get install -y ${missing[*]}"
+    fi
   fi
+  log "installing missing Debian packages: ${missing[*]}"
+  # A fresh machine has no package lists yet: update once, then install.
+  "${install[@]}" >&2 2>/dev/null || { "${update[@]}" >&2 && "${install[@]}" >&2; } ||
+    die "apt-get install ${missing[*]} failed"
+  command -v go >/dev/null && command -v etcd >/dev/null && [[ -f "$reflect2_src/reflect2.go" ]] ||
+    die "installed ${missing[*]}, but go, etcd or reflect2's sources are still missing"
 }
 
 # Rewrite the machine's enabled apt sources as deb-src entries in a private directory.

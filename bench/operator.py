@@ -15,9 +15,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from crawljob_operator import kube, resource
-from crawljob_operator.local.emulator import serve_emulator
-from crawljob_operator.local.runner import JobRunner
+from crawljob import kube, resource
+from crawljob.local.emulator import serve_emulator
+from crawljob.local.runner import JobRunner
 
 NAMESPACE = "default"
 
@@ -33,7 +33,7 @@ async def one_round(count: int, cap: int, log_dir: Path) -> dict[str, float]:
         operator = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "crawljob_operator.cli",
+            "crawljob.cli",
             "operator",
             "--kube-server",
             url,

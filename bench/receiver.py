@@ -82,7 +82,7 @@ def serve_emulator(port: int) -> None:
     import attrs
     import kmock
 
-    from crawljob_operator.local.emulator import Emulator, register_crawljob_crd
+    from crawljob.local.emulator import Emulator, register_crawljob_crd
 
     @attrs.define(kw_only=True)
     class ForgetfulEmulator(Emulator):
@@ -175,7 +175,7 @@ def start(target: str) -> Iterator[Servers]:
             stack.enter_context(child([sys.executable, script, role, str(api_port)]))
             asyncio.run(wait_until_up(f"http://127.0.0.1:{api_port}/version"))
             receiver = [
-                sys.executable, "-m", "crawljob_operator.cli", "receiver", "--host", "127.0.0.1",
+                sys.executable, "-m", "crawljob.cli", "receiver", "--host", "127.0.0.1",
                 "--port", str(port), "--kube-server", f"http://127.0.0.1:{api_port}", "--namespace", "bench",
             ]  # fmt: skip
             front = stack.enter_context(child(receiver))

@@ -251,7 +251,7 @@ def loopback_s3(source: Path) -> Iterator[dict[str, str]]:
     """moto's S3 server on loopback holding the file as s3://bench/iot.csv (upload not timed)."""
     import boto3
 
-    from crawljob_operator.local.s3 import run_local_s3
+    from crawljob.local.s3 import run_local_s3
 
     with run_local_s3() as s3:
         env = {**os.environ, **s3.environment()}

@@ -9,9 +9,9 @@ from typing import Any
 import boto3
 import pytest
 
-from crawljob_operator import kube
-from crawljob_operator.local.emulator import Emulator, serve_emulator
-from crawljob_operator.local.s3 import LocalS3, run_local_s3
+from crawljob import kube
+from crawljob.local.emulator import Emulator, serve_emulator
+from crawljob.local.s3 import LocalS3, run_local_s3
 
 
 @pytest.fixture

@@ -11,10 +11,10 @@ import sys
 from collections.abc import Callable, Sequence
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "receiver": ("crawljob_operator.receiver", "serve S3 event webhooks and create CrawlJobs"),
-    "operator": ("crawljob_operator.operator_app", "reconcile CrawlJobs into Jobs and report status"),
+    "receiver": ("crawljob.receiver.app", "serve S3 event webhooks and create CrawlJobs"),
+    "operator": ("crawljob.operator.app", "reconcile CrawlJobs into Jobs and report status"),
     "worker": ("crawljob_worker.__main__", "stream one CSV object from S3 (or a file) and convert it"),
-    "run": ("crawljob_operator.local.stack", "run the whole pipeline locally and process a sample file"),
+    "run": ("crawljob.local.stack", "run the whole pipeline locally and process a sample file"),
 }
 ALIASES = {"dev": "run"}
 
@@ -34,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     command = ALIASES.get(args[0], args[0])
     if command == "--version":
-        from crawljob_operator import __version__
+        from crawljob import __version__
 
         print(__version__)
         return 0

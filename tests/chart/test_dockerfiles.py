@@ -71,4 +71,4 @@ def test_build_context_excludes_the_checkout_noise() -> None:
     ignore = (ROOT / ".dockerignore").read_text().splitlines()
     assert "**" in ignore, "deny by default"
     allowed = {line[1:] for line in ignore if line.startswith("!")}
-    assert allowed >= {"pyproject.toml", "operator/crawljob_operator/**", "job-image/crawljob_worker/**"}
+    assert allowed >= {"pyproject.toml", "operator/crawljob/**", "job-image/crawljob_worker/**"}

@@ -17,7 +17,7 @@ from chart_render import (
 )
 from test_values import contract_names
 
-from crawljob_operator import peering
+from crawljob.operator import peering
 
 HA = ["operator.ha.enabled=true"]
 

@@ -223,11 +223,11 @@ CRAWLJOBS: dict[str, Manifest] = {
 
 
 def operator_modules() -> tuple[ModuleType, ModuleType]:
-    """crawljob_operator.jobs and .config; skip while the operator is not merged into this branch."""
-    if importlib.util.find_spec("crawljob_operator.jobs") is None:
-        pytest.skip("crawljob_operator.jobs (the operator's Job builder, issue 4) is not in this branch yet")
-    return importlib.import_module("crawljob_operator.jobs"), importlib.import_module(
-        "crawljob_operator.config"
+    """crawljob.operator.jobs and .config; skip while the operator is not merged into this branch."""
+    if importlib.util.find_spec("crawljob.operator.jobs") is None:
+        pytest.skip("crawljob.operator.jobs (the operator's Job builder, issue 4) is not in this branch yet")
+    return importlib.import_module("crawljob.operator.jobs"), importlib.import_module(
+        "crawljob.operator.settings"
     )
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import importlib.util
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -13,9 +12,8 @@ from chart_render import ROOT, Manifest, env_of, named, of_kind
 RECEIVER_CALLS = {
     ("crawljob.io", "crawljobs"): {"create", "get"},  # create per event; 409 → duplicate
 }
-# Calls the operator makes (crawljob_operator.handlers; kopf runs with scanning disabled, so it
-# reads no namespaces or CRDs; peerings only with HA, see PEERING_CALLS). If the operator package keeps its own list
-# (crawljob_operator.rbac.API_CALLS, same shape), the test uses that instead.
+# Calls the operator makes (crawljob.operator.handlers; kopf runs with scanning disabled, so it
+# reads no namespaces or CRDs; peerings only with HA, see PEERING_CALLS).
 OPERATOR_CALLS = {
     # kopf watches them (list + watch); garbage collection of finished CrawlJobs deletes them.
     ("crawljob.io", "crawljobs"): {"list", "watch", "delete"},
@@ -50,23 +48,22 @@ EXPECTED = {"receiver": RECEIVER_CALLS, "operator": OPERATOR_CALLS, "worker": WO
 
 
 def operator_calls() -> dict[tuple[str, str], set[str]]:
-    """The operator's API calls: its own list when the package keeps one, else the list above."""
-    if importlib.util.find_spec("crawljob_operator.rbac") is None:
-        return OPERATOR_CALLS
-    from crawljob_operator import rbac  # type: ignore[attr-defined]
-
-    return {key: set(verbs) for key, verbs in rbac.API_CALLS.items()}
+    """The operator's API calls, as documented above."""
+    return OPERATOR_CALLS
 
 
-PACKAGE = ROOT / "operator" / "crawljob_operator"
+PACKAGE = ROOT / "operator" / "crawljob"
 VERBS = ("create", "get", "list", "watch", "patch", "delete")
-# Modules whose API calls are the receiver's; the operator's are in every other module of the
-# package except the local stack (which plays the cluster for tests and `crawljob run`).
-RECEIVER_MODULES = {"receiver.py"}
+# Each program is a subpackage: the receiver's API calls are in crawljob/receiver/, the operator's in
+# crawljob/operator/ (the local stack plays the cluster for tests and `crawljob run`: not scanned).
+
+
+def receiver_modules() -> list[Path]:
+    return sorted((PACKAGE / "receiver").glob("*.py"))
 
 
 def operator_modules() -> list[Path]:
-    return [path for path in PACKAGE.glob("*.py") if path.name not in RECEIVER_MODULES]
+    return sorted((PACKAGE / "operator").glob("*.py"))
 
 
 def calls_in_code(paths: Iterable[Path]) -> dict[tuple[str, str], set[str]]:
@@ -76,11 +73,11 @@ def calls_in_code(paths: Iterable[Path]) -> dict[tuple[str, str], set[str]]:
     passing "status" is a patch of the status subresource; `kopf.on.event(group, version, plural)`
     is a list and a watch.
     """
-    from crawljob_operator import kube
-    from crawljob_operator import resource as crawljob_resource
+    from crawljob import kube
+    from crawljob import resource as crawljob_resource
 
     def value_of(arg: ast.expr) -> object:
-        """A constant, or a constant of crawljob_operator.resource (e.g. resource.PLURAL)."""
+        """A constant, or a constant of crawljob.resource (e.g. resource.PLURAL)."""
         if isinstance(arg, ast.Constant):
             return arg.value
         if isinstance(arg, ast.Attribute) and ast.unparse(arg.value) == "resource":
@@ -174,7 +171,7 @@ def test_with_ha_the_operator_role_adds_exactly_the_peering_calls() -> None:
 
 
 def test_the_calls_found_in_the_receiver_code_are_granted(default_manifests: list[Manifest]) -> None:
-    found = calls_in_code(PACKAGE / name for name in RECEIVER_MODULES)
+    found = calls_in_code(receiver_modules())
     assert found, "the receiver creates CrawlJobs: the scan must find that call"
     granted = grants(role(default_manifests, "receiver", "demo-crawljob")["rules"])
     for key, verbs in found.items():
@@ -185,7 +182,7 @@ def test_the_call_scan_reads_helpers_subresources_and_kopf_watches(tmp_path: Pat
     source = tmp_path / "sample.py"
     source.write_text(
         "import kopf\n"
-        "from crawljob_operator import kube\n"
+        "from crawljob import kube\n"
         "async def f(client, state):\n"
         "    await client.patch(kube.CRAWLJOBS, 'ns', 'name', {}, 'status')\n"
         "    await _list_quietly(state, kube.PODS, 'ns', {})\n"

@@ -31,8 +31,8 @@ from typing import Any
 import pytest
 import yaml
 
-from crawljob_operator import kube, resource
-from crawljob_operator.local.s3 import free_port
+from crawljob import kube, resource
+from crawljob.local.s3 import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 TOOLS = ROOT / "tools" / "cluster"
@@ -279,7 +279,7 @@ def kubelet(cluster: Cluster, namespace: str, children: Callable[..., Child], tm
     """The local kubelet for the test's namespace, not started: call .start() (tests may pause it)."""
     return children(
         "kubelet",
-        [sys.executable, "-m", "crawljob_operator.local.kubelet", "--namespace", namespace,
+        [sys.executable, "-m", "crawljob.local.kubelet", "--namespace", namespace,
          "--workdir", str(tmp_path / "pods")],
         cluster.env(),
     )  # fmt: skip

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from crawljob_operator import kube, resource
+from crawljob import kube, resource
 
 
 def crawljob(namespace: str, name: str = "sales-2024-csv-0123456789", **spec: Any) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from crawljob_operator import kube
+from crawljob import kube
 
 from .conftest import ROOT, Child, Cluster, requires_modules, service_account_token, token_kubeconfig
 from .test_jobs import job_pods

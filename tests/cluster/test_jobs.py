@@ -9,7 +9,7 @@ from typing import Any
 
 import psutil
 
-from crawljob_operator import kube, resource
+from crawljob import kube, resource
 
 from .conftest import Child
 

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import yaml
 
-from crawljob_operator import kube, resource
+from crawljob import kube, resource
 
 
 async def test_get_crawljobs_shows_the_printer_columns(

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from crawljob_operator import kube, resource
+from crawljob import kube, resource
 
 from .conftest import Child, requires_modules
 from .test_jobs import condition, job_pods, processes_with
@@ -23,8 +23,8 @@ from .test_jobs import condition, job_pods, processes_with
 ROWS = 250
 
 
-RECEIVER = "crawljob_operator.receiver"
-OPERATOR = "crawljob_operator.operator_app"
+RECEIVER = "crawljob.receiver.app"
+OPERATOR = "crawljob.operator.app"
 WORKER = "crawljob_worker.__main__"
 
 

@@ -19,8 +19,8 @@ from typing import Any
 
 import yaml
 
-from crawljob_operator import kube, resource
-from crawljob_operator.local.s3 import free_port
+from crawljob import kube, resource
+from crawljob.local.s3 import free_port
 
 from .conftest import BIN, CRDS, ROOT, Child, Cluster, wait_http
 from .test_helm import helm_install, operator_identity_and_env  # noqa: F401 (helm_install: a fixture)

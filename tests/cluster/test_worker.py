@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from crawljob_operator import kube, resource
+from crawljob import kube, resource
 
 from .conftest import Child, Cluster, requires_modules
 from .test_jobs import condition, job_pods, wait_job_condition
@@ -92,7 +92,7 @@ async def test_worker_job_completes_and_reports_progress_through_the_status_subr
     output = f"s3://{bucket}/out/{name}/"
     kubelet: Child = children(
         "kubelet",
-        [sys.executable, "-m", "crawljob_operator.local.kubelet", "--namespace", namespace,
+        [sys.executable, "-m", "crawljob.local.kubelet", "--namespace", namespace,
          "--workdir", str(tmp_path / "pods")],
         cluster.env(CRAWLJOB_KUBE_SERVER=api_proxy),
     )  # fmt: skip

@@ -15,8 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 import pytest_asyncio
 
-from crawljob_operator.local.sample import generate_csv
-from crawljob_operator.local.stack import Stack, StackSettings, local_stack
+from crawljob.local.sample import generate_csv
+from crawljob.local.stack import Stack, StackSettings, local_stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 

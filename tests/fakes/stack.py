@@ -13,8 +13,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from crawljob_operator import kube, resource
-from crawljob_operator.local.runner import JobRunner
+from crawljob import kube, resource
+from crawljob.local.runner import JobRunner
 
 FAKE_WORKER = Path(__file__).with_name("worker.py")
 NAMESPACE = "default"
@@ -41,7 +41,7 @@ class OperatorProcess:
         args = [
             sys.executable,
             "-m",
-            "crawljob_operator.cli",
+            "crawljob.cli",
             "operator",
             "--kube-server",
             self.url,

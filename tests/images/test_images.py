@@ -22,9 +22,9 @@ from typing import Any
 import pytest
 import yaml
 
-from crawljob_operator import kube, resource
-from crawljob_operator.local.s3 import LocalS3, free_port
-from crawljob_operator.local.sample import generate_csv
+from crawljob import kube, resource
+from crawljob.local.s3 import LocalS3, free_port
+from crawljob.local.sample import generate_csv
 
 ROOT = Path(__file__).resolve().parents[2]
 VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
@@ -37,12 +37,6 @@ RUN = [
     "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024",
     "--read-only", "--tmpfs", "/tmp:rw,size=256m", "--cap-drop=ALL", "--security-opt=no-new-privileges",
 ]  # fmt: skip
-
-
-def needs_source(path: str) -> None:
-    """Skip a check whose entry point is not in this checkout yet (another part still being written)."""
-    if not (ROOT / path).is_file():
-        pytest.skip(f"{path} is not in this checkout: its image entry point cannot run yet")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -126,7 +120,6 @@ def run_worker(local_s3: LocalS3, message_file: Path, *args: str) -> subprocess.
 def test_worker_image_converts_a_csv_from_loopback_s3(
     local_s3: LocalS3, s3_client: Any, bucket: str, tmp_path: Path
 ) -> None:
-    needs_source("job-image/crawljob_worker/__main__.py")
     sample = generate_csv(tmp_path / "readings.csv", size_bytes=2_000_000)
     s3_client.upload_file(str(sample.path), bucket, "incoming/readings.csv")
     message_file = termination_file(tmp_path)
@@ -152,7 +145,6 @@ def test_worker_image_converts_a_csv_from_loopback_s3(
 def test_worker_image_reports_a_missing_object_as_permanent(
     local_s3: LocalS3, bucket: str, tmp_path: Path
 ) -> None:
-    needs_source("job-image/crawljob_worker/__main__.py")
     message_file = termination_file(tmp_path)
     result = run_worker(
         local_s3, message_file, f"s3://{bucket}/missing.csv", "--output", f"s3://{bucket}/out/"
@@ -184,7 +176,6 @@ async def receiver_container(emulator: tuple[Any, str]) -> AsyncIterator[str]:
 
     Async, so the emulator (served by this event loop) keeps answering while we wait in a thread.
     """
-    needs_source("operator/crawljob_operator/receiver.py")
     port = free_port()
     name = f"crawljob-receiver-test-{port}"
     env = {
@@ -252,7 +243,6 @@ async def test_helm_test_hook_passes_against_the_receiver_image(receiver_contain
 @pytest.fixture
 async def operator_container(emulator: tuple[Any, str]) -> AsyncIterator[str]:
     """The operator image running `crawljob operator` against the emulator; yields its health URL."""
-    needs_source("operator/crawljob_operator/operator_app.py")
     port = free_port()
     name = f"crawljob-operator-test-{port}"
     env = {

@@ -20,7 +20,7 @@ import aiohttp.web
 import attrs
 import kmock
 
-from crawljob_operator.local.emulator import Emulator, register_crawljob_crd
+from crawljob.local.emulator import Emulator, register_crawljob_crd
 
 
 @dataclass(frozen=True)

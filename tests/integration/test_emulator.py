@@ -2,8 +2,8 @@
 
 import pytest
 
-from crawljob_operator import kube
-from crawljob_operator.local.emulator import Emulator
+from crawljob import kube
+from crawljob.local.emulator import Emulator
 
 
 def _crawljob(name: str) -> dict[str, object]:

@@ -11,8 +11,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from crawljob_operator import kube
-from crawljob_operator.local.emulator import Emulator
+from crawljob import kube
+from crawljob.local.emulator import Emulator
 from fakes.stack import NAMESPACE, crawljob, running_operator, running_runner, wait_phase, wait_until
 
 pytestmark = pytest.mark.timeout(120)

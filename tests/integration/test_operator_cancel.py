@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from crawljob_operator import kube, resource
-from crawljob_operator.local.emulator import Emulator
+from crawljob import kube, resource
+from crawljob.local.emulator import Emulator
 from fakes.stack import NAMESPACE, crawljob, running_operator, running_runner, wait_phase, wait_until
 
 pytestmark = pytest.mark.timeout(120)

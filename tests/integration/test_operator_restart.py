@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from crawljob_operator import kube
-from crawljob_operator.local.emulator import Emulator
+from crawljob import kube
+from crawljob.local.emulator import Emulator
 from fakes.stack import (
     NAMESPACE,
     OperatorProcess,

@@ -20,9 +20,10 @@ import attrs
 import kmock
 import pytest
 
-from crawljob_operator import kube, peering
-from crawljob_operator.local.emulator import Emulator, register_crawljob_crd, register_peering_crds
-from crawljob_operator.local.s3 import free_port
+from crawljob import kube
+from crawljob.local.emulator import Emulator, register_crawljob_crd, register_peering_crds
+from crawljob.local.s3 import free_port
+from crawljob.operator import peering
 from fakes.stack import (
     NAMESPACE,
     OperatorProcess,

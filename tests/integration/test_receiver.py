@@ -11,10 +11,10 @@ import pytest
 from aiohttp.test_utils import TestClient
 from receiver_faults import NO_FAULT, Fault, serve_faulty_emulator
 
-from crawljob_operator import kube
-from crawljob_operator.config import ReceiverSettings
-from crawljob_operator.local.emulator import Emulator
-from crawljob_operator.receiver import create_app
+from crawljob import kube
+from crawljob.local.emulator import Emulator
+from crawljob.receiver.app import create_app
+from crawljob.receiver.settings import ReceiverSettings
 
 EVENTS = Path(__file__).parent.parent / "data" / "events"
 NAMESPACE = "crawl"
@@ -219,7 +219,7 @@ async def test_auth_modes(
     headers: dict[str, str] | str,
     status: int,
 ) -> None:
-    from crawljob_operator import auth
+    from crawljob.receiver import auth
 
     client = await make_receiver(**settings)
     body = (EVENTS / "minimal.json").read_bytes()
@@ -481,7 +481,7 @@ async def test_openapi_document_is_served_and_matches_the_repository(make_receiv
     response = await client.get("/openapi.json")
     assert response.status == 200
     served = await response.json()
-    repository = Path(__file__).parent.parent.parent / "operator" / "crawljob_operator" / "openapi.json"
+    repository = Path(__file__).parent.parent.parent / "operator" / "crawljob" / "receiver" / "openapi.json"
     assert served == json.loads(repository.read_text())
     assert set(served["paths"]) == {"/v1/trigger", "/healthz", "/readyz", "/metrics", "/openapi.json"}
 
@@ -519,7 +519,7 @@ async def test_crawljob_receiver_command_serves_and_warns_when_auth_is_off(
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "crawljob_operator.cli", "receiver", "--host", "127.0.0.1", "--port", str(port),
+        sys.executable, "-m", "crawljob.cli", "receiver", "--host", "127.0.0.1", "--port", str(port),
         "--kube-server", emulator[1], "--namespace", NAMESPACE, "--log-format", "json",
         stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip

@@ -26,13 +26,13 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from receiver_faults import NO_FAULT, serve_faulty_emulator
 
-from crawljob_operator.config import ReceiverSettings
-from crawljob_operator.receiver import create_app
+from crawljob.receiver.app import create_app
+from crawljob.receiver.settings import ReceiverSettings
 
 NAMESPACE = "fuzz"
 EXAMPLES = int(os.environ.get("CRAWLJOB_FUZZ_EXAMPLES", "600"))
 OPENAPI = json.loads(
-    (Path(__file__).parent.parent.parent / "operator" / "crawljob_operator" / "openapi.json").read_text()
+    (Path(__file__).parent.parent.parent / "operator" / "crawljob" / "receiver" / "openapi.json").read_text()
 )
 DOCUMENTED = {int(code) for code in OPENAPI["paths"]["/v1/trigger"]["post"]["responses"]}
 

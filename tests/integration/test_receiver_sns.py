@@ -21,10 +21,11 @@ from aiohttp.test_utils import TestClient
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from crawljob_operator import kube, sns
-from crawljob_operator.config import ReceiverSettings
-from crawljob_operator.local.emulator import Emulator
-from crawljob_operator.receiver import create_app
+from crawljob import kube
+from crawljob.local.emulator import Emulator
+from crawljob.receiver import sns
+from crawljob.receiver.app import create_app
+from crawljob.receiver.settings import ReceiverSettings
 
 EVENTS = Path(__file__).parent.parent / "data" / "events"
 NAMESPACE = "crawl"

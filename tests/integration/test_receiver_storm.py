@@ -19,10 +19,10 @@ import aiohttp
 import pytest
 from receiver_faults import Fault, serve_faulty_emulator
 
-from crawljob_operator import kube
-from crawljob_operator.config import ReceiverSettings
-from crawljob_operator.receiver import create_app
-from crawljob_operator.resource import ObjectRef, crawljob_name
+from crawljob import kube
+from crawljob.receiver.app import create_app
+from crawljob.receiver.settings import ReceiverSettings
+from crawljob.resource import ObjectRef, crawljob_name
 
 NAMESPACE = "storm"
 DELIVERIES = 2000

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from crawljob_operator import kube
-from crawljob_operator.config import OperatorSettings
-from crawljob_operator.jobs import build_job
+from crawljob import kube
+from crawljob.operator.jobs import build_job
+from crawljob.operator.settings import OperatorSettings
 from fakes.stack import FAKE_WORKER, NAMESPACE, crawljob, running_runner, wait_until
 
 pytestmark = pytest.mark.timeout(60)

@@ -22,7 +22,7 @@ from typing import Any
 import boto3
 import pytest
 
-from crawljob_operator.local.s3 import run_local_s3
+from crawljob.local.s3 import run_local_s3
 
 DENY_LANDING_READS = {
     "Version": "2012-10-17",

@@ -233,7 +233,7 @@ def test_zstd_parquet(tmp_path: Path) -> None:
 def test_crawljob_worker_command_and_help(tmp_path: Path) -> None:
     source = tmp_path / "in.csv"
     source.write_text("a,b\n1,2\n")
-    command = [sys.executable, "-m", "crawljob_operator.cli", "worker"]
+    command = [sys.executable, "-m", "crawljob.cli", "worker"]
     done = subprocess.run(
         [
             *command,

@@ -14,8 +14,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from crawljob_operator import kube
-from crawljob_operator.local.emulator import Emulator
+from crawljob import kube
+from crawljob.local.emulator import Emulator
 from crawljob_worker.__main__ import main
 from crawljob_worker.errors import WorkerError
 from crawljob_worker.ranged import RangedS3Stream

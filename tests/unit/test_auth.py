@@ -6,8 +6,8 @@ import base64
 
 import pytest
 
-from crawljob_operator import auth
-from crawljob_operator.auth import AuthError, AuthSettings
+from crawljob.receiver import auth
+from crawljob.receiver.auth import AuthError, AuthSettings
 
 BODY = b'{"bucket": "b", "object": {"key": "k"}}'
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from crawljob_operator import config
+from crawljob.receiver import settings as config
 
 
 def settings(argv: list[str], environ: dict[str, str] | None = None) -> config.ReceiverSettings:

@@ -1,6 +1,6 @@
 """The pure conditions helper keeps the standard shape and stable transition times."""
 
-from crawljob_operator import conditions
+from crawljob.operator import conditions
 
 
 def test_new_condition_has_the_standard_shape() -> None:

@@ -1,6 +1,6 @@
 import datetime
 
-from crawljob_operator.local.display import render_result, render_table
+from crawljob.local.display import render_result, render_table
 
 NOW = datetime.datetime(2026, 11, 29, 12, 0, 0, tzinfo=datetime.UTC)
 

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from crawljob_operator import jobs
-from crawljob_operator.config import OperatorSettings, operator_parser, operator_settings
+from crawljob.operator import jobs
+from crawljob.operator.settings import OperatorSettings, operator_parser, operator_settings
 
 
 def _crawljob(**spec: Any) -> dict[str, Any]:

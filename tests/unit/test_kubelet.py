@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from crawljob_operator.local import kubelet
+from crawljob.local import kubelet
 
 
 def pod(**container: Any) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 import json
 import logging
 
-from crawljob_operator.logs import LineFormatter
+from crawljob.logs import LineFormatter
 
 
 def _record(**extra: object) -> logging.LogRecord:

@@ -6,7 +6,9 @@ import datetime
 
 import pytest
 
-from crawljob_operator import config, peering, standby
+from crawljob import flags
+from crawljob.operator import peering, standby
+from crawljob.operator import settings as config
 
 NOW = datetime.datetime(2026, 11, 29, 12, 0, 0, tzinfo=datetime.UTC)
 
@@ -115,7 +117,7 @@ def test_the_gate_checks_a_sixth_of_the_lifetime_within_bounds() -> None:
 
 def parse(argv: list[str], environ: dict[str, str] | None = None) -> config.OperatorSettings:
     parser = config.operator_parser(environ or {})
-    return config.operator_settings(config.parse(parser, argv))
+    return config.operator_settings(flags.parse(parser, argv))
 
 
 def test_operators_are_standalone_by_default() -> None:

@@ -2,8 +2,8 @@
 
 import pytest
 
-from crawljob_operator import gc, queue
-from crawljob_operator.queue import Candidate
+from crawljob.operator import gc, queue
+from crawljob.operator.queue import Candidate
 
 
 def _waiting(name: str, created: str) -> Candidate:

@@ -2,7 +2,7 @@ import re
 
 import pytest
 
-from crawljob_operator.resource import MAX_NAME_LENGTH, ObjectRef, crawljob_manifest, crawljob_name, slugify
+from crawljob.resource import MAX_NAME_LENGTH, ObjectRef, crawljob_manifest, crawljob_name, slugify
 
 DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 

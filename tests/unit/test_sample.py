@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from crawljob_operator.local.sample import COLUMNS, generate_csv
+from crawljob.local.sample import COLUMNS, generate_csv
 
 
 def test_generated_csv_has_the_size_and_row_count_it_reports(tmp_path: Path) -> None:

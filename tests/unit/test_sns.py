@@ -14,8 +14,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 
-from crawljob_operator import sns
-from crawljob_operator.sns import SnsRejected
+from crawljob.receiver import sns
+from crawljob.receiver.sns import SnsRejected
 
 EVENTS = Path(__file__).parent.parent / "data" / "events"
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from crawljob_operator import status
+from crawljob.operator import status
 
 NOW = "2026-01-01T00:10:00Z"
 

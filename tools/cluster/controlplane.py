@@ -1,7 +1,7 @@
 """A real Kubernetes control plane on loopback: etcd + kube-apiserver + kube-controller-manager.
 
 No scheduler and no kubelet: Pods the Job controller creates stay unscheduled, and a local
-kubelet (``crawljob_operator.local.kubelet``) runs them. Standard library only, so the tests and
+kubelet (``crawljob.local.kubelet``) runs them. Standard library only, so the tests and
 the command line share it:
 
     python3 tools/cluster/controlplane.py start --dir /tmp/cp     # prints the kubeconfig path

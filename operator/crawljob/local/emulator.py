@@ -19,7 +19,8 @@ import attrs
 import kmock
 import yaml
 
-from crawljob_operator import peering, resource
+from crawljob import resource
+from crawljob.operator import peering
 
 _versions = itertools.count(1)
 

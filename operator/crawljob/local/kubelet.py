@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from crawljob_operator import kube
+from crawljob import kube
 
 logger = logging.getLogger(__name__)
 
@@ -333,7 +333,7 @@ async def _serve(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m crawljob_operator.local.kubelet --kubeconfig FILE [--namespace NS]``."""
+    """``python -m crawljob.local.kubelet --kubeconfig FILE [--namespace NS]``."""
     parser = argparse.ArgumentParser(
         description="Run the Pods of Jobs in a node-less cluster as local processes."
     )

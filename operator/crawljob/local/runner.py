@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from crawljob_operator import kube
+from crawljob import kube
 
 log = logging.getLogger("crawljob.runner")
 

@@ -27,13 +27,13 @@ from urllib.parse import quote_plus
 import aiohttp
 import boto3
 
-from crawljob_operator import kube
-from crawljob_operator.local.display import render_result, render_table
-from crawljob_operator.local.emulator import serve_emulator
-from crawljob_operator.local.runner import JobRunner
-from crawljob_operator.local.s3 import LocalS3, free_port, run_local_s3
-from crawljob_operator.local.sample import generate_csv
-from crawljob_operator.resource import TERMINAL_PHASES, ObjectRef, crawljob_name
+from crawljob import kube
+from crawljob.local.display import render_result, render_table
+from crawljob.local.emulator import serve_emulator
+from crawljob.local.runner import JobRunner
+from crawljob.local.s3 import LocalS3, free_port, run_local_s3
+from crawljob.local.sample import generate_csv
+from crawljob.resource import TERMINAL_PHASES, ObjectRef, crawljob_name
 
 
 @dataclass(frozen=True)

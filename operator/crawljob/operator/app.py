@@ -18,9 +18,10 @@ import kopf
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 
-from crawljob_operator import config, handlers, kube, standby, view
-from crawljob_operator.config import OperatorSettings
-from crawljob_operator.logs import configure_logging
+from crawljob import flags, kube
+from crawljob.logs import configure_logging
+from crawljob.operator import handlers, standby, view
+from crawljob.operator.settings import OperatorSettings, operator_parser, operator_settings
 
 log = logging.getLogger("crawljob.operator")
 
@@ -174,11 +175,11 @@ async def run_operator(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`crawljob operator`: parse flags/env, connect, reconcile until interrupted."""
-    environ = config.environment()
-    parser = config.operator_parser(environ)
-    args = config.parse(parser, argv)
+    environ = flags.environment()
+    parser = operator_parser(environ)
+    args = flags.parse(parser, argv)
     try:
-        settings = config.operator_settings(args)
+        settings = operator_settings(args)
         connection = kube.discover_connection(settings.kube_server, settings.kubeconfig, environ)
     except (ValueError, OSError) as exc:
         print(f"crawljob operator: {exc}", file=sys.stderr)

@@ -17,8 +17,9 @@ from typing import Any
 
 import kopf
 
-from crawljob_operator import gc, jobs, kube, queue, resource, status
-from crawljob_operator.view import (
+from crawljob import kube, resource
+from crawljob.operator import gc, jobs, queue, status
+from crawljob.operator.view import (
     ANNOTATION_CANCEL,
     ANNOTATION_RERUN,
     MANAGED,

@@ -6,8 +6,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from crawljob_operator import resource
-from crawljob_operator.config import OperatorSettings
+from crawljob import resource
+from crawljob.operator.settings import OperatorSettings
 
 Body = dict[str, Any]
 

@@ -15,8 +15,9 @@ import datetime
 import logging
 from typing import Any
 
-from crawljob_operator import handlers, kube, peering, view
-from crawljob_operator.config import OperatorSettings
+from crawljob import kube
+from crawljob.operator import handlers, peering, view
+from crawljob.operator.settings import OperatorSettings
 
 log = logging.getLogger("crawljob.operator")
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from crawljob_operator import conditions
+from crawljob.operator import conditions
 
 Body = dict[str, Any]
 

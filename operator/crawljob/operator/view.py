@@ -16,9 +16,10 @@ from typing import Any
 
 import kopf
 
-from crawljob_operator import gc, kube, queue, resource, status
-from crawljob_operator.config import OperatorSettings
-from crawljob_operator.operator_metrics import OperatorMetrics
+from crawljob import kube, resource
+from crawljob.operator import gc, queue, status
+from crawljob.operator.metrics import OperatorMetrics
+from crawljob.operator.settings import OperatorSettings
 
 log = logging.getLogger("crawljob.operator")
 

@@ -22,10 +22,12 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from crawljob_operator import auth, config, events, kube, sns
-from crawljob_operator.logs import configure_logging
-from crawljob_operator.receiver_metrics import ReceiverMetrics
-from crawljob_operator.resource import crawljob_manifest
+from crawljob import flags, kube
+from crawljob.logs import configure_logging
+from crawljob.receiver import auth, events, sns
+from crawljob.receiver.metrics import ReceiverMetrics
+from crawljob.receiver.settings import ReceiverSettings, receiver_parser, receiver_settings
+from crawljob.resource import crawljob_manifest
 
 log = logging.getLogger("crawljob.receiver")
 
@@ -70,7 +72,7 @@ class Readiness:
 class ReceiverState:
     """Everything the handlers share, built once from the settings."""
 
-    settings: config.ReceiverSettings
+    settings: ReceiverSettings
     namespace: str
     auth: auth.AuthSettings
     filters: events.Filters
@@ -94,7 +96,7 @@ class ServiceUnavailable(Exception):
         self.body = body or {}
 
 
-def filters_of(settings: config.ReceiverSettings) -> events.Filters:
+def filters_of(settings: ReceiverSettings) -> events.Filters:
     """The object filters, with the loop guard on the crawl output locations."""
     locations: list[tuple[str | None, str]] = [(None, events.DEFAULT_OUTPUT_PREFIX)]
     if settings.default_output_uri:
@@ -109,11 +111,11 @@ def filters_of(settings: config.ReceiverSettings) -> events.Filters:
 
 def openapi_document() -> bytes:
     """The OpenAPI document of the receiver, shipped as package data."""
-    return importlib.resources.files("crawljob_operator").joinpath("openapi.json").read_bytes()
+    return importlib.resources.files("crawljob.receiver").joinpath("openapi.json").read_bytes()
 
 
 def create_app(
-    settings: config.ReceiverSettings,
+    settings: ReceiverSettings,
     *,
     connection: kube.Connection | None = None,
     metrics: ReceiverMetrics | None = None,
@@ -425,11 +427,11 @@ def _allowed_headers(exc: web.HTTPException) -> dict[str, str] | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`crawljob receiver`: parse flags/env, connect to the API, serve until interrupted."""
-    environ = config.environment()
-    parser = config.receiver_parser(environ)
-    args = config.parse(parser, argv)
+    environ = flags.environment()
+    parser = receiver_parser(environ)
+    args = flags.parse(parser, argv)
     try:
-        settings = config.receiver_settings(args)
+        settings = receiver_settings(args)
         connection = kube.discover_connection(settings.kube_server, settings.kubeconfig, environ)
     except (ValueError, OSError) as exc:
         print(f"crawljob receiver: {exc}", file=sys.stderr)

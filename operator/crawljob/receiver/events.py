@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from crawljob_operator.resource import ObjectRef
+from crawljob.resource import ObjectRef
 
 KEY_MISSING = "S3 object key missing in POST request"
 KEY_BLANK = "S3 object key in POST request is blank"

@@ -1,0 +1,1 @@
+"""The operator: CrawlJobs reconciled into Jobs, their status reported (`crawljob operator`)."""

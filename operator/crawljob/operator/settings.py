@@ -1,0 +1,257 @@
+"""Settings of the operator (`crawljob operator`): built once from flags and CRAWLJOB_* env vars."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from crawljob.flags import add_kube_flags, env_default
+from crawljob.operator import peering
+
+
+@dataclass(frozen=True)
+class OperatorSettings:
+    """Everything the operator needs, validated. Names follow docs/contracts.md."""
+
+    namespace: str | None = None
+    kube_server: str | None = None
+    kubeconfig: str | None = None
+    worker_image: str = "crawljob-worker:latest"
+    worker_command: tuple[str, ...] = ("crawljob-worker",)
+    worker_service_account: str | None = None
+    worker_resources: Mapping[str, object] | None = None
+    worker_env: tuple[Mapping[str, object], ...] = ()
+    worker_security_context: Mapping[str, object] | None = None
+    default_output_uri: str | None = None
+    max_active: int = 8
+    backoff_limit: int = 3
+    active_deadline_seconds: int | None = None
+    finished_ttl_seconds: int | None = None
+    successful_history_limit: int | None = None
+    failed_history_limit: int | None = None
+    job_ttl_seconds: int | None = 86400
+    health_port: int = 8081
+    health_host: str = "0.0.0.0"
+    log_format: str = "json"
+    # Periodic full reconcile (also runs GC): catches anything a missed watch event left behind.
+    resync_seconds: float = 30.0
+    # Watch streams are re-established this often even when silent (kopf#698).
+    watch_server_timeout: int = 300
+    # Active/standby (kopf peering): None runs standalone (one replica, Recreate). See peering.py.
+    peering: str | None = None
+    priority: int = 0
+    peering_identity: str = ""
+    peering_lifetime: int = 30
+
+
+def _json_arg(name: str, value: str | None, kind: type) -> object:
+    import json
+
+    if value in (None, ""):
+        return None
+    try:
+        parsed = json.loads(value)
+    except ValueError as exc:
+        raise ValueError(f"--{name} is not valid JSON: {exc}") from exc
+    if not isinstance(parsed, kind):
+        raise ValueError(f"--{name} must be a JSON {kind.__name__}, got {type(parsed).__name__}")
+    return parsed
+
+
+def _optional_int(name: str, value: str | None, minimum: int = 0) -> int | None:
+    if value in (None, ""):
+        return None
+    try:
+        number = int(value)
+    except ValueError as exc:
+        raise ValueError(f"--{name} must be an integer, got {value!r}") from exc
+    if number < minimum:
+        raise ValueError(f"--{name} must be at least {minimum}, got {number}")
+    return number
+
+
+def operator_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
+    """The flags of `crawljob operator`, defaulting from CRAWLJOB_* env vars."""
+    defaults = OperatorSettings()
+    parser = argparse.ArgumentParser(
+        prog="crawljob operator",
+        description="Reconcile CrawlJobs into batch/v1 Jobs running the worker, under a concurrency cap, "
+        "and report their progress, result and failures. Every flag also reads CRAWLJOB_<FLAG>.",
+    )
+
+    def env(name: str, default: object = None) -> str | None:
+        return env_default(environ, name, None if default is None else str(default))
+
+    worker = parser.add_argument_group("worker Jobs")
+    worker.add_argument(
+        "--worker-image",
+        default=env("WORKER_IMAGE", defaults.worker_image),
+        help="worker image (CRAWLJOB_WORKER_IMAGE)",
+    )
+    worker.add_argument(
+        "--worker-command",
+        default=env("WORKER_COMMAND", '["crawljob-worker"]'),
+        help="container command as a JSON list (CRAWLJOB_WORKER_COMMAND)",
+    )
+    worker.add_argument(
+        "--worker-service-account",
+        default=env("WORKER_SERVICE_ACCOUNT"),
+        help="service account of worker pods (CRAWLJOB_WORKER_SERVICE_ACCOUNT)",
+    )
+    worker.add_argument(
+        "--worker-resources",
+        default=env("WORKER_RESOURCES"),
+        help='container resources as JSON, e.g. {"requests": {"memory": "512Mi"}} '
+        "(CRAWLJOB_WORKER_RESOURCES)",
+    )
+    worker.add_argument(
+        "--worker-env",
+        default=env("WORKER_ENV"),
+        help="JSON list of EnvVar objects added to every worker (CRAWLJOB_WORKER_ENV)",
+    )
+    worker.add_argument(
+        "--worker-security-context",
+        default=env("WORKER_SECURITY_CONTEXT"),
+        help="pod securityContext as JSON (CRAWLJOB_WORKER_SECURITY_CONTEXT)",
+    )
+    worker.add_argument(
+        "--default-output-uri",
+        default=env("DEFAULT_OUTPUT_URI"),
+        help="outputs go under <uri>/<crawljob name>/; default "
+        "s3://<source bucket>/crawljob-output/<name>/ (CRAWLJOB_DEFAULT_OUTPUT_URI)",
+    )
+    worker.add_argument(
+        "--backoff-limit",
+        default=env("BACKOFF_LIMIT", defaults.backoff_limit),
+        help="retries of retryable worker failures (CRAWLJOB_BACKOFF_LIMIT)",
+    )
+    worker.add_argument(
+        "--active-deadline-seconds",
+        default=env("ACTIVE_DEADLINE_SECONDS"),
+        help="default wall-clock limit of a Job (CRAWLJOB_ACTIVE_DEADLINE_SECONDS)",
+    )
+    worker.add_argument(
+        "--job-ttl-seconds",
+        default=env("JOB_TTL_SECONDS", defaults.job_ttl_seconds),
+        help="ttlSecondsAfterFinished of Jobs (CRAWLJOB_JOB_TTL_SECONDS)",
+    )
+    queue = parser.add_argument_group("queue and garbage collection")
+    queue.add_argument(
+        "--max-active",
+        default=env("MAX_ACTIVE", defaults.max_active),
+        help="at most this many Jobs run at once; others wait Queued (CRAWLJOB_MAX_ACTIVE)",
+    )
+    queue.add_argument(
+        "--finished-ttl-seconds",
+        default=env("FINISHED_TTL_SECONDS"),
+        help="delete finished CrawlJobs this long after completion (CRAWLJOB_FINISHED_TTL_SECONDS)",
+    )
+    queue.add_argument(
+        "--successful-history-limit",
+        default=env("SUCCESSFUL_HISTORY_LIMIT"),
+        help="keep at most this many Succeeded CrawlJobs (CRAWLJOB_SUCCESSFUL_HISTORY_LIMIT)",
+    )
+    queue.add_argument(
+        "--failed-history-limit",
+        default=env("FAILED_HISTORY_LIMIT"),
+        help="keep at most this many Failed CrawlJobs (CRAWLJOB_FAILED_HISTORY_LIMIT)",
+    )
+    queue.add_argument(
+        "--resync-seconds",
+        default=env("RESYNC_SECONDS", defaults.resync_seconds),
+        help="full reconcile + GC period (CRAWLJOB_RESYNC_SECONDS)",
+    )
+    ops = parser.add_argument_group("operations")
+    ops.add_argument(
+        "--health-port",
+        default=env("HEALTH_PORT", defaults.health_port),
+        help="port of /healthz and /metrics (CRAWLJOB_HEALTH_PORT; 0 disables)",
+    )
+    ops.add_argument(
+        "--peering",
+        default=env("PEERING"),
+        help="name of the KopfPeering object shared by active/standby replicas; unset: standalone, "
+        "one replica (CRAWLJOB_PEERING)",
+    )
+    ops.add_argument(
+        "--priority",
+        default=env("PRIORITY", defaults.priority),
+        help="peering priority: the live replica with the highest acts, the others stand by; an "
+        "integer, or 'ordinal' for minus the trailing number of the identity, e.g. a StatefulSet "
+        "pod name (CRAWLJOB_PRIORITY)",
+    )
+    ops.add_argument(
+        "--peering-identity",
+        default=env("PEERING_IDENTITY"),
+        help="this replica's name in the peering object; default <hostname>/<pid> "
+        "(CRAWLJOB_PEERING_IDENTITY)",
+    )
+    ops.add_argument(
+        "--peering-lifetime",
+        default=env("PEERING_LIFETIME", defaults.peering_lifetime),
+        help="seconds a replica counts as alive after its last keep-alive: the failover time after "
+        "a crash (CRAWLJOB_PEERING_LIFETIME)",
+    )
+    ops.add_argument(
+        "--log-format",
+        choices=("json", "text"),
+        default=env("LOG_FORMAT", "json"),
+        help="log lines as JSON or text (CRAWLJOB_LOG_FORMAT)",
+    )
+    add_kube_flags(parser, environ)
+    return parser
+
+
+def operator_settings(args: argparse.Namespace) -> OperatorSettings:
+    """Validated settings from parsed flags; ValueError with a readable message when inconsistent."""
+    command = _json_arg("worker-command", args.worker_command, list)
+    if not command or not all(isinstance(part, str) and part for part in command):  # type: ignore[attr-defined]
+        raise ValueError("--worker-command must be a non-empty JSON list of strings")
+    worker_env = _json_arg("worker-env", args.worker_env, list) or []
+    for item in worker_env:  # type: ignore[attr-defined]
+        if not isinstance(item, dict) or not item.get("name"):
+            raise ValueError(f"--worker-env items must be EnvVar objects with a name, got {item!r}")
+    max_active = _optional_int("max-active", str(args.max_active), minimum=1)
+    backoff = _optional_int("backoff-limit", str(args.backoff_limit), minimum=0)
+    health_port = _optional_int("health-port", str(args.health_port), minimum=0)
+    try:
+        resync = float(args.resync_seconds)
+    except ValueError as exc:
+        raise ValueError(f"--resync-seconds must be a number, got {args.resync_seconds!r}") from exc
+    if resync <= 0:
+        raise ValueError("--resync-seconds must be positive")
+    identity = args.peering_identity or peering.default_identity()
+    priority = peering.parse_priority(str(args.priority), identity)
+    lifetime = _optional_int("peering-lifetime", str(args.peering_lifetime), minimum=1)
+    uri = args.default_output_uri
+    if uri and not (uri.startswith("s3://") or uri.startswith("file://")):
+        raise ValueError(f"--default-output-uri must be s3://bucket/prefix or file://path, got {uri!r}")
+    return OperatorSettings(
+        namespace=args.namespace or None,
+        kube_server=args.kube_server,
+        kubeconfig=args.kubeconfig,
+        worker_image=args.worker_image,
+        worker_command=tuple(command),  # type: ignore[arg-type]
+        worker_service_account=args.worker_service_account or None,
+        worker_resources=_json_arg("worker-resources", args.worker_resources, dict),  # type: ignore[arg-type]
+        worker_env=tuple(worker_env),  # type: ignore[arg-type]
+        worker_security_context=_json_arg(  # type: ignore[arg-type]
+            "worker-security-context", args.worker_security_context, dict
+        ),
+        default_output_uri=uri or None,
+        max_active=max_active or 1,
+        backoff_limit=backoff or 0,
+        active_deadline_seconds=_optional_int("active-deadline-seconds", args.active_deadline_seconds, 1),
+        finished_ttl_seconds=_optional_int("finished-ttl-seconds", args.finished_ttl_seconds),
+        successful_history_limit=_optional_int("successful-history-limit", args.successful_history_limit),
+        failed_history_limit=_optional_int("failed-history-limit", args.failed_history_limit),
+        job_ttl_seconds=_optional_int("job-ttl-seconds", args.job_ttl_seconds),
+        health_port=health_port or 0,
+        log_format=args.log_format,
+        resync_seconds=resync,
+        peering=args.peering or None,
+        priority=priority,
+        peering_identity=identity,
+        peering_lifetime=lifetime or OperatorSettings.peering_lifetime,
+    )

@@ -1,0 +1,1 @@
+"""The receiver: S3 event webhooks in, CrawlJobs out (`crawljob receiver`)."""

@@ -1,0 +1,162 @@
+"""Settings of the receiver (`crawljob receiver`): built once from flags and CRAWLJOB_* env vars."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from crawljob.flags import add_kube_flags, env_default, read_secret, split_list
+
+
+@dataclass(frozen=True)
+class ReceiverSettings:
+    """Everything the receiver needs, validated. Names follow docs/contracts.md."""
+
+    host: str = "0.0.0.0"
+    port: int = 8080
+    namespace: str | None = None
+    kube_server: str | None = None
+    kubeconfig: str | None = None
+    default_bucket: str | None = None
+    auth_mode: str = "none"
+    auth_token: str | None = None
+    hmac_key: str | None = None
+    allowed_buckets: tuple[str, ...] = ()
+    key_prefixes: tuple[str, ...] = ()
+    key_suffixes: tuple[str, ...] = ()
+    sns_topic_arns: tuple[str, ...] = ()
+    sns_cert_host_pattern: str = r"^sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?$"
+    sns_ca_file: str | None = None
+    max_body_bytes: int = 1048576
+    log_format: str = "json"
+    default_output_uri: str | None = None
+    # Below the 5 s EventBridge API destinations wait, so a slow API answers 503, not a timeout.
+    kube_timeout: float = 4.0
+    ready_cache_seconds: float = 2.0
+    retry_after_seconds: int = 5
+
+
+def receiver_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
+    """The flags of `crawljob receiver`, defaulting from CRAWLJOB_* env vars."""
+    defaults = ReceiverSettings()
+    parser = argparse.ArgumentParser(
+        prog="crawljob receiver",
+        description="Serve S3 event webhooks (S3/MinIO records, SNS, EventBridge, minimal JSON) on "
+        "POST /v1/trigger and create one CrawlJob per new object. Every flag also reads CRAWLJOB_<FLAG>.",
+    )
+
+    def env(name: str, default: object = None) -> str | None:
+        return env_default(environ, name, None if default is None else str(default))
+
+    parser.add_argument("--host", default=env("HOST", defaults.host), help="listen address (CRAWLJOB_HOST)")
+    parser.add_argument("--port", type=int, default=env("PORT", defaults.port), help="port (CRAWLJOB_PORT)")
+    parser.add_argument(
+        "--default-bucket",
+        default=env("DEFAULT_BUCKET"),
+        help="bucket for minimal events that name none (CRAWLJOB_DEFAULT_BUCKET)",
+    )
+    auth = parser.add_argument_group("authentication")
+    auth.add_argument(
+        "--auth-mode",
+        choices=("none", "token", "hmac"),
+        default=env("AUTH_MODE", "none"),
+        help="none (local use only), token (Authorization: Bearer) or hmac "
+        "(X-Crawljob-Signature: sha256=<hex>) (CRAWLJOB_AUTH_MODE)",
+    )
+    auth.add_argument("--auth-token", default=env("AUTH_TOKEN"), help="bearer token (CRAWLJOB_AUTH_TOKEN)")
+    auth.add_argument(
+        "--auth-token-file",
+        default=env("AUTH_TOKEN_FILE"),
+        help="file with the token (CRAWLJOB_AUTH_TOKEN_FILE)",
+    )
+    auth.add_argument("--hmac-key", default=env("HMAC_KEY"), help="HMAC-SHA256 key (CRAWLJOB_HMAC_KEY)")
+    auth.add_argument(
+        "--hmac-key-file", default=env("HMAC_KEY_FILE"), help="file with the key (CRAWLJOB_HMAC_KEY_FILE)"
+    )
+    filters = parser.add_argument_group("filters (comma lists; empty allows all)")
+    filters.add_argument(
+        "--allowed-buckets", default=env("ALLOWED_BUCKETS"), help="(CRAWLJOB_ALLOWED_BUCKETS)"
+    )
+    filters.add_argument("--key-prefixes", default=env("KEY_PREFIXES"), help="(CRAWLJOB_KEY_PREFIXES)")
+    filters.add_argument(
+        "--key-suffixes", default=env("KEY_SUFFIXES"), help="e.g. .csv,.csv.gz (CRAWLJOB_KEY_SUFFIXES)"
+    )
+    filters.add_argument(
+        "--default-output-uri",
+        default=env("DEFAULT_OUTPUT_URI"),
+        help="where crawls write (the operator's setting): events under it are ignored, a loop guard "
+        "(CRAWLJOB_DEFAULT_OUTPUT_URI; crawljob-output/ in any bucket is always guarded)",
+    )
+    sns = parser.add_argument_group("SNS")
+    sns.add_argument(
+        "--sns-topic-arns",
+        default=env("SNS_TOPIC_ARNS"),
+        help="topics whose subscriptions are confirmed and whose messages are accepted "
+        "(CRAWLJOB_SNS_TOPIC_ARNS; empty: accept signed messages of any topic, confirm none)",
+    )
+    sns.add_argument(
+        "--sns-cert-host-pattern",
+        default=env("SNS_CERT_HOST_PATTERN", defaults.sns_cert_host_pattern),
+        help="regular expression the https host of SNS certificate and confirmation URLs must match "
+        "(CRAWLJOB_SNS_CERT_HOST_PATTERN)",
+    )
+    sns.add_argument(
+        "--sns-ca-file",
+        default=env("SNS_CA_FILE"),
+        help="CA bundle for fetching SNS certificates (CRAWLJOB_SNS_CA_FILE; default: system CAs)",
+    )
+    parser.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=env("MAX_BODY_BYTES", defaults.max_body_bytes),
+        help="larger bodies answer 413 (CRAWLJOB_MAX_BODY_BYTES)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=("json", "text"),
+        default=env("LOG_FORMAT", "json"),
+        help="one line per request as JSON or text (CRAWLJOB_LOG_FORMAT)",
+    )
+    add_kube_flags(parser, environ)
+    return parser
+
+
+def receiver_settings(args: argparse.Namespace) -> ReceiverSettings:
+    """Validated settings from parsed flags; ValueError with a readable message when inconsistent."""
+    import re
+
+    from crawljob.receiver.auth import AuthSettings
+    from crawljob.receiver.events import output_location
+
+    token = read_secret(args.auth_token, args.auth_token_file)
+    hmac_key = read_secret(args.hmac_key, args.hmac_key_file)
+    AuthSettings(args.auth_mode, token, hmac_key)  # raises ValueError when a secret is missing
+    if args.max_body_bytes < 1024:
+        raise ValueError("--max-body-bytes must be at least 1024")
+    try:
+        re.compile(args.sns_cert_host_pattern)
+    except re.error as exc:
+        raise ValueError(f"--sns-cert-host-pattern is not a regular expression: {exc}") from exc
+    if args.default_output_uri:
+        output_location(args.default_output_uri)
+    return ReceiverSettings(
+        host=args.host,
+        port=int(args.port),
+        namespace=args.namespace,
+        kube_server=args.kube_server,
+        kubeconfig=args.kubeconfig,
+        default_bucket=args.default_bucket,
+        auth_mode=args.auth_mode,
+        auth_token=token,
+        hmac_key=hmac_key,
+        allowed_buckets=split_list(args.allowed_buckets),
+        key_prefixes=split_list(args.key_prefixes),
+        key_suffixes=split_list(args.key_suffixes),
+        sns_topic_arns=split_list(args.sns_topic_arns),
+        sns_cert_host_pattern=args.sns_cert_host_pattern,
+        sns_ca_file=args.sns_ca_file,
+        max_body_bytes=int(args.max_body_bytes),
+        log_format=args.log_format,
+        default_output_uri=args.default_output_uri,
+    )

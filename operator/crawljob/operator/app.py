@@ -20,7 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 
 from crawljob import flags, kube
 from crawljob.logs import configure_logging
-from crawljob.operator import handlers, standby, view
+from crawljob.operator import handlers, standby, sweeper, view
 from crawljob.operator.settings import OperatorSettings, operator_parser, operator_settings
 
 log = logging.getLogger("crawljob.operator")
@@ -30,6 +30,7 @@ def build_registry(settings: OperatorSettings, connection: kube.Connection) -> k
     """A kopf registry with the resource handlers and this operator's login/startup/cleanup."""
     registry = kopf.OperatorRegistry()
     handlers.register(registry)
+    sweeper.register(registry)
 
     @kopf.on.login(registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:
@@ -50,6 +51,7 @@ def build_registry(settings: OperatorSettings, connection: kube.Connection) -> k
         await client.open()
         state = view.State(settings=own, client=client)
         gate = standby.Gate(state, own)
+        gate.extra_loops.append(sweeper.Sweeper(state).run)
         memo["crawljob"] = state
         memo["gate"] = gate
         active = Gauge(

@@ -18,7 +18,7 @@ from typing import Any
 import kopf
 
 from crawljob import kube, resource
-from crawljob.operator import gc, jobs, queue, status
+from crawljob.operator import gc, jobs, queue, status, sweeper
 from crawljob.operator.view import (
     ANNOTATION_CANCEL,
     ANNOTATION_RERUN,
@@ -546,8 +546,10 @@ async def collect_garbage(state: State) -> None:
         by_namespace[namespace].append(crawljob)
     now = datetime.datetime.now(tz=datetime.UTC)
     for namespace, items in by_namespace.items():
+        # A CrawlJob a sweep still looks at stays, or the sweep would run its object again.
+        kept = sweeper.protected_names(state, namespace, items)
         doomed = gc.select_for_deletion(
-            items,
+            [item for item in items if str((item.get("metadata") or {}).get("name")) not in kept],
             now,
             settings.finished_ttl_seconds,
             settings.successful_history_limit,

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import datetime
 import logging
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from crawljob import kube
@@ -47,6 +48,8 @@ class Gate:
         self.settings = settings
         self.active = False
         self.loops: set[asyncio.Task[Any]] = set()
+        # Further loops of the active replica (e.g. the CrawlSource sweeper), started after the resync.
+        self.extra_loops: list[Callable[[], Coroutine[Any, Any, None]]] = []
         # Loop time of the last successful read of the peering object (health of a standby).
         self.checked_at = 0.0
         self.reason = "starting"
@@ -56,8 +59,12 @@ class Gate:
     async def activate(self) -> None:
         """Prime the view from the API (resync), then start the loops. Raises kube.KubeError."""
         await handlers.resync(self.state)
-        for loop in (handlers.scheduler_loop, handlers.creator_loop, handlers.resync_loop):
-            task = asyncio.create_task(loop(self.state))
+        coroutines = [
+            loop(self.state)
+            for loop in (handlers.scheduler_loop, handlers.creator_loop, handlers.resync_loop)
+        ]
+        for coroutine in coroutines + [extra() for extra in self.extra_loops]:
+            task = asyncio.create_task(coroutine)
             self.loops.add(task)
             task.add_done_callback(self.loops.discard)
         self.active = True

@@ -104,6 +104,9 @@ class State:
         default_factory=lambda: queue.Budget(POSITION_WRITES_PER_SECOND, POSITION_WRITES_BURST)
     )
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    # CrawlSources (kept by sweeper.on_crawlsource_event; swept by sweeper.Sweeper) and their changes.
+    sources: dict[Key, Body] = field(default_factory=dict)
+    sources_changed: asyncio.Event = field(default_factory=asyncio.Event)
     instance: str = field(default_factory=socket.gethostname)
     healthy_at: float = 0.0
 

@@ -15,8 +15,12 @@ RECEIVER_CALLS = {
 # Calls the operator makes (crawljob.operator.handlers; kopf runs with scanning disabled, so it
 # reads no namespaces or CRDs; peerings only with HA, see PEERING_CALLS).
 OPERATOR_CALLS = {
-    # kopf watches them (list + watch); garbage collection of finished CrawlJobs deletes them.
-    ("crawljob.io", "crawljobs"): {"list", "watch", "delete"},
+    # kopf watches them (list + watch); garbage collection of finished CrawlJobs deletes them;
+    # CrawlSource sweeps create them (get on a 409: an existing one, or a name collision).
+    ("crawljob.io", "crawljobs"): {"get", "list", "watch", "create", "delete"},
+    # Sweeps: kopf watches CrawlSources and the sweeper re-lists them; their status is merge-patched.
+    ("crawljob.io", "crawlsources"): {"list", "watch"},
+    ("crawljob.io", "crawlsources/status"): {"patch"},
     # phase, conditions, progress of the queue, result: merge patches of the status subresource.
     ("crawljob.io", "crawljobs/status"): {"patch"},
     # Jobs are created with blockOwnerDeletion: the OwnerReferencesPermissionEnforcement admission

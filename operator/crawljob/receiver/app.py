@@ -24,7 +24,7 @@ from aiohttp import web
 
 from crawljob import flags, kube
 from crawljob.logs import configure_logging
-from crawljob.receiver import auth, events, sns
+from crawljob.receiver import auth, events, routing, sns
 from crawljob.receiver.metrics import ReceiverMetrics
 from crawljob.receiver.settings import ReceiverSettings, receiver_parser, receiver_settings
 from crawljob.resource import crawljob_manifest
@@ -84,6 +84,7 @@ STATE = web.AppKey("state", ReceiverState)
 KUBE = web.AppKey("kube", kube.KubeClient)
 CERTIFICATES = web.AppKey("certificates", sns.CertificateCache)
 METRICS = web.AppKey("metrics", ReceiverMetrics)
+SOURCES = web.AppKey("sources", routing.SourceIndex)
 REQUEST_LOG = web.RequestKey("crawljob_log", dict[str, Any])
 
 
@@ -157,7 +158,13 @@ def _clients(connection: kube.Connection) -> Callable[[web.Application], AsyncIt
             app[CERTIFICATES] = sns.CertificateCache(
                 session, host_pattern=settings.sns_cert_host_pattern, ssl_context=ssl_context
             )
-            yield
+            index = routing.SourceIndex(client, app[STATE].namespace)
+            await index.start()
+            app[SOURCES] = index
+            try:
+                yield
+            finally:
+                await index.stop()
 
     return clients
 
@@ -262,8 +269,13 @@ async def _create_all(app: web.Application, targets: Sequence[events.Target]) ->
 async def _create(app: web.Application, target: events.Target) -> Outcome:
     """Create one CrawlJob: created, duplicate (409), refused (422: the API rejects it) or failed."""
     state = app[STATE]
-    manifest = crawljob_manifest(target.ref, state.namespace, raw_key=target.raw_key)
-    name = str(manifest["metadata"]["name"])  # type: ignore[index]
+    # An object of a CrawlSource gets the source's template and label (routing.py).
+    manifest = app[SOURCES].route(
+        crawljob_manifest(target.ref, state.namespace, raw_key=target.raw_key),
+        target.ref.bucket,
+        target.ref.key,
+    )
+    name = str(manifest["metadata"]["name"])
     try:
         await app[KUBE].create(kube.CRAWLJOBS, state.namespace, manifest)
     except kube.Conflict:

@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: help install run test lint format clean test-cluster bench bench-worker bench-operator bench-s3-ranges
+.PHONY: help install run test lint format clean test-cluster bench bench-worker bench-operator bench-s3-ranges bench-sweep
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-17s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -45,6 +45,9 @@ format: $(STAMP) ## Reformat the code with ruff
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+bench-sweep: $(STAMP) ## CrawlSource sweeps: backfill of 100,000 objects in moto, then passes with 100 new; view vs stateless (ARGS="--objects 10000")
+	$(BIN)/python bench/sweep.py $(ARGS)
+
 bench-worker: $(STAMP) ## Worker vs cat, pandas, DuckDB, polars on a generated CSV; one table (SIZE_MB=800 REPEAT=2)
 	$(BIN)/pip install -q polars duckdb
 	$(BIN)/python bench/worker.py --size-mb $(or $(SIZE_MB),800) --repeat $(or $(REPEAT),2)
@@ -52,7 +55,7 @@ bench-worker: $(STAMP) ## Worker vs cat, pandas, DuckDB, polars on a generated C
 bench-s3-ranges: $(STAMP) ## Worker reading S3 with 1, 2, 4, 8 ranged GETs when each connection is capped (SIZE_MB=100 THROTTLE=20 MB/s)
 	$(BIN)/python bench/s3_ranges.py
 
-bench: bench-receiver bench-operator bench-worker bench-s3-ranges ## All four benchmarks, each printing its table (slow: the worker's uses an 800 MB file)
+bench: bench-receiver bench-operator bench-worker bench-s3-ranges bench-sweep ## All five benchmarks, each printing its table (slow: the worker's uses an 800 MB file)
 
 clean: ## Remove the venv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

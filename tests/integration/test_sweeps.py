@@ -291,3 +291,45 @@ async def test_a_missing_bucket_stalls_the_source_with_a_warning_event(
     assert condition(status, "Ready")["status"] == "False"
     events = await source_events(kube_client, "gone")
     assert any(event["reason"] == "SweepFailed" and event["type"] == "Warning" for event in events)
+
+
+async def test_history_limits_never_collect_a_crawljob_a_sweep_still_looks_at(
+    kube_client: kube.KubeClient,
+) -> None:
+    """GC (the operator's own collect_garbage) keeps CrawlJobs created at or after their source's
+    watermark, even with a history limit of 0; older ones, and ones of no source, go."""
+    from crawljob.operator import handlers
+    from crawljob.operator.settings import OperatorSettings
+    from crawljob.operator.view import State
+
+    source = source_body("feed", "landing", prefix="in/")
+    created = await kube_client.create(kube.CRAWLSOURCES, NAMESPACE, source)
+    state = State(
+        settings=OperatorSettings(namespace=NAMESPACE, successful_history_limit=0), client=kube_client
+    )
+    finished = {"phase": "Succeeded", "completionTime": "2026-01-01T00:00:00Z"}
+    bodies = {}
+    for key in ("in/recent.csv", "in/old.csv", "out/other.csv"):
+        body = resource.crawljob_manifest(resource.ObjectRef("landing", key, etag="e"), NAMESPACE)
+        made = await kube_client.create(kube.CRAWLJOBS, NAMESPACE, body)
+        await kube_client.patch(
+            kube.CRAWLJOBS, NAMESPACE, made["metadata"]["name"], {"status": finished}, "status"
+        )
+        bodies[key] = made["metadata"]["name"]
+    items = await kube_client.list(kube.CRAWLJOBS, NAMESPACE)
+    for item in items:
+        stamp = (
+            "2026-06-01T00:00:00Z"
+            if item["metadata"]["name"] == bodies["in/recent.csv"]
+            else "2026-01-01T00:00:00Z"
+        )
+        item["metadata"]["creationTimestamp"] = stamp  # as the API server would have stamped them
+        state.crawljobs[(NAMESPACE, item["metadata"]["name"])] = item
+    # No sweep completed yet: every CrawlJob of the source is kept.
+    state.sources[(NAMESPACE, "feed")] = created
+    await handlers.collect_garbage(state)
+    assert await crawljob_names(kube_client) == {bodies["in/recent.csv"], bodies["in/old.csv"]}
+    # With a watermark: only the CrawlJob created at or after it stays.
+    state.sources[(NAMESPACE, "feed")] = {**created, "status": {"watermark": "2026-03-01T00:00:00Z"}}
+    await handlers.collect_garbage(state)
+    assert await crawljob_names(kube_client) == {bodies["in/recent.csv"]}

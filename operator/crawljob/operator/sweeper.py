@@ -51,6 +51,9 @@ class Sweeper:
         self.state = state
         self.lister = lister or S3Lister()
         self.refreshed_at = 0.0
+        # Sources whose status could not be written: not swept again before this (wall clock), so
+        # a status the API refuses never turns into a pass every few seconds.
+        self.held_until: dict[Key, datetime.datetime] = {}
 
     async def run(self) -> None:
         """Forever: refresh the sources when stale, sweep the one due first, sleep until the next."""
@@ -62,6 +65,9 @@ class Sweeper:
             due: list[tuple[datetime.datetime, Key]] = []
             for key, body in list(state.sources.items()):
                 when = self.due(body, now)
+                held = self.held_until.get(key)
+                if when is not None and held is not None and held > when:
+                    when = held
                 if when is not None:
                     due.append((when, key))
             due.sort()
@@ -252,8 +258,9 @@ class Sweeper:
             return
         except kube.KubeError as exc:
             log.warning("cannot write the status of CrawlSource %s (will retry): %s", name, exc)
-            await asyncio.sleep(sweep.CONTINUE_SECONDS)
+            self.held_until[(namespace, name)] = utc_now() + datetime.timedelta(seconds=sweep.RETRY_SECONDS)
             return
+        self.held_until.pop((namespace, name), None)
         if updated.get("metadata"):
             self.state.remember(self.state.sources, updated)
 

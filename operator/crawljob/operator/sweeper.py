@@ -50,7 +50,7 @@ class Sweeper:
     def __init__(self, state: State, lister: S3Lister | None = None) -> None:
         self.state = state
         self.lister = lister or S3Lister()
-        self.refreshed_at = 0.0
+        self.refreshed_at = float("-inf")
         # Sources whose status could not be written: not swept again before this (wall clock), so
         # a status the API refuses never turns into a pass every few seconds.
         self.held_until: dict[Key, datetime.datetime] = {}
@@ -58,6 +58,7 @@ class Sweeper:
     async def run(self) -> None:
         """Forever: refresh the sources when stale, sweep the one due first, sleep until the next."""
         state = self.state
+        self.refreshed_at = float("-inf")  # each activation starts from a fresh list
         while True:
             if time.monotonic() - self.refreshed_at >= REFRESH_SECONDS:
                 await self.refresh()

@@ -3,7 +3,8 @@
 The worker runs as a child process against a loopback S3 (moto) and the Kubernetes API emulator, each
 behind a TCP forwarder that timestamps the first request line it sees. Per run: exec → first S3 GET,
 exec → first status.progress PATCH (sent when the first block was parsed), exec → exit. The floors,
-measured in the same run: `python -c pass` and `python -c "import pandas, pyarrow"`.
+measured in the same run: `python -c pass` and `python -c "import pandas, pyarrow"`. "start imports" is
+`python -X importtime` of the modules the worker imports before it parses (`__main__`, `run`).
 
 `--worker-tree DIR` also runs the worker code of another checkout (DIR/job-image on PYTHONPATH), e.g.
 `git worktree add /tmp/before main`: before and after in one table, on the same loaded machine.
@@ -15,6 +16,7 @@ import argparse
 import asyncio
 import os
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -66,6 +68,22 @@ class FirstRequest:
                 sink.close()
 
         await asyncio.gather(pump(reader, up_writer, True), pump(up_reader, writer, False))
+
+
+def start_imports(worker_path: Path, repeat: int) -> tuple[float, bool]:
+    """`python -X importtime` of what the worker imports before its first block (`__main__`, then
+    `run`): median cumulative seconds, and whether any `kubernetes` module was among them."""
+    runs, kubernetes = [], False
+    for _ in range(repeat):
+        result = subprocess.run(
+            [sys.executable, "-X", "importtime", "-c", "import crawljob_worker.__main__, crawljob_worker.run"],
+            env={**os.environ, "PYTHONPATH": str(worker_path)}, capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        lines = [line.split("|") for line in result.stderr.splitlines() if line.startswith("import time:")]
+        tops = {"crawljob_worker.__main__", "crawljob_worker.run"}
+        runs.append(sum(int(cumulative) for _, cumulative, name in lines if name.strip() in tops) / 1e6)
+        kubernetes |= any(name.strip().split(".")[0] == "kubernetes" for _, _, name in lines)
+    return statistics.median(runs), kubernetes
 
 
 def host_port(url: str) -> tuple[str, int]:
@@ -160,7 +178,7 @@ async def main_async(args: argparse.Namespace) -> None:
             serve_emulator() as (_, api_url),
             kube.KubeClient(kube.Connection(server=api_url)) as client,
         ):
-            variants: list[tuple[str, Path | None]] = [("this tree", ROOT / "job-image")]
+            variants: list[tuple[str, Path]] = [("this tree", ROOT / "job-image")]
             if args.worker_tree:
                 variants.insert(
                     0, (f"{args.worker_tree} (--worker-tree)", Path(args.worker_tree) / "job-image")
@@ -169,14 +187,21 @@ async def main_async(args: argparse.Namespace) -> None:
                 label: await measure(label, path, args.repeat, s3.endpoint, api_url, client)
                 for label, path in variants
             }
+            imports = {label: start_imports(path, args.repeat) for label, path in variants}
             floors = {
                 "python -c pass": await floor("pass", args.repeat),
                 "python -c 'import pandas, pyarrow'": await floor("import pandas, pyarrow", args.repeat),
             }
     print(f"\nworker start-up, median of {args.repeat} runs, {args.rows} rows (seconds from exec)")
-    print(f"{'run':<44} {'first S3 GET':>13} {'first PATCH':>12} {'exit':>8}")
+    print(
+        f"{'run':<44} {'first S3 GET':>13} {'first PATCH':>12} {'exit':>8} {'start imports':>14} {'kubernetes':>11}"
+    )
     for label, result in results.items():
-        print(f"{label:<44} {result['get']:>13.3f} {result['patch']:>12.3f} {result['exit']:>8.3f}")
+        seconds, kubernetes = imports[label]
+        print(
+            f"{label:<44} {result['get']:>13.3f} {result['patch']:>12.3f} {result['exit']:>8.3f}"
+            f" {seconds:>14.3f} {'imported' if kubernetes else 'no':>11}"
+        )
     for label, seconds in floors.items():
         print(f"{label:<44} {'':>13} {'':>12} {seconds:>8.3f}")
 

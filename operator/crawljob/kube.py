@@ -139,9 +139,8 @@ def connection_from_kubeconfig(path: str | Path, context_name: str | None = None
         raise ValueError(f"kubeconfig {path}: {exc}") from exc
 
     def current_token() -> str | None:
-        if configuration.refresh_api_key_hook is not None:
-            configuration.refresh_api_key_hook(configuration)  # renews an expired exec/OIDC token
-        header = str(configuration.api_key.get("BearerToken") or "")
+        # auth_settings() runs the loader's refresh hook, which renews an expired exec/OIDC token.
+        header = str(configuration.auth_settings().get("BearerToken", {}).get("value") or "")
         return header.removeprefix("Bearer ").strip() or None
 
     token = current_token()

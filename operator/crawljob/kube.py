@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import ssl
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+
+log = logging.getLogger("crawljob.kube")
 
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
@@ -144,6 +148,9 @@ def connection_from_kubeconfig(path: str | Path, context_name: str | None = None
         header = str(configuration.auth_settings().get("BearerToken", {}).get("value") or "")
         return header.removeprefix("Bearer ").strip() or None
 
+    header = str(configuration.auth_settings().get("BearerToken", {}).get("value") or "")
+    if header and not header.startswith("Bearer "):
+        raise ValueError(f"kubeconfig {path}: only bearer tokens and client certificates are supported")
     token = current_token()
     if str(configuration.host).startswith("https") and not token and not configuration.cert_file:
         raise ValueError(
@@ -163,16 +170,34 @@ def connection_from_kubeconfig(path: str | Path, context_name: str | None = None
 
 
 def connection_in_cluster(
-    directory: Path = SERVICE_ACCOUNT_DIR, host: str = "", port: str = ""
+    directory: Path = SERVICE_ACCOUNT_DIR, host: str = "", port: str = "", reread_seconds: float = 60.0
 ) -> Connection:
-    """The pod's service-account credentials and the API address from the standard env vars."""
+    """The pod's service-account credentials and the API address from the standard env vars.
+
+    The token file is read again every *reread_seconds* (as kubernetes' in-cluster loader does): the
+    kubelet rotates projected service-account tokens, and the receiver and operator run for days.
+    """
+    token_file = directory / "token"
+    read_at = [time.monotonic()]
+    token = [token_file.read_text().strip()]
+
+    def current_token() -> str | None:
+        if time.monotonic() - read_at[0] >= reread_seconds:
+            try:
+                token[0] = token_file.read_text().strip()
+                read_at[0] = time.monotonic()
+            except OSError as exc:  # keep the last token; the API answers 401 if it is no longer valid
+                log.warning("cannot re-read the service-account token %s: %s", token_file, exc)
+        return token[0]
+
     return Connection(
         server=f"https://{host}:{port}",
-        token=(directory / "token").read_text().strip(),
+        token=token[0],
         ca_file=str(directory / "ca.crt"),
         default_namespace=(directory / "namespace").read_text().strip()
         if (directory / "namespace").exists()
         else "default",
+        refresh=current_token,
     )
 
 

@@ -149,3 +149,42 @@ def test_a_kubeconfig_without_contexts_is_a_value_error(tmp_path: Path) -> None:
     path.write_text("apiVersion: v1\nkind: Config\nclusters: []\n")
     with pytest.raises(ValueError, match=str(path)):
         kube.connection_from_kubeconfig(path)
+
+
+def test_basic_auth_users_are_refused_by_name(tmp_path: Path) -> None:
+    path = tmp_path / "kubeconfig"
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "old",
+        "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:6443"}}],
+        "users": [{"name": "u", "user": {"username": "admin", "password": "secret"}}],
+        "contexts": [{"name": "old", "context": {"cluster": "c", "user": "u"}}],
+    }))  # fmt: skip
+    with pytest.raises(ValueError, match="only bearer tokens and client certificates"):
+        kube.connection_from_kubeconfig(path)
+
+
+def service_account(directory: Path, token: str) -> Path:
+    directory.mkdir(exist_ok=True)
+    (directory / "token").write_text(token)
+    (directory / "ca.crt").write_text("")
+    (directory / "namespace").write_text("crawljob\n")
+    return directory
+
+
+def test_in_cluster_the_rotated_token_is_read_again_after_the_period(tmp_path: Path) -> None:
+    directory = service_account(tmp_path / "sa", "first")
+    rereading = kube.connection_in_cluster(directory, "10.0.0.1", "443", reread_seconds=0)
+    keeping = kube.connection_in_cluster(directory, "10.0.0.1", "443", reread_seconds=3600)
+    assert (rereading.bearer(), keeping.bearer(), keeping.default_namespace) == ("first", "first", "crawljob")
+    (directory / "token").write_text("second")  # the kubelet rotated it
+    assert (rereading.bearer(), keeping.bearer()) == ("second", "first")
+
+
+def test_in_cluster_a_vanished_token_file_keeps_the_last_token(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    directory = service_account(tmp_path / "sa", "first")
+    connection = kube.connection_in_cluster(directory, "10.0.0.1", "443", reread_seconds=0)
+    (directory / "token").unlink()
+    assert connection.bearer() == "first"
+    assert "cannot re-read the service-account token" in caplog.text

@@ -1,4 +1,5 @@
-"""The kubernetes package stays off the worker's start-up path (~0.4 s of CPU to import)."""
+"""The kubernetes package stays off the worker's start-up path (~0.4 s of CPU to import); kubeapi names the
+CrawlJob resource as crawljob.resource does."""
 
 import subprocess
 import sys
@@ -23,3 +24,15 @@ def test_the_first_patch_imports_kubernetes() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "True"
+
+
+def test_the_worker_patches_the_resource_the_operator_defines() -> None:
+    """kubeapi keeps its own copy of the CrawlJob's group/version/plural (the worker cannot import crawljob)."""
+    from crawljob import resource
+    from crawljob_worker import kubeapi
+
+    assert (kubeapi.GROUP, kubeapi.VERSION, kubeapi.PLURAL) == (
+        resource.GROUP,
+        resource.VERSION,
+        resource.PLURAL,
+    )

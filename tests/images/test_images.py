@@ -91,14 +91,40 @@ def test_operator_image_has_both_commands() -> None:
     assert version.stdout.strip() == VERSION
 
 
-def test_worker_image_has_no_operator_dependencies() -> None:
+def importable(image: str, modules: tuple[str, ...]) -> list[str]:
+    """Which of *modules* the image's Python can import (find_spec: nothing is executed)."""
     script = (
-        "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) for m in ('kopf', 'kmock', 'moto')))"
+        "import importlib.util as u, json, sys; "
+        "print(json.dumps([m for m in sys.argv[1:] if u.find_spec(m)]))"
     )
     result = subprocess.run(
-        [*RUN, "--entrypoint", "python3", WORKER_IMAGE, "-c", script], capture_output=True
+        [*RUN, "--entrypoint", "python3", image, "-c", script, *modules],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    found: list[str] = json.loads(result.stdout)
+    return found
+
+
+def test_worker_image_has_no_operator_dependencies() -> None:
+    assert importable(WORKER_IMAGE, ("kopf", "aiohttp", "kmock", "moto", "prometheus_client")) == []
+    assert importable(WORKER_IMAGE, ("pandas", "pyarrow", "boto3", "kubernetes")) == [
+        "pandas", "pyarrow", "boto3", "kubernetes",
+    ]  # fmt: skip
+
+
+def test_operator_image_has_no_worker_dependencies() -> None:
+    assert importable(OPERATOR_IMAGE, ("pandas", "pyarrow", "numpy", "boto3", "kmock", "moto")) == []
+    assert importable(OPERATOR_IMAGE, ("kopf", "aiohttp", "prometheus_client", "kubernetes")) == [
+        "kopf", "aiohttp", "prometheus_client", "kubernetes",
+    ]  # fmt: skip
+
+
+def test_operator_image_names_the_extra_a_worker_run_would_need() -> None:
+    result = subprocess.run(
+        [*RUN, OPERATOR_IMAGE, "worker", "--help"], capture_output=True, text=True, timeout=60
     )
-    assert result.returncode == 0, "the worker image carries kopf, kmock or moto"
+    assert result.returncode == 2
+    assert "pip install 'crawljob[worker]'" in result.stderr, result.stderr
 
 
 def termination_file(tmp_path: Path) -> Path:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from crawljob.operator import status
+from crawljob.operator import status, workload
 
 NOW = "2026-01-01T00:10:00Z"
 
@@ -225,14 +225,14 @@ def test_pods_in_view_explain_a_finished_job_or_must_be_read_fresh() -> None:
     done = _pod("p", "Succeeded", _terminated(0, _summary(rowsRead=1), reason="Completed"))
     running = _pod("p", "Running", {"running": {"startedAt": "T"}})
     complete = _job("Complete", succeeded=1)
-    assert status.pods_explain_verdict(complete, [done])
-    assert not status.pods_explain_verdict(complete, [running])  # the pod's final event is late
-    assert not status.pods_explain_verdict(complete, [])
+    assert workload.pods_explain_verdict(complete, [done])
+    assert not workload.pods_explain_verdict(complete, [running])  # the pod's final event is late
+    assert not workload.pods_explain_verdict(complete, [])
     first, second = (_pod(name, "Failed", _terminated(75)) for name in ("a", "b"))
     failed = _job("Failed", "BackoffLimitExceeded", failed=2)
-    assert status.pods_explain_verdict(failed, [first, second])
-    assert not status.pods_explain_verdict(failed, [first])  # one failure not seen yet
-    assert not status.pods_explain_verdict(failed, [])
+    assert workload.pods_explain_verdict(failed, [first, second])
+    assert not workload.pods_explain_verdict(failed, [first])  # one failure not seen yet
+    assert not workload.pods_explain_verdict(failed, [])
 
 
 def test_cancel_request_acts_once_per_annotation_value() -> None:

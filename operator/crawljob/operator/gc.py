@@ -6,16 +6,7 @@ import datetime
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-
-def parse_time(value: Any) -> datetime.datetime | None:
-    """An RFC 3339 timestamp as an aware datetime, or None."""
-    if not value:
-        return None
-    try:
-        parsed = datetime.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.UTC)
+from crawljob.times import parse_time
 
 
 def select_for_deletion(

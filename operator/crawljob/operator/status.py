@@ -12,41 +12,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from crawljob.operator import conditions
+from crawljob.operator.workload import (
+    STUCK_WAITING_REASONS,
+    container_status,
+    describe_pod_failure,
+    failed_condition,
+    parse_termination_message,
+    pod_order,
+    succeeded_condition,
+    terminated_state,
+)
 
 Body = dict[str, Any]
 
-# Worker exit codes (docs/contracts.md) → reason and what it means for the user.
-EXIT_CODES: Mapping[int, tuple[str, str]] = {
-    2: ("InvalidArguments", "the worker rejected its arguments or configuration; fix the CrawlJob spec"),
-    3: ("BadInput", "the source is not readable CSV (binary, undecodable or unsupported compression)"),
-    4: ("SourceNotFound", "the source object is missing or access to it was denied"),
-    5: (
-        "RejectThresholdExceeded",
-        "more rows were rejected than maxRejectRatio allows (rejects were written)",
-    ),
-    6: ("OutputForbidden", "the worker cannot write to the output location"),
-    75: ("Transient", "S3 was unreachable or throttled beyond the worker's retry budget"),
-}
-# Container waiting reasons that mean the worker cannot start as configured (Pod stays Pending).
-STUCK_WAITING_REASONS: Mapping[str, str] = {
-    "ErrImagePull": "the worker image cannot be pulled",
-    "ImagePullBackOff": "the worker image cannot be pulled (backing off)",
-    "InvalidImageName": "the worker image name is invalid",
-    "CreateContainerConfigError": "the worker container's configuration is invalid (missing Secret/ConfigMap?)",
-    "CreateContainerError": "the worker container cannot be created",
-}
-RESULT_FIELDS = (
-    "rowsRead",
-    "rowsWritten",
-    "rowsRejected",
-    "bytesRead",
-    "outputUri",
-    "outputObjects",
-    "rejectsUri",
-    "manifestUri",
-    "durationSeconds",
-)
-_INT_FIELDS = frozenset({"rowsRead", "rowsWritten", "rowsRejected", "bytesRead", "outputObjects"})
 OPERATOR_FIELDS = (
     "phase",
     "reason",
@@ -76,107 +54,10 @@ class Observation:
     extra: Body = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class TerminationMessage:
-    """The worker's JSON summary, parsed; *problem* says why it could not be used."""
-
-    data: Body
-    result: Body | None
-    problem: str | None
-
-
-def parse_termination_message(text: str | None) -> TerminationMessage:
-    """Parse the worker's termination message; tolerate absent, truncated and invalid JSON."""
-    if not text or not text.strip():
-        return TerminationMessage({}, None, "the worker left no termination message")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        snippet = text.strip().replace("\n", " ")[:120]
-        kind = "truncated" if text.strip().startswith("{") and not text.strip().endswith("}") else "invalid"
-        return TerminationMessage(
-            {}, None, f"the worker's termination message is {kind} JSON ({exc.msg}): {snippet!r}"
-        )
-    if not isinstance(data, dict):
-        return TerminationMessage(
-            {}, None, f"the worker's termination message is not a JSON object: {text[:120]!r}"
-        )
-    result: Body = {}
-    for name in RESULT_FIELDS:
-        value = data.get(name)
-        if value is None:
-            continue
-        if name in _INT_FIELDS:
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                continue
-            result[name] = int(value)
-        elif name == "durationSeconds":
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                result[name] = round(float(value), 3)
-        else:
-            result[name] = str(value)
-    return TerminationMessage(data, result, None)
-
-
-def _job_condition(job: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
-    found = conditions.get_condition((job.get("status") or {}).get("conditions"), type_)
-    return found if found is not None and found.get("status") == "True" else None
-
-
-def _container_status(pod: Mapping[str, Any]) -> Mapping[str, Any]:
-    statuses = (pod.get("status") or {}).get("containerStatuses") or []
-    for item in statuses:
-        if item.get("name") == "worker":
-            return dict(item)
-    return dict(statuses[0]) if statuses else {}
-
-
-def _pod_order(pod: Mapping[str, Any]) -> tuple[str, str]:
-    terminated = (_container_status(pod).get("state") or {}).get("terminated") or {}
-    stamp = terminated.get("finishedAt") or (pod.get("metadata") or {}).get("creationTimestamp") or ""
-    return (str(stamp), str((pod.get("metadata") or {}).get("name") or ""))
-
-
-def _terminated(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    state = _container_status(pod).get("state") or {}
-    found = state.get("terminated")
-    return found if isinstance(found, Mapping) else None
-
-
-def describe_pod_failure(pod: Mapping[str, Any]) -> tuple[str, str]:
-    """(reason, message) for one failed worker pod: OOMKilled, a worker exit code, or the pod's reason."""
-    terminated = _terminated(pod)
-    pod_status = pod.get("status") or {}
-    if terminated is None:
-        reason = str(pod_status.get("reason") or "PodFailed")
-        return reason, f"the worker pod failed ({reason}): {pod_status.get('message') or 'no details'}"
-    exit_code = int(terminated.get("exitCode") or 0)
-    if terminated.get("reason") == "OOMKilled":
-        return (
-            "OOMKilled",
-            f"the worker ran out of memory (OOMKilled, exit code {exit_code}); raise "
-            "spec.jobTemplate.resources.limits.memory or the operator's worker resources",
-        )
-    parsed = parse_termination_message(terminated.get("message"))
-    known = EXIT_CODES.get(exit_code)
-    reason = str(parsed.data.get("reason") or (known[0] if known else "WorkerCrashed"))
-    meaning = known[1] if known else f"the worker crashed with exit code {exit_code}"
-    detail = parsed.data.get("message")
-    if not detail and parsed.problem is None:
-        detail = None
-    elif not detail and terminated.get("message"):
-        # FallbackToLogsOnError: the message may be the tail of the log rather than our JSON.
-        detail = str(terminated["message"]).strip().splitlines()[-1][:300]
-    text = f"{meaning} (exit code {exit_code}, {reason})"
-    if detail:
-        text += f": {detail}"
-    return reason, text
-
-
 def observe(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], now: str) -> Observation:
     """The crawl's state from its Job and the Job's Pods."""
     job_status = job.get("status") or {}
-    ordered = sorted(pods, key=_pod_order)
+    ordered = sorted(pods, key=pod_order)
     attempts = max(
         len(ordered),
         int(job_status.get("succeeded") or 0)
@@ -184,11 +65,11 @@ def observe(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], now: str)
         + int(job_status.get("active") or 0),
     )
     start = job_status.get("startTime")
-    complete = _job_condition(job, "Complete") or _job_condition(job, "SuccessCriteriaMet")
-    failed = _job_condition(job, "Failed") or _job_condition(job, "FailureTarget")
+    complete = succeeded_condition(job)
+    failed = failed_condition(job)
     if complete is not None and failed is None:
-        winners = [pod for pod in ordered if (_terminated(pod) or {}).get("exitCode") == 0]
-        terminated = _terminated(winners[-1]) if winners else None
+        winners = [pod for pod in ordered if (terminated_state(pod) or {}).get("exitCode") == 0]
+        terminated = terminated_state(winners[-1]) if winners else None
         parsed = parse_termination_message((terminated or {}).get("message"))
         finished = job_status.get("completionTime") or complete.get("lastTransitionTime") or now
         if parsed.problem is not None:
@@ -217,7 +98,7 @@ def observe(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], now: str)
             pod
             for pod in ordered
             if (pod.get("status") or {}).get("phase") == "Failed"
-            or ((_terminated(pod) or {}).get("exitCode") not in (None, 0))
+            or ((terminated_state(pod) or {}).get("exitCode") not in (None, 0))
         ]
         pod_reason, pod_message = describe_pod_failure(failed_pods[-1]) if failed_pods else ("", "")
         backoff = (job.get("spec") or {}).get("backoffLimit")
@@ -243,7 +124,7 @@ def observe(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], now: str)
         return Observation("Failed", reason, message, attempts, start, finished, None, warning=True)
     # Not finished: running, or waiting for a pod (and possibly stuck while waiting).
     for pod in reversed(ordered):
-        waiting = (_container_status(pod).get("state") or {}).get("waiting") or {}
+        waiting = (container_status(pod).get("state") or {}).get("waiting") or {}
         stuck = STUCK_WAITING_REASONS.get(str(waiting.get("reason")))
         if stuck and (pod.get("status") or {}).get("phase") in (None, "Pending"):
             detail = waiting.get("message") or ""
@@ -258,7 +139,7 @@ def observe(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], now: str)
     running = [pod for pod in ordered if (pod.get("status") or {}).get("phase") == "Running"]
     if running or (
         int(job_status.get("active") or 0) > 0
-        and any((_container_status(pod).get("state") or {}).get("running") for pod in ordered)
+        and any((container_status(pod).get("state") or {}).get("running") for pod in ordered)
     ):
         retry = f" (attempt {attempts})" if attempts > 1 else ""
         return Observation("Running", "WorkerRunning", f"the worker is running{retry}", attempts, start)
@@ -286,25 +167,6 @@ def observe(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], now: str)
     return Observation(
         "Pending", "JobCreated", "the Job is created; waiting for the worker pod to start", attempts, start
     )
-
-
-def pods_explain_verdict(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> bool:
-    """Whether *pods* (the operator's view) already hold what observe() needs for a finished Job.
-
-    Complete: a worker pod that exited 0 (its termination message is the result). Failed: at least
-    as many failed pods as the Job counts. Otherwise the Pods must be read fresh: their watch events
-    race the Job's.
-    """
-    job_status = job.get("status") or {}
-    if _job_condition(job, "Complete") or _job_condition(job, "SuccessCriteriaMet"):
-        return any((_terminated(pod) or {}).get("exitCode") == 0 for pod in pods)
-    failed = [
-        pod
-        for pod in pods
-        if (pod.get("status") or {}).get("phase") == "Failed"
-        or (_terminated(pod) or {}).get("exitCode") not in (None, 0)
-    ]
-    return bool(failed) and len(failed) >= int(job_status.get("failed") or 0)
 
 
 def queued(position: int, queue_length: int, max_active: int) -> Observation:

@@ -1,0 +1,102 @@
+"""The operator's writes through the API: a CrawlJob status patch with its transition Event, an
+Event, a Job deleted with its Pods (thin I/O; what to write is decided by the pure modules)."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from crawljob import kube
+from crawljob.operator import events, status
+from crawljob.operator.view import Body, State, key_of, log
+from crawljob.times import parse_time, utc_now
+
+
+async def post_event(
+    state: State, crawljob: Mapping[str, Any], reason: str, message: str, warning: bool
+) -> None:
+    """A Kubernetes Event on the CrawlJob (best effort: failures are logged, never raised)."""
+    now = datetime.datetime.now(tz=datetime.UTC)
+    event = events.build_event(crawljob, reason, message, warning, state.instance, now)
+    namespace = event["metadata"]["namespace"]
+    try:
+        await state.client.create(kube.EVENTS, namespace, event)
+    except kube.KubeError as exc:
+        state.metrics.api_errors.labels("event").inc()
+        log.warning("cannot post event %s on %s: %s", reason, event["involvedObject"]["name"], exc)
+
+
+async def write_status(
+    state: State, crawljob: Body, observation: status.Observation, job_name: str | None
+) -> Body:
+    """Patch the CrawlJob's status to match *observation*; post an Event when the phase or reason changes."""
+    current = crawljob.get("status") or {}
+    metadata = crawljob.get("metadata") or {}
+    generation = metadata.get("generation")
+    desired = status.desired_status(current, observation, generation, job_name, utc_now())
+    patch = status.status_patch(current, desired)
+    if not status.worth_writing(patch, current):
+        return crawljob
+    namespace, name = key_of(crawljob)
+    try:
+        updated = await state.client.patch(kube.CRAWLJOBS, namespace, name, {"status": patch}, "status")
+    except kube.NotFound:
+        return crawljob
+    except kube.KubeError as exc:
+        state.metrics.api_errors.labels("status").inc()
+        raise kopf.TemporaryError(f"cannot update the status of {name}: {exc}", delay=2) from exc
+    if updated.get("metadata"):
+        state.remember(state.crawljobs, updated)
+    transitioned = current.get("phase") != observation.phase or current.get("reason") != observation.reason
+    if transitioned:
+        log.info(
+            "%s: %s (%s) %s",
+            name,
+            observation.phase,
+            observation.reason,
+            observation.message,
+            extra={"crawljob": name, "namespace": namespace, "phase": observation.phase},
+        )
+        state.metrics.transitions.labels(observation.phase, observation.reason).inc()
+        if status.is_terminal(observation.phase) and observation.start_time and observation.completion_time:
+            started = parse_time(observation.start_time)
+            finished = parse_time(observation.completion_time)
+            if started and finished:
+                state.metrics.duration.labels(observation.phase).observe((finished - started).total_seconds())
+        await post_event(
+            state,
+            crawljob,
+            observation.reason,
+            f"{observation.phase}: {observation.message}",
+            observation.warning,
+        )
+    return updated if updated.get("metadata") else crawljob
+
+
+async def delete_job(state: State, namespace: str, job_name: str) -> None:
+    """Delete a Job (foreground) and, explicitly, its Pods (where garbage collection is slow or absent)."""
+    with contextlib.suppress(kube.NotFound):
+        try:
+            await state.client.delete(kube.JOBS, namespace, job_name, propagation="Foreground")
+        except kube.KubeError as exc:
+            state.metrics.api_errors.labels("delete").inc()
+            log.warning("cannot delete Job %s: %s", job_name, exc)
+    pods = await list_quietly(state, kube.PODS, namespace, {"job-name": job_name})
+    for pod in pods + state.pods_of(namespace, job_name):
+        with contextlib.suppress(kube.KubeError):
+            await state.client.delete(kube.PODS, namespace, pod["metadata"]["name"])
+
+
+async def list_quietly(
+    state: State, what: kube.Resource, namespace: str | None, labels: Mapping[str, str]
+) -> list[Body]:
+    """List *what*; on an API error log it and return nothing (the next resync reads again)."""
+    try:
+        return await state.client.list(what, namespace, labels)
+    except kube.KubeError as exc:
+        log.warning("cannot list %s: %s", what.plural, exc)
+        return []

@@ -20,14 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from crawljob_worker.contract import SUMMARY_KEYS
+
 log = logging.getLogger("crawljob_worker.report")
 
 TERMINATION_LIMIT = 4096
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
-SUMMARY_KEYS = (
-    "outcome", "exitCode", "reason", "message", "rowsRead", "rowsWritten", "rowsRejected", "bytesRead",
-    "outputUri", "outputObjects", "rejectsUri", "manifestUri", "durationSeconds",
-)  # fmt: skip
 
 
 def termination_message(summary: Mapping[str, Any], limit: int = TERMINATION_LIMIT) -> str:

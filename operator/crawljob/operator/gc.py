@@ -6,6 +6,7 @@ import datetime
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from crawljob import resource
 from crawljob.times import parse_time
 
 
@@ -26,7 +27,7 @@ def select_for_deletion(
     for crawljob in crawljobs:
         status = crawljob.get("status") or {}
         phase = status.get("phase")
-        if phase not in ("Succeeded", "Failed", "Cancelled", "Superseded"):
+        if phase not in resource.TERMINAL_PHASES:
             continue
         name = str((crawljob.get("metadata") or {}).get("name"))
         finished = parse_time(status.get("completionTime")) or parse_time(

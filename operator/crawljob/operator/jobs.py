@@ -8,15 +8,10 @@ from typing import Any
 
 from crawljob import resource
 from crawljob.operator.settings import OperatorSettings
+from crawljob_worker import contract
 
 Body = dict[str, Any]
 
-CONTAINER_NAME = "worker"
-TERMINATION_LOG = "/dev/termination-log"
-# Worker exit codes that mean "bad input or configuration": retrying cannot help (docs/contracts.md).
-PERMANENT_EXIT_CODES = (2, 3, 4, 5, 6)
-ANNOTATION_RERUN = "crawljob.io/rerun"
-ANNOTATION_RUN = "crawljob.io/run"
 
 DEFAULT_POD_SECURITY_CONTEXT: Mapping[str, Any] = {
     "runAsNonRoot": True,
@@ -61,7 +56,7 @@ def output_uri(spec: Mapping[str, Any], name: str, settings: OperatorSettings) -
         return str(explicit)
     if settings.default_output_uri:
         return f"{settings.default_output_uri.rstrip('/')}/{name}/"
-    return f"s3://{spec['source']['bucket']}/crawljob-output/{name}/"
+    return f"s3://{spec['source']['bucket']}/{resource.DEFAULT_OUTPUT_PREFIX}{name}/"
 
 
 def worker_args(spec: Mapping[str, Any], name: str, settings: OperatorSettings) -> list[str]:
@@ -113,7 +108,7 @@ def build_job(crawljob: Mapping[str, Any], settings: OperatorSettings) -> Body:
     env += [dict(item) for item in template.get("env") or []]
     resources = dict(template.get("resources") or settings.worker_resources or {})
     container: Body = {
-        "name": CONTAINER_NAME,
+        "name": resource.WORKER_CONTAINER,
         "image": template.get("image") or settings.worker_image,
         "imagePullPolicy": "IfNotPresent",
         "command": list(settings.worker_command),
@@ -121,7 +116,7 @@ def build_job(crawljob: Mapping[str, Any], settings: OperatorSettings) -> Body:
         "env": env,
         "resources": resources,
         "securityContext": dict(CONTAINER_SECURITY_CONTEXT),
-        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePath": contract.TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
         # The root filesystem is read-only; temporary files go to an emptyDir.
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
@@ -150,9 +145,9 @@ def build_job(crawljob: Mapping[str, Any], settings: OperatorSettings) -> Body:
                 {
                     "action": "FailJob",
                     "onExitCodes": {
-                        "containerName": CONTAINER_NAME,
+                        "containerName": resource.WORKER_CONTAINER,
                         "operator": "In",
-                        "values": list(PERMANENT_EXIT_CODES),
+                        "values": [int(code) for code in contract.PERMANENT_EXIT_CODES],
                     },
                 },
                 {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
@@ -172,7 +167,7 @@ def build_job(crawljob: Mapping[str, Any], settings: OperatorSettings) -> Body:
             "name": job_name(name, run),
             "namespace": metadata.get("namespace"),
             "labels": labels,
-            "annotations": {ANNOTATION_RUN: str(run)},
+            "annotations": {resource.ANNOTATION_RUN: str(run)},
             "ownerReferences": [owner_reference(crawljob)],
         },
         "spec": job_spec,

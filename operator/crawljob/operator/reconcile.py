@@ -14,9 +14,6 @@ from crawljob.operator.view import Body, Key, State, key_of, log
 from crawljob.operator.writes import delete_job, list_quietly, post_event, write_status
 from crawljob.times import utc_now
 
-ANNOTATION_RERUN = "crawljob.io/rerun"
-ANNOTATION_CANCEL = "crawljob.io/cancel"
-
 
 async def reconcile(state: State, key: Key) -> None:
     """Bring one CrawlJob's status in line with its Job and Pods (and handle a re-run request)."""
@@ -81,7 +78,7 @@ async def _maybe_cancel(state: State, crawljob: Body) -> Body:
     """
     annotations = (crawljob.get("metadata") or {}).get("annotations") or {}
     current = crawljob.get("status") or {}
-    token = status.cancel_request(annotations.get(ANNOTATION_CANCEL), current)
+    token = status.cancel_request(annotations.get(resource.ANNOTATION_CANCEL), current)
     if token is None:
         return crawljob
     key = key_of(crawljob)
@@ -130,7 +127,7 @@ async def _maybe_cancel(state: State, crawljob: Body) -> Body:
 
 async def _maybe_rerun(state: State, crawljob: Body) -> Body:
     """Start a new run when the crawljob.io/rerun annotation carries a token not seen before."""
-    token = ((crawljob.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_RERUN)
+    token = ((crawljob.get("metadata") or {}).get("annotations") or {}).get(resource.ANNOTATION_RERUN)
     current = crawljob.get("status") or {}
     if not token or token == current.get("rerunToken"):
         return crawljob

@@ -12,7 +12,7 @@ import kopf
 
 from crawljob import kube, resource
 from crawljob.operator import gc, status
-from crawljob.operator.reconcile import ANNOTATION_CANCEL, ANNOTATION_RERUN, reconcile
+from crawljob.operator.reconcile import reconcile
 from crawljob.operator.view import MANAGED, Body, Key, State, key_of, log
 from crawljob.operator.writes import delete_job
 
@@ -42,7 +42,7 @@ async def resync(state: State) -> None:
         phases[str((crawljob.get("status") or {}).get("phase") or "New")] += 1
         if not status.is_terminal((crawljob.get("status") or {}).get("phase")) or (
             (crawljob.get("metadata") or {}).get("annotations") or {}
-        ).keys() & {ANNOTATION_RERUN, ANNOTATION_CANCEL}:
+        ).keys() & {resource.ANNOTATION_RERUN, resource.ANNOTATION_CANCEL}:
             with contextlib.suppress(kopf.TemporaryError, kube.KubeError):
                 await reconcile(state, key)
     for phase in resource.PHASES:

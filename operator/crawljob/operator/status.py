@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from crawljob import resource
 from crawljob.operator import conditions
 from crawljob.operator.workload import (
     STUCK_WAITING_REASONS,
@@ -339,4 +340,4 @@ def _conditions_key(value: Any) -> Any:
 
 def is_terminal(phase: str | None) -> bool:
     """Whether *phase* is final (no Job will run again without a re-run)."""
-    return phase in ("Succeeded", "Failed", "Cancelled", "Superseded")
+    return phase in resource.TERMINAL_PHASES

@@ -8,21 +8,33 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from crawljob import resource
 from crawljob.operator import conditions
+from crawljob_worker.contract import RESULT_KEYS, ExitCode
 
 Body = dict[str, Any]
 
-# Worker exit codes (docs/contracts.md) → reason and what it means for the user.
+# Worker exit codes (crawljob_worker.contract) → reason and what it means for the user. The reason
+# is the fallback when the termination message names none.
 EXIT_CODES: Mapping[int, tuple[str, str]] = {
-    2: ("InvalidArguments", "the worker rejected its arguments or configuration; fix the CrawlJob spec"),
-    3: ("BadInput", "the source is not readable CSV (binary, undecodable or unsupported compression)"),
-    4: ("SourceNotFound", "the source object is missing or access to it was denied"),
-    5: (
+    ExitCode.INVALID_ARGUMENTS: (
+        "InvalidArguments",
+        "the worker rejected its arguments or configuration; fix the CrawlJob spec",
+    ),
+    ExitCode.BAD_INPUT: (
+        "BadInput",
+        "the source is not readable CSV (binary, undecodable or unsupported compression)",
+    ),
+    ExitCode.SOURCE_UNAVAILABLE: (
+        "SourceNotFound",
+        "the source object is missing or access to it was denied",
+    ),
+    ExitCode.REJECT_THRESHOLD_EXCEEDED: (
         "RejectThresholdExceeded",
         "more rows were rejected than maxRejectRatio allows (rejects were written)",
     ),
-    6: ("OutputForbidden", "the worker cannot write to the output location"),
-    75: ("Transient", "S3 was unreachable or throttled beyond the worker's retry budget"),
+    ExitCode.OUTPUT_FORBIDDEN: ("OutputForbidden", "the worker cannot write to the output location"),
+    ExitCode.TRANSIENT: ("Transient", "S3 was unreachable or throttled beyond the worker's retry budget"),
 }
 # Container waiting reasons that mean the worker cannot start as configured (Pod stays Pending).
 STUCK_WAITING_REASONS: Mapping[str, str] = {
@@ -32,17 +44,6 @@ STUCK_WAITING_REASONS: Mapping[str, str] = {
     "CreateContainerConfigError": "the worker container's configuration is invalid (missing Secret/ConfigMap?)",
     "CreateContainerError": "the worker container cannot be created",
 }
-RESULT_FIELDS = (
-    "rowsRead",
-    "rowsWritten",
-    "rowsRejected",
-    "bytesRead",
-    "outputUri",
-    "outputObjects",
-    "rejectsUri",
-    "manifestUri",
-    "durationSeconds",
-)
 _INT_FIELDS = frozenset({"rowsRead", "rowsWritten", "rowsRejected", "bytesRead", "outputObjects"})
 
 
@@ -72,7 +73,7 @@ def parse_termination_message(text: str | None) -> TerminationMessage:
             {}, None, f"the worker's termination message is not a JSON object: {text[:120]!r}"
         )
     result: Body = {}
-    for name in RESULT_FIELDS:
+    for name in RESULT_KEYS:
         value = data.get(name)
         if value is None:
             continue
@@ -118,7 +119,7 @@ def job_finished(job: Mapping[str, Any]) -> bool:
 def container_status(pod: Mapping[str, Any]) -> Mapping[str, Any]:
     statuses = (pod.get("status") or {}).get("containerStatuses") or []
     for item in statuses:
-        if item.get("name") == "worker":
+        if item.get("name") == resource.WORKER_CONTAINER:
             return dict(item)
     return dict(statuses[0]) if statuses else {}
 

@@ -21,15 +21,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from crawljob.resource import ObjectRef
+from crawljob.resource import DEFAULT_OUTPUT_PREFIX, ObjectRef
 
 KEY_MISSING = "S3 object key missing in POST request"
 KEY_BLANK = "S3 object key in POST request is blank"
 
 SNS_TYPES = frozenset({"Notification", "SubscriptionConfirmation", "UnsubscribeConfirmation"})
-# The default output prefix the operator writes under when no output URI is configured
-# (`s3://<source bucket>/crawljob-output/<name>/`): events for it must never start a crawl.
-DEFAULT_OUTPUT_PREFIX = "crawljob-output/"
 
 
 class EventError(Exception):

@@ -6,7 +6,6 @@ and works the same against a real API server and against the kmock emulator.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import ssl
@@ -334,16 +333,3 @@ class KubeClient:
 def _labels_match(obj: Body, labels: Mapping[str, str]) -> bool:
     have = (obj.get("metadata") or {}).get("labels") or {}
     return all(have.get(key) == value for key, value in labels.items())
-
-
-async def wait_for(predicate: Any, timeout: float, interval: float = 0.1, what: str = "condition") -> Any:
-    """Await an async *predicate* until it returns a truthy value (for tools and tests)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = await predicate()
-        if value:
-            return value
-        if loop.time() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-        await asyncio.sleep(interval)

@@ -9,12 +9,10 @@ import datetime
 from collections.abc import Mapping
 from typing import Any
 
-import kopf
-
 from crawljob import kube, resource
 from crawljob.operator import jobs, queue, status, workload
 from crawljob.operator.reconcile import reconcile_quietly
-from crawljob.operator.view import Body, Key, State, key_of, log
+from crawljob.operator.view import Body, Key, RetryLater, State, key_of, log
 from crawljob.operator.writes import write_status
 from crawljob.times import parse_time, utc_now
 
@@ -144,8 +142,9 @@ async def _write_superseded(state: State, key: Key) -> None:
             if newer is None:
                 return
             state.position_written.pop(key, None)
-            with contextlib.suppress(kopf.TemporaryError):
-                await write_status(state, crawljob, _superseded_by(crawljob, newer), None)
+            await write_status(state, crawljob, _superseded_by(crawljob, newer), None)
+    except RetryLater as exc:
+        log.warning("%s: %s (the next pass retries)", key[1], exc, extra={"crawljob": key[1]})
     finally:
         state.queued_writes.discard(key)
         state.kick()
@@ -158,8 +157,9 @@ async def _write_queued(state: State, key: Key, position: int, length: int) -> N
             if crawljob is None or not needs_job(state, crawljob, key)[1]:
                 return
             observation = status.queued(position, max(length, position), state.settings.max_active)
-            with contextlib.suppress(kopf.TemporaryError):
-                await write_status(state, crawljob, observation, None)
+            await write_status(state, crawljob, observation, None)
+    except RetryLater as exc:
+        log.warning("%s: %s (the next pass retries)", key[1], exc, extra={"crawljob": key[1]})
     finally:
         state.queued_writes.discard(key)
         state.kick()
@@ -171,7 +171,7 @@ async def create_job(state: State, key: Key) -> None:
     state.position_written.pop(key, None)
     try:
         await _create_job_locked(state, key)
-    except (kube.KubeError, kopf.TemporaryError) as exc:
+    except (kube.KubeError, RetryLater) as exc:
         state.metrics.api_errors.labels("create").inc()
         log.warning("%s: cannot create its Job yet (will retry): %s", name, exc, extra={"crawljob": name})
         return

@@ -16,7 +16,7 @@ import kopf
 
 from crawljob import resource
 from crawljob.operator import workload
-from crawljob.operator.reconcile import cancel, reconcile
+from crawljob.operator.reconcile import cancel, reconcile_quietly
 from crawljob.operator.view import MANAGED, get_state, key_of
 
 
@@ -34,7 +34,7 @@ async def on_crawljob_event(event: Mapping[str, Any], memo: Any, **_: Any) -> No
     new = key not in state.crawljobs
     state.remember(state.crawljobs, body)
     state.note_newest(key, body)
-    await reconcile(state, key)
+    await reconcile_quietly(state, key)
     state.kick(urgent=new and state.free_slots > 0)
 
 
@@ -52,7 +52,7 @@ async def on_job_event(event: Mapping[str, Any], memo: Any, **_: Any) -> None:
     state.kick(urgent=freed)  # before the status write: the slot is free now
     owner = ((body.get("metadata") or {}).get("labels") or {}).get(resource.LABEL_CRAWLJOB)
     if owner:
-        await reconcile(state, (key[0], owner))
+        await reconcile_quietly(state, (key[0], owner))
 
 
 async def on_pod_event(event: Mapping[str, Any], memo: Any, **_: Any) -> None:
@@ -66,7 +66,7 @@ async def on_pod_event(event: Mapping[str, Any], memo: Any, **_: Any) -> None:
     state.remember_pod(body)
     owner = ((body.get("metadata") or {}).get("labels") or {}).get(resource.LABEL_CRAWLJOB)
     if owner:
-        await reconcile(state, (key[0], owner))
+        await reconcile_quietly(state, (key[0], owner))
 
 
 def register(registry: kopf.OperatorRegistry) -> None:

@@ -6,11 +6,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import kopf
-
 from crawljob import kube, resource
 from crawljob.operator import jobs, status, workload
-from crawljob.operator.view import Body, Key, State, key_of, log
+from crawljob.operator.view import Body, Key, RetryLater, State, key_of, log
 from crawljob.operator.writes import delete_job, list_quietly, post_event, write_status
 from crawljob.times import utc_now
 
@@ -45,7 +43,7 @@ async def reconcile(state: State, key: Key) -> None:
                     state.kick(urgent=True)
                     return
                 except kube.KubeError as exc:
-                    raise kopf.TemporaryError(f"cannot read Job {expected}: {exc}", delay=2) from exc
+                    raise RetryLater(f"cannot read Job {expected}: {exc}") from exc
                 state.remember(state.jobs, found)
                 job = found
             else:
@@ -63,10 +61,11 @@ async def reconcile(state: State, key: Key) -> None:
 
 
 async def reconcile_quietly(state: State, key: Key) -> None:
-    """reconcile() for background tasks: failures are logged; the next event or resync retries."""
+    """reconcile() for event handlers and background tasks: an API failure is logged; the next
+    event or the periodic resync retries."""
     try:
         await reconcile(state, key)
-    except (kube.KubeError, kopf.TemporaryError) as exc:
+    except (kube.KubeError, RetryLater) as exc:
         log.warning("%s: reconcile failed (will retry): %s", key[1], exc, extra={"crawljob": key[1]})
 
 
@@ -89,7 +88,7 @@ async def _maybe_cancel(state: State, crawljob: Body) -> Body:
                 kube.CRAWLJOBS, namespace, name, {"status": {"cancelToken": token}}, "status"
             )
         except kube.KubeError as exc:
-            raise kopf.TemporaryError(f"cannot record the cancel request of {name}: {exc}", delay=2) from exc
+            raise RetryLater(f"cannot record the cancel request of {name}: {exc}") from exc
         state.remember(state.crawljobs, updated)
         message = f"cancel request {token!r} ignored: the crawl already ended ({current.get('phase')})"
         await post_event(state, crawljob, "CancelIgnored", message, False)
@@ -160,7 +159,7 @@ async def _maybe_rerun(state: State, crawljob: Body) -> Body:
     try:
         updated = await state.client.patch(kube.CRAWLJOBS, namespace, name, {"status": patch}, "status")
     except kube.KubeError as exc:
-        raise kopf.TemporaryError(f"cannot record the re-run of {name}: {exc}", delay=2) from exc
+        raise RetryLater(f"cannot record the re-run of {name}: {exc}") from exc
     state.remember(state.crawljobs, updated)
     await post_event(state, crawljob, reason, message, warning)
     state.kick(urgent=True)

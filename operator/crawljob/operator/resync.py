@@ -4,16 +4,13 @@ garbage-collect finished CrawlJobs (the safety net under the watch events)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime
 from collections import defaultdict
-
-import kopf
 
 from crawljob import kube, resource
 from crawljob.operator import gc, status
 from crawljob.operator.reconcile import reconcile
-from crawljob.operator.view import MANAGED, Body, Key, State, key_of, log
+from crawljob.operator.view import MANAGED, Body, Key, RetryLater, State, key_of, log
 from crawljob.operator.writes import delete_job
 
 
@@ -43,8 +40,10 @@ async def resync(state: State) -> None:
         if not status.is_terminal((crawljob.get("status") or {}).get("phase")) or (
             (crawljob.get("metadata") or {}).get("annotations") or {}
         ).keys() & {resource.ANNOTATION_RERUN, resource.ANNOTATION_CANCEL}:
-            with contextlib.suppress(kopf.TemporaryError, kube.KubeError):
+            try:
                 await reconcile(state, key)
+            except (RetryLater, kube.KubeError) as exc:
+                log.warning("%s: reconcile failed (the next resync retries): %s", key[1], exc)
     for phase in resource.PHASES:
         state.metrics.phase.labels(phase).set(phases.get(phase, 0))
     state.kick(urgent=True)
@@ -110,9 +109,9 @@ async def collect_garbage(state: State) -> None:
                     extra={"crawljob": name},
                 )
             except kube.NotFound:
-                pass
+                pass  # deleted meanwhile: what the collection wanted
             except kube.KubeError as exc:
-                log.warning("cannot garbage-collect %s: %s", name, exc)
+                log.warning("cannot garbage-collect %s (the next resync retries): %s", name, exc)
 
 
 async def resync_loop(state: State) -> None:

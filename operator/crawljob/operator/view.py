@@ -25,6 +25,11 @@ Key = tuple[str, str]  # (namespace, name)
 MANAGED = {resource.LABEL_MANAGED_BY: resource.MANAGED_BY}
 
 
+class RetryLater(Exception):
+    """A step failed on an API error and was abandoned; the next watch event or the periodic resync
+    retries it. (Not kopf.TemporaryError: kopf neither tracks nor retries `on.event` handlers.)"""
+
+
 def key_of(body: Mapping[str, Any]) -> Key:
     metadata = body.get("metadata") or {}
     return (str(metadata.get("namespace") or "default"), str(metadata.get("name")))

@@ -3,16 +3,13 @@ Event, a Job deleted with its Pods (thin I/O; what to write is decided by the pu
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 from collections.abc import Mapping
 from typing import Any
 
-import kopf
-
 from crawljob import kube
 from crawljob.operator import events, status
-from crawljob.operator.view import Body, State, key_of, log
+from crawljob.operator.view import Body, RetryLater, State, key_of, log
 from crawljob.times import parse_time, utc_now
 
 
@@ -48,7 +45,7 @@ async def write_status(
         return crawljob
     except kube.KubeError as exc:
         state.metrics.api_errors.labels("status").inc()
-        raise kopf.TemporaryError(f"cannot update the status of {name}: {exc}", delay=2) from exc
+        raise RetryLater(f"cannot update the status of {name}: {exc}") from exc
     if updated.get("metadata"):
         state.remember(state.crawljobs, updated)
     transitioned = current.get("phase") != observation.phase or current.get("reason") != observation.reason
@@ -79,16 +76,23 @@ async def write_status(
 
 async def delete_job(state: State, namespace: str, job_name: str) -> None:
     """Delete a Job (foreground) and, explicitly, its Pods (where garbage collection is slow or absent)."""
-    with contextlib.suppress(kube.NotFound):
+    try:
+        await state.client.delete(kube.JOBS, namespace, job_name, propagation="Foreground")
+    except kube.NotFound:
+        pass  # already gone: what deleting it wanted
+    except kube.KubeError as exc:
+        state.metrics.api_errors.labels("delete").inc()
+        log.warning("cannot delete Job %s (the next resync retries): %s", job_name, exc)
+    pods = await list_quietly(state, kube.PODS, namespace, {"job-name": job_name})
+    names = {pod["metadata"]["name"] for pod in pods + state.pods_of(namespace, job_name)}
+    for pod_name in sorted(names):
         try:
-            await state.client.delete(kube.JOBS, namespace, job_name, propagation="Foreground")
+            await state.client.delete(kube.PODS, namespace, pod_name)
+        except kube.NotFound:
+            pass  # the Job's foreground deletion got there first
         except kube.KubeError as exc:
             state.metrics.api_errors.labels("delete").inc()
-            log.warning("cannot delete Job %s: %s", job_name, exc)
-    pods = await list_quietly(state, kube.PODS, namespace, {"job-name": job_name})
-    for pod in pods + state.pods_of(namespace, job_name):
-        with contextlib.suppress(kube.KubeError):
-            await state.client.delete(kube.PODS, namespace, pod["metadata"]["name"])
+            log.warning("cannot delete Pod %s of Job %s: %s", pod_name, job_name, exc)
 
 
 async def list_quietly(

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import re
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -428,10 +428,3 @@ def _optional_size(container: Mapping[str, Any], name: str, path: str) -> int | 
 
 def _str_or_none(value: Any) -> str | None:
     return value if isinstance(value, str) else None
-
-
-def describe(targets: Sequence[Target]) -> str:
-    """A short human summary of *targets* for logs."""
-    return ", ".join(f"s3://{t.ref.bucket}/{t.ref.key}" for t in targets[:5]) + (
-        f" (+{len(targets) - 5})" if len(targets) > 5 else ""
-    )

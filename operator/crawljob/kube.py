@@ -18,9 +18,9 @@ from typing import Any
 import aiohttp
 import yaml
 
-SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+from crawljob.models import Body
 
-Body = dict[str, Any]
+SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 
 class KubeError(Exception):

@@ -3,6 +3,7 @@
 import pytest
 
 from crawljob import times
+from crawljob.models import CrawlJob
 from crawljob.operator import gc, queue
 from crawljob.operator.queue import Candidate
 
@@ -46,8 +47,10 @@ def test_a_position_is_rewritten_often_near_the_head_and_rarely_behind_it() -> N
     assert queue.position_due(behind, last_written=100.0, now=100.0 + queue.POSITION_REFRESH_SECONDS)
 
 
-def _finished(name: str, phase: str, completed: str) -> dict[str, object]:
-    return {"metadata": {"name": name}, "status": {"phase": phase, "completionTime": completed}}
+def _finished(name: str, phase: str, completed: str) -> CrawlJob:
+    return CrawlJob.parse(
+        {"metadata": {"name": name}, "status": {"phase": phase, "completionTime": completed}}
+    )
 
 
 def test_gc_selects_past_ttl_and_beyond_history_limits_per_outcome() -> None:
@@ -60,7 +63,7 @@ def test_gc_selects_past_ttl_and_beyond_history_limits_per_outcome() -> None:
         _finished("ok3", "Succeeded", "2026-01-01T00:57:00Z"),
         _finished("bad1", "Failed", "2026-01-01T00:59:30Z"),
         _finished("bad2", "Cancelled", "2026-01-01T00:59:00Z"),
-        {"metadata": {"name": "running"}, "status": {"phase": "Running"}},
+        CrawlJob.parse({"metadata": {"name": "running"}, "status": {"phase": "Running"}}),
     ]
     assert gc.select_for_deletion(items, now, ttl_seconds=1800, successful_limit=None, failed_limit=None) == [
         "old-ok"

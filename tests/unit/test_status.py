@@ -236,10 +236,25 @@ def test_pods_in_view_explain_a_finished_job_or_must_be_read_fresh() -> None:
 
 
 def test_cancel_request_acts_once_per_annotation_value() -> None:
-    assert status.cancel_request(None, {}) is None
+    assert status.cancel_request(None, None) is None
     assert status.cancel_request("true", None) == "true"
-    assert status.cancel_request("true", {"cancelToken": "true"}) is None
-    assert status.cancel_request("again", {"cancelToken": "true"}) == "again"
+    assert status.cancel_request("", None) == ""  # a bare annotation cancels too
+    assert status.cancel_request("true", "true") is None
+    assert status.cancel_request("again", "true") == "again"
+
+
+def test_a_rerun_starts_the_next_run_from_a_clean_slate() -> None:
+    patch = status.rerun_patch("t2", 3)
+    assert (patch["run"], patch["rerunToken"], patch["phase"], patch["reason"]) == (
+        3,
+        "t2",
+        "Pending",
+        "Rerun",
+    )
+    assert all(
+        patch[field] is None for field in ("jobName", "startTime", "completionTime", "result", "progress")
+    )
+    assert patch["attempts"] == 0
 
 
 def test_cancelled_keeps_the_record_with_reason_and_condition() -> None:

@@ -6,13 +6,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
-from collections.abc import Mapping
-from typing import Any
 
-from crawljob import kube, resource
+from crawljob import kube
+from crawljob.models import CrawlJob, Job, Key
 from crawljob.operator import jobs, queue, status, workload
 from crawljob.operator.reconcile import reconcile_quietly
-from crawljob.operator.view import Body, Key, RetryLater, State, key_of, log
+from crawljob.operator.view import RetryLater, State, log
 from crawljob.operator.writes import write_status
 from crawljob.times import parse_time, utc_now
 
@@ -22,21 +21,18 @@ SCHEDULE_COALESCE_SECONDS = 0.25
 SCHEDULE_MIN_INTERVAL_SECONDS = 0.01
 
 
-def needs_job(state: State, crawljob: Mapping[str, Any], key: Key | None = None) -> tuple[bool, bool]:
+def needs_job(state: State, crawljob: CrawlJob) -> tuple[bool, bool]:
     """(holds a slot, waits for one) for one CrawlJob."""
-    namespace, name = key or key_of(crawljob)
-    current = crawljob.get("status") or {}
-    if current.get("phase") in resource.TERMINAL_PHASES or (crawljob.get("metadata") or {}).get(
-        "deletionTimestamp"
-    ):
+    namespace, name = crawljob.key
+    if crawljob.status.terminal or crawljob.meta.deletion_timestamp:
         return False, False
-    if (namespace, name) in state.creating:
+    if crawljob.key in state.creating:
         return True, False
-    expected = jobs.job_name(name, jobs.run_number(crawljob))
+    expected = jobs.job_name(name, crawljob.status.run)
     job = state.jobs.get((namespace, expected))
     if job is not None:
-        return not workload.job_finished(job), False
-    if current.get("jobName") == expected:
+        return not workload.job_finished(job.body), False
+    if crawljob.status.job_name == expected:
         return True, False  # its Job vanished: reconcile() fails it; count it until then
     return False, True
 
@@ -50,7 +46,7 @@ async def schedule(state: State) -> None:
         if crawljob is None:
             state.sequenced_keys.discard(key)
             continue
-        sequenced.append(queue.sequenced_of(key, crawljob, needs_job(state, crawljob, key)[1]))
+        sequenced.append(queue.sequenced_of(crawljob, needs_job(state, crawljob)[1]))
     doomed: dict[str, str] = {}
     if sequenced:
         newest = queue.newest_events(sequenced)
@@ -60,10 +56,10 @@ async def schedule(state: State) -> None:
     waiting_keys: dict[str, Key] = {}
     for key in list(state.open_keys):
         crawljob = state.crawljobs.get(key)
-        if crawljob is None or (crawljob.get("status") or {}).get("phase") in resource.TERMINAL_PHASES:
+        if crawljob is None or crawljob.status.terminal:
             state.open_keys.discard(key)
             continue
-        active, waiting = needs_job(state, crawljob, key)
+        active, waiting = needs_job(state, crawljob)
         name = f"{key[0]}/{key[1]}"
         if name in doomed:
             if key not in state.queued_writes:
@@ -71,8 +67,7 @@ async def schedule(state: State) -> None:
                 state.spawn(_write_superseded(state, key))
             continue
         if active or waiting:
-            created = str((crawljob.get("metadata") or {}).get("creationTimestamp") or "")
-            candidates.append(queue.Candidate(name, created, active, waiting))
+            candidates.append(queue.Candidate(name, crawljob.meta.creation_timestamp, active, waiting))
         if waiting:
             waiting_keys[name] = key
     plan = queue.plan(candidates, state.settings.max_active)
@@ -90,13 +85,12 @@ async def schedule(state: State) -> None:
         waiting_body = state.crawljobs.get(key)
         if waiting_body is None or key in state.queued_writes:
             continue
-        current = waiting_body.get("status") or {}
-        if current.get("phase") == "Queued":
+        if waiting_body.status.phase == "Queued":
             # Already queued: rewrite the position only when due (cheap test first), and changed.
             if not queue.position_due(position, state.position_written.get(key, 0.0), now):
                 continue
             message = status.queued(position, length, state.settings.max_active).message
-            if current.get("message") == message:
+            if waiting_body.status.message == message:
                 continue
             if not state.position_budget.take(now):
                 continue
@@ -110,35 +104,29 @@ def _split(name: str) -> Key:
     return (namespace, rest)
 
 
-def _newer_event(state: State, key: Key, crawljob: Mapping[str, Any]) -> Body | None:
+def _newer_event(state: State, crawljob: CrawlJob) -> CrawlJob | None:
     """The CrawlJob of a newer event of the same object, if the operator has seen one."""
-    own = queue.sequenced_of(key, crawljob, True)
+    own = queue.sequenced_of(crawljob, True)
     if not own.sequencer.strip():
         return None
     newest_key = state.newest.get(own.obj)
-    newest = state.crawljobs.get(newest_key) if newest_key and newest_key != key else None
+    newest = state.crawljobs.get(newest_key) if newest_key and newest_key != crawljob.key else None
     if newest is None:
         return None
-    other = queue.sequenced_of(key_of(newest), newest, False)
-    return newest if queue.compare_sequencers(other.sequencer, own.sequencer) > 0 else None
+    return newest if queue.compare_sequencers(newest.source.sequencer, own.sequencer) > 0 else None
 
 
-def _superseded_by(crawljob: Mapping[str, Any], newer: Mapping[str, Any]) -> status.Observation:
-    def sequencer(body: Mapping[str, Any]) -> str:
-        return str(((body.get("spec") or {}).get("source") or {}).get("sequencer") or "")
-
-    return status.superseded(
-        str((newer.get("metadata") or {}).get("name")), sequencer(newer), sequencer(crawljob), utc_now()
-    )
+def _superseded_by(crawljob: CrawlJob, newer: CrawlJob) -> status.Observation:
+    return status.superseded(newer.meta.name, newer.source.sequencer, crawljob.source.sequencer, utc_now())
 
 
 async def _write_superseded(state: State, key: Key) -> None:
     try:
         async with state.locks[key]:
             crawljob = state.crawljobs.get(key)
-            if crawljob is None or not needs_job(state, crawljob, key)[1]:
+            if crawljob is None or not needs_job(state, crawljob)[1]:
                 return
-            newer = _newer_event(state, key, crawljob)
+            newer = _newer_event(state, crawljob)
             if newer is None:
                 return
             state.position_written.pop(key, None)
@@ -154,7 +142,7 @@ async def _write_queued(state: State, key: Key, position: int, length: int) -> N
     try:
         async with state.locks[key]:
             crawljob = state.crawljobs.get(key)
-            if crawljob is None or not needs_job(state, crawljob, key)[1]:
+            if crawljob is None or not needs_job(state, crawljob)[1]:
                 return
             observation = status.queued(position, max(length, position), state.settings.max_active)
             await write_status(state, crawljob, observation, None)
@@ -187,16 +175,16 @@ async def _create_job_locked(state: State, key: Key) -> None:
     namespace, name = key
     async with state.locks[key]:
         crawljob = state.crawljobs.get(key)
-        if crawljob is None or not (crawljob.get("metadata") or {}).get("uid"):
+        if crawljob is None or not crawljob.meta.uid:
             return
-        if status.is_terminal((crawljob.get("status") or {}).get("phase")):
+        if crawljob.status.terminal:
             return  # cancelled (or superseded) after it was admitted
-        newer = _newer_event(state, key, crawljob)
+        newer = _newer_event(state, crawljob)
         if newer is not None:
             await write_status(state, crawljob, _superseded_by(crawljob, newer), None)
             return
         try:
-            manifest = jobs.build_job(crawljob, state.settings)
+            manifest = jobs.build_job(crawljob.body, state.settings)
         except (KeyError, TypeError, ValueError) as exc:
             await write_status(
                 state, crawljob, status.invalid_spec(f"cannot build the Job: {exc!r}", utc_now()), None
@@ -206,13 +194,13 @@ async def _create_job_locked(state: State, key: Key) -> None:
         try:
             created = await state.client.create(kube.JOBS, namespace, manifest)
             state.metrics.jobs_created.inc()
-            event_time = parse_time(((crawljob.get("spec") or {}).get("source") or {}).get("eventTime"))
+            event_time = parse_time(crawljob.source.event_time)
             if event_time is not None:
                 lag = (datetime.datetime.now(tz=datetime.UTC) - event_time).total_seconds()
                 state.metrics.start_lag.observe(max(0.0, lag))
         except kube.Conflict:
             created = await state.client.get(kube.JOBS, namespace, job_name)
-            if not jobs.is_owned_by(created, crawljob["metadata"]["uid"]):
+            if not Job.parse(created).is_owned_by(crawljob.meta.uid):
                 message = f"a Job named {job_name} exists and is not owned by this CrawlJob; delete it"
                 await write_status(state, crawljob, status.invalid_spec(message, utc_now()), None)
                 return
@@ -223,7 +211,7 @@ async def _create_job_locked(state: State, key: Key) -> None:
                 state, crawljob, status.invalid_spec(f"the Job was refused: {exc}", utc_now()), None
             )
             return
-        state.remember(state.jobs, created)
+        state.remember_job(created)
 
 
 async def creator_loop(state: State) -> None:

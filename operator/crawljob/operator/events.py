@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import datetime
 import secrets
-from collections.abc import Mapping
 from typing import Any
 
 from crawljob import resource
+from crawljob.models import Meta
 
 MAX_MESSAGE_LENGTH = 1024
 
 
 def build_event(
-    crawljob: Mapping[str, Any],
+    crawljob: Meta,
     reason: str,
     message: str,
     warning: bool,
@@ -21,20 +21,19 @@ def build_event(
     now: datetime.datetime,
 ) -> dict[str, Any]:
     """A core/v1 Event on *crawljob*, reported by the operator replica *instance* at *now*."""
-    metadata = crawljob.get("metadata") or {}
-    namespace = str(metadata.get("namespace") or "default")
+    namespace = crawljob.namespace
     micro = now.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     seconds = micro[:19] + "Z"
     return {
         "apiVersion": "v1",
         "kind": "Event",
-        "metadata": {"name": f"{metadata.get('name')}.{secrets.token_hex(8)}", "namespace": namespace},
+        "metadata": {"name": f"{crawljob.name}.{secrets.token_hex(8)}", "namespace": namespace},
         "involvedObject": {
             "apiVersion": resource.API_VERSION,
             "kind": resource.KIND,
-            "name": metadata.get("name"),
+            "name": crawljob.name,
             "namespace": namespace,
-            "uid": metadata.get("uid"),
+            "uid": crawljob.uid,
         },
         "reason": reason,
         "message": message[:MAX_MESSAGE_LENGTH],

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import datetime
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable
 
-from crawljob import resource
+from crawljob.models import CrawlJob
 from crawljob.times import parse_time
 
 
 def select_for_deletion(
-    crawljobs: Iterable[Mapping[str, Any]],
+    crawljobs: Iterable[CrawlJob],
     now: datetime.datetime,
     ttl_seconds: int | None,
     successful_limit: int | None,
@@ -25,14 +24,11 @@ def select_for_deletion(
     doomed: set[str] = set()
     by_outcome: dict[str, list[tuple[datetime.datetime, str]]] = {"Succeeded": [], "Failed": []}
     for crawljob in crawljobs:
-        status = crawljob.get("status") or {}
-        phase = status.get("phase")
-        if phase not in resource.TERMINAL_PHASES:
+        phase = crawljob.status.phase
+        if not crawljob.status.terminal:
             continue
-        name = str((crawljob.get("metadata") or {}).get("name"))
-        finished = parse_time(status.get("completionTime")) or parse_time(
-            (crawljob.get("metadata") or {}).get("creationTimestamp")
-        )
+        name = crawljob.meta.name
+        finished = parse_time(crawljob.status.completion_time) or parse_time(crawljob.meta.creation_timestamp)
         if finished is None:
             continue
         if ttl_seconds is not None and (now - finished).total_seconds() >= ttl_seconds:

@@ -15,58 +15,56 @@ from typing import Any
 import kopf
 
 from crawljob import resource
+from crawljob.models import CrawlJob, Job, Meta, key_of
 from crawljob.operator import workload
 from crawljob.operator.reconcile import cancel, reconcile_quietly
-from crawljob.operator.view import MANAGED, get_state, key_of
+from crawljob.operator.view import MANAGED, get_state
 
 
 async def on_crawljob_event(event: Mapping[str, Any], memo: Any, **_: Any) -> None:
     """CrawlJob added/modified/deleted: keep the view, reconcile it, and rethink the queue."""
     state = get_state(memo)
     body = event.get("object") or {}
-    key = key_of(body)
     if event.get("type") == "DELETED":
-        state.crawljobs.pop(key, None)
-        state.position_written.pop(key, None)
-        await cancel(state, body)
+        gone = CrawlJob.parse(body)
+        state.crawljobs.pop(gone.key, None)
+        state.position_written.pop(gone.key, None)
+        await cancel(state, gone)
         state.kick(urgent=True)
         return
-    new = key not in state.crawljobs
-    state.remember(state.crawljobs, body)
-    state.note_newest(key, body)
-    await reconcile_quietly(state, key)
+    new = key_of(body) not in state.crawljobs
+    crawljob = state.remember_crawljob(body)
+    state.note_newest(crawljob)
+    await reconcile_quietly(state, crawljob.key)
     state.kick(urgent=new and state.free_slots > 0)
 
 
 async def on_job_event(event: Mapping[str, Any], memo: Any, **_: Any) -> None:
     """A Job of ours changed: reflect it on its CrawlJob."""
     state = get_state(memo)
-    body = event.get("object") or {}
-    key = key_of(body)
+    job = Job.parse(event.get("object") or {})
     if event.get("type") == "DELETED":
-        state.jobs.pop(key, None)
+        state.jobs.pop(job.key, None)
         freed = True
     else:
-        state.remember(state.jobs, body)
-        freed = workload.job_finished(body)
+        job = state.remember_job(job.body)
+        freed = workload.job_finished(job.body)
     state.kick(urgent=freed)  # before the status write: the slot is free now
-    owner = ((body.get("metadata") or {}).get("labels") or {}).get(resource.LABEL_CRAWLJOB)
-    if owner:
-        await reconcile_quietly(state, (key[0], owner))
+    if job.crawljob:
+        await reconcile_quietly(state, (job.meta.namespace, job.crawljob))
 
 
 async def on_pod_event(event: Mapping[str, Any], memo: Any, **_: Any) -> None:
     """A worker Pod changed: reflect it on its CrawlJob (running, stuck pulling, terminated)."""
     state = get_state(memo)
     body = event.get("object") or {}
-    key = key_of(body)
     if event.get("type") == "DELETED":
-        state.forget_pod(key)
+        state.forget_pod(key_of(body))
         return
     state.remember_pod(body)
-    owner = ((body.get("metadata") or {}).get("labels") or {}).get(resource.LABEL_CRAWLJOB)
+    owner = Meta.parse(body).labels.get(resource.LABEL_CRAWLJOB)
     if owner:
-        await reconcile_quietly(state, (key[0], owner))
+        await reconcile_quietly(state, (key_of(body)[0], owner))
 
 
 def register(registry: kopf.OperatorRegistry) -> None:

@@ -7,11 +7,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from crawljob import resource
+from crawljob.models import Body, CrawlJobStatus
 from crawljob.operator.settings import OperatorSettings
 from crawljob_worker import contract
-
-Body = dict[str, Any]
-
 
 DEFAULT_POD_SECURITY_CONTEXT: Mapping[str, Any] = {
     "runAsNonRoot": True,
@@ -32,15 +30,6 @@ CONTAINER_SECURITY_CONTEXT: Mapping[str, Any] = {
 def job_name(crawljob_name: str, run: int) -> str:
     """The Job of the *run*-th run of a CrawlJob: its own name first, then `<name>-r<run>` on re-runs."""
     return crawljob_name if run <= 1 else f"{crawljob_name}-r{run}"
-
-
-def run_number(crawljob: Mapping[str, Any]) -> int:
-    """Which run of the CrawlJob is current (1 unless it was re-run)."""
-    status = crawljob.get("status") or {}
-    try:
-        return max(1, int(status.get("run") or 1))
-    except (TypeError, ValueError):
-        return 1
 
 
 def source_uri(spec: Mapping[str, Any]) -> str:
@@ -98,7 +87,7 @@ def build_job(crawljob: Mapping[str, Any], settings: OperatorSettings) -> Body:
     name = str(metadata["name"])
     spec = crawljob.get("spec") or {}
     template = spec.get("jobTemplate") or {}
-    run = run_number(crawljob)
+    run = CrawlJobStatus.parse(crawljob.get("status") or {}).run
     labels = _labels(name)
     env: list[dict[str, Any]] = [
         {"name": "CRAWLJOB_NAME", "value": name},
@@ -185,9 +174,3 @@ def owner_reference(crawljob: Mapping[str, Any]) -> Body:
         "controller": True,
         "blockOwnerDeletion": True,
     }
-
-
-def is_owned_by(child: Mapping[str, Any], owner_uid: str) -> bool:
-    """Whether *child* has an owner reference to the object with *owner_uid*."""
-    references = (child.get("metadata") or {}).get("ownerReferences") or []
-    return any(reference.get("uid") == owner_uid for reference in references)

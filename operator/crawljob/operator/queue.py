@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+
+from crawljob.models import CrawlJob
 
 # Queue positions: exact near the head, refreshed less often behind it (see position_due).
 POSITION_EXACT_HEAD = 10
@@ -145,12 +146,8 @@ def superseded(items: Iterable[Sequenced]) -> dict[str, str]:
     }
 
 
-def sequenced_of(key: tuple[str, str], crawljob: Mapping[str, Any], waiting: bool) -> Sequenced:
-    """A CrawlJob body (at *key*: namespace, name) as supersession sees it."""
-    source = (crawljob.get("spec") or {}).get("source") or {}
-    return Sequenced(
-        f"{key[0]}/{key[1]}",
-        (key[0], str(source.get("bucket") or ""), str(source.get("key") or "")),
-        str(source.get("sequencer") or ""),
-        waiting,
-    )
+def sequenced_of(crawljob: CrawlJob, waiting: bool) -> Sequenced:
+    """A CrawlJob as supersession sees it."""
+    namespace, name = crawljob.key
+    source = crawljob.source
+    return Sequenced(f"{namespace}/{name}", (namespace, source.bucket, source.key), source.sequencer, waiting)

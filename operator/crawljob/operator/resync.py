@@ -8,9 +8,10 @@ import datetime
 from collections import defaultdict
 
 from crawljob import kube, resource
-from crawljob.operator import gc, status
+from crawljob.models import CrawlJob, Key, Meta, key_of
+from crawljob.operator import gc
 from crawljob.operator.reconcile import reconcile
-from crawljob.operator.view import MANAGED, Body, Key, RetryLater, State, key_of, log
+from crawljob.operator.view import MANAGED, RetryLater, State, log
 from crawljob.operator.writes import delete_job
 
 
@@ -20,13 +21,12 @@ async def resync(state: State) -> None:
     crawljobs = await state.client.list(kube.CRAWLJOBS, namespace)
     job_list = await state.client.list(kube.JOBS, namespace, MANAGED)
     pod_list = await state.client.list(kube.PODS, namespace, MANAGED)
-    for store, items in ((state.crawljobs, crawljobs), (state.jobs, job_list)):
-        seen = {key_of(item) for item in items}
-        for item in items:
-            state.remember(store, item)
-        for key in list(store):
-            if key not in seen and key not in state.creating:
-                store.pop(key, None)
+    seen = {state.remember_crawljob(item).key for item in crawljobs}
+    for key in [key for key in state.crawljobs if key not in seen and key not in state.creating]:
+        state.crawljobs.pop(key, None)
+    seen = {state.remember_job(item).key for item in job_list}
+    for key in [key for key in state.jobs if key not in seen and key not in state.creating]:
+        state.jobs.pop(key, None)
     seen_pods = {key_of(item) for item in pod_list}
     for pod in pod_list:
         state.remember_pod(pod)
@@ -36,10 +36,11 @@ async def resync(state: State) -> None:
     state.healthy_at = asyncio.get_running_loop().time()
     phases: dict[str, int] = defaultdict(int)
     for key, crawljob in list(state.crawljobs.items()):
-        phases[str((crawljob.get("status") or {}).get("phase") or "New")] += 1
-        if not status.is_terminal((crawljob.get("status") or {}).get("phase")) or (
-            (crawljob.get("metadata") or {}).get("annotations") or {}
-        ).keys() & {resource.ANNOTATION_RERUN, resource.ANNOTATION_CANCEL}:
+        phases[crawljob.status.phase or "New"] += 1
+        if not crawljob.status.terminal or crawljob.meta.annotations.keys() & {
+            resource.ANNOTATION_RERUN,
+            resource.ANNOTATION_CANCEL,
+        }:
             try:
                 await reconcile(state, key)
             except (RetryLater, kube.KubeError) as exc:
@@ -55,16 +56,15 @@ async def cancel_orphans(state: State) -> None:
     """Delete Jobs whose CrawlJob is gone (deleted while the operator was down, and no GC ran)."""
     candidates: list[tuple[Key, str, str | None]] = []
     for (namespace, job_name), job in list(state.jobs.items()):
-        metadata = job.get("metadata") or {}
-        owner = (metadata.get("labels") or {}).get(resource.LABEL_CRAWLJOB)
-        owner_uid = next((ref.get("uid") for ref in metadata.get("ownerReferences") or []), None)
-        if owner and (namespace, owner) not in state.crawljobs and not metadata.get("deletionTimestamp"):
-            candidates.append(((namespace, job_name), str(owner), owner_uid))
+        owner = job.crawljob
+        owner_uid = job.meta.owner_uids[0] if job.meta.owner_uids else None
+        if owner and (namespace, owner) not in state.crawljobs and not job.meta.deletion_timestamp:
+            candidates.append(((namespace, job_name), owner, owner_uid))
     if not candidates:
         return
     # Confirm with a fresh list: the view may simply not have seen a new CrawlJob yet.
     fresh = await state.client.list(kube.CRAWLJOBS, state.settings.namespace)
-    alive = {(key_of(item), (item.get("metadata") or {}).get("uid")) for item in fresh}
+    alive = {(meta.key, meta.uid) for meta in map(Meta.parse, fresh)}
     for (namespace, job_name), owner, owner_uid in candidates:
         if ((namespace, owner), owner_uid) in alive:
             continue
@@ -87,7 +87,7 @@ async def collect_garbage(state: State) -> None:
         and (settings.failed_history_limit is None)
     ):
         return
-    by_namespace: dict[str, list[Body]] = defaultdict(list)
+    by_namespace: dict[str, list[CrawlJob]] = defaultdict(list)
     for (namespace, _), crawljob in state.crawljobs.items():
         by_namespace[namespace].append(crawljob)
     now = datetime.datetime.now(tz=datetime.UTC)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from crawljob import resource
+from crawljob.models import Body
 from crawljob.operator import conditions
 from crawljob.operator.workload import (
     STUCK_WAITING_REASONS,
@@ -23,8 +24,6 @@ from crawljob.operator.workload import (
     succeeded_condition,
     terminated_state,
 )
-
-Body = dict[str, Any]
 
 OPERATOR_FIELDS = (
     "phase",
@@ -194,13 +193,28 @@ def job_deleted(job_name: str, now: str) -> Observation:
 CANCEL_PLAIN_VALUES = frozenset({"", "true", "yes", "1"})
 
 
-def cancel_request(annotation: str | None, current: Mapping[str, Any] | None) -> str | None:
-    """The crawljob.io/cancel value to act on now, or None (absent, or already acted on)."""
-    if annotation is None:
-        return None
-    if annotation == (current or {}).get("cancelToken"):
+def cancel_request(annotation: str | None, acted_on: str | None) -> str | None:
+    """The crawljob.io/cancel value to act on now, or None (absent, or already acted on: *acted_on*)."""
+    if annotation is None or annotation == acted_on:
         return None
     return annotation
+
+
+def rerun_patch(token: str, run: int) -> Body:
+    """The status patch starting run *run* of a finished CrawlJob (re-run request *token*)."""
+    return {
+        "rerunToken": token,
+        "run": run,
+        "phase": "Pending",
+        "reason": "Rerun",
+        "message": f"re-run {token!r} requested: waiting to start run {run}",
+        "jobName": None,
+        "attempts": 0,
+        "startTime": None,
+        "completionTime": None,
+        "result": None,
+        "progress": None,
+    }
 
 
 def cancelled(

@@ -13,14 +13,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from crawljob import kube, resource
+from crawljob.models import Body, CrawlJob, Job, Key, Meta, Pod
 from crawljob.operator import queue
 from crawljob.operator.metrics import OperatorMetrics
 from crawljob.operator.settings import OperatorSettings
 
 log = logging.getLogger("crawljob.operator")
-
-Body = dict[str, Any]
-Key = tuple[str, str]  # (namespace, name)
 
 MANAGED = {resource.LABEL_MANAGED_BY: resource.MANAGED_BY}
 
@@ -30,17 +28,11 @@ class RetryLater(Exception):
     retries it. (Not kopf.TemporaryError: kopf neither tracks nor retries `on.event` handlers.)"""
 
 
-def key_of(body: Mapping[str, Any]) -> Key:
-    metadata = body.get("metadata") or {}
-    return (str(metadata.get("namespace") or "default"), str(metadata.get("name")))
-
-
-def version_of(body: Mapping[str, Any]) -> int | None:
-    value = (body.get("metadata") or {}).get("resourceVersion")
-    try:
-        return int(str(value))
-    except ValueError:
-        return None
+def _newer(known: CrawlJob | Job | Pod | None, new: Meta) -> bool:
+    """Whether *new* may replace *known* (watch events may arrive after a newer write answer)."""
+    if known is None or new.resource_version is None or known.meta.resource_version is None:
+        return True
+    return new.resource_version >= known.meta.resource_version
 
 
 @dataclass
@@ -50,9 +42,9 @@ class State:
     settings: OperatorSettings
     client: kube.KubeClient
     metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
-    crawljobs: dict[Key, Body] = field(default_factory=dict)
-    jobs: dict[Key, Body] = field(default_factory=dict)
-    pods: dict[Key, Body] = field(default_factory=dict)
+    crawljobs: dict[Key, CrawlJob] = field(default_factory=dict)
+    jobs: dict[Key, Job] = field(default_factory=dict)
+    pods: dict[Key, Pod] = field(default_factory=dict)
     pods_by_job: defaultdict[Key, set[Key]] = field(default_factory=lambda: defaultdict(set))
     creating: set[Key] = field(default_factory=set)
     locks: defaultdict[Key, asyncio.Lock] = field(default_factory=lambda: defaultdict(asyncio.Lock))
@@ -73,34 +65,41 @@ class State:
     instance: str = field(default_factory=socket.gethostname)
     healthy_at: float = 0.0
 
-    def remember(self, store: dict[Key, Body], body: Mapping[str, Any]) -> None:
-        """Keep the newest version of *body* (watch events may arrive after a newer write answer)."""
-        key = key_of(body)
-        known = store.get(key)
-        new, old = version_of(body), version_of(known or {})
-        if known is not None and new is not None and old is not None and new < old:
-            return
-        store[key] = copy.deepcopy(dict(body))
-        if store is self.crawljobs:
-            if (body.get("status") or {}).get("phase") in resource.TERMINAL_PHASES:
-                self.open_keys.discard(key)
-            else:
-                self.open_keys.add(key)
-            if ((body.get("spec") or {}).get("source") or {}).get("sequencer"):
-                self.sequenced_keys.add(key)
+    def remember_crawljob(self, body: Mapping[str, Any]) -> CrawlJob:
+        """Keep the newest version of a CrawlJob body; the one kept is returned."""
+        crawljob = CrawlJob.parse(copy.deepcopy(dict(body)))
+        known = self.crawljobs.get(crawljob.key)
+        if not _newer(known, crawljob.meta):
+            assert known is not None
+            return known
+        self.crawljobs[crawljob.key] = crawljob
+        if crawljob.status.terminal:
+            self.open_keys.discard(crawljob.key)
+        else:
+            self.open_keys.add(crawljob.key)
+        if crawljob.source.sequencer:
+            self.sequenced_keys.add(crawljob.key)
+        return crawljob
 
-    def note_newest(self, key: Key, crawljob: Mapping[str, Any]) -> None:
+    def remember_job(self, body: Mapping[str, Any]) -> Job:
+        """Keep the newest version of a Job body; the one kept is returned."""
+        job = Job.parse(copy.deepcopy(dict(body)))
+        known = self.jobs.get(job.key)
+        if not _newer(known, job.meta):
+            assert known is not None
+            return known
+        self.jobs[job.key] = job
+        return job
+
+    def note_newest(self, crawljob: CrawlJob) -> None:
         """Keep `newest` current between scheduling passes (Job creation checks it)."""
-        item = queue.sequenced_of(key, crawljob, False)
+        item = queue.sequenced_of(crawljob, False)
         if not item.sequencer.strip():
             return
         known_key = self.newest.get(item.obj)
         known = self.crawljobs.get(known_key) if known_key else None
-        if (
-            known is None
-            or queue.compare_sequencers(item.sequencer, queue.sequenced_of(key, known, False).sequencer) > 0
-        ):
-            self.newest[item.obj] = key
+        if known is None or queue.compare_sequencers(item.sequencer, known.source.sequencer) > 0:
+            self.newest[item.obj] = crawljob.key
 
     def kick(self, urgent: bool = False) -> None:
         """Ask for a scheduling pass: at once when *urgent* (a slot may be free), else coalesced."""
@@ -115,28 +114,28 @@ class State:
         task.add_done_callback(self.tasks.discard)
 
     def remember_pod(self, body: Mapping[str, Any]) -> None:
-        self.remember(self.pods, body)
-        job_name = ((body.get("metadata") or {}).get("labels") or {}).get("job-name")
-        if job_name:
-            self.pods_by_job[(key_of(body)[0], str(job_name))].add(key_of(body))
+        pod = Pod.parse(copy.deepcopy(dict(body)))
+        if not _newer(self.pods.get(pod.key), pod.meta):
+            return
+        self.pods[pod.key] = pod
+        if pod.job_name:
+            self.pods_by_job[(pod.meta.namespace, pod.job_name)].add(pod.key)
 
     def forget_pod(self, key: Key) -> None:
-        body = self.pods.pop(key, None) or {}
-        job_name = ((body.get("metadata") or {}).get("labels") or {}).get("job-name")
-        if job_name:
-            self.pods_by_job[(key[0], str(job_name))].discard(key)
+        pod = self.pods.pop(key, None)
+        if pod is not None and pod.job_name:
+            self.pods_by_job[(key[0], pod.job_name)].discard(key)
 
     def pods_of(self, namespace: str, job_name: str) -> list[Body]:
+        """The bodies of the Pods of one Job (for the status rules)."""
         keys = self.pods_by_job.get((namespace, job_name)) or set()
-        return [self.pods[key] for key in keys if key in self.pods]
+        return [self.pods[key].body for key in keys if key in self.pods]
 
-    def jobs_of(self, namespace: str, crawljob_name: str) -> list[Body]:
+    def jobs_of(self, namespace: str, crawljob_name: str) -> list[Job]:
         return [
             job
-            for (job_namespace, _), job in self.jobs.items()
-            if job_namespace == namespace
-            and ((job.get("metadata") or {}).get("labels") or {}).get(resource.LABEL_CRAWLJOB)
-            == crawljob_name
+            for job in self.jobs.values()
+            if job.meta.namespace == namespace and job.crawljob == crawljob_name
         ]
 
 

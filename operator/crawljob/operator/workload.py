@@ -9,10 +9,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from crawljob import resource
+from crawljob.models import Body
 from crawljob.operator import conditions
 from crawljob_worker.contract import RESULT_KEYS, ExitCode
-
-Body = dict[str, Any]
 
 # Worker exit codes (crawljob_worker.contract) → reason and what it means for the user. The reason
 # is the fallback when the termination message names none.

@@ -5,40 +5,35 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Mapping
-from typing import Any
 
 from crawljob import kube
+from crawljob.models import Body, CrawlJob, Meta, key_of
 from crawljob.operator import events, status
-from crawljob.operator.view import Body, RetryLater, State, key_of, log
+from crawljob.operator.view import RetryLater, State, log
 from crawljob.times import parse_time, utc_now
 
 
-async def post_event(
-    state: State, crawljob: Mapping[str, Any], reason: str, message: str, warning: bool
-) -> None:
+async def post_event(state: State, crawljob: Meta, reason: str, message: str, warning: bool) -> None:
     """A Kubernetes Event on the CrawlJob (best effort: failures are logged, never raised)."""
     now = datetime.datetime.now(tz=datetime.UTC)
     event = events.build_event(crawljob, reason, message, warning, state.instance, now)
-    namespace = event["metadata"]["namespace"]
     try:
-        await state.client.create(kube.EVENTS, namespace, event)
+        await state.client.create(kube.EVENTS, crawljob.namespace, event)
     except kube.KubeError as exc:
         state.metrics.api_errors.labels("event").inc()
-        log.warning("cannot post event %s on %s: %s", reason, event["involvedObject"]["name"], exc)
+        log.warning("cannot post event %s on %s: %s", reason, crawljob.name, exc)
 
 
 async def write_status(
-    state: State, crawljob: Body, observation: status.Observation, job_name: str | None
-) -> Body:
+    state: State, crawljob: CrawlJob, observation: status.Observation, job_name: str | None
+) -> CrawlJob:
     """Patch the CrawlJob's status to match *observation*; post an Event when the phase or reason changes."""
-    current = crawljob.get("status") or {}
-    metadata = crawljob.get("metadata") or {}
-    generation = metadata.get("generation")
-    desired = status.desired_status(current, observation, generation, job_name, utc_now())
+    current = crawljob.raw_status
+    desired = status.desired_status(current, observation, crawljob.meta.generation, job_name, utc_now())
     patch = status.status_patch(current, desired)
     if not status.worth_writing(patch, current):
         return crawljob
-    namespace, name = key_of(crawljob)
+    namespace, name = crawljob.key
     try:
         updated = await state.client.patch(kube.CRAWLJOBS, namespace, name, {"status": patch}, "status")
     except kube.NotFound:
@@ -46,9 +41,8 @@ async def write_status(
     except kube.KubeError as exc:
         state.metrics.api_errors.labels("status").inc()
         raise RetryLater(f"cannot update the status of {name}: {exc}") from exc
-    if updated.get("metadata"):
-        state.remember(state.crawljobs, updated)
-    transitioned = current.get("phase") != observation.phase or current.get("reason") != observation.reason
+    kept = state.remember_crawljob(updated) if updated.get("metadata") else crawljob
+    transitioned = crawljob.status.phase != observation.phase or crawljob.status.reason != observation.reason
     if transitioned:
         log.info(
             "%s: %s (%s) %s",
@@ -66,12 +60,12 @@ async def write_status(
                 state.metrics.duration.labels(observation.phase).observe((finished - started).total_seconds())
         await post_event(
             state,
-            crawljob,
+            crawljob.meta,
             observation.reason,
             f"{observation.phase}: {observation.message}",
             observation.warning,
         )
-    return updated if updated.get("metadata") else crawljob
+    return kept
 
 
 async def delete_job(state: State, namespace: str, job_name: str) -> None:
@@ -84,7 +78,7 @@ async def delete_job(state: State, namespace: str, job_name: str) -> None:
         state.metrics.api_errors.labels("delete").inc()
         log.warning("cannot delete Job %s (the next resync retries): %s", job_name, exc)
     pods = await list_quietly(state, kube.PODS, namespace, {"job-name": job_name})
-    names = {pod["metadata"]["name"] for pod in pods + state.pods_of(namespace, job_name)}
+    names = {key_of(pod)[1] for pod in pods + state.pods_of(namespace, job_name)}
     for pod_name in sorted(names):
         try:
             await state.client.delete(kube.PODS, namespace, pod_name)

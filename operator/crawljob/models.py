@@ -165,10 +165,138 @@ class CrawlJob:
 
 
 @dataclass(frozen=True)
+class Condition:
+    """One entry of status.conditions."""
+
+    type: str
+    status: str
+    reason: str | None = None
+    message: str | None = None
+    last_transition_time: str | None = None
+
+    @classmethod
+    def parse(cls, item: Mapping[str, Any]) -> Condition:
+        return cls(
+            type=str(item.get("type") or ""),
+            status=str(item.get("status") or ""),
+            reason=_text(item.get("reason")),
+            message=_text(item.get("message")),
+            last_transition_time=_text(item.get("lastTransitionTime")),
+        )
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """The Job fields the operator's status rules read (spec limits and status)."""
+
+    conditions: tuple[Condition, ...] = ()
+    start_time: str | None = None
+    completion_time: str | None = None
+    active: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    backoff_limit: int | None = None
+    active_deadline_seconds: int | None = None
+
+    def true_condition(self, *types: str) -> Condition | None:
+        """The first of *types* present with status "True" (in the order given), or None."""
+        for type_ in types:
+            found = next((item for item in self.conditions if item.type == type_), None)
+            if found is not None and found.status == "True":
+                return found
+        return None
+
+    @classmethod
+    def parse(cls, body: Mapping[str, Any]) -> JobStatus:
+        status, spec = _mapping(body.get("status")), _mapping(body.get("spec"))
+        return cls(
+            conditions=tuple(Condition.parse(_mapping(item)) for item in status.get("conditions") or ()),
+            start_time=_text(status.get("startTime")),
+            completion_time=_text(status.get("completionTime")),
+            active=_integer(status.get("active"), 0) or 0,
+            succeeded=_integer(status.get("succeeded"), 0) or 0,
+            failed=_integer(status.get("failed"), 0) or 0,
+            backoff_limit=_integer(spec.get("backoffLimit")),
+            active_deadline_seconds=_integer(spec.get("activeDeadlineSeconds")),
+        )
+
+
+@dataclass(frozen=True)
+class Terminated:
+    """A container's terminated state."""
+
+    exit_code: int | None = None
+    reason: str | None = None
+    message: str | None = None
+    finished_at: str | None = None
+
+
+@dataclass(frozen=True)
+class Container:
+    """The worker container's state in a Pod's status."""
+
+    waiting_reason: str | None = None
+    waiting_message: str | None = None
+    running: bool = False
+    terminated: Terminated | None = None
+
+    @classmethod
+    def parse(cls, status: Mapping[str, Any]) -> Container:
+        statuses = [_mapping(item) for item in status.get("containerStatuses") or ()]
+        chosen = next((item for item in statuses if item.get("name") == resource.WORKER_CONTAINER), None)
+        state = _mapping((chosen if chosen is not None else statuses[0] if statuses else {}).get("state"))
+        waiting, ended = _mapping(state.get("waiting")), state.get("terminated")
+        terminated = None
+        if isinstance(ended, Mapping):
+            terminated = Terminated(
+                exit_code=_integer(ended.get("exitCode")),
+                reason=_text(ended.get("reason")),
+                message=ended.get("message") if isinstance(ended.get("message"), str) else None,
+                finished_at=_text(ended.get("finishedAt")),
+            )
+        return cls(
+            waiting_reason=_text(waiting.get("reason")),
+            waiting_message=_text(waiting.get("message")),
+            running=bool(state.get("running")),
+            terminated=terminated,
+        )
+
+
+@dataclass(frozen=True)
+class PodStatus:
+    """The Pod fields the operator's status rules read."""
+
+    name: str = ""
+    creation_timestamp: str = ""
+    phase: str | None = None
+    reason: str | None = None
+    message: str | None = None
+    worker: Container = field(default_factory=Container)
+
+    @property
+    def exit_code(self) -> int | None:
+        """The worker's exit code, None while it has not terminated."""
+        return self.worker.terminated.exit_code if self.worker.terminated is not None else None
+
+    @classmethod
+    def parse(cls, body: Mapping[str, Any]) -> PodStatus:
+        metadata, status = _mapping(body.get("metadata")), _mapping(body.get("status"))
+        return cls(
+            name=str(metadata.get("name") or ""),
+            creation_timestamp=str(metadata.get("creationTimestamp") or ""),
+            phase=_text(status.get("phase")),
+            reason=_text(status.get("reason")),
+            message=_text(status.get("message")),
+            worker=Container.parse(status),
+        )
+
+
+@dataclass(frozen=True)
 class Job:
-    """A batch/v1 Job of ours: whose it is (label, owner) and its body for the status rules."""
+    """A batch/v1 Job of ours: whose it is (label, owner) and what its status says."""
 
     meta: Meta
+    status: JobStatus
     body: Body
 
     @property
@@ -185,14 +313,15 @@ class Job:
 
     @classmethod
     def parse(cls, body: Mapping[str, Any]) -> Job:
-        return cls(Meta.parse(body), dict(body))
+        return cls(Meta.parse(body), JobStatus.parse(body), dict(body))
 
 
 @dataclass(frozen=True)
 class Pod:
-    """A worker Pod: which Job it belongs to and its body for the status rules."""
+    """A worker Pod: which Job it belongs to and what its status says."""
 
     meta: Meta
+    status: PodStatus
     body: Body
 
     @property
@@ -205,4 +334,4 @@ class Pod:
 
     @classmethod
     def parse(cls, body: Mapping[str, Any]) -> Pod:
-        return cls(Meta.parse(body), dict(body))
+        return cls(Meta.parse(body), PodStatus.parse(body), dict(body))

@@ -14,6 +14,7 @@ import pytest
 
 from crawljob import kube
 from crawljob.local.emulator import Emulator
+from crawljob.models import JobStatus
 from crawljob.operator import workload
 from fakes.recording import Call, recording_emulator
 from fakes.stack import NAMESPACE, crawljob, running_operator, running_runner, wait_phase, wait_until
@@ -249,7 +250,7 @@ def _job_concurrency(calls: list[Call]) -> tuple[int, list[str]]:
             unfinished.add(name)
             most = max(most, len(unfinished))
         elif call.method in {"PATCH", "PUT"} and after[1:] == ["status"] and isinstance(call.data, dict):
-            if workload.job_finished(call.data):
+            if workload.job_finished(JobStatus.parse(call.data)):
                 unfinished.discard(after[0])
         elif call.method == "DELETE" and len(after) == 1:
             unfinished.discard(after[0])

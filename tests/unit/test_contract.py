@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from crawljob import resource
+from crawljob.models import PodStatus
 from crawljob.operator import jobs, workload
 from crawljob.operator.settings import OperatorSettings
 from crawljob.receiver import events
@@ -71,7 +72,7 @@ def test_the_operator_reads_a_failed_workers_reason_and_message() -> None:
             "containerStatuses": [{"name": container["name"], "state": {"terminated": terminated}}],
         },
     }
-    reason, message = workload.describe_pod_failure(pod)
+    reason, message = workload.describe_pod_failure(PodStatus.parse(pod))
     assert reason == "BadInput" and "line 3: not UTF-8" in message
 
 

@@ -31,7 +31,7 @@ def needs_job(state: State, crawljob: CrawlJob) -> tuple[bool, bool]:
     expected = jobs.job_name(name, crawljob.status.run)
     job = state.jobs.get((namespace, expected))
     if job is not None:
-        return not workload.job_finished(job.body), False
+        return not workload.job_finished(job.status), False
     if crawljob.status.job_name == expected:
         return True, False  # its Job vanished: reconcile() fails it; count it until then
     return False, True

@@ -48,7 +48,7 @@ async def on_job_event(event: Mapping[str, Any], memo: Any, **_: Any) -> None:
         freed = True
     else:
         job = state.remember_job(job.body)
-        freed = workload.job_finished(job.body)
+        freed = workload.job_finished(job.status)
     state.kick(urgent=freed)  # before the status write: the slot is free now
     if job.crawljob:
         await reconcile_quietly(state, (job.meta.namespace, job.crawljob))

@@ -43,13 +43,13 @@ async def reconcile(state: State, key: Key) -> None:
                 job = state.remember_job(found)
             else:
                 return  # waiting for a slot: the scheduler writes Queued and creates the Job
-        if workload.job_finished(job.body):
+        if workload.job_finished(job.status):
             state.kick(urgent=True)  # its slot is free whatever the status write below does
-            if not workload.pods_explain_verdict(job.body, state.pods_of(namespace, expected)):
+            if not workload.pods_explain_verdict(job.status, state.pods_of(namespace, expected)):
                 # The Job's and the Pods' watch events race: read the Pods (termination message) fresh.
                 for pod in await list_quietly(state, kube.PODS, namespace, {"job-name": expected}):
                     state.remember_pod(pod)
-        observation = status.observe(job.body, state.pods_of(namespace, expected), utc_now())
+        observation = status.observe(job.status, state.pods_of(namespace, expected), utc_now())
         await write_status(state, crawljob, observation, expected)
         if status.is_terminal(observation.phase):
             state.kick(urgent=True)
@@ -95,7 +95,7 @@ async def _maybe_cancel(state: State, crawljob: CrawlJob) -> CrawlJob:
     # What the Job had got to (start time, attempts), before it goes.
     seen_job = state.jobs.get((namespace, current.job_name)) if current.job_name else None
     so_far = (
-        status.observe(seen_job.body, state.pods_of(namespace, seen_job.meta.name), utc_now())
+        status.observe(seen_job.status, state.pods_of(namespace, seen_job.meta.name), utc_now())
         if seen_job is not None
         else None
     )
@@ -153,7 +153,7 @@ async def cancel(state: State, crawljob: CrawlJob) -> None:
     names = {job.meta.name for job in known + listed if not uid or job.is_owned_by(uid)}
     for job_name in sorted(names):
         seen = state.jobs.get((namespace, job_name))
-        finished = seen is not None and workload.job_finished(seen.body)
+        finished = seen is not None and workload.job_finished(seen.status)
         await delete_job(state, namespace, job_name)
         if not finished:
             log.info("%s: deleted; its Job %s was cancelled", name, job_name, extra={"crawljob": name})

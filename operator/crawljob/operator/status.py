@@ -12,17 +12,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from crawljob import resource
-from crawljob.models import Body
+from crawljob.models import Body, JobStatus, PodStatus
 from crawljob.operator import conditions
 from crawljob.operator.workload import (
     STUCK_WAITING_REASONS,
-    container_status,
     describe_pod_failure,
     failed_condition,
     parse_termination_message,
+    pod_failed,
     pod_order,
     succeeded_condition,
-    terminated_state,
 )
 
 OPERATOR_FIELDS = (
@@ -54,24 +53,18 @@ class Observation:
     extra: Body = field(default_factory=dict)
 
 
-def observe(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], now: str) -> Observation:
+def observe(job: JobStatus, pods: Sequence[PodStatus], now: str) -> Observation:
     """The crawl's state from its Job and the Job's Pods."""
-    job_status = job.get("status") or {}
     ordered = sorted(pods, key=pod_order)
-    attempts = max(
-        len(ordered),
-        int(job_status.get("succeeded") or 0)
-        + int(job_status.get("failed") or 0)
-        + int(job_status.get("active") or 0),
-    )
-    start = job_status.get("startTime")
+    attempts = max(len(ordered), job.succeeded + job.failed + job.active)
+    start = job.start_time
     complete = succeeded_condition(job)
     failed = failed_condition(job)
     if complete is not None and failed is None:
-        winners = [pod for pod in ordered if (terminated_state(pod) or {}).get("exitCode") == 0]
-        terminated = terminated_state(winners[-1]) if winners else None
-        parsed = parse_termination_message((terminated or {}).get("message"))
-        finished = job_status.get("completionTime") or complete.get("lastTransitionTime") or now
+        winners = [pod for pod in ordered if pod.exit_code == 0]
+        terminated = winners[-1].worker.terminated if winners else None
+        parsed = parse_termination_message(terminated.message if terminated is not None else None)
+        finished = job.completion_time or complete.last_transition_time or now
         if parsed.problem is not None:
             return Observation(
                 "Succeeded",
@@ -92,62 +85,53 @@ def observe(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], now: str)
             message += f", output in {result['outputUri']}"
         return Observation("Succeeded", "Completed", message, attempts, start, finished, result)
     if failed is not None:
-        finished = failed.get("lastTransitionTime") or now
-        job_reason = str(failed.get("reason") or "JobFailed")
-        failed_pods = [
-            pod
-            for pod in ordered
-            if (pod.get("status") or {}).get("phase") == "Failed"
-            or ((terminated_state(pod) or {}).get("exitCode") not in (None, 0))
-        ]
+        finished = failed.last_transition_time or now
+        job_reason = failed.reason or "JobFailed"
+        failed_pods = [pod for pod in ordered if pod_failed(pod)]
         pod_reason, pod_message = describe_pod_failure(failed_pods[-1]) if failed_pods else ("", "")
-        backoff = (job.get("spec") or {}).get("backoffLimit")
         if job_reason == "DeadlineExceeded":
-            deadline = (job.get("spec") or {}).get("activeDeadlineSeconds")
             reason = "DeadlineExceeded"
             message = (
-                f"the crawl ran longer than its deadline (activeDeadlineSeconds={deadline}) and was stopped"
+                f"the crawl ran longer than its deadline (activeDeadlineSeconds={job.active_deadline_seconds}) "
+                "and was stopped"
             )
         elif job_reason == "PodFailurePolicy":
             reason = pod_reason or "PodFailurePolicy"
-            message = (pod_message or str(failed.get("message") or "")) + "; not retried (permanent failure)"
+            message = (pod_message or failed.message or "") + "; not retried (permanent failure)"
         elif job_reason == "BackoffLimitExceeded":
             reason = "OOMKilled" if pod_reason == "OOMKilled" else "BackoffLimitExceeded"
-            message = f"the worker failed {attempts} times (backoffLimit={backoff})"
+            message = f"the worker failed {attempts} times (backoffLimit={job.backoff_limit})"
             if pod_message:
                 message += f"; last failure: {pod_message}"
         else:
             reason = job_reason
-            message = str(failed.get("message") or f"the Job failed ({job_reason})")
+            message = failed.message or f"the Job failed ({job_reason})"
             if pod_message:
                 message += f"; last failure: {pod_message}"
         return Observation("Failed", reason, message, attempts, start, finished, None, warning=True)
     # Not finished: running, or waiting for a pod (and possibly stuck while waiting).
     for pod in reversed(ordered):
-        waiting = (container_status(pod).get("state") or {}).get("waiting") or {}
-        stuck = STUCK_WAITING_REASONS.get(str(waiting.get("reason")))
-        if stuck and (pod.get("status") or {}).get("phase") in (None, "Pending"):
-            detail = waiting.get("message") or ""
+        waiting_reason = pod.worker.waiting_reason
+        stuck = STUCK_WAITING_REASONS.get(str(waiting_reason))
+        if waiting_reason and stuck and pod.phase in (None, "Pending"):
+            detail = pod.worker.waiting_message or ""
             return Observation(
                 "Pending",
-                str(waiting["reason"]),
+                waiting_reason,
                 f"waiting: {stuck}" + (f": {detail}" if detail else ""),
                 attempts,
                 start,
                 warning=True,
             )
-    running = [pod for pod in ordered if (pod.get("status") or {}).get("phase") == "Running"]
-    if running or (
-        int(job_status.get("active") or 0) > 0
-        and any((container_status(pod).get("state") or {}).get("running") for pod in ordered)
-    ):
+    running = [pod for pod in ordered if pod.phase == "Running"]
+    if running or (job.active > 0 and any(pod.worker.running for pod in ordered)):
         retry = f" (attempt {attempts})" if attempts > 1 else ""
         return Observation("Running", "WorkerRunning", f"the worker is running{retry}", attempts, start)
     # A pod ended but the Job has no verdict yet (the Job controller writes it a moment later, or a
     # retry is coming): the crawl is still under way, never back to Pending.
-    ended = [pod for pod in ordered if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")]
+    ended = [pod for pod in ordered if pod.phase in ("Succeeded", "Failed")]
     if ended:
-        if (ended[-1].get("status") or {}).get("phase") == "Succeeded":
+        if ended[-1].phase == "Succeeded":
             return Observation(
                 "Running",
                 "WorkerFinished",

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from crawljob import kube, resource
-from crawljob.models import Body, CrawlJob, Job, Key, Meta, Pod
+from crawljob.models import CrawlJob, Job, Key, Meta, Pod, PodStatus
 from crawljob.operator import queue
 from crawljob.operator.metrics import OperatorMetrics
 from crawljob.operator.settings import OperatorSettings
@@ -126,10 +126,10 @@ class State:
         if pod is not None and pod.job_name:
             self.pods_by_job[(key[0], pod.job_name)].discard(key)
 
-    def pods_of(self, namespace: str, job_name: str) -> list[Body]:
-        """The bodies of the Pods of one Job (for the status rules)."""
+    def pods_of(self, namespace: str, job_name: str) -> list[PodStatus]:
+        """What the Pods of one Job say (for the status rules)."""
         keys = self.pods_by_job.get((namespace, job_name)) or set()
-        return [self.pods[key].body for key in keys if key in self.pods]
+        return [self.pods[key].status for key in keys if key in self.pods]
 
     def jobs_of(self, namespace: str, crawljob_name: str) -> list[Job]:
         return [

@@ -6,11 +6,8 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from crawljob import resource
-from crawljob.models import Body
-from crawljob.operator import conditions
+from crawljob.models import Body, Condition, JobStatus, PodStatus
 from crawljob_worker.contract import RESULT_KEYS, ExitCode
 
 # Worker exit codes (crawljob_worker.contract) → reason and what it means for the user. The reason
@@ -88,97 +85,76 @@ def parse_termination_message(text: str | None) -> TerminationMessage:
     return TerminationMessage(data, result, None)
 
 
-def true_condition(job: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
-    found = conditions.get_condition((job.get("status") or {}).get("conditions"), type_)
-    return found if found is not None and found.get("status") == "True" else None
-
-
 # The Job controller's verdict: the terminal conditions, and (Kubernetes 1.31+) the interim ones it
 # sets first, while it still terminates the Pods. Both say the outcome is decided.
 SUCCEEDED_CONDITIONS = ("Complete", "SuccessCriteriaMet")
 FAILED_CONDITIONS = ("Failed", "FailureTarget")
 
 
-def succeeded_condition(job: Mapping[str, Any]) -> Mapping[str, Any] | None:
+def succeeded_condition(job: JobStatus) -> Condition | None:
     """The true condition saying the Job succeeded, or None."""
-    return next(filter(None, (true_condition(job, type_) for type_ in SUCCEEDED_CONDITIONS)), None)
+    return job.true_condition(*SUCCEEDED_CONDITIONS)
 
 
-def failed_condition(job: Mapping[str, Any]) -> Mapping[str, Any] | None:
+def failed_condition(job: JobStatus) -> Condition | None:
     """The true condition saying the Job failed, or None."""
-    return next(filter(None, (true_condition(job, type_) for type_ in FAILED_CONDITIONS)), None)
+    return job.true_condition(*FAILED_CONDITIONS)
 
 
-def job_finished(job: Mapping[str, Any]) -> bool:
+def job_finished(job: JobStatus) -> bool:
     """Whether the Job controller has decided the Job's outcome (the one rule: observe() follows it,
     and a finished Job no longer holds a slot under the cap)."""
     return succeeded_condition(job) is not None or failed_condition(job) is not None
 
 
-def container_status(pod: Mapping[str, Any]) -> Mapping[str, Any]:
-    statuses = (pod.get("status") or {}).get("containerStatuses") or []
-    for item in statuses:
-        if item.get("name") == resource.WORKER_CONTAINER:
-            return dict(item)
-    return dict(statuses[0]) if statuses else {}
+def pod_order(pod: PodStatus) -> tuple[str, str]:
+    """Pods in the order they ended (else were created)."""
+    finished = pod.worker.terminated.finished_at if pod.worker.terminated is not None else None
+    return (finished or pod.creation_timestamp, pod.name)
 
 
-def pod_order(pod: Mapping[str, Any]) -> tuple[str, str]:
-    terminated = (container_status(pod).get("state") or {}).get("terminated") or {}
-    stamp = terminated.get("finishedAt") or (pod.get("metadata") or {}).get("creationTimestamp") or ""
-    return (str(stamp), str((pod.get("metadata") or {}).get("name") or ""))
+def pod_failed(pod: PodStatus) -> bool:
+    """The Pod failed, or its worker exited non-zero."""
+    return pod.phase == "Failed" or pod.exit_code not in (None, 0)
 
 
-def terminated_state(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    state = container_status(pod).get("state") or {}
-    found = state.get("terminated")
-    return found if isinstance(found, Mapping) else None
-
-
-def describe_pod_failure(pod: Mapping[str, Any]) -> tuple[str, str]:
+def describe_pod_failure(pod: PodStatus) -> tuple[str, str]:
     """(reason, message) for one failed worker pod: OOMKilled, a worker exit code, or the pod's reason."""
-    terminated = terminated_state(pod)
-    pod_status = pod.get("status") or {}
+    terminated = pod.worker.terminated
     if terminated is None:
-        reason = str(pod_status.get("reason") or "PodFailed")
-        return reason, f"the worker pod failed ({reason}): {pod_status.get('message') or 'no details'}"
-    exit_code = int(terminated.get("exitCode") or 0)
-    if terminated.get("reason") == "OOMKilled":
+        reason = pod.reason or "PodFailed"
+        return reason, f"the worker pod failed ({reason}): {pod.message or 'no details'}"
+    exit_code = terminated.exit_code or 0
+    if terminated.reason == "OOMKilled":
         return (
             "OOMKilled",
             f"the worker ran out of memory (OOMKilled, exit code {exit_code}); raise "
             "spec.jobTemplate.resources.limits.memory or the operator's worker resources",
         )
-    parsed = parse_termination_message(terminated.get("message"))
+    parsed = parse_termination_message(terminated.message)
     known = EXIT_CODES.get(exit_code)
     reason = str(parsed.data.get("reason") or (known[0] if known else "WorkerCrashed"))
     meaning = known[1] if known else f"the worker crashed with exit code {exit_code}"
     detail = parsed.data.get("message")
     if not detail and parsed.problem is None:
         detail = None
-    elif not detail and terminated.get("message"):
+    elif not detail and terminated.message:
         # FallbackToLogsOnError: the message may be the tail of the log rather than our JSON.
-        detail = str(terminated["message"]).strip().splitlines()[-1][:300]
+        detail = terminated.message.strip().splitlines()[-1][:300] if terminated.message.strip() else None
     text = f"{meaning} (exit code {exit_code}, {reason})"
     if detail:
         text += f": {detail}"
     return reason, text
 
 
-def pods_explain_verdict(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> bool:
+def pods_explain_verdict(job: JobStatus, pods: Sequence[PodStatus]) -> bool:
     """Whether *pods* (the operator's view) already hold what observe() needs for a finished Job.
 
     Complete: a worker pod that exited 0 (its termination message is the result). Failed: at least
     as many failed pods as the Job counts. Otherwise the Pods must be read fresh: their watch events
     race the Job's.
     """
-    job_status = job.get("status") or {}
     if failed_condition(job) is None and succeeded_condition(job) is not None:
-        return any((terminated_state(pod) or {}).get("exitCode") == 0 for pod in pods)
-    failed = [
-        pod
-        for pod in pods
-        if (pod.get("status") or {}).get("phase") == "Failed"
-        or (terminated_state(pod) or {}).get("exitCode") not in (None, 0)
-    ]
-    return bool(failed) and len(failed) >= int(job_status.get("failed") or 0)
+        return any(pod.exit_code == 0 for pod in pods)
+    failed = [pod for pod in pods if pod_failed(pod)]
+    return bool(failed) and len(failed) >= job.failed

@@ -78,7 +78,7 @@ async def delete_job(state: State, namespace: str, job_name: str) -> None:
         state.metrics.api_errors.labels("delete").inc()
         log.warning("cannot delete Job %s (the next resync retries): %s", job_name, exc)
     pods = await list_quietly(state, kube.PODS, namespace, {"job-name": job_name})
-    names = {key_of(pod)[1] for pod in pods + state.pods_of(namespace, job_name)}
+    names = {key_of(pod)[1] for pod in pods} | {pod.name for pod in state.pods_of(namespace, job_name)}
     for pod_name in sorted(names):
         try:
             await state.client.delete(kube.PODS, namespace, pod_name)

@@ -201,7 +201,7 @@ async def test_a_returning_higher_priority_replica_takes_over_without_duplicates
     displaced replica stops creating Jobs before the returning one starts, and no status ever
     goes back from a finished phase (a replica that stood by must not act on what it saw before)."""
     lifetime = 6  # gate checks every second: the returning replica waits that long before acting
-    bodies = [crawljob(f"ha/b{index:02d}_sleep-1_ok-{index + 1}.csv") for index in range(9)]
+    bodies = [crawljob(f"ha/b{index:02d}_sleep-3_ok-{index + 1}.csv") for index in range(9)]
     last = crawljob("ha/b-last_ok-10.csv")
     names = [body["metadata"]["name"] for body in bodies]
     job_additions: Counter[str] = Counter()

@@ -17,15 +17,12 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
+from crawljob_worker.contract import SUMMARY_KEYS
 from crawljob_worker.kubeapi import KubeTarget, PatchFailed, StatusWriter
 
 log = logging.getLogger("crawljob_worker.report")
 
 TERMINATION_LIMIT = 4096
-SUMMARY_KEYS = (
-    "outcome", "exitCode", "reason", "message", "rowsRead", "rowsWritten", "rowsRejected", "bytesRead",
-    "outputUri", "outputObjects", "rejectsUri", "manifestUri", "durationSeconds",
-)  # fmt: skip
 
 
 def termination_message(summary: Mapping[str, Any], limit: int = TERMINATION_LIMIT) -> str:

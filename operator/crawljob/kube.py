@@ -7,7 +7,6 @@ resolved by the `kubernetes` package's loader (why not its clients: docs/archite
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import ssl
@@ -19,11 +18,11 @@ from typing import Any
 
 import aiohttp
 
+from crawljob.models import Body
+
 log = logging.getLogger("crawljob.kube")
 
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
-
-Body = dict[str, Any]
 
 
 class KubeError(Exception):
@@ -376,16 +375,3 @@ class KubeClient:
 def _labels_match(obj: Body, labels: Mapping[str, str]) -> bool:
     have = (obj.get("metadata") or {}).get("labels") or {}
     return all(have.get(key) == value for key, value in labels.items())
-
-
-async def wait_for(predicate: Any, timeout: float, interval: float = 0.1, what: str = "condition") -> Any:
-    """Await an async *predicate* until it returns a truthy value (for tools and tests)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = await predicate()
-        if value:
-            return value
-        if loop.time() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-        await asyncio.sleep(interval)

@@ -25,6 +25,7 @@ import yaml
 from crawljob import kube, resource
 from crawljob.local.s3 import LocalS3, free_port
 from crawljob.local.sample import generate_csv
+from fakes.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
@@ -309,7 +310,7 @@ async def test_operator_image_answers_healthz_and_turns_a_crawljob_into_a_job(
         jobs = await kube_client.list(kube.JOBS, "default")
         return [job for job in jobs if job["metadata"]["name"] == name]
 
-    (job,) = await kube.wait_for(job_made, timeout=60, what=f"the operator to create Job {name}")
+    (job,) = await wait_for(job_made, timeout=60, what=f"the operator to create Job {name}")
     (worker,) = job["spec"]["template"]["spec"]["containers"]
     assert worker["image"] == WORKER_IMAGE
     assert worker["args"][0] == "s3://incoming/drops/readings.csv"

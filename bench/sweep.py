@@ -87,7 +87,7 @@ async def refill_view(state: State, client: kube.KubeClient) -> None:
     """What the operator's watch keeps: every CrawlJob of the namespace (not counted as sweep cost)."""
     state.crawljobs.clear()
     for item in await client.list(kube.CRAWLJOBS, NAMESPACE):
-        state.crawljobs[(NAMESPACE, item["metadata"]["name"])] = item
+        state.remember_crawljob(item)
 
 
 async def one_pass(state: State, client: CountingClient, lister: S3Lister, with_view: bool) -> dict[str, Any]:

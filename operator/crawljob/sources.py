@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from crawljob import resource
+from crawljob.times import parse_time
 
 KIND = "CrawlSource"
 PLURAL = "crawlsources"
@@ -57,22 +58,6 @@ def parse_duration(text: str) -> float:
     if not _DURATION.fullmatch(value):
         raise ValueError(f"{text!r} is not a duration such as 90s, 10m or 1h30m")
     return sum(float(number) * _UNIT_SECONDS[unit] for number, unit in _DURATION_PART.findall(value))
-
-
-def parse_time(value: Any) -> datetime.datetime | None:
-    """An RFC 3339 timestamp as an aware datetime, or None (absent or unreadable)."""
-    if not value:
-        return None
-    try:
-        parsed = datetime.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.UTC)
-
-
-def format_time(moment: datetime.datetime) -> str:
-    """RFC 3339 in UTC with a Z, as Kubernetes writes times."""
-    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True)

@@ -324,7 +324,7 @@ async def test_history_limits_never_collect_a_crawljob_a_sweep_still_looks_at(
             else "2026-01-01T00:00:00Z"
         )
         item["metadata"]["creationTimestamp"] = stamp  # as the API server would have stamped them
-        state.crawljobs[(NAMESPACE, item["metadata"]["name"])] = item
+        state.remember_crawljob(item)
     # No sweep completed yet: every CrawlJob of the source is kept.
     state.sources[(NAMESPACE, "feed")] = created
     await handlers.collect_garbage(state)

@@ -17,7 +17,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from crawljob import kube
-from crawljob.operator import handlers, peering, view
+from crawljob.operator import admission, peering, resync, view
 from crawljob.operator.settings import OperatorSettings
 
 log = logging.getLogger("crawljob.operator")
@@ -58,10 +58,10 @@ class Gate:
 
     async def activate(self) -> None:
         """Prime the view from the API (resync), then start the loops. Raises kube.KubeError."""
-        await handlers.resync(self.state)
+        await resync.resync(self.state)
         coroutines = [
             loop(self.state)
-            for loop in (handlers.scheduler_loop, handlers.creator_loop, handlers.resync_loop)
+            for loop in (admission.scheduler_loop, admission.creator_loop, resync.resync_loop)
         ]
         for coroutine in coroutines + [extra() for extra in self.extra_loops]:
             task = asyncio.create_task(coroutine)

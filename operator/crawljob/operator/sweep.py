@@ -16,12 +16,13 @@ from crawljob import resource
 from crawljob.operator import conditions
 from crawljob.sources import (
     ANNOTATION_SWEEP,
+    InvalidSource,
     Source,
-    format_time,
-    parse_time,
     select_source,
+    source_from_body,
     source_of_crawljob,
 )
+from crawljob.times import format_time, parse_time
 
 # Jitter spreads the sweeps of many sources: up to this fraction of the interval, at most JITTER_MAX.
 JITTER_FRACTION = 0.1
@@ -176,6 +177,30 @@ def protected_from_gc(
     if created is None:
         return True
     return created >= watermark
+
+
+def protected_names(
+    source_bodies: Iterable[Mapping[str, Any]], namespace: str, crawljobs: Iterable[Mapping[str, Any]]
+) -> set[str]:
+    """Names of the CrawlJobs (bodies) of *namespace* that garbage collection must keep (protected_from_gc)."""
+    known: list[Source] = []
+    watermarks: dict[str, Any] = {}
+    for body in source_bodies:
+        if str((body.get("metadata") or {}).get("namespace") or "default") != namespace:
+            continue
+        try:
+            source = source_from_body(body)
+        except InvalidSource:
+            continue
+        known.append(source)
+        watermarks[source.name] = (body.get("status") or {}).get("watermark")
+    if not known:
+        return set()
+    return {
+        str((crawljob.get("metadata") or {}).get("name"))
+        for crawljob in crawljobs
+        if protected_from_gc(crawljob, known, watermarks)
+    }
 
 
 @dataclass

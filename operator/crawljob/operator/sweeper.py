@@ -18,12 +18,12 @@ import time
 from collections.abc import Container, Mapping
 from typing import Any
 
-import kopf
-
 from crawljob import kube, resource, sources
+from crawljob.models import Body, CrawlJob, Key, key_of
 from crawljob.operator import sweep
 from crawljob.operator.s3list import ListingError, S3Lister
-from crawljob.operator.view import Body, Key, State, get_state, key_of, log
+from crawljob.operator.view import State, log
+from crawljob.times import parse_time
 
 # CrawlSources are re-listed this often even without watch events (a missed event, a takeover).
 REFRESH_SECONDS = 60.0
@@ -32,7 +32,7 @@ REFRESH_SECONDS = 60.0
 class _Names(Container[str]):
     """The names of the CrawlJobs the operator's view holds in one namespace (no copy)."""
 
-    def __init__(self, crawljobs: Mapping[Key, Body], namespace: str) -> None:
+    def __init__(self, crawljobs: Mapping[Key, CrawlJob], namespace: str) -> None:
         self.crawljobs = crawljobs
         self.namespace = namespace
 
@@ -111,7 +111,7 @@ class Sweeper:
             return
         seen = {key_of(item) for item in items}
         for item in items:
-            self.state.remember(self.state.sources, item)
+            remember_source(self.state, item)
         for key in list(self.state.sources):
             if key not in seen:
                 self.state.sources.pop(key, None)
@@ -182,8 +182,8 @@ class Sweeper:
             1
             for (namespace, _), crawljob in self.state.crawljobs.items()
             if namespace == source.namespace
-            and sources.source_of_crawljob(crawljob) == source.name
-            and (crawljob.get("status") or {}).get("phase") not in resource.TERMINAL_PHASES
+            and crawljob.meta.labels.get(sources.LABEL_SOURCE) == source.name
+            and not crawljob.status.terminal
         )
         return max(0, self.state.settings.sweep_max_create - unfinished)
 
@@ -197,7 +197,7 @@ class Sweeper:
             # The queue is full of this source's CrawlJobs: continue once some finish.
             result.capped, result.resume_after = True, start_after
             return result
-        bound = sweep.lower_bound(source, sources.parse_time(current.get("watermark")))
+        bound = sweep.lower_bound(source, parse_time(current.get("watermark")))
         existing = _Names(self.state.crawljobs, source.namespace)
         try:
             versioned = await self.lister.versioned(source.bucket)
@@ -232,7 +232,7 @@ class Sweeper:
             created = await client.create(kube.CRAWLJOBS, source.namespace, manifest)
         except kube.Conflict:
             found = await client.get(kube.CRAWLJOBS, source.namespace, name)
-            self.state.remember(self.state.crawljobs, found)
+            self.state.remember_crawljob(found)
             other = (found.get("spec") or {}).get("source") or {}
             if (other.get("bucket"), other.get("key")) != (ref.bucket, ref.key):
                 result.collisions.append(name)
@@ -242,7 +242,7 @@ class Sweeper:
             log.warning("sweep %s: CrawlJob %s refused: %s", source.name, name, exc)
             result.refused.append(name)
             return
-        self.state.remember(self.state.crawljobs, created)
+        self.state.remember_crawljob(created)
         result.created.append(name)
 
     async def write_status(self, body: Body, patch: dict[str, Any]) -> None:
@@ -263,7 +263,7 @@ class Sweeper:
             return
         self.held_until.pop((namespace, name), None)
         if updated.get("metadata"):
-            self.state.remember(self.state.sources, updated)
+            remember_source(self.state, updated)
 
     async def post_event(self, body: Body, reason: str, message: str, warning: bool) -> None:
         """A Kubernetes Event on the CrawlSource (best effort)."""
@@ -299,37 +299,18 @@ class Sweeper:
             log.warning("cannot post event %s on CrawlSource %s: %s", reason, metadata.get("name"), exc)
 
 
-async def on_crawlsource_event(event: Mapping[str, Any], memo: Any, **_: Any) -> None:
-    """A CrawlSource was added, changed or deleted: keep the view and wake the sweeper."""
-    state = get_state(memo)
-    body = event.get("object") or {}
-    if event.get("type") == "DELETED":
-        state.sources.pop(key_of(body), None)
-    else:
-        state.remember(state.sources, body)
-    state.sources_changed.set()
+def remember_source(state: State, body: Mapping[str, Any]) -> None:
+    """Keep the newest version of a CrawlSource body (watch events may trail a write's answer)."""
+    key = key_of(body)
+    known = state.sources.get(key)
+    new, old = _version(body), _version(known or {})
+    if known is not None and new is not None and old is not None and new < old:
+        return
+    state.sources[key] = dict(body)
 
 
-def register(registry: kopf.OperatorRegistry) -> None:
-    """Watch CrawlSources (kopf's low-level event handler: no finalizers, nothing stored on them)."""
-    kopf.on.event("crawljob.io", "v1alpha1", "crawlsources", registry=registry)(on_crawlsource_event)
-
-
-def protected_names(state: State, namespace: str, crawljobs: list[Body]) -> set[str]:
-    """Names of the CrawlJobs garbage collection must keep (see sweep.protected_from_gc)."""
-    known: list[sources.Source] = []
-    watermarks: dict[str, Any] = {}
-    for (source_namespace, _), body in state.sources.items():
-        if source_namespace != namespace:
-            continue
-        with contextlib.suppress(sources.InvalidSource):
-            source = sources.source_from_body(body)
-            known.append(source)
-            watermarks[source.name] = (body.get("status") or {}).get("watermark")
-    if not known:
-        return set()
-    return {
-        str((crawljob.get("metadata") or {}).get("name"))
-        for crawljob in crawljobs
-        if sweep.protected_from_gc(crawljob, known, watermarks)
-    }
+def _version(body: Mapping[str, Any]) -> int | None:
+    try:
+        return int(str((body.get("metadata") or {}).get("resourceVersion")))
+    except ValueError:
+        return None

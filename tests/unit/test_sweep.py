@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from crawljob import resource
-from crawljob.operator import conditions, sweep
+from crawljob.operator import sweep
 from crawljob.sources import ANNOTATION_SWEEP, Source
 
 T0 = datetime.datetime(2026, 12, 1, 12, 0, 0, tzinfo=datetime.UTC)
@@ -20,6 +20,14 @@ def at(seconds: float) -> datetime.datetime:
 
 def stamp(seconds: float) -> str:
     return at(seconds).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def get_condition(items: list[dict[str, Any]], type_: str) -> dict[str, Any]:
+    return next(item for item in items if item["type"] == type_)
+
+
+def is_true(items: list[dict[str, Any]], type_: str) -> bool:
+    return get_condition(items, type_)["status"] == "True"
 
 
 SOURCE = Source("ns", "feed", "data", prefix="in/", suffixes=(".csv",), interval_seconds=600.0, generation=2)
@@ -122,8 +130,8 @@ def test_status_after_a_complete_pass_moves_the_watermark_and_schedules_the_next
     assert patch["lastSweepTime"] == stamp(2)
     assert patch["crawljobsCreated"] == 2 and patch["crawljobsCreatedTotal"] == 6
     assert patch["sweepToken"] == "tok" and patch["resumeAfter"] is None
-    assert conditions.is_true(patch["conditions"], "Ready")
-    assert not conditions.is_true(patch["conditions"], "Stalled")
+    assert is_true(patch["conditions"], "Ready")
+    assert not is_true(patch["conditions"], "Stalled")
 
 
 def test_a_capped_pass_continues_soon_from_where_it_stopped_and_keeps_the_watermark() -> None:
@@ -131,7 +139,7 @@ def test_a_capped_pass_continues_soon_from_where_it_stopped_and_keeps_the_waterm
     patch = sweep.status_after_pass(SOURCE, {"watermark": stamp(-500)}, result, None, 60, at(1))
     assert "watermark" not in patch and patch["resumeAfter"] == "in/k.csv"
     assert patch["sweepStartTime"] == stamp(0)
-    assert conditions.is_true(patch["conditions"], "Reconciling")
+    assert is_true(patch["conditions"], "Reconciling")
     # The continuation that completes uses the first pass's start for the watermark.
     resumed = {"resumeAfter": "in/k.csv", "sweepStartTime": stamp(0)}
     done = sweep.PassResult(started=at(100), complete=True)
@@ -145,8 +153,8 @@ def test_a_capped_pass_continues_soon_from_where_it_stopped_and_keeps_the_waterm
 def test_listing_errors_stall_or_retry_by_their_code(code: str, stalled: bool) -> None:
     result = sweep.PassResult(started=at(0), error_code=code, error_message="no")
     patch = sweep.status_after_pass(SOURCE, {}, result, None, 60, at(1))
-    assert conditions.is_true(patch["conditions"], "Stalled") is stalled
-    assert conditions.get_condition(patch["conditions"], "Ready")["reason"] == code  # type: ignore[index]
+    assert is_true(patch["conditions"], "Stalled") is stalled
+    assert get_condition(patch["conditions"], "Ready")["reason"] == code  # type: ignore[index]
     assert "watermark" not in patch
     retry = 600 if stalled else sweep.RETRY_SECONDS
     assert patch["nextSweepTime"] == stamp(1 + retry)

@@ -298,7 +298,7 @@ async def test_history_limits_never_collect_a_crawljob_a_sweep_still_looks_at(
 ) -> None:
     """GC (the operator's own collect_garbage) keeps CrawlJobs created at or after their source's
     watermark, even with a history limit of 0; older ones, and ones of no source, go."""
-    from crawljob.operator import handlers
+    from crawljob.operator import resync
     from crawljob.operator.settings import OperatorSettings
     from crawljob.operator.view import State
 
@@ -327,9 +327,9 @@ async def test_history_limits_never_collect_a_crawljob_a_sweep_still_looks_at(
         state.remember_crawljob(item)
     # No sweep completed yet: every CrawlJob of the source is kept.
     state.sources[(NAMESPACE, "feed")] = created
-    await handlers.collect_garbage(state)
+    await resync.collect_garbage(state)
     assert await crawljob_names(kube_client) == {bodies["in/recent.csv"], bodies["in/old.csv"]}
     # With a watermark: only the CrawlJob created at or after it stays.
     state.sources[(NAMESPACE, "feed")] = {**created, "status": {"watermark": "2026-03-01T00:00:00Z"}}
-    await handlers.collect_garbage(state)
+    await resync.collect_garbage(state)
     assert await crawljob_names(kube_client) == {bodies["in/recent.csv"]}

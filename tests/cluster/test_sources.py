@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from crawljob import kube, resource, sources
+from fakes.waiting import wait_for
 
 from .conftest import Child
 
@@ -88,7 +89,7 @@ async def test_a_sweep_on_the_real_server_creates_labelled_crawljobs_and_a_kept_
         status = (await client.get(kube.CRAWLSOURCES, namespace, "feed")).get("status") or {}
         return status if status.get("lastSweepTime") else None
 
-    status = await kube.wait_for(swept, timeout=60, interval=0.5, what="the first sweep")
+    status = await wait_for(swept, timeout=60, interval=0.5, what="the first sweep")
     crawljobs = {item["metadata"]["name"]: item for item in await client.list(kube.CRAWLJOBS, namespace)}
     assert set(crawljobs) == names
     for item in crawljobs.values():

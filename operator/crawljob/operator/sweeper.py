@@ -13,14 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
-import secrets
 import time
 from collections.abc import Container, Mapping
 from typing import Any
 
 from crawljob import kube, resource, sources
-from crawljob.models import Body, CrawlJob, Key, key_of
-from crawljob.operator import sweep
+from crawljob.models import Body, CrawlJob, Key, Meta, key_of
+from crawljob.operator import events, sweep
 from crawljob.operator.s3list import ListingError, S3Lister
 from crawljob.operator.view import State, log
 from crawljob.times import parse_time
@@ -267,36 +266,15 @@ class Sweeper:
 
     async def post_event(self, body: Body, reason: str, message: str, warning: bool) -> None:
         """A Kubernetes Event on the CrawlSource (best effort)."""
-        metadata = body.get("metadata") or {}
-        namespace = str(metadata.get("namespace") or "default")
-        now = utc_now().strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        event = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"name": f"{metadata.get('name')}.{secrets.token_hex(8)}", "namespace": namespace},
-            "involvedObject": {
-                "apiVersion": resource.API_VERSION,
-                "kind": sources.KIND,
-                "name": metadata.get("name"),
-                "namespace": namespace,
-                "uid": metadata.get("uid"),
-            },
-            "reason": reason,
-            "message": message[:1024],
-            "type": "Warning" if warning else "Normal",
-            "firstTimestamp": now[:19] + "Z",
-            "lastTimestamp": now[:19] + "Z",
-            "eventTime": now,
-            "count": 1,
-            "action": "Sweep",
-            "source": {"component": resource.MANAGED_BY},
-            "reportingComponent": resource.MANAGED_BY,
-            "reportingInstance": self.state.instance,
-        }
+        meta = Meta.parse(body)
+        namespace = meta.namespace
+        event = events.build_event(
+            meta, reason, message, warning, self.state.instance, utc_now(), kind=sources.KIND, action="Sweep"
+        )
         try:
             await self.state.client.create(kube.EVENTS, namespace, event)
         except kube.KubeError as exc:
-            log.warning("cannot post event %s on CrawlSource %s: %s", reason, metadata.get("name"), exc)
+            log.warning("cannot post event %s on CrawlSource %s: %s", reason, meta.name, exc)
 
 
 def remember_source(state: State, body: Mapping[str, Any]) -> None:

@@ -11,7 +11,7 @@ from chart_render import ROOT, Manifest, env_of, named, of_kind
 # (apiGroup, resource) -> verbs. The API calls of each component, one line each, and why.
 RECEIVER_CALLS = {
     ("crawljob.io", "crawljobs"): {"create", "get"},  # create per event; 409 → duplicate
-    ("crawljob.io", "crawlsources"): {"list", "watch"},  # routing events to a source's template
+    ("crawljob.io", "crawlsources"): {"list"},  # routing events to a source's template (re-listed)
 }
 # Calls the operator makes (crawljob.operator.handlers; kopf runs with scanning disabled, so it
 # reads no namespaces or CRDs; peerings only with HA, see PEERING_CALLS).
@@ -205,7 +205,7 @@ def test_only_the_operator_may_touch_jobs_and_pods(default_manifests: list[Manif
     for component in ("receiver", "worker"):
         granted = grants(role(default_manifests, component, "demo-crawljob")["rules"])
         assert not {key for key in granted if key[1] in {"jobs", "pods", "secrets", "events"}}, component
-        # Reading CrawlSources (list + watch) is the receiver's only read beyond a 409's get.
+        # Listing CrawlSources is the receiver's only read beyond a 409's get.
         reads = {
             verb for key, verbs in granted.items() if key != ("crawljob.io", "crawlsources") for verb in verbs
         }

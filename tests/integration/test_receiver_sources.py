@@ -86,11 +86,11 @@ async def test_sources_created_or_deleted_after_startup_are_followed(
         crawljob = await post(client, kube_client, f"in/b{next(counter):03}.csv")
         return crawljob["metadata"]["labels"].get(sources.LABEL_SOURCE) == "feed"
 
-    await wait_until(routed, 10, "the receiver to see the new source")
+    await wait_until(routed, 30, "the receiver to see the new source")
     await kube_client.delete(kube.CRAWLSOURCES, NAMESPACE, "feed")
 
     async def unrouted() -> bool:
         crawljob = await post(client, kube_client, f"in/c{next(counter):03}.csv")
         return sources.LABEL_SOURCE not in crawljob["metadata"]["labels"]
 
-    await wait_until(unrouted, 10, "the receiver to drop the deleted source")
+    await wait_until(unrouted, 30, "the receiver to drop the deleted source")

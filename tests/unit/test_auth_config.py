@@ -56,13 +56,13 @@ def test_flags_win_over_env() -> None:
 
 def test_lists_are_split_on_commas() -> None:
     environ = {
-        "CRAWLJOB_ALLOWED_BUCKETS": "a, b,,c",
+        "CRAWLJOB_ALLOWED_BUCKETS": "aaa, bbb,,ccc",
         "CRAWLJOB_KEY_PREFIXES": "in/",
         "CRAWLJOB_KEY_SUFFIXES": ".csv,.csv.gz",
         "CRAWLJOB_SNS_TOPIC_ARNS": "arn:aws:sns:eu-west-1:1:t",
     }
     result = settings([], environ)
-    assert result.allowed_buckets == ("a", "b", "c")
+    assert result.allowed_buckets == ("aaa", "bbb", "ccc")
     assert result.key_suffixes == (".csv", ".csv.gz")
     assert result.sns_topic_arns == ("arn:aws:sns:eu-west-1:1:t",)
 

@@ -241,7 +241,9 @@ def settings_from_args(argv: Sequence[str], environ: Mapping[str, str]) -> Setti
         if args.source:
             raise invalid_arguments("give SOURCE or --source-bucket/--source-key, not both")
         if not args.source_bucket or not args.source_key or "\0" in args.source_key:
-            raise invalid_arguments("--source-bucket and --source-key must be non-empty (and the key without NUL)")
+            raise invalid_arguments(
+                "--source-bucket and --source-key must be non-empty (and the key without NUL)"
+            )
         args.source = f"s3://{args.source_bucket}/{args.source_key}"
     if not args.source:
         raise invalid_arguments(

@@ -85,3 +85,24 @@ def test_inconsistent_settings_fail_at_start(argv: list[str], message: str) -> N
 def test_missing_secret_file_fails_at_start(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         settings(["--auth-mode", "token", "--auth-token-file", str(tmp_path / "absent")])
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"CRAWLJOB_ALLOWED_BUCKETS": "good-bucket,Bad_Bucket"}, "not a valid S3 bucket name"),
+        ({"CRAWLJOB_DEFAULT_BUCKET": "a/b"}, "not a valid S3 bucket name"),
+        ({"CRAWLJOB_MAX_RECORDS": "0"}, "--max-records"),
+        ({"CRAWLJOB_SNS_MAX_AGE_SECONDS": "0"}, "--sns-max-age-seconds"),
+        ({"CRAWLJOB_SNS_CERT_SUBJECT_PATTERN": "("}, "--sns-cert-subject-pattern"),
+    ],
+)
+def test_hardening_settings_are_validated(environ: dict[str, str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        settings([], environ)
+
+
+def test_hardening_defaults() -> None:
+    result = settings([], {})
+    assert (result.max_records, result.create_concurrency, result.sns_max_age_seconds) == (100, 8, 3600.0)
+    assert result.sns_topic_arns == ()  # SNS refused until topics are listed

@@ -102,7 +102,7 @@ class ServiceUnavailable(Exception):
 
 def filters_of(settings: ReceiverSettings) -> events.Filters:
     """The object filters, with the loop guard on the crawl output locations."""
-    locations: list[tuple[str | None, str]] = [(None, events.DEFAULT_OUTPUT_PREFIX)]
+    locations: list[tuple[str | None, str]] = [(None, resource.DEFAULT_OUTPUT_PREFIX)]
     if settings.default_output_uri:
         locations.append(events.output_location(settings.default_output_uri))
     return events.Filters(

@@ -250,3 +250,18 @@ def test_message_age_is_bounded(timestamp: str, accepted: bool) -> None:
     else:
         with pytest.raises(SnsRejected):
             sns.check_timestamp(fields, NOW, sns.DEFAULT_MAX_AGE_SECONDS)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://sns.us-east-1.amazonaws.com@evil.example/cert.pem",
+        "https://evil.example\\@sns.us-east-1.amazonaws.com/cert.pem",
+        "https://sns.us-east-1.amazonaws.com\t.evil.example/cert.pem",
+        "https://user:pw@sns.us-east-1.amazonaws.com/cert.pem",
+        "https://sns.us-east-1.amazonaws.com /cert.pem",
+    ],
+)
+def test_urls_where_parsers_differ_are_refused(url: str) -> None:
+    with pytest.raises(SnsRejected):
+        sns.check_url(url, sns.DEFAULT_CERT_HOST_PATTERN, "SigningCertURL")

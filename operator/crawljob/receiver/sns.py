@@ -68,12 +68,21 @@ def signing_string(fields: Mapping[str, str]) -> bytes:
 
 
 def check_url(url: str, host_pattern: str, what: str) -> None:
-    """Refuse *url* unless it is https on a host matching *host_pattern* (full match)."""
+    """Refuse *url* unless it is https on a host matching *host_pattern* (full match).
+
+    The URL must be plain: no user info (`@`), backslash, whitespace or control character, where
+    URL parsers differ, so that the host checked here is the host the HTTP client fetches from."""
+    if (
+        len(url) > 2048
+        or any(ch in url for ch in "\\@")
+        or any(ord(ch) <= 0x20 or ord(ch) == 0x7F for ch in url)
+    ):
+        raise SnsRejected(f"{what} {url[:200]!r} is not a plain https URL")
     try:
         parts = urllib.parse.urlsplit(url)
         host = parts.hostname or ""
     except ValueError as exc:
-        raise SnsRejected(f"{what} {url!r} is not a URL") from exc
+        raise SnsRejected(f"{what} {url[:200]!r} is not a URL") from exc
     if parts.scheme != "https":
         raise SnsRejected(f"{what} must be an https URL, got {url!r}")
     if not re.fullmatch(host_pattern, host):

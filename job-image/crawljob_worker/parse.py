@@ -411,7 +411,9 @@ class PandasBlockReader:
             header=None,
             names=self.read_names,
             encoding=self.encoding,
-            dtype={self._read_name[name]: pd.ArrowDtype(kind) for name, kind in dtypes.items()},
+            # None, not {}, when nothing is typed: pandas then skips its per-column dtype handling
+            # (~0.1 CPU-s per 400 MB), with the same table.
+            dtype={self._read_name[name]: pd.ArrowDtype(kind) for name, kind in dtypes.items()} or None,
             na_values=[] if exact_text else list(NULL_VALUES),
             keep_default_na=False,
             # pyarrow's invalid_row_handler (an InvalidRow → "skip"), which pandas-stubs does not know

@@ -280,3 +280,49 @@ def test_parquet_statistics_for_text_columns_only_on_request(tmp_path: Path, fla
         assert device is not None and (device.min, device.max) == ("d0", "d6")
     else:
         assert device is None or not device.has_min_max
+
+
+def _dictionary_encoded(out: Path) -> dict[str, bool]:
+    """Per column of the first part: whether its first row group is dictionary-encoded."""
+    manifest = json.loads((out / "_manifest.json").read_text())
+    metadata = pq.ParquetFile(out / manifest["parts"][0]["name"]).metadata
+    group = metadata.row_group(0)
+    return {
+        group.column(index).path_in_schema: group.column(index).has_dictionary_page
+        and any("DICTIONARY" in encoding for encoding in group.column(index).encodings)
+        for index in range(group.num_columns)
+    }
+
+
+def test_parquet_dictionary_only_for_low_cardinality_columns(tmp_path: Path) -> None:
+    source = tmp_path / "in.csv"
+    rows = 5000
+    source.write_text(
+        "device,site,battery,reading,when\n"
+        + "".join(
+            f"dev-{n * 7919 % 100_003},{('north', 'south', 'lab')[n % 3]},{n % 101},{n * 0.37:.2f},"
+            f"2026-01-01T00:{n // 60 % 60:02d}:{n % 60:02d}\n"
+            for n in range(rows)
+        )
+    )
+    code, message = convert(source, tmp_path / "out")
+    assert code == 0, message
+    assert _dictionary_encoded(tmp_path / "out") == {
+        "device": False,  # every value distinct
+        "site": True,
+        "battery": True,
+        "reading": False,
+        "when": False,  # timestamps are delta-encoded
+    }
+    table = read_parts(tmp_path / "out")
+    assert table.num_rows == rows
+    assert table.column("device")[1].as_py() == "dev-7919"
+    assert table.column("site")[2].as_py() == "lab"
+
+
+def test_parquet_dictionary_for_every_column_of_a_small_file(tmp_path: Path) -> None:
+    source = tmp_path / "in.csv"
+    source.write_text("device,site\n" + "".join(f"dev-{n},s{n % 2}\n" for n in range(50)))
+    code, message = convert(source, tmp_path / "out")
+    assert code == 0, message
+    assert _dictionary_encoded(tmp_path / "out") == {"device": True, "site": True}

@@ -326,3 +326,67 @@ def test_parquet_dictionary_for_every_column_of_a_small_file(tmp_path: Path) -> 
     code, message = convert(source, tmp_path / "out")
     assert code == 0, message
     assert _dictionary_encoded(tmp_path / "out") == {"device": True, "site": True}
+
+
+def _program(*args: str) -> subprocess.CompletedProcess[str]:
+    """`crawljob-worker` as the image runs it: the installed console script, its own process."""
+    script = Path(sys.executable).parent / "crawljob-worker"
+    return subprocess.run([str(script), *args], capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_the_program_ends_after_every_output_is_complete(tmp_path: Path) -> None:
+    source = tmp_path / "in.csv"
+    with source.open("w") as handle:
+        handle.write("id,device,reading\n")
+        handle.writelines(f"{n},dev-{n % 977},{n * 0.5}\n" for n in range(300_000))
+    out, termination = tmp_path / "out", tmp_path / "termination"
+    done = _program(
+        str(source), "--output", str(out), "--termination-log", str(termination),
+        "--chunk-size-mb", "1", "--part-size-mb", "1",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    message = json.loads(termination.read_text())
+    assert json.loads(done.stdout) == message
+    assert message["rowsWritten"] == 300_000 and message["outputObjects"] > 1
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert manifest["outcome"] == "Succeeded" and len(manifest["parts"]) == message["outputObjects"]
+    for part in manifest["parts"]:  # every part uploaded whole before the process ended
+        assert (out / part["name"]).stat().st_size == part["bytes"]
+        assert pq.read_metadata(out / part["name"]).num_rows == part["rows"]
+    assert sum(part["rows"] for part in manifest["parts"]) == 300_000
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [part["name"] for part in manifest["parts"]] + ["_manifest.json"]
+    )
+
+
+def test_a_failed_program_run_still_writes_rejects_manifest_and_message(tmp_path: Path) -> None:
+    source = tmp_path / "in.csv"
+    source.write_text("a,b\n" + "".join(f"{n},{n}\n" if n % 3 else f"{n}\n" for n in range(3000)))
+    out, termination = tmp_path / "out", tmp_path / "termination"
+    done = _program(str(source), "--output", str(out), "--termination-log", str(termination))
+    assert done.returncode == 5
+    message = json.loads(termination.read_text())
+    assert json.loads(done.stdout) == message
+    assert message["reason"] == "RejectThresholdExceeded" and message["rowsRejected"] == 1000
+    assert done.stderr.rstrip().splitlines()[-1].startswith("crawljob-worker: RejectThresholdExceeded: ")
+    assert json.loads((out / "_manifest.json").read_text())["outcome"] == "Failed"
+    with (out / "_rejects.csv").open() as handle:
+        assert len(list(csv.reader(handle))) == 1 + 1000
+
+
+def test_the_program_skips_the_interpreter_shutdown(tmp_path: Path) -> None:
+    source = tmp_path / "in.csv"
+    source.write_text("a\n1\n")
+    probe = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: print('interpreter shutdown ran'))\n"
+        "from crawljob_worker.__main__ import console\n"
+        "console()\n"
+    )
+    argv = [str(source), "--output", str(tmp_path / "out"), "--termination-log", str(tmp_path / "t")]
+    done = subprocess.run(
+        [sys.executable, "-c", probe, *argv], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[0])["rowsWritten"] == 1
+    assert "interpreter shutdown ran" not in done.stdout

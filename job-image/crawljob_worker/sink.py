@@ -14,6 +14,7 @@ import json
 import logging
 import re
 import shutil
+import sys
 import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
@@ -21,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-import botocore.exceptions
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 from crawljob_worker.errors import WorkerError, output_forbidden, transient
 from crawljob_worker.parse import Reject
-from crawljob_worker.source import READ_ERRORS, error_code
+from crawljob_worker.source import error_code, network_errors
 from crawljob_worker.stats import TableStats
 from crawljob_worker.uri import Location
 
@@ -39,6 +39,7 @@ MANIFEST_NAME = "_manifest.json"
 REJECTS_NAME = "_rejects.csv"
 OWNED_NAME = re.compile(r"^(part-\d{5}\.(parquet|csv|jsonl)(\.gz)?|_rejects\.csv|_manifest\.json)$")
 MIB = 1024 * 1024
+FORBIDDEN_OUTPUT_CODES = {"AccessDenied", "NoSuchBucket", "AllAccessDisabled", "InvalidAccessKeyId"}
 TRANSFER = {"multipart_threshold": 16 * MIB, "multipart_chunksize": 16 * MIB, "max_concurrency": 4}
 
 
@@ -62,25 +63,34 @@ class PartInfo:
 
 def output_error(error: BaseException, uri: str) -> WorkerError:
     """A failed write as OutputForbidden (permanent) or Transient."""
-    if isinstance(error, botocore.exceptions.ClientError):
-        code = error_code(error)
-        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        if code in {"AccessDenied", "NoSuchBucket", "AllAccessDisabled", "InvalidAccessKeyId"} or status in (
-            403,
-            404,
-        ):
-            return output_forbidden(
-                f"cannot write {uri}: {code}; check the output URI and the worker's permissions"
-            )
-        return transient(f"writing {uri} failed: {code}")
+    # Without S3 in the run botocore and boto3 were never imported, so nothing raised their errors;
+    # looking for them must not import them either.
+    if "botocore.exceptions" in sys.modules:
+        from botocore.exceptions import ClientError
+
+        if isinstance(error, ClientError):
+            code = error_code(error)
+            status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            if code in FORBIDDEN_OUTPUT_CODES or status in (403, 404):
+                return output_forbidden(
+                    f"cannot write {uri}: {code}; check the output URI and the worker's permissions"
+                )
+            return transient(f"writing {uri} failed: {code}")
     if isinstance(error, PermissionError | IsADirectoryError | NotADirectoryError | FileExistsError):
         return output_forbidden(f"cannot write {uri}: {error}")
-    if isinstance(error, boto3_upload_failed()):
+    if "boto3.exceptions" in sys.modules and isinstance(error, boto3_upload_failed()):
         cause = error.__cause__ or error.__context__
         if cause is not None and cause is not error:
             return output_error(cause, uri)
         return transient(f"uploading {uri} failed: {error}")
     return transient(f"writing {uri} failed: {error}")
+
+
+def client_error() -> type[Exception]:
+    from botocore.exceptions import ClientError
+
+    client: type[Exception] = ClientError
+    return client
 
 
 def boto3_upload_failed() -> type[Exception]:
@@ -124,13 +134,13 @@ class S3Target:
             # What boto3's `client.upload_file` does, for a client made by botocore (source.s3_client).
             with S3Transfer(self._client, TransferConfig(**TRANSFER)) as transfer:
                 transfer.upload_file(path, self._location.bucket, self._key(name))
-        except (botocore.exceptions.ClientError, boto3_upload_failed(), *READ_ERRORS) as error:
+        except (client_error(), boto3_upload_failed(), *network_errors()) as error:
             raise output_error(error, self.uri_of(name)) from error
 
     def put_bytes(self, data: bytes, name: str) -> None:
         try:
             self._client.put_object(Bucket=self._location.bucket, Key=self._key(name), Body=data)
-        except (botocore.exceptions.ClientError, *READ_ERRORS) as error:
+        except (client_error(), *network_errors()) as error:
             raise output_error(error, self.uri_of(name)) from error
 
     def names(self) -> set[str]:
@@ -141,7 +151,7 @@ class S3Target:
             )
             for page in pages:
                 found.update(item["Key"][len(self._location.path) :] for item in page.get("Contents", []))
-        except (botocore.exceptions.ClientError, *READ_ERRORS) as error:
+        except (client_error(), *network_errors()) as error:
             raise output_error(error, self._location.uri()) from error
         return found
 
@@ -153,7 +163,7 @@ class S3Target:
                 self._client.delete_objects(
                     Bucket=self._location.bucket, Delete={"Objects": batch, "Quiet": True}
                 )
-            except (botocore.exceptions.ClientError, *READ_ERRORS) as error:
+            except (client_error(), *network_errors()) as error:
                 raise output_error(error, self._location.uri()) from error
 
     def scratch_dir(self) -> str | None:

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 from crawljob_worker.opening import start_opening
 from crawljob_worker.settings import settings_from_args
@@ -30,3 +31,16 @@ def test_settings_without_dtypes_do_not_import_pyarrow() -> None:
 def test_a_local_source_is_not_opened_early() -> None:
     settings = settings_from_args(["data.csv", "--output", "out/"], {})
     assert start_opening(settings) == (None, None)
+
+
+def test_a_local_run_imports_neither_botocore_nor_urllib3(tmp_path: Path) -> None:
+    source = tmp_path / "in.csv"
+    source.write_text("a,b\n1,x\n")
+    probe = (
+        "import json, sys; from crawljob_worker.__main__ import main;"
+        f"code = main([{str(source)!r}, '--output', {str(tmp_path / 'out')!r}, '--termination-log', "
+        f"{str(tmp_path / 't')!r}]);"
+        "print(json.dumps([code, sorted(m for m in ('botocore', 'urllib3', 'boto3') if m in sys.modules)]))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert json.loads(done.stdout.splitlines()[-1]) == [0, []]

@@ -296,6 +296,9 @@ class FileStream(io.RawIOBase):
         self.offset += count or 0
         return count or 0
 
+    def fileno(self) -> int:
+        return self._file.fileno()
+
     def close(self) -> None:
         if not self.closed:
             self._file.close()

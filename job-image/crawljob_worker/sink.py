@@ -387,7 +387,12 @@ class PartsWriter:
             )
         self._current.write(table)
         if self._format != "parquet":
-            self.stats.add(table)
+            self.stats.add(table, text_min_max=self._string_statistics)
+        elif not self._string_statistics:  # text columns get no Parquet statistics: count nulls here
+            texts = [
+                f.name for f in table.schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
+            ]
+            self.stats.add_nulls(table, texts)
         self.rows += table.num_rows
         if self._current.size() >= self._part_bytes:
             self._finish_part()

@@ -416,3 +416,36 @@ def test_a_mapped_file_and_a_streamed_one_give_the_same_outputs(tmp_path: Path) 
     assert results[0][1:] == results[1][1:]
     assert results[0][0].num_rows == 20_000 - 21 and results[0][2] == 20_000
     assert results[0][0].column("name")[0].as_py() == "two\nlines, quoted"
+
+
+@pytest.mark.parametrize("output_format", ["parquet", "csv", "jsonl"])
+@pytest.mark.parametrize("flags", [(), ("--string-statistics",)])
+def test_manifest_text_min_max_only_with_string_statistics(
+    tmp_path: Path, output_format: str, flags: tuple[str, ...]
+) -> None:
+    source = tmp_path / "in.csv"
+    source.write_text("device,reading\n" + "".join(f"d{n % 7},{n}.5\n" for n in range(50)) + ",\n")
+    code, message = convert(
+        source, tmp_path / "out", "--format", output_format, "--dtypes", '{"device": "string"}', *flags
+    )
+    assert code == 0, message
+    columns = json.loads((tmp_path / "out" / "_manifest.json").read_text())["columns"]
+    assert columns["reading"] == {"nullCount": 1, "min": 0.5, "max": 49.5}
+    if flags:
+        assert columns["device"] == {"nullCount": 0, "min": "", "max": "d6"}
+    else:
+        assert columns["device"] == {"nullCount": 0, "min": None, "max": None}
+
+
+@pytest.mark.parametrize("output_format", ["parquet", "csv"])
+def test_manifest_counts_nulls_of_text_columns_without_statistics(tmp_path: Path, output_format: str) -> None:
+    source = tmp_path / "in.csv"
+    source.write_text("a,b\n1,\n2,\n")  # b is all empty: a text column of nulls
+    code, message = convert(source, tmp_path / "out", "--format", output_format)
+    assert code == 0, message
+    columns = json.loads((tmp_path / "out" / "_manifest.json").read_text())["columns"]
+    assert columns == {
+        "a": {"nullCount": 0, "min": 1, "max": 2},
+        "b": {"nullCount": 2, "min": None, "max": None},
+    }
+    assert list(columns) == ["a", "b"]

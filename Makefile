@@ -45,9 +45,9 @@ format: $(STAMP) ## Reformat the code with ruff
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench-worker: $(STAMP) ## Worker vs cat, pandas, DuckDB, polars on a generated CSV; one table (SIZE_MB=800 REPEAT=2)
+bench-worker: $(STAMP) ## Worker vs cat, pandas, DuckDB, polars on generated CSVs: a table per size, medians (SIZE_MB=400,800,1600 REPEAT=3)
 	$(BIN)/pip install -q polars duckdb
-	$(BIN)/python bench/worker.py --size-mb $(or $(SIZE_MB),800) --repeat $(or $(REPEAT),2)
+	SIZE_MB="$(SIZE_MB)" REPEAT="$(REPEAT)" $(BIN)/python bench/worker.py
 
 bench-s3-ranges: $(STAMP) ## Worker reading S3 with 1, 2, 4, 8 ranged GETs when each connection is capped (SIZE_MB=100 THROTTLE=20 MB/s)
 	$(BIN)/python bench/s3_ranges.py

@@ -52,7 +52,7 @@ bench-worker: $(STAMP) ## Worker vs cat, pandas, DuckDB, polars on generated CSV
 bench-s3-ranges: $(STAMP) ## Worker reading S3 with 1, 2, 4, 8 ranged GETs when each connection is capped (SIZE_MB=100 THROTTLE=20 MB/s)
 	$(BIN)/python bench/s3_ranges.py
 
-bench: bench-receiver bench-operator bench-worker bench-s3-ranges ## All four benchmarks, each printing its table (slow: the worker's uses an 800 MB file)
+bench: bench-receiver bench-operator bench-worker bench-s3-ranges ## All four benchmarks, each printing its table (slow: the worker's uses 400, 800 and 1,600 MB files)
 
 clean: ## Remove the venv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

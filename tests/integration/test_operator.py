@@ -95,6 +95,23 @@ async def test_every_failure_reason_of_a_running_worker_is_surfaced(
         events = {
             case: await _events_of(kube_client, body["metadata"]["name"]) for case, body in bodies.items()
         }
+
+        async def labelled() -> dict[str, dict[str, str]] | None:
+            found = {
+                case: {
+                    key: value
+                    for key, value in (
+                        await kube_client.get(kube.CRAWLJOBS, NAMESPACE, body["metadata"]["name"])
+                    )["metadata"]["labels"].items()
+                    if key.startswith("crawljob.io/")
+                }
+                for case, body in bodies.items()
+            }
+            return (
+                found if all(item.get("crawljob.io/phase") == "Failed" for item in found.values()) else None
+            )
+
+        labels = await wait_until(labelled, 10, "the phase labels")
     for case, (reason, words, attempts) in cases.items():
         got = finished[case]["status"]
         assert got["phase"] == "Failed", (case, got)
@@ -106,6 +123,11 @@ async def test_every_failure_reason_of_a_running_worker_is_surfaced(
         assert failed["status"] == "True" and failed["reason"] == reason
         warnings = [event for event in events[case] if event["type"] == "Warning"]
         assert any(event["reason"] == reason for event in warnings), (case, events[case])
+        if attempts == 1:  # permanent: podFailurePolicy fails the Job, so nothing says "Retrying"
+            assert not [event for event in events[case] if event["reason"] == "Retrying"], events[case]
+            assert not [event for event in warnings if event["reason"] != reason], events[case]
+        # The operator keeps the phase label in step with the phase.
+        assert labels[case] == {"crawljob.io/phase": "Failed", "crawljob.io/bucket": "bucket"}, labels[case]
 
 
 async def test_retry_success_and_bad_termination_messages(

@@ -173,6 +173,27 @@ def describe_pod_failure(pod: Mapping[str, Any]) -> tuple[str, str]:
     return reason, text
 
 
+def fails_job(job: Mapping[str, Any], pod: Mapping[str, Any]) -> bool:
+    """Whether the Job's podFailurePolicy fails the whole Job for *pod*'s exit code (no retry).
+
+    Read from the Job itself: servers older than podFailurePolicy store none, and retry."""
+    terminated = _terminated(pod)
+    if terminated is None:
+        return False
+    code = terminated.get("exitCode")
+    container = _container_status(pod).get("name")
+    rules = ((job.get("spec") or {}).get("podFailurePolicy") or {}).get("rules") or []
+    for rule in rules:
+        codes = rule.get("onExitCodes") or {}
+        if not codes or codes.get("containerName") not in (None, container):
+            continue
+        values = codes.get("values") or []
+        matches = code in values if codes.get("operator") == "In" else code not in values
+        if matches:
+            return bool(rule.get("action") == "FailJob")
+    return False
+
+
 def observe(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], now: str) -> Observation:
     """The crawl's state from its Job and the Job's Pods."""
     job_status = job.get("status") or {}
@@ -275,6 +296,16 @@ def observe(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], now: str)
                 start,
             )
         _, failure = describe_pod_failure(ended[-1])
+        if fails_job(job, ended[-1]):
+            # The Job's podFailurePolicy fails it for this exit code: no retry is coming, and the
+            # Failed observation (with its Warning) follows as soon as the Job controller says so.
+            return Observation(
+                "Running",
+                "WorkerFailed",
+                f"the worker failed ({failure}); not retried, waiting for the Job to fail",
+                attempts,
+                start,
+            )
         return Observation(
             "Running",
             "Retrying",

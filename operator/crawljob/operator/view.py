@@ -202,6 +202,21 @@ async def post_event(
         log.warning("cannot post event %s on %s: %s", reason, metadata.get("name"), exc)
 
 
+async def sync_labels(state: State, crawljob: Body) -> Body:
+    """Bring the crawljob.io/phase and crawljob.io/bucket labels in line with *crawljob* (one
+    metadata patch when the phase changed; best effort: the status already says it)."""
+    labels = resource.labels_patch(crawljob)
+    if not labels:
+        return crawljob
+    namespace, name = key_of(crawljob)
+    try:
+        return await state.client.patch(kube.CRAWLJOBS, namespace, name, {"metadata": {"labels": labels}})
+    except kube.KubeError as exc:
+        state.metrics.api_errors.labels("labels").inc()
+        log.warning("cannot update the labels of %s: %s", name, exc)
+        return crawljob
+
+
 async def write_status(
     state: State, crawljob: Body, observation: status.Observation, job_name: str | None
 ) -> Body:
@@ -222,6 +237,7 @@ async def write_status(
         state.metrics.api_errors.labels("status").inc()
         raise kopf.TemporaryError(f"cannot update the status of {name}: {exc}", delay=2) from exc
     if updated.get("metadata"):
+        updated = await sync_labels(state, updated)
         state.remember(state.crawljobs, updated)
     transitioned = current.get("phase") != observation.phase or current.get("reason") != observation.reason
     if transitioned:

@@ -281,6 +281,9 @@ async def local_stack(settings: StackSettings | None = None) -> AsyncIterator[St
                 "CRAWLJOB_PORT": str(receiver_port),
                 "CRAWLJOB_DEFAULT_BUCKET": config.input_bucket,
                 "CRAWLJOB_AUTH_MODE": "none",
+                # The receiver reads the local S3, so a minimal event names the upload it means.
+                "CRAWLJOB_RESOLVE_VERSIONS": "true",
+                **s3.environment(),
                 **config.receiver_env,
             },
         )

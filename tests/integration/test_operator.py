@@ -40,6 +40,20 @@ async def test_crawljob_runs_to_succeeded_with_the_workers_result(
             text = await metrics.text()
         assert 'crawljob_transitions_total{phase="Succeeded",reason="Completed"} 1.0' in text
         assert "crawljob_jobs_created_total 1.0" in text
+        # Rows and bytes of the successful run; the phase gauge is current at once (the resync
+        # runs every 2 s here, so a gauge refreshed only by it would often still say Running).
+        assert 'crawljob_rows_total{outcome="written"} 42.0' in text
+        assert 'crawljob_rows_total{outcome="rejected"} 0.0' in text
+        assert "crawljob_bytes_read_total 420.0" in text
+        assert 'crawljob_crawljobs{phase="Succeeded"} 1.0' in text
+        assert 'crawljob_crawljobs{phase="Running"} 0.0' in text
+        assert "crawljob_replica_active 1.0" in text
+        # One prefix scheme: every metric the operator exports starts with crawljob_, none with
+        # crawljob_operator_ (the receiver's are crawljob_receiver_).
+        names = {line.split("{")[0].split()[0] for line in text.splitlines() if line and line[0] != "#"}
+        assert names and all(
+            n.startswith("crawljob_") and not n.startswith("crawljob_operator_") for n in names
+        )
     lines = [
         json.loads(line)
         for line in (tmp_path / "operator.log").read_text().splitlines()

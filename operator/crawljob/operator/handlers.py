@@ -490,16 +490,12 @@ async def resync(state: State) -> None:
         if key not in seen_pods:
             state.forget_pod(key)
     state.healthy_at = asyncio.get_running_loop().time()
-    phases: dict[str, int] = defaultdict(int)
     for key, crawljob in list(state.crawljobs.items()):
-        phases[str((crawljob.get("status") or {}).get("phase") or "New")] += 1
         if not status.is_terminal((crawljob.get("status") or {}).get("phase")) or (
             (crawljob.get("metadata") or {}).get("annotations") or {}
         ).keys() & {ANNOTATION_RERUN, ANNOTATION_CANCEL}:
             with contextlib.suppress(kopf.TemporaryError, kube.KubeError):
                 await reconcile(state, key)
-    for phase in resource.PHASES:
-        state.metrics.phase.labels(phase).set(phases.get(phase, 0))
     state.kick(urgent=True)
     await cancel_orphans(state)
     await collect_garbage(state)

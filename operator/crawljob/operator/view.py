@@ -107,6 +107,16 @@ class State:
     instance: str = field(default_factory=socket.gethostname)
     healthy_at: float = 0.0
 
+    def __post_init__(self) -> None:
+        self.metrics.phase_counts = self.phase_counts
+
+    def phase_counts(self) -> dict[str, int]:
+        """CrawlJobs in view by phase ("New" before the operator wrote one)."""
+        counts: dict[str, int] = defaultdict(int)
+        for crawljob in list(self.crawljobs.values()):
+            counts[str((crawljob.get("status") or {}).get("phase") or "New")] += 1
+        return counts
+
     def remember(self, store: dict[Key, Body], body: Mapping[str, Any]) -> None:
         """Keep the newest version of *body* (watch events may arrive after a newer write answer)."""
         key = key_of(body)
@@ -250,6 +260,11 @@ async def write_status(
             extra={"crawljob": name, "namespace": namespace, "phase": observation.phase},
         )
         state.metrics.transitions.labels(observation.phase, observation.reason).inc()
+        if observation.phase == "Succeeded" and observation.result:
+            result = observation.result
+            state.metrics.rows.labels("written").inc(int(result.get("rowsWritten") or 0))
+            state.metrics.rows.labels("rejected").inc(int(result.get("rowsRejected") or 0))
+            state.metrics.bytes_read.inc(int(result.get("bytesRead") or 0))
         if status.is_terminal(observation.phase) and observation.start_time and observation.completion_time:
             started = gc.parse_time(observation.start_time)
             finished = gc.parse_time(observation.completion_time)

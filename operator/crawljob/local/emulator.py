@@ -12,6 +12,7 @@ import itertools
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import aiohttp.web
@@ -20,7 +21,7 @@ import kmock
 import yaml
 
 from crawljob import resource
-from crawljob.local import openapi
+from crawljob.local import openapi, runner
 from crawljob.operator import peering
 
 _versions = itertools.count(1)
@@ -47,6 +48,19 @@ def _selector_matches(selector: str, labels: dict[str, str]) -> bool:
         elif term not in labels:
             return False
     return True
+
+
+def _status(code: int, reason: str, message: str) -> aiohttp.web.Response:
+    """A meta/v1 Status answer, as the API server sends errors."""
+    body = {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    }
+    return aiohttp.web.json_response(body, status=code)
 
 
 def _field_selector_matches(selector: str, obj: dict[str, Any]) -> bool:
@@ -128,6 +142,8 @@ class Emulator(kmock.KubernetesEmulator):
     printer_columns: dict[str, list[dict[str, Any]]] = attrs.field(factory=dict)
     # The registered CRDs themselves, for the OpenAPI documents (`kubectl explain`, `create -f`).
     crds: list[dict[str, Any]] = attrs.field(factory=list)
+    # Where the job runner keeps container output (runner.pod_log_path), for `pods/NAME/log`.
+    pod_log_dir: Path | None = None
     # Their schemas by "group/version/plural", for strict field validation (`?fieldValidation=Strict`).
     schemas: dict[str, dict[str, Any]] = attrs.field(factory=dict)
 
@@ -158,6 +174,12 @@ class Emulator(kmock.KubernetesEmulator):
     async def _handle_with_metadata(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         if request.url.path.startswith("/openapi/"):
             return self._serve_openapi(request.url.path)
+        if (
+            request.subresource == "log"
+            and request.resource is not None
+            and request.resource.plural == "pods"
+        ):
+            return self._serve_pod_log(request)
         refused = self._strict_field_validation(request)
         if refused is not None:
             return refused
@@ -204,6 +226,30 @@ class Emulator(kmock.KubernetesEmulator):
                 status=404,
             )
         return aiohttp.web.json_response(document)
+
+    def _serve_pod_log(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        """GET pods/NAME/log[?container=C&tailLines=N]: the output the job runner kept, as a kubelet
+        would answer it through the API server."""
+        pod = self._lookup(request.resource, request.namespace, request.name)
+        if pod is None or pod.deleted:
+            return _status(404, "NotFound", f'pods "{request.name}" not found')
+        containers = (pod.raw.get("spec") or {}).get("containers") or [{"name": "worker"}]
+        container = request.params.get("container") or str(containers[0].get("name"))
+        path = (
+            runner.pod_log_path(self.pod_log_dir, str(request.namespace), str(request.name), container)
+            if self.pod_log_dir is not None
+            else None
+        )
+        if path is None or not path.exists():
+            message = (
+                f'container "{container}" in pod "{request.name}" is waiting to start: ContainerCreating'
+            )
+            return _status(400, "BadRequest", message)
+        text = path.read_text(errors="replace")
+        tail = request.params.get("tailLines")
+        if tail and tail.isdigit():
+            text = "".join(text.splitlines(keepends=True)[-int(tail) :])
+        return aiohttp.web.Response(text=text, content_type="text/plain")
 
     def _strict_field_validation(self, request: kmock.Request) -> aiohttp.web.StreamResponse | None:
         """A 400 naming the unknown fields of a write with fieldValidation=Strict (kubectl's default

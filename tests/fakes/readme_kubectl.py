@@ -13,6 +13,10 @@ import time
 from pathlib import Path
 
 README = Path(__file__).resolve().parents[2] / "README.md"
+PLUGIN = "crawljob"  # `kubectl crawljob ...` runs the kubectl-crawljob plugin
+# The README's own bucket and key (its curl example, `kubectl crawljob submit`): tests upload it.
+README_BUCKET = "crawljob-inbox"
+README_KEY = "iot/exports/sensor-readings.csv"
 _INLINE = re.compile(r"`(kubectl [^`]+)`")
 _FENCE = re.compile(r"```sh\n(.*?)```", re.DOTALL)
 
@@ -50,6 +54,8 @@ def prepare(command: str, name: str, namespace: str, kubeconfig: Path, manifest:
     argv = [name if word == "NAME" else word for word in argv]
     if "-n" in argv:
         argv[argv.index("-n") + 1] = namespace
+    elif argv[1] == PLUGIN:
+        argv[2:2] = ["-n", namespace]  # kubectl passes no flag placed before a plugin's name
     else:
         argv[1:1] = ["-n", namespace]
     if argv[-3:-1] == ["delete", "crd"]:

@@ -9,12 +9,14 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from crawljob import kube, resource
+from crawljob.local import runner
 from crawljob.local.emulator import Emulator
-from fakes.readme_kubectl import manifest, prepare, readme_commands
+from fakes.readme_kubectl import README_BUCKET, README_KEY, manifest, prepare, readme_commands
 
 NAMESPACE = "default"
 BIN = Path(sys.executable).parent
@@ -52,7 +54,12 @@ async def kubectl(
 
     With *watch_for*, a watching command is read until that text appears, then stopped.
     """
-    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "KUBECACHEDIR": str(kubeconfig.parent / "cache")}
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # kubectl finds the plugin there
+        "KUBECONFIG": str(kubeconfig),
+        "KUBECACHEDIR": str(kubeconfig.parent / "cache"),
+    }
     process = await asyncio.create_subprocess_exec(
         str(binary), *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
     )
@@ -78,7 +85,7 @@ async def kubectl(
 
 async def _failed_crawljob(client: kube.KubeClient) -> str:
     """A CrawlJob the operator has failed: status and the labels it keeps (resource.labels_patch)."""
-    ref = resource.ObjectRef(bucket="inbox", key="daily/2024-05-01.csv", etag="abc")
+    ref = resource.ObjectRef(bucket=README_BUCKET, key="daily/2024-05-01.csv", etag="abc")
     created = await client.create(kube.CRAWLJOBS, NAMESPACE, resource.crawljob_manifest(ref, NAMESPACE))
     name = str(created["metadata"]["name"])
     status = {"phase": "Failed", "reason": "BadInput", "message": "the source is not readable CSV"}
@@ -89,36 +96,67 @@ async def _failed_crawljob(client: kube.KubeClient) -> str:
     return name
 
 
+async def _worker_pod_with_log(client: kube.KubeClient, emulator: Emulator, name: str, log_dir: Path) -> None:
+    """The worker pod of *name* as the job runner leaves it: the pod, and its output kept where the
+    emulator serves `pods/NAME/log` from (tests/integration/test_plugin.py runs the real runner)."""
+    pod = {"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": f"{name}-x1y2z", "labels": {resource.LABEL_CRAWLJOB: name}},
+           "spec": {"containers": [{"name": "worker", "image": "crawljob-worker"}]}}  # fmt: skip
+    await client.create(kube.PODS, NAMESPACE, pod)
+    emulator.pod_log_dir = log_dir
+    path = runner.pod_log_path(log_dir, NAMESPACE, f"{name}-x1y2z", "worker")
+    path.parent.mkdir(parents=True)
+    path.write_text("crawljob-worker: the source is not readable CSV\n")
+
+
 async def test_every_readme_kubectl_command_works_against_the_local_stack(
-    kube_client: kube.KubeClient, kubectl_binary: Path, kubeconfig: Path, tmp_path: Path
+    kube_client: kube.KubeClient,
+    emulator: tuple[Emulator, str],
+    kubectl_binary: Path,
+    kubeconfig: Path,
+    tmp_path: Path,
+    s3_env: dict[str, str],
+    s3_client: Any,
 ) -> None:
+    if README_BUCKET not in {item["Name"] for item in s3_client.list_buckets()["Buckets"]}:
+        s3_client.create_bucket(Bucket=README_BUCKET)
+    s3_client.put_object(Bucket=README_BUCKET, Key=README_KEY, Body=b"t,v\n1,2\n")
     name = await _failed_crawljob(kube_client)
+    await _worker_pod_with_log(kube_client, emulator[0], name, tmp_path / "pods")
     by_hand = tmp_path / "crawljob.yaml"
     by_hand.write_text(manifest("by-hand"))
     commands = readme_commands()
     assert len(commands) >= 10, commands
+    outputs: dict[str, str] = {}
     for command in commands:
         argv = prepare(command, name, NAMESPACE, kubeconfig, by_hand)[1:]
         watching = "-w" in argv
         output = await kubectl(kubectl_binary, kubeconfig, *argv, watch_for=name if watching else None)
         assert "error" not in output.lower(), f"{command}: {output}"
+        if argv[:3] == ["crawljob", "-n", NAMESPACE]:
+            outputs[argv[3]] = output
     by_hand_body = await kube_client.get(kube.CRAWLJOBS, NAMESPACE, "by-hand")
     assert by_hand_body["spec"]["output"] == {"format": "jsonl"}
     annotations = (await kube_client.get(kube.CRAWLJOBS, NAMESPACE, name))["metadata"]["annotations"]
     assert annotations["crawljob.io/cancel"] == "reason"
     assert annotations["crawljob.io/rerun"].isdigit()
+    # The plugin's verbs did their work: a submitted CrawlJob, the failed one re-run, its log shown.
+    assert set(outputs) == {"submit", "rerun", "logs"}
+    assert " created (eTag " in outputs["submit"]
+    assert outputs["rerun"].strip() == f"crawljob.crawljob.io/{name} rerun requested"
+    assert "the source is not readable CSV" in outputs["logs"]
 
 
 async def test_get_shows_reason_and_wide_shows_message_and_labels_select_failed(
     kube_client: kube.KubeClient, kubectl_binary: Path, kubeconfig: Path
 ) -> None:
     name = await _failed_crawljob(kube_client)
-    other = resource.crawljob_manifest(resource.ObjectRef("inbox", "ok.csv", etag="e"), NAMESPACE)
+    other = resource.crawljob_manifest(resource.ObjectRef(README_BUCKET, "ok.csv", etag="e"), NAMESPACE)
     await kube_client.create(kube.CRAWLJOBS, NAMESPACE, other)
     table = (await kubectl(kubectl_binary, kubeconfig, "get", "cjob")).splitlines()
     assert table[0].split() == ["NAME", "BUCKET", "KEY", "PHASE", "PROGRESS", "ROWS", "REASON", "AGE"]
     row = next(line.split() for line in table if line.startswith(name))
-    assert row[1:5] == ["inbox", "daily/2024-05-01.csv", "Failed", "BadInput"]
+    assert row[1:5] == [README_BUCKET, "daily/2024-05-01.csv", "Failed", "BadInput"]
     wide = await kubectl(kubectl_binary, kubeconfig, "get", "cjob", "-o", "wide")
     assert wide.splitlines()[0].split()[-1] == "MESSAGE"
     assert "the source is not readable CSV" in wide
@@ -127,7 +165,7 @@ async def test_get_shows_reason_and_wide_shows_message_and_labels_select_failed(
     )
     assert failed.split() == [f"crawljob.crawljob.io/{name}"]
     inbox = await kubectl(
-        kubectl_binary, kubeconfig, "get", "cjob", "-l", "crawljob.io/bucket=inbox", "-o", "name"
+        kubectl_binary, kubeconfig, "get", "cjob", "-l", f"crawljob.io/bucket={README_BUCKET}", "-o", "name"
     )
     assert len(inbox.split()) == 2
 

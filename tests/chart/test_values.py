@@ -101,6 +101,7 @@ def test_operator_configuration_from_all_options(all_manifests: list[Manifest]) 
         "CRAWLJOB_SUCCESSFUL_HISTORY_LIMIT": "100",
         "CRAWLJOB_FAILED_HISTORY_LIMIT": "50",
         "CRAWLJOB_JOB_TTL_SECONDS": "3600",
+        "CRAWLJOB_NOTIFY_SINKS": "https://events.example.com/crawljob,http://knative-broker.default.svc/",
         "EXTRA_OPERATOR": {"fieldRef": {"fieldPath": "metadata.name"}},
     }
     assert worker_env == [

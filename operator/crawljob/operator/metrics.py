@@ -82,6 +82,12 @@ class OperatorMetrics:
             "Bytes of source objects read by successful runs",
             registry=self.registry,
         )
+        self.notifications = Counter(
+            "crawljob_notifications_total",
+            "Completion CloudEvents POSTed to notification sinks, by outcome (delivered, failed)",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.api_errors = Counter(
             "crawljob_kube_api_errors_total",
             "Kubernetes API calls that failed",

@@ -50,6 +50,9 @@ def owed(crawljob: Mapping[str, Any], default_sinks: Sequence[str], now: datetim
     status = crawljob.get("status") or {}
     if status.get("phase") not in NOTIFIED_PHASES or not (crawljob.get("metadata") or {}).get("uid"):
         return []
+    sinks = sinks_of(crawljob, default_sinks)
+    if not sinks:  # the common case without notifications: nothing more to look at
+        return []
     finished = gc.parse_time(status.get("completionTime"))
     if finished is None or now - finished > WINDOW:
         return []
@@ -57,7 +60,7 @@ def owed(crawljob: Mapping[str, Any], default_sinks: Sequence[str], now: datetim
     delivered = {
         str(item.get("sink")) for item in status.get("notifications") or [] if item.get("id") == identity
     }
-    return [url for url in sinks_of(crawljob, default_sinks) if sink_key(url) not in delivered]
+    return [url for url in sinks if sink_key(url) not in delivered]
 
 
 def recorded(crawljob: Mapping[str, Any], url: str, now: str) -> list[dict[str, str]]:

@@ -16,7 +16,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from crawljob import resource
-from crawljob.operator import gc, jobs
+from crawljob.models import CrawlJobStatus
+from crawljob.times import parse_time
 
 NOTIFIED_PHASES = ("Succeeded", "Failed")
 EVENT_TYPES = {"Succeeded": "io.crawljob.crawljob.succeeded", "Failed": "io.crawljob.crawljob.failed"}
@@ -42,7 +43,7 @@ def event_id(crawljob: Mapping[str, Any]) -> str:
     """`<uid>.<run>.<phase>`: the same for every delivery of one outcome, different for a re-run's."""
     uid = (crawljob.get("metadata") or {}).get("uid")
     phase = str((crawljob.get("status") or {}).get("phase") or "").lower()
-    return f"{uid}.{jobs.run_number(crawljob)}.{phase}"
+    return f"{uid}.{CrawlJobStatus.parse(crawljob.get('status') or {}).run}.{phase}"
 
 
 def owed(crawljob: Mapping[str, Any], default_sinks: Sequence[str], now: datetime.datetime) -> list[str]:
@@ -53,7 +54,7 @@ def owed(crawljob: Mapping[str, Any], default_sinks: Sequence[str], now: datetim
     sinks = sinks_of(crawljob, default_sinks)
     if not sinks:  # the common case without notifications: nothing more to look at
         return []
-    finished = gc.parse_time(status.get("completionTime"))
+    finished = parse_time(status.get("completionTime"))
     if finished is None or now - finished > WINDOW:
         return []
     identity = event_id(crawljob)
@@ -86,14 +87,14 @@ def event(crawljob: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         "subject": str(name),
         "datacontenttype": "application/json",
     }
-    finished = gc.parse_time(status.get("completionTime"))
+    finished = parse_time(status.get("completionTime"))
     if finished is not None:
         attributes["time"] = finished
     data = {
         "name": name,
         "namespace": namespace,
         "uid": metadata.get("uid"),
-        "run": jobs.run_number(crawljob),
+        "run": CrawlJobStatus.parse(crawljob.get("status") or {}).run,
         "phase": phase,
         "reason": status.get("reason"),
         "message": status.get("message"),

@@ -21,7 +21,9 @@ from cloudevents.core.bindings import http as cloudevents_http
 from cloudevents.core.v1.event import CloudEvent
 
 from crawljob import kube
-from crawljob.operator import completion, view
+from crawljob.models import Body, Key
+from crawljob.operator import completion, view, writes
+from crawljob.times import utc_now
 
 log = logging.getLogger("crawljob.operator")
 
@@ -38,7 +40,7 @@ class Attempts:
     warned: bool = False
 
 
-def render(crawljob: view.Body) -> tuple[dict[str, str], bytes]:
+def render(crawljob: Body) -> tuple[dict[str, str], bytes]:
     """(headers, body) of the structured-mode CloudEvent of the CrawlJob's outcome."""
     attributes, data = completion.event(crawljob)
     message = cloudevents_http.to_structured_event(CloudEvent(attributes, data))
@@ -58,12 +60,13 @@ async def send(session: aiohttp.ClientSession, url: str, headers: dict[str, str]
 
 
 async def deliver_owed(
-    state: view.State, session: aiohttp.ClientSession, attempts: dict[tuple[view.Key, str, str], Attempts]
+    state: view.State, session: aiohttp.ClientSession, attempts: dict[tuple[Key, str, str], Attempts]
 ) -> None:
     """One pass: send what is owed and due, record what was acknowledged."""
     now = time.monotonic()
     wall = datetime.datetime.now(tz=datetime.UTC)
-    for key, crawljob in list(state.crawljobs.items()):
+    for key, model in list(state.crawljobs.items()):
+        crawljob = model.body
         for url in completion.owed(crawljob, state.settings.notify_sinks, wall):
             identity = completion.event_id(crawljob)
             attempt = attempts.setdefault((key, url, identity), Attempts())
@@ -94,15 +97,15 @@ async def deliver_owed(
                     f"the completion event {identity} was not delivered to a notification sink after "
                     f"{attempt.failures} attempts ({problem}); still retrying"
                 )
-                await view.post_event(state, crawljob, "NotificationFailing", message, warning=True)
+                await writes.post_event(state, model.meta, "NotificationFailing", message, warning=True)
 
 
-async def _record(state: view.State, key: view.Key, url: str) -> None:
+async def _record(state: view.State, key: Key, url: str) -> None:
     """Write that *url* acknowledged the current outcome (a lost write means a resend, same id)."""
-    crawljob = state.crawljobs.get(key)
-    if crawljob is None:
+    known = state.crawljobs.get(key)
+    if known is None:
         return
-    patch = {"status": {"notifications": completion.recorded(crawljob, url, view.utc_now())}}
+    patch = {"status": {"notifications": completion.recorded(known.body, url, utc_now())}}
     try:
         updated = await state.client.patch(kube.CRAWLJOBS, key[0], key[1], patch, "status")
     except kube.KubeError as exc:
@@ -110,13 +113,13 @@ async def _record(state: view.State, key: view.Key, url: str) -> None:
         log.warning("%s: cannot record the delivered CloudEvent: %s", key[1], exc)
         return
     if updated.get("metadata"):
-        state.remember(state.crawljobs, updated)
+        state.remember_crawljob(updated)
 
 
 async def notify_loop(state: view.State) -> None:
     """Deliver completion events for as long as this replica is active (no sinks: nothing to do,
     unless a CrawlJob names its own)."""
-    attempts: dict[tuple[view.Key, str, str], Attempts] = {}
+    attempts: dict[tuple[Key, str, str], Attempts] = {}
     async with aiohttp.ClientSession() as session:
         while True:
             try:

@@ -16,7 +16,7 @@ import logging
 from typing import Any
 
 from crawljob import kube
-from crawljob.operator import handlers, notify, peering, view
+from crawljob.operator import admission, notify, peering, resync, view
 from crawljob.operator.settings import OperatorSettings
 
 log = logging.getLogger("crawljob.operator")
@@ -55,11 +55,11 @@ class Gate:
 
     async def activate(self) -> None:
         """Prime the view from the API (resync), then start the loops. Raises kube.KubeError."""
-        await handlers.resync(self.state)
+        await resync.resync(self.state)
         for loop in (
-            handlers.scheduler_loop,
-            handlers.creator_loop,
-            handlers.resync_loop,
+            admission.scheduler_loop,
+            admission.creator_loop,
+            resync.resync_loop,
             notify.notify_loop,
         ):
             task = asyncio.create_task(loop(self.state))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -150,6 +151,11 @@ def receiver_settings(args: argparse.Namespace) -> ReceiverSettings:
         raise ValueError(f"--sns-cert-host-pattern is not a regular expression: {exc}") from exc
     if args.default_output_uri:
         output_location(args.default_output_uri)
+    if args.resolve_versions == "true" and importlib.util.find_spec("boto3") is None:
+        raise ValueError(
+            "--resolve-versions needs boto3, which this image does not carry: build it with "
+            "--build-arg EXTRAS=operator,s3-read (or pip install 'crawljob[operator,s3-read]')"
+        )
     return ReceiverSettings(
         host=args.host,
         port=int(args.port),

@@ -55,15 +55,15 @@ def connect(kubeconfig: str | None, context: str | None, namespace: str | None) 
     from kubernetes import config
 
     try:
-        api_client = config.new_client_from_config(config_file=kubeconfig, context=context)  # type: ignore[no-untyped-call]
-        _, active = config.list_kube_config_contexts(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+        api_client = config.new_client_from_config(config_file=kubeconfig, context=context)
+        _, active = config.list_kube_config_contexts(config_file=kubeconfig)
         if context:
-            contexts, _ = config.list_kube_config_contexts(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+            contexts, _ = config.list_kube_config_contexts(config_file=kubeconfig)
             active = next((item for item in contexts if item["name"] == context), active)
         default_namespace = (active or {}).get("context", {}).get("namespace") or "default"
     except config.ConfigException as kubeconfig_problem:
         try:
-            config.load_incluster_config()  # type: ignore[no-untyped-call]
+            config.load_incluster_config()
         except config.ConfigException:
             raise PluginError(f"no Kubernetes configuration: {kubeconfig_problem}") from kubeconfig_problem
         from kubernetes import client

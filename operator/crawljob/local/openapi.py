@@ -44,39 +44,64 @@ def _schema(node: Mapping[str, Any], v2: bool) -> Body:
     return out
 
 
-def _unwrap_optional(node: Mapping[str, Any]) -> Body:
-    """pydantic's `anyOf: [X, null]` → X, without the title/default noise."""
-    branches = [branch for branch in node.get("anyOf") or [] if branch.get("type") != "null"]
-    base: Body = dict(branches[0]) if len(branches) == 1 else dict(node)
-    base.pop("anyOf", None)
-    if node.get("description"):
-        base["description"] = node["description"]
-    base.pop("title", None)
-    base.pop("default", None)
-    if isinstance(base.get("items"), Mapping):
-        base["items"] = _unwrap_optional(base["items"])
-    if base.get("additionalProperties") is True:
-        base.pop("additionalProperties")
-    return base
+_PRIMITIVES: dict[str, Body] = {
+    "str": {"type": "string"},
+    "int": {"type": "integer", "format": "int64"},
+    "bool": {"type": "boolean"},
+    "float": {"type": "number"},
+    "datetime": {"type": "string", "format": "date-time"},
+    "object": {"type": "object"},
+}
+OBJECT_META_DESCRIPTION = (
+    "ObjectMeta is metadata that all persisted resources must have, which includes all objects "
+    "users must create."
+)
+
+
+def _field_description(model: Any, attribute: str) -> str:
+    """The field's description from the generated model's property docstring."""
+    text = getattr(getattr(model, attribute, None), "__doc__", None) or ""
+    parts = [part.strip() for part in text.split("\n\n")]
+    body = [part for part in parts[1:] if part and not part.startswith(":return")]
+    return " ".join(body).replace("  # noqa: E501", "").strip()
+
+
+def _field_schema(type_name: str, ref_prefix: str, models: dict[str, Any]) -> Body:
+    """A swagger-generated type string (`list[V1OwnerReference]`, `dict(str, str)`) as a schema."""
+    if type_name.startswith("list["):
+        return {"type": "array", "items": _field_schema(type_name[5:-1], ref_prefix, models)}
+    if type_name.startswith("dict("):
+        value = type_name[5:-1].split(",", 1)[1].strip()
+        return {"type": "object", "additionalProperties": _field_schema(value, ref_prefix, models)}
+    if type_name in _PRIMITIVES:
+        return dict(_PRIMITIVES[type_name])
+    from kubernetes import client
+
+    models[type_name] = getattr(client, type_name)
+    return {"$ref": f"{ref_prefix}{META}.{type_name.removeprefix('V1')}"}
 
 
 def object_meta_definitions(ref_prefix: str) -> Body:
-    """ObjectMeta, OwnerReference and ManagedFieldsEntry, as the API server publishes them."""
-    from kubernetes.client import V1ObjectMeta  # lazily: only kubectl's OpenAPI requests need it
+    """ObjectMeta, OwnerReference and ManagedFieldsEntry as the API server publishes them, from the
+    `kubernetes` package's generated models (field types, JSON names and descriptions)."""
+    from kubernetes import client  # lazily: only kubectl's OpenAPI requests need it
 
-    schema = V1ObjectMeta.model_json_schema(by_alias=True, ref_template=ref_prefix + META + ".{model}")
-    models = {"V1ObjectMeta": schema, **schema.pop("$defs", {})}
-    for model in models.values():
-        model.pop("additionalProperties", None)  # our client's strictness, not the server's
-    text = json.dumps(models).replace(f"{META}.V1", f"{META}.")
+    models: dict[str, Any] = {"V1ObjectMeta": client.V1ObjectMeta}
     definitions: Body = {}
-    for model_name, model in json.loads(text).items():
-        model["description"] = str(model.get("description") or "").split("\n\nAttributes:")[0]
-        model.pop("title", None)
-        model["properties"] = {
-            name: _unwrap_optional(value) for name, value in (model.get("properties") or {}).items()
-        }
-        definitions[f"{META}.{model_name.removeprefix('V1')}"] = model
+    while len(definitions) < len(models):
+        for name, model in list(models.items()):
+            key = f"{META}.{name.removeprefix('V1')}"
+            if key in definitions:
+                continue
+            properties: Body = {}
+            for attribute, type_name in model.openapi_types.items():
+                schema = _field_schema(type_name, ref_prefix, models)
+                description = _field_description(model, attribute)
+                if description:
+                    schema["description"] = description
+                properties[model.attribute_map[attribute]] = schema
+            description = OBJECT_META_DESCRIPTION if name == "V1ObjectMeta" else f"{name.removeprefix('V1')}."
+            definitions[key] = {"description": description, "type": "object", "properties": properties}
     return definitions
 
 

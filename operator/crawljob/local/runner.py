@@ -317,7 +317,7 @@ class JobRunner:
                     stderr=asyncio.subprocess.STDOUT,
                     start_new_session=True,
                 )
-            except OSError as exc:
+            except (OSError, ValueError) as exc:  # ValueError: a NUL in an argument or env value
                 message = f"failed to start container command {command[0]!r}: {exc}"
                 await self._patch_pod(
                     namespace,

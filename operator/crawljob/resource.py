@@ -100,16 +100,23 @@ def label_value(text: str) -> str | None:
     return text if _LABEL_VALUE.match(text) else None
 
 
+def _field(body: object, name: str) -> Any:
+    """*body*[*name*] when *body* is a mapping, else None."""
+    return body.get(name) if isinstance(body, Mapping) else None
+
+
 def wanted_labels(crawljob: Mapping[str, Any]) -> dict[str, str | None]:
     """The phase and bucket labels *crawljob* should carry (None: remove), from its spec and status."""
-    bucket = str(((crawljob.get("spec") or {}).get("source") or {}).get("bucket") or "")
-    phase = str((crawljob.get("status") or {}).get("phase") or "")
+    # A hand-written spec may hold anything: what is not a mapping has no bucket (specs.py fails it).
+    bucket = str(_field(_field(_field(crawljob, "spec"), "source"), "bucket") or "")
+    phase = str(_field(_field(crawljob, "status"), "phase") or "")
     return {LABEL_PHASE: label_value(phase) or None, LABEL_BUCKET: label_value(bucket) or None}
 
 
 def labels_patch(crawljob: Mapping[str, Any]) -> dict[str, str | None]:
     """The merge patch of metadata.labels that brings the phase and bucket labels in sync ({} if they are)."""
-    current = (crawljob.get("metadata") or {}).get("labels") or {}
+    labels = _field(_field(crawljob, "metadata"), "labels")
+    current = labels if isinstance(labels, Mapping) else {}
     return {key: value for key, value in wanted_labels(crawljob).items() if current.get(key) != value}
 
 

@@ -34,6 +34,7 @@ TEMPLATE_FIELDS = (
     "shards",
     "backoffLimit",
     "activeDeadlineSeconds",
+    "notify",
     "jobTemplate",
 )
 

@@ -16,9 +16,10 @@ RECEIVER_CALLS = {
 # Calls the operator makes (crawljob.operator.handlers; kopf runs with scanning disabled, so it
 # reads no namespaces or CRDs; peerings only with HA, see PEERING_CALLS).
 OPERATOR_CALLS = {
-    # kopf watches them (list + watch); garbage collection of finished CrawlJobs deletes them;
+    # kopf watches them (list + watch); garbage collection of finished CrawlJobs deletes them; the
+    # crawljob.io/phase and crawljob.io/bucket labels are kept in sync with a merge patch;
     # CrawlSource sweeps create them (get on a 409: an existing one, or a name collision).
-    ("crawljob.io", "crawljobs"): {"get", "list", "watch", "create", "delete"},
+    ("crawljob.io", "crawljobs"): {"get", "list", "watch", "create", "patch", "delete"},
     # Sweeps: kopf watches CrawlSources and the sweeper re-lists them; their status is merge-patched.
     ("crawljob.io", "crawlsources"): {"list", "watch"},
     ("crawljob.io", "crawlsources/status"): {"patch"},

@@ -20,7 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 
 from crawljob import flags, kube
 from crawljob.logs import configure_logging
-from crawljob.operator import handlers, standby, sweeper, view
+from crawljob.operator import handlers, standby, view
 from crawljob.operator.settings import OperatorSettings, operator_parser, operator_settings
 
 log = logging.getLogger("crawljob.operator")
@@ -50,11 +50,10 @@ def build_registry(settings: OperatorSettings, connection: kube.Connection) -> k
         await client.open()
         state = view.State(settings=own, client=client)
         gate = standby.Gate(state, own)
-        gate.extra_loops.append(sweeper.Sweeper(state).run)
         memo["crawljob"] = state
         memo["gate"] = gate
         active = Gauge(
-            "crawljob_operator_active",
+            "crawljob_replica_active",
             "1 while this replica is the active one (always 1 when standalone), 0 while standing by",
             registry=state.metrics.registry,
         )
@@ -141,6 +140,10 @@ async def start_health_server(
             body = {"role": "standby", "lastPeeringCheckSecondsAgo": round(age, 1), "reason": gate.reason}
         healthy = age < limit
         body = {"status": "ok" if healthy else "stale", **body}
+        if gate.supervisor.dead is not None:
+            # A background loop died: nothing would create Jobs any more. Let Kubernetes restart us.
+            healthy = False
+            body |= {"status": "dead", "loop": gate.supervisor.dead}
         return web.json_response(body, status=200 if healthy else 503)
 
     async def metrics(_: web.Request) -> web.Response:

@@ -2,7 +2,7 @@
 
 kopf pauses its watch streams (hence our handlers) while a peer with a higher or equal priority is
 alive. The loops started by the operator itself (queue admission, Job creation, periodic resync and
-GC) are invisible to kopf, so `Gate` watches the same KopfPeering object and applies kopf's rule
+GC, CloudEvent delivery, CrawlSource sweeps) are invisible to kopf, so `Gate` watches the same KopfPeering object and applies kopf's rule
 (`peering.verdict`) on each change: it starts the loops when this replica becomes active and
 cancels them when it stands by. Standalone operators are active from the start (`activate` at startup).
 """
@@ -13,12 +13,12 @@ import asyncio
 import contextlib
 import datetime
 import logging
-from collections.abc import Callable, Coroutine
 from typing import Any
 
 from crawljob import kube
-from crawljob.operator import admission, peering, resync, view
+from crawljob.operator import admission, notify, peering, resync, sweeper, view
 from crawljob.operator.settings import OperatorSettings
+from crawljob.operator.supervise import Supervisor
 
 log = logging.getLogger("crawljob.operator")
 
@@ -47,9 +47,10 @@ class Gate:
         self.state = state
         self.settings = settings
         self.active = False
-        self.loops: set[asyncio.Task[Any]] = set()
-        # Further loops of the active replica (e.g. the CrawlSource sweeper), started after the resync.
-        self.extra_loops: list[Callable[[], Coroutine[Any, Any, None]]] = []
+        # The loops run supervised: one that ends on its own makes /healthz fail (supervise.py).
+        self.supervisor = Supervisor()
+        # Kept across activations: a source whose status write failed stays held (sweeper.py).
+        self.sweeper = sweeper.Sweeper(state)
         # Loop time of the last successful read of the peering object (health of a standby).
         self.checked_at = 0.0
         self.reason = "starting"
@@ -59,24 +60,21 @@ class Gate:
     async def activate(self) -> None:
         """Prime the view from the API (resync), then start the loops. Raises kube.KubeError."""
         await resync.resync(self.state)
-        coroutines = [
-            loop(self.state)
-            for loop in (admission.scheduler_loop, admission.creator_loop, resync.resync_loop)
-        ]
-        for coroutine in coroutines + [extra() for extra in self.extra_loops]:
-            task = asyncio.create_task(coroutine)
-            self.loops.add(task)
-            task.add_done_callback(self.loops.discard)
+        for loop in (
+            admission.scheduler_loop,
+            admission.creator_loop,
+            resync.resync_loop,
+            notify.notify_loop,
+        ):
+            self.supervisor.start(loop.__name__, loop(self.state))
+        self.supervisor.start("sweep_loop", self.sweeper.run())
         self.active = True
 
     async def deactivate(self) -> None:
         """Stop the loops, forget admissions not yet turned into Jobs (the next active re-admits)
         and forget the view (see forget_view)."""
         self.active = False
-        loops = list(self.loops)
-        for task in loops:
-            task.cancel()
-        await asyncio.gather(*loops, return_exceptions=True)
+        await self.supervisor.stop()
         while not self.state.admitted.empty():
             self.state.creating.discard(self.state.admitted.get_nowait())
         forget_view(self.state)

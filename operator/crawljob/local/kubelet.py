@@ -22,19 +22,22 @@ import shutil
 import signal
 import sys
 import tempfile
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from crawljob import kube
 from crawljob.local import pods
-from crawljob.local.pods import ContainerSpec, Outcome, PodNotRunnable
+from crawljob.local.podman import PodmanRuntime
+from crawljob.local.pods import ContainerSpec, ContainerWaiting, Outcome, PodNotRunnable
 from crawljob.local.runtime import InstantRuntime, ProcessRuntime, Runtime
 
 logger = logging.getLogger("crawljob.kubelet")
 
 Body = dict[str, Any]
 SECRETS = kube.Resource("", "v1", "secrets")
+SERVICE_ACCOUNTS = kube.Resource("", "v1", "serviceaccounts")
 CONFIGMAPS = kube.Resource("", "v1", "configmaps")
 CONFIG_RETRY_SECONDS = 5.0
 
@@ -107,7 +110,9 @@ class StatusWriter:
 class LocalKubelet:
     """Run Pods that carry *required_label* (``job-name``: Pods of Jobs); *namespace* None: all.
 
-    The container's environment is *environ*, then the Pod's env, then *overrides*.
+    The container's environment is the Pod's env, then *overrides* (a process runtime adds its own
+    environment under it); a runtime that mounts ServiceAccount tokens also gets
+    KUBERNETES_SERVICE_HOST/PORT, as every container in a cluster does.
     *on_finished* hears of each container's end once its status is written (the emulator's Job
     controller, in the same process, uses it instead of a Pod watch).
     """
@@ -118,7 +123,6 @@ class LocalKubelet:
         namespace: str | None,
         workdir: Path,
         runtime: Runtime | None = None,
-        environ: Mapping[str, str] | None = None,
         overrides: Mapping[str, str] | None = None,
         required_label: str | None = "job-name",
         max_parallel: int | None = None,
@@ -130,7 +134,6 @@ class LocalKubelet:
         self.namespace = namespace
         self.workdir = workdir
         self.runtime: Runtime = runtime or ProcessRuntime()
-        self.environ = dict(os.environ if environ is None else environ)
         self.overrides = dict(overrides or {})
         self.required_label = required_label
         self.slots = asyncio.Semaphore(max_parallel) if max_parallel else None
@@ -196,53 +199,84 @@ class LocalKubelet:
             values[env_name] = base64.b64decode(data[key]).decode() if kind == "secret" else str(data[key])
         return values
 
-    async def _environment(self, pod: Body, writer: StatusWriter) -> tuple[ContainerSpec, dict[str, str]]:
-        """The container and its env; while its config is wrong the Pod waits (as a kubelet's does)."""
+    async def _write_token(self, namespace: str, spec: ContainerSpec, directory: Path) -> None:
+        """The ServiceAccount's token, ca.crt and namespace, as a kubelet mounts them (1.20: its Secret)."""
+        account = await self.client.get(SERVICE_ACCOUNTS, namespace, spec.service_account)
+        names = [ref.get("name") for ref in account.get("secrets") or [] if ref.get("name")]
+        if not names:
+            raise PodNotRunnable(f'serviceaccount "{spec.service_account}" has no token yet')
+        data = (await self.client.get(SECRETS, namespace, names[0])).get("data") or {}
+        target = directory / "serviceaccount"
+        target.mkdir()
+        for file in ("token", "ca.crt", "namespace"):
+            if file in data:
+                (target / file).write_bytes(base64.b64decode(data[file]))
+                (target / file).chmod(0o644)
+
+    async def _start(self, pod: Body, key: str, writer: StatusWriter, started: Callable[[], None]) -> Outcome:
+        """Run the container; while it cannot start, the Pod waits (as a kubelet's does) and we retry."""
         namespace = pod["metadata"]["namespace"]
         reported = ""
         while True:
+            directory = Path(tempfile.mkdtemp(prefix=f"{pod['metadata']['name']}-", dir=self.workdir))
             try:
                 spec = pods.container_spec(pod)
-                refs = await self._resolve_refs(namespace, spec)
-                return spec, {**self.environ, **spec.env, **refs, **self.overrides}
-            except PodNotRunnable as error:
+                env = {**spec.env, **await self._resolve_refs(namespace, spec), **self.overrides}
+                if self.runtime.mounts_token:
+                    env.update(self.service_env)
+                    if spec.mount_token:
+                        await self._write_token(namespace, spec, directory)
+                return await self.runtime.run(key, spec, env, directory, started)
+            except ContainerWaiting as error:
                 if str(error) != reported:
                     reported = str(error)
-                    logger.warning("pod %s/%s cannot start: %s", namespace, pod["metadata"]["name"], error)
-                    writer.set(pods.waiting_status(pod, "CreateContainerConfigError", reported))
+                    logger.warning("pod %s cannot start (%s): %s", key, error.reason, error)
+                    writer.set(pods.waiting_status(pod, error.reason, reported))
+            except kube.NotFound:
+                raise
             except kube.KubeError as error:
-                logger.warning(
-                    "pod %s/%s: reading its config failed: %s", namespace, pod["metadata"]["name"], error
-                )
+                logger.warning("pod %s: reading its configuration failed (%s); retrying", key, error)
+            finally:
+                if not self.keep_directories:
+                    shutil.rmtree(directory, ignore_errors=True)
             await asyncio.sleep(CONFIG_RETRY_SECONDS)
+
+    @property
+    def service_env(self) -> dict[str, str]:
+        """KUBERNETES_SERVICE_HOST/PORT: where in-cluster clients find the API (on the host network)."""
+        url = urllib.parse.urlsplit(self.client.connection.server)
+        port = url.port or (443 if url.scheme == "https" else 80)
+        return {"KUBERNETES_SERVICE_HOST": url.hostname or "127.0.0.1", "KUBERNETES_SERVICE_PORT": str(port)}
 
     async def _run_pod(self, pod: Body) -> None:
         namespace, name = pod["metadata"]["namespace"], str(pod["metadata"]["name"])
         key = f"{namespace}/{name}"
         writer = StatusWriter(self.client, namespace, name, self.status_delays)
-        directory: Path | None = None
+        started_at = pods.now()
+
+        def started() -> None:
+            nonlocal started_at
+            started_at = pods.now()
+            writer.set(pods.running_status(pod, started_at))
+
         try:
             async with self.slots or contextlib.nullcontext():
-                spec, env = await self._environment(pod, writer)
-                started_at = pods.now()
-                directory = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.workdir))
-                outcome = await self.runtime.run(
-                    key, spec, env, directory, lambda: writer.set(pods.running_status(pod, started_at))
-                )
+                outcome = await self._start(pod, key, writer, started)
             logger.info("pod %s: exited with %s (%s)", key, outcome.exit_code, outcome.reason)
             writer.set(pods.terminated_status(pod, outcome, started_at, pods.now()))
             if await writer.flush() and self.on_finished is not None:
                 self.on_finished(namespace, name, outcome)
+        except kube.NotFound:
+            logger.info("pod %s is gone", key)
         except asyncio.CancelledError:
             await writer.close()
             raise
-        finally:
-            if directory is not None and not self.keep_directories:
-                shutil.rmtree(directory, ignore_errors=True)
 
 
 def make_runtime(name: str, bin_dir: Path | None = None) -> Runtime:
-    """The runtime called *name*: process or instant."""
+    """The runtime called *name*: process, podman or instant."""
+    if name == "podman":
+        return PodmanRuntime()
     if name == "instant":
         return InstantRuntime()
     return ProcessRuntime(bin_dir)
@@ -270,10 +304,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workdir", default=tempfile.gettempdir() + "/crawljob-kubelet", help="pod dirs")
     parser.add_argument(
         "--runtime",
-        choices=("process", "instant"),
+        choices=("process", "podman", "instant"),
         default="process",
-        help="process: the container's command as a local process; "
-        "instant: succeed at once without running anything",
+        help="process: the container's command as a local process; podman: the Pod's image "
+        "(crawljob.local.podman); instant: succeed at once without running anything",
     )
     args = parser.parse_args(list(argv) if argv is not None else None)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")

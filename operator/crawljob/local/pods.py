@@ -78,8 +78,19 @@ def field_value(pod: Mapping[str, Any], path: str) -> str | None:
     return None
 
 
-class PodNotRunnable(ValueError):
-    """The Pod cannot be run as written: it fails with CreateContainerConfigError and this message."""
+class ContainerWaiting(Exception):
+    """The container cannot start yet: the Pod stays Pending with this waiting reason and message."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class PodNotRunnable(ContainerWaiting):
+    """The Pod's configuration is wrong (a missing Secret, a bad quantity): CreateContainerConfigError."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("CreateContainerConfigError", message)
 
 
 @dataclass(frozen=True)
@@ -254,7 +265,7 @@ def terminated_status(pod: Mapping[str, Any], outcome: Outcome, started_at: str,
 
 
 def waiting_status(pod: Mapping[str, Any], reason: str, message: str) -> Body:
-    """A container that cannot be created (CreateContainerConfigError…): the Pod stays Pending."""
+    """A container that cannot start (CreateContainerConfigError, ErrImageNeverPull…): the Pod stays Pending."""
     return {
         "phase": "Pending",
         "containerStatuses": [

@@ -284,7 +284,9 @@ class JobRunner:
     ) -> None:
         self.controller = JobController(client, namespace, relist_seconds)
         runtime = (
-            InstantRuntime() if mode == "instant" else ProcessRuntime(bin_dir or Path(sys.executable).parent)
+            InstantRuntime()
+            if mode == "instant"
+            else ProcessRuntime(bin_dir or Path(sys.executable).parent, None if inherit_env else {})
         )
         self._workdir = workdir
         self.kubelet = LocalKubelet(
@@ -292,7 +294,6 @@ class JobRunner:
             namespace,
             workdir or Path(tempfile.gettempdir()),  # replaced in run() when not given
             runtime,
-            environ=None if inherit_env else {},
             overrides=extra_env,
             max_parallel=max_parallel,
             on_finished=self.controller.pod_finished,

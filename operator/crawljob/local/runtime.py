@@ -17,7 +17,13 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Protocol
 
-from crawljob.local.pods import TERMINATION_LOG_ENV, ContainerSpec, Outcome, exit_outcome, termination_message
+from crawljob.local.pods import (
+    TERMINATION_LOG_ENV,
+    ContainerSpec,
+    Outcome,
+    exit_outcome,
+    termination_message,
+)
 
 log = logging.getLogger("crawljob.kubelet")
 
@@ -30,7 +36,12 @@ MAX_GRACE_SECONDS = 10.0  # locally, nobody waits 30 s for a process that ignore
 
 
 class Runtime(Protocol):
-    """Runs one Pod's container to its end."""
+    """Runs one Pod's container to its end (*env*: the container's own, from the Pod).
+
+    It raises ContainerWaiting when the container cannot start yet (the Pod stays Pending).
+    """
+
+    mounts_token: bool  # whether it mounts the ServiceAccount token (`directory/serviceaccount`)
 
     async def run(
         self,
@@ -44,6 +55,8 @@ class Runtime(Protocol):
 
 class InstantRuntime:
     """Runs nothing: every container succeeds at once with a synthetic result (for benchmarks)."""
+
+    mounts_token = False
 
     async def run(
         self,
@@ -80,12 +93,16 @@ async def stop_process(process: asyncio.subprocess.Process, grace: float) -> Non
 class ProcessRuntime:
     """Runs the container's command + args as a local process in its own session.
 
+    The process gets *environ* (default: this process's environment) under the container's env.
     *bin_dir* is searched before PATH (the venv's commands, e.g. `crawljob-worker`). The
     termination message file is `CRAWLJOB_TERMINATION_LOG` (the worker's documented option).
     """
 
-    def __init__(self, bin_dir: Path | None = None) -> None:
+    mounts_token = False
+
+    def __init__(self, bin_dir: Path | None = None, environ: Mapping[str, str] | None = None) -> None:
         self.bin_dir = bin_dir
+        self.environ = dict(os.environ if environ is None else environ)
 
     async def run(
         self,
@@ -95,6 +112,7 @@ class ProcessRuntime:
         directory: Path,
         started: Callable[[], None],
     ) -> Outcome:
+        env = {**self.environ, **env}
         search = os.pathsep.join(
             part for part in (str(self.bin_dir or ""), env.get("PATH", os.defpath)) if part
         )

@@ -54,12 +54,20 @@ def test_container_spec_reads_security_limits_volumes_and_token_mount() -> None:
     body = pod(
         securityContext={"readOnlyRootFilesystem": True, "runAsNonRoot": True},
         resources={"limits": {"memory": "64Mi", "cpu": "1"}},
-        volumeMounts=[{"name": "tmp", "mountPath": "/tmp"}, {"name": "cfg", "mountPath": "/etc/x"}],
+        volumeMounts=[
+            {"name": "tmp", "mountPath": "/tmp"},
+            {"name": "cfg", "mountPath": "/etc/x"},
+            {"name": "hook", "mountPath": "/etc/hook", "readOnly": True},
+        ],
         terminationMessagePath="/dev/termination-log",
     )
     body["spec"].update(
         securityContext={"runAsUser": 10001, "runAsGroup": 10001, "runAsNonRoot": False},
-        volumes=[{"name": "tmp", "emptyDir": {}}, {"name": "cfg", "configMap": {"name": "x"}}],
+        volumes=[
+            {"name": "tmp", "emptyDir": {}},
+            {"name": "cfg", "configMap": {"name": "x"}},
+            {"name": "hook", "secret": {"secretName": "webhook"}},
+        ],
         serviceAccountName="worker",
         automountServiceAccountToken=False,
         terminationGracePeriodSeconds=5,
@@ -69,6 +77,7 @@ def test_container_spec_reads_security_limits_volumes_and_token_mount() -> None:
     assert spec.run_as_non_root and spec.read_only_root  # the container's context wins over the pod's
     assert spec.memory_limit == 64 * 2**20
     assert spec.empty_dirs == {"/tmp": "tmp"}
+    assert spec.secret_volumes == {"/etc/hook": "webhook"}  # ConfigMap volumes are not mounted
     assert (spec.service_account, spec.mount_token, spec.grace_seconds) == ("worker", False, 5)
 
 

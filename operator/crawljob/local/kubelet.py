@@ -213,6 +213,19 @@ class LocalKubelet:
                 (target / file).write_bytes(base64.b64decode(data[file]))
                 (target / file).chmod(0o644)
 
+    async def _write_secret_volumes(self, namespace: str, spec: ContainerSpec, directory: Path) -> None:
+        """Each mounted Secret volume as a directory of files (`directory/secrets/<mount index>`)."""
+        for index, secret in enumerate(spec.secret_volumes.values()):
+            try:
+                data = (await self.client.get(SECRETS, namespace, secret)).get("data") or {}
+            except kube.NotFound:
+                raise PodNotRunnable(f'secret "{secret}" not found') from None
+            target = directory / "secrets" / str(index)
+            target.mkdir(parents=True)
+            for key, value in data.items():
+                (target / key).write_bytes(base64.b64decode(value))
+                (target / key).chmod(0o644)
+
     async def _start(self, pod: Body, key: str, writer: StatusWriter, started: Callable[[], None]) -> Outcome:
         """Run the container; while it cannot start, the Pod waits (as a kubelet's does) and we retry."""
         namespace = pod["metadata"]["namespace"]
@@ -224,8 +237,10 @@ class LocalKubelet:
                 env = {**spec.env, **await self._resolve_refs(namespace, spec), **self.overrides}
                 if self.runtime.mounts_token:
                     env.update(self.service_env)
-                    if spec.mount_token:
+                    # 1.20's ServiceAccount admission plugin mounts the token Secret itself.
+                    if spec.mount_token and pods.TOKEN_DIR not in spec.secret_volumes:
                         await self._write_token(namespace, spec, directory)
+                    await self._write_secret_volumes(namespace, spec, directory)
                 return await self.runtime.run(key, spec, env, directory, started)
             except ContainerWaiting as error:
                 if str(error) != reported:
@@ -262,6 +277,8 @@ class LocalKubelet:
         try:
             async with self.slots or contextlib.nullcontext():
                 outcome = await self._start(pod, key, writer, started)
+            if outcome.reason == "StartError":
+                logger.warning("pod %s: the container did not start: %s", key, outcome.message)
             logger.info("pod %s: exited with %s (%s)", key, outcome.exit_code, outcome.reason)
             writer.set(pods.terminated_status(pod, outcome, started_at, pods.now()))
             if await writer.flush() and self.on_finished is not None:
@@ -289,7 +306,13 @@ async def _serve(args: argparse.Namespace) -> None:
     # SIGTERM (how supervisors and tests stop us) cancels the run, whose cleanup stops the containers.
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     async with kube.KubeClient(connection) as client:
-        kubelet = LocalKubelet(client, args.namespace, Path(args.workdir), make_runtime(args.runtime))
+        kubelet = LocalKubelet(
+            client,
+            args.namespace,
+            Path(args.workdir),
+            make_runtime(args.runtime),
+            required_label=None if args.all_pods else "job-name",
+        )
         with contextlib.suppress(asyncio.CancelledError):
             await kubelet.run()
 
@@ -301,6 +324,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--kubeconfig", default=os.environ.get("KUBECONFIG"), help="kubeconfig (env KUBECONFIG)"
     )
     parser.add_argument("--namespace", default=None, help="namespace to watch (default: all namespaces)")
+    parser.add_argument(
+        "--all-pods", action="store_true", help="run every Pod, not only those of Jobs (label job-name)"
+    )
     parser.add_argument("--workdir", default=tempfile.gettempdir() + "/crawljob-kubelet", help="pod dirs")
     parser.add_argument(
         "--runtime",

@@ -21,16 +21,22 @@ import os
 import re
 import shutil
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from crawljob.local.pods import ContainerSpec, ContainerWaiting, Outcome, exit_outcome, termination_message
+from crawljob.local.pods import (
+    TOKEN_DIR,
+    ContainerSpec,
+    ContainerWaiting,
+    Outcome,
+    exit_outcome,
+    termination_message,
+)
 
 log = logging.getLogger("crawljob.kubelet")
 
 PODMAN = ("podman", "--runtime", "runc")
 ULIMITS = ("--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024")
-TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 PODMAN_ERRORS = (125, 126, 127)  # podman's own failures (the container never ran)
 
@@ -42,6 +48,7 @@ class Mounts:
     message_file: Path
     empty_dirs: Mapping[str, Path]  # mount path → host directory
     token_dir: Path | None = None
+    secret_dirs: Mapping[str, Path] = field(default_factory=dict)  # mount path → host directory
 
 
 def container_name(key: str) -> str:
@@ -98,6 +105,8 @@ def run_argv(
     argv += ["--volume", f"{mounts.message_file}:{spec.message_path}:rw"]
     for path, host in mounts.empty_dirs.items():
         argv += ["--volume", f"{host}:{path}:rw"]
+    for path, host in mounts.secret_dirs.items():
+        argv += ["--volume", f"{host}:{path}:ro"]
     if mounts.token_dir is not None:
         argv += ["--volume", f"{mounts.token_dir}:{TOKEN_DIR}:ro"]
     if spec.command:
@@ -184,7 +193,10 @@ class PodmanRuntime:
             host.chmod(0o1777)
             empty_dirs[path] = host
         token_dir = directory / "serviceaccount"
-        mounts = Mounts(message_file, empty_dirs, token_dir if token_dir.is_dir() else None)
+        secret_dirs = {
+            path: directory / "secrets" / str(index) for index, path in enumerate(spec.secret_volumes)
+        }
+        mounts = Mounts(message_file, empty_dirs, token_dir if token_dir.is_dir() else None, secret_dirs)
         cgroup = (
             MemoryCgroup(name, spec.memory_limit)
             if spec.memory_limit is not None and MemoryCgroup.available()

@@ -17,6 +17,7 @@ DEFAULT_TERMINATION_PATH = "/dev/termination-log"
 MESSAGE_LIMIT = 4096  # what a kubelet keeps of a termination message
 FALLBACK_LOG_LINES = 80  # FallbackToLogsOnError: the tail of the logs, as a kubelet takes it
 DEFAULT_GRACE_SECONDS = 30
+TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 _REFERENCE = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)|\$\$")
 _QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(Ki|Mi|Gi|Ti|k|M|G|T|m)?$")
 _FACTORS = {
@@ -111,6 +112,7 @@ class ContainerSpec:
     read_only_root: bool = False
     memory_limit: int | None = None
     empty_dirs: dict[str, str] = field(default_factory=dict)  # mount path → volume name
+    secret_volumes: dict[str, str] = field(default_factory=dict)  # mount path → Secret name
     service_account: str = "default"
     mount_token: bool = True
     grace_seconds: int = DEFAULT_GRACE_SECONDS
@@ -156,6 +158,16 @@ def container_spec(pod: Mapping[str, Any]) -> ContainerSpec:
         for mount in container.get("volumeMounts") or []
         if mount.get("name") in volumes
     }
+    secrets = {
+        volume["name"]: str(volume["secret"].get("secretName"))
+        for volume in pod_spec.get("volumes") or []
+        if "secret" in volume
+    }
+    secret_volumes = {
+        str(mount["mountPath"]): secrets[mount["name"]]
+        for mount in container.get("volumeMounts") or []
+        if mount.get("name") in secrets
+    }
     limits = (container.get("resources") or {}).get("limits") or {}
     user = security.get("runAsUser")
     group = security.get("runAsGroup")
@@ -174,6 +186,7 @@ def container_spec(pod: Mapping[str, Any]) -> ContainerSpec:
         read_only_root=bool(security.get("readOnlyRootFilesystem")),
         memory_limit=memory_bytes(limits.get("memory")),
         empty_dirs=empty_dirs,
+        secret_volumes=secret_volumes,
         service_account=str(pod_spec.get("serviceAccountName") or "default"),
         mount_token=pod_spec.get("automountServiceAccountToken", True) is not False,
         grace_seconds=int(pod_spec.get("terminationGracePeriodSeconds", DEFAULT_GRACE_SECONDS)),

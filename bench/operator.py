@@ -126,12 +126,11 @@ async def measure(
     )
     try:
 
-        async def ready() -> bool:
-            if operator.returncode is not None:
-                raise RuntimeError(f"the operator exited: see {log_path}")
-            return "operator started" in await asyncio.to_thread(log_path.read_text)
-
-        await kube.wait_for(ready, 60, 0.1, "operator start")
+        deadline = time.monotonic() + 60
+        while "operator started" not in await asyncio.to_thread(log_path.read_text):
+            if operator.returncode is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the operator did not start; see {log_path}")
+            await asyncio.sleep(0.1)
         started = time.perf_counter()
         await create_all(client, manifests(count, namespace), namespace)
         created = time.perf_counter() - started

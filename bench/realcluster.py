@@ -12,9 +12,10 @@ import shutil
 import ssl
 import sys
 import tempfile
+import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -37,6 +38,15 @@ def _controlplane() -> ModuleType:
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+async def wait_for(predicate: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
+    """Poll *predicate* every 0.2 s until true; TimeoutError naming *what* otherwise."""
+    deadline = time.monotonic() + timeout
+    while not await predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+        await asyncio.sleep(0.2)
 
 
 def built() -> bool:
@@ -69,7 +79,7 @@ class RealCluster:
                     return False
                 return bool(account.get("secrets"))
 
-            await kube.wait_for(has_token, timeout=30, what="the default ServiceAccount token")
+            await wait_for(has_token, 30, "the default ServiceAccount token")
         return name
 
     def write_count(self) -> int:
@@ -101,7 +111,7 @@ async def _install_crd(cluster: RealCluster) -> None:
                 return False
             return True
 
-        await kube.wait_for(served, timeout=60, what="the crawljobs endpoint to be served")
+        await wait_for(served, 60, "the crawljobs endpoint to be served")
 
 
 @contextlib.contextmanager

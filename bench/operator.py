@@ -125,7 +125,6 @@ async def measure(
         env={**os.environ, **env},
     )
     try:
-
         deadline = time.monotonic() + 60
         while "operator started" not in await asyncio.to_thread(log_path.read_text):
             if operator.returncode is not None or time.monotonic() > deadline:

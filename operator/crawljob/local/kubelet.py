@@ -129,6 +129,7 @@ class LocalKubelet:
         on_finished: Callable[[str, str, Outcome], None] | None = None,
         status_delays: Callable[[int], float] | None = None,
         keep_directories: bool = True,
+        log_dir: Path | None = None,
     ) -> None:
         self.client = client
         self.namespace = namespace
@@ -140,6 +141,7 @@ class LocalKubelet:
         self.on_finished = on_finished
         self.status_delays = status_delays or backoff_delays()
         self.keep_directories = keep_directories
+        self.log_dir = log_dir  # keep each container's output at pods.pod_log_path (for `kubectl logs`)
         self._tasks: dict[str, asyncio.Task[None]] = {}  # by namespace/name
 
     @property
@@ -241,6 +243,10 @@ class LocalKubelet:
                     if spec.mount_token and pods.TOKEN_DIR not in spec.secret_volumes:
                         await self._write_token(namespace, spec, directory)
                     await self._write_secret_volumes(namespace, spec, directory)
+                if self.log_dir is not None:  # the runtime's output.log is written there
+                    kept = pods.pod_log_path(self.log_dir, namespace, pod["metadata"]["name"], spec.name)
+                    kept.parent.mkdir(parents=True, exist_ok=True)
+                    (directory / "output.log").symlink_to(kept)
                 return await self.runtime.run(key, spec, env, directory, started)
             except ContainerWaiting as error:
                 if str(error) != reported:

@@ -10,6 +10,7 @@ import datetime
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 TERMINATION_LOG_ENV = "CRAWLJOB_TERMINATION_LOG"
@@ -34,6 +35,11 @@ _FACTORS = {
 }
 
 Body = dict[str, Any]
+
+
+def pod_log_path(log_dir: Path, namespace: str, pod_name: str, container: str) -> Path:
+    """Where a container's output is kept (as a kubelet keeps it for `kubectl logs`; the emulator serves it)."""
+    return log_dir / namespace / pod_name / f"{container}.log"
 
 
 def now() -> str:

@@ -24,8 +24,10 @@ from typing import Any, Literal
 from crawljob import kube
 from crawljob.local import pods
 from crawljob.local.kubelet import LocalKubelet
-from crawljob.local.pods import Outcome
+from crawljob.local.pods import Outcome, pod_log_path
 from crawljob.local.runtime import InstantRuntime, ProcessRuntime
+
+__all__ = ["JobController", "JobRunner", "pod_log_path"]
 
 log = logging.getLogger("crawljob.runner")
 
@@ -281,6 +283,7 @@ class JobRunner:
         inherit_env: bool = True,
         relist_seconds: float = 2.0,
         workdir: Path | None = None,
+        log_dir: Path | None = None,
     ) -> None:
         self.controller = JobController(client, namespace, relist_seconds)
         runtime = (
@@ -298,6 +301,7 @@ class JobRunner:
             max_parallel=max_parallel,
             on_finished=self.controller.pod_finished,
             keep_directories=False,
+            log_dir=log_dir,
         )
 
     async def run(self) -> None:

@@ -53,7 +53,7 @@ def build_registry(settings: OperatorSettings, connection: kube.Connection) -> k
         memo["crawljob"] = state
         memo["gate"] = gate
         active = Gauge(
-            "crawljob_operator_active",
+            "crawljob_replica_active",
             "1 while this replica is the active one (always 1 when standalone), 0 while standing by",
             registry=state.metrics.registry,
         )

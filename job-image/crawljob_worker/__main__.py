@@ -49,12 +49,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = settings_from_args(args, environ)
         termination_log = settings.termination_log
-        client, opening = start_opening(settings)
-        use_jemalloc()  # before Arrow allocates anything
-        # Imported only now: pandas takes ~0.4 s to import, spent while the S3 GET waits for its answer.
-        from crawljob_worker.run import run
+        if settings.shards > 1:
+            use_jemalloc()
+            from crawljob_worker.sharded import run_sharded
 
-        run(settings, environ, counters, client=client, opening=opening)
+            run_sharded(settings, environ, counters)
+        else:
+            client, opening = start_opening(settings)
+            use_jemalloc()  # before Arrow allocates anything
+            # Imported only now: pandas takes ~0.4 s to import, spent while the S3 GET waits for its answer.
+            from crawljob_worker.run import run
+
+            run(settings, environ, counters, client=client, opening=opening)
         code, reason = ExitCode.SUCCEEDED, "Succeeded"
         message = (
             f"{counters.rows_written} rows written to {counters.output_uri} "

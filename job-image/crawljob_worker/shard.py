@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -289,23 +289,11 @@ def header_record(prefix: bytes, quote: bytes | None) -> bytes | None:
     return data[:end] if end else None
 
 
-def refusal(*, shards: int, compression: str, key: str, first_bytes: bytes) -> str | None:
-    """Why this object cannot be sharded, or None. Only plain (uncompressed) objects can be split."""
+def refusal(*, shards: int, compression: str, first_bytes: bytes) -> str | None:
+    """Why this object cannot be sharded, or None: gzip (by --compression gzip, or detected from its
+    magic bytes under auto) cannot be split; plain objects can. Same detection as a 1-shard run."""
     if shards <= 1:
         return None
-    if (
-        compression == "gzip"
-        or first_bytes.startswith(GZIP_MAGIC)
-        or (compression == "auto" and key.endswith(".gz"))
-    ):
+    if compression == "gzip" or (compression == "auto" and first_bytes.startswith(GZIP_MAGIC)):
         return GZIP_REFUSAL
     return None
-
-
-def owned_chunks(chunks: Iterable[bytes], cutter: ShardCutter) -> Iterable[memoryview]:
-    """The owned bytes of a stream of chunks starting at the cutter's scan point; stops reading once
-    the shard is complete."""
-    for chunk in chunks:
-        yield from cutter.feed(chunk)
-        if cutter.done:
-            return

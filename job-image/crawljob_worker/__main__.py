@@ -10,7 +10,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from crawljob_worker.contract import TERMINATION_LOG
+from crawljob_worker.contract import SHARD_KEY, TERMINATION_LOG
 from crawljob_worker.counters import Counters
 from crawljob_worker.errors import ExitCode, WorkerError
 from crawljob_worker.memory import use_jemalloc
@@ -30,6 +30,7 @@ def summary(code: int, reason: str, message: str, counters: Counters, started: f
         "message": message,
         **counters.as_json(),
         "durationSeconds": round(time.monotonic() - started, 3),
+        **({SHARD_KEY: counters.shard} if counters.shard else {}),
     }
 
 
@@ -72,6 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exit_.code or 0) if isinstance(exit_.code, int | None) else 0
     except WorkerError as error:
         code, reason, message = error.code, error.reason, error.message
+        if counters.shard:  # a sharded run names its shard, so a failed CrawlJob says which one
+            message = f"shard {counters.shard['index']} of {counters.shard['count']}: {message}"
     except KeyboardInterrupt:
         code, reason, message = ExitCode.CRASHED, "Interrupted", "interrupted"
     except Exception as error:  # reported in the termination message, exit 1 (retried)

@@ -150,6 +150,7 @@ def run_sharded(
     """Convert shard `settings.shard_index`; finalize if it is the last to finish. Fills *counters*
     with the shard's counts, or the whole object's when this shard finalized."""
     started = time.time()
+    counters.shard = {"index": settings.shard_index, "count": settings.shards, "finalized": False}
     source = parse_location(settings.source, what="SOURCE")
     output = parse_location(settings.output, what="--output")
     if client is None and (source.is_s3 or output.is_s3):
@@ -175,7 +176,12 @@ def run_sharded(
             "shard %d: %d of %d shards done; the last one finalizes", index, len(reports), settings.shards
         )
         return
-    finalize(settings, environ, access, outputs, header, reports, counters, client=client, started=started)
+    try:
+        finalize(
+            settings, environ, access, outputs, header, reports, counters, client=client, started=started
+        )
+    finally:
+        counters.shard["finalized"] = True
 
 
 def _reports(outputs: Outputs, shards: int) -> dict[int, dict[str, Any]]:

@@ -60,6 +60,17 @@ def _failjob_codes(job: Mapping[str, Any]) -> set[int]:
     return codes
 
 
+def _index_ranges(indexes: set[int]) -> str:
+    """Kubernetes' completedIndexes notation: "0-2,5"."""
+    ranges: list[str] = []
+    for index in sorted(indexes):
+        if ranges and index == int(ranges[-1].split("-")[-1]) + 1:
+            ranges[-1] = f"{ranges[-1].split('-')[0]}-{index}"
+        else:
+            ranges.append(str(index))
+    return ",".join(ranges)
+
+
 class JobRunner:
     """Run the emulator's Jobs as local processes; `await run()` until cancelled."""
 
@@ -164,6 +175,9 @@ class JobRunner:
 
     async def _execute(self, job: Body, name: str, namespace: str, uid: str, pods: list[str]) -> None:
         spec = job.get("spec") or {}
+        if spec.get("completionMode") == "Indexed":
+            await self._execute_indexed(job, name, namespace, uid, pods)
+            return
         backoff_limit = int(spec.get("backoffLimit", 6))
         deadline = spec.get("activeDeadlineSeconds")
         failjob = _failjob_codes(job)
@@ -244,7 +258,98 @@ class JobRunner:
                 kube.JOBS, namespace, name, {"status": {"failed": failed, "active": 0}}, "status"
             )
 
-    async def _create_pod(self, job: Body, pod_name: str, namespace: str, uid: str) -> None:
+    async def _execute_indexed(self, job: Body, name: str, namespace: str, uid: str, pods: list[str]) -> None:
+        """An Indexed Job: `completions` indexes, at most `parallelism` pods at once, each pod with
+        $JOB_COMPLETION_INDEX; a failed index is retried alone (within backoffLimitPerIndex if set,
+        else the Job's backoffLimit over all indexes); a FailJob exit code fails the whole Job."""
+        spec = job.get("spec") or {}
+        completions = int(spec.get("completions") or 1)
+        slots = asyncio.Semaphore(int(spec.get("parallelism") or 1))
+        backoff_limit = int(spec.get("backoffLimit", 6))
+        per_index = spec.get("backoffLimitPerIndex")
+        failjob = _failjob_codes(job)
+        start_time = (job.get("status") or {}).get("startTime") or _now()
+        completed: set[int] = set()
+        failed_indexes: set[int] = set()
+        counts = {"failed": 0, "active": 0}
+        verdict: list[tuple[str, str]] = []
+
+        async def report() -> None:
+            status = {
+                "active": counts["active"],
+                "startTime": start_time,
+                "failed": counts["failed"] or None,
+                "succeeded": len(completed) or None,
+                "completedIndexes": _index_ranges(completed) or None,
+                "ready": 0,
+            }
+            await self.client.patch(kube.JOBS, namespace, name, {"status": status}, "status")
+
+        async def one(index: int) -> None:
+            failures = 0
+            async with slots:
+                while not verdict:
+                    pod_name = f"{name}-{index}-{''.join(secrets.choice(_SUFFIX_ALPHABET) for _ in range(5))}"
+                    pods.append(pod_name)
+                    await self._create_pod(job, pod_name, namespace, uid, index=index)
+                    counts["active"] += 1
+                    await report()
+                    try:
+                        exit_code, _ = await self._run_pod(job, pod_name, namespace, None, index=index)
+                    finally:
+                        counts["active"] -= 1
+                    if exit_code == 0:
+                        completed.add(index)
+                        await report()
+                        return
+                    counts["failed"] += 1
+                    failures += 1
+                    if exit_code in failjob:
+                        verdict.append(
+                            (
+                                "PodFailurePolicy",
+                                f"Container worker for pod {namespace}/{pod_name} failed with exit code "
+                                f"{exit_code} matching FailJob rule at index 0",
+                            )
+                        )
+                    elif per_index is not None and failures > int(per_index):
+                        failed_indexes.add(index)
+                        return
+                    elif per_index is None and counts["failed"] > backoff_limit:
+                        verdict.append(
+                            ("BackoffLimitExceeded", "Job has reached the specified backoff limit")
+                        )
+                    else:
+                        await report()
+
+        tasks = [asyncio.create_task(one(index)) for index in range(completions)]
+        try:
+            while tasks:
+                done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    task.result()
+                tasks = list(pending)
+                if verdict:  # the Job failed: its other pods are terminated
+                    for task in tasks:
+                        task.cancel()
+                    await asyncio.gather(*tasks, return_exceptions=True)
+                    tasks = []
+        finally:
+            for task in tasks:
+                task.cancel()
+        if not verdict and failed_indexes:
+            verdict.append(("FailedIndexes", "Job has failed indexes"))
+        if verdict:
+            reason, message = verdict[0]
+            await self._finish_job(
+                namespace, name, counts["failed"], len(completed), "Failed", reason, message, start_time
+            )
+            return
+        await self._finish_job(namespace, name, counts["failed"], completions, "Complete", "", "", start_time)
+
+    async def _create_pod(
+        self, job: Body, pod_name: str, namespace: str, uid: str, index: int | None = None
+    ) -> None:
         template = (job.get("spec") or {}).get("template") or {}
         labels = dict((template.get("metadata") or {}).get("labels") or {})
         job_name = job["metadata"]["name"]
@@ -277,13 +382,18 @@ class JobRunner:
             "spec": template.get("spec") or {},
             "status": {"phase": "Pending"},
         }
+        if index is not None:
+            labels["batch.kubernetes.io/job-completion-index"] = str(index)
+            annotations: Body = {"batch.kubernetes.io/job-completion-index": str(index)}
+            metadata: Body = pod["metadata"]  # type: ignore[assignment]
+            metadata["annotations"] = annotations
         await self.client.create(kube.PODS, namespace, pod)
 
     async def _patch_pod(self, namespace: str, pod_name: str, status: Body) -> None:
         await self.client.patch(kube.PODS, namespace, pod_name, {"status": status})
 
     async def _run_pod(
-        self, job: Body, pod_name: str, namespace: str, timeout: float | None
+        self, job: Body, pod_name: str, namespace: str, timeout: float | None, index: int | None = None
     ) -> tuple[int, str]:
         """Run the pod's container; (exit code, reason) with reason "DeadlineExceeded" on timeout."""
         started_at = _now()
@@ -299,6 +409,8 @@ class JobRunner:
             log_path = Path(scratch) / "termination-log"
             command = self._command(container)
             env = self._env(container, log_path)
+            if index is not None:
+                env["JOB_COMPLETION_INDEX"] = str(index)
             try:
                 process = await asyncio.create_subprocess_exec(
                     *command,

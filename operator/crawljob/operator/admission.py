@@ -184,7 +184,7 @@ async def _create_job_locked(state: State, key: Key) -> None:
             await write_status(state, crawljob, _superseded_by(crawljob, newer), None)
             return
         try:
-            manifest = jobs.build_job(crawljob.body, state.settings)
+            manifest = jobs.build_job(crawljob.body, state.settings, state.job_features)
         except (KeyError, TypeError, ValueError) as exc:
             await write_status(
                 state, crawljob, status.invalid_spec(f"cannot build the Job: {exc!r}", utc_now()), None

@@ -320,3 +320,19 @@ def test_a_non_terminal_observation_never_erases_the_outcome() -> None:
     assert "result" not in patch and "completionTime" not in patch
     failed = status.desired_status(done, status.job_deleted("j", NOW), 1, "j", NOW)
     assert status.status_patch(done, failed)["result"] is None  # a terminal one decides
+
+
+def test_a_sharded_crawl_takes_its_result_from_the_pod_that_finalized() -> None:
+    def shard(index: int, rows: int, finalized: bool, finished: str) -> dict[str, Any]:
+        message = _summary(rowsRead=rows, shard={"index": index, "count": 3, "finalized": finalized})
+        return _pod(f"p{index}", "Succeeded", _terminated(0, message, "Completed", finished))
+
+    job = _job("Complete", succeeded=3, completionTime="2026-01-01T00:06:00Z")
+    # The finalizing shard (1) is not the last pod to end: its whole-object result is still chosen.
+    observed = _observe(
+        job, [shard(0, 10, False, "T1"), shard(1, 30, True, "T2"), shard(2, 10, False, "T3")], NOW
+    )
+    assert observed.result is not None and observed.result["rowsRead"] == 30
+
+    unfinished = _observe(job, [shard(0, 10, False, "T1"), shard(2, 10, False, "T3")], NOW)
+    assert unfinished.reason == "ResultUnavailable" and "finalized" in unfinished.message

@@ -112,7 +112,9 @@ def test_a_shard_with_no_record_starting_in_its_range_owns_nothing() -> None:
 
 
 def test_global_line_numbers_of_a_shard_reject() -> None:
-    lines = [b"id,value\n"] + [f"{number},{'bad' if number == 17 else number}\n".encode() for number in range(40)]
+    lines = [b"id,value\n"] + [
+        f"{number},{'bad' if number == 17 else number}\n".encode() for number in range(40)
+    ]
     data = b"".join(lines)
     owned, edges, _ = run_shards(data, 3, chunk_bytes=1 << 20)
     bases = line_bases(edges)
@@ -138,7 +140,9 @@ def test_header_record_skips_the_bom_and_needs_the_whole_first_record() -> None:
     assert header_record(b'"a\nb",c', QUOTE) is None
 
 
-@pytest.mark.parametrize(("compression", "first_bytes"), [("gzip", b"\x1f\x8b\x08"), ("auto", b"\x1f\x8b\x08")])
+@pytest.mark.parametrize(
+    ("compression", "first_bytes"), [("gzip", b"\x1f\x8b\x08"), ("auto", b"\x1f\x8b\x08")]
+)
 def test_gzip_is_refused_for_sharding_with_the_reason(compression: str, first_bytes: bytes) -> None:
     assert refusal(shards=2, compression=compression, first_bytes=first_bytes) == GZIP_REFUSAL
     assert "cannot be sharded" in GZIP_REFUSAL

@@ -26,8 +26,8 @@ from s3_ranges import throttled  # bench/: this script's directory is on sys.pat
 from worker import MB, generate, loopback_s3, measure
 
 DRIVER = """
-import subprocess, sys
-commands = [line.split("\\0") for line in sys.argv[1:]]
+import json, subprocess, sys
+commands = json.loads(sys.argv[1])
 processes = [subprocess.Popen(command, stdout=subprocess.DEVNULL) for command in commands]
 codes = [process.wait() for process in processes]
 sys.exit(max(codes))
@@ -66,7 +66,7 @@ def main() -> int:
                 for shards in counts:
                     output = workdir / f"out-{case}-{shards}"
                     commands = [
-                        "\0".join(
+                        (
                             [
                                 sys.executable,
                                 "-m",
@@ -84,7 +84,9 @@ def main() -> int:
                         )
                         for index in range(shards)
                     ]
-                    result = measure(f"{shards}", [sys.executable, "-c", DRIVER, *commands], env=env)
+                    result = measure(
+                        f"{shards}", [sys.executable, "-c", DRIVER, json.dumps(commands)], env=env
+                    )
                     count, digest = checksum(output) if not result.note else (0, 0)
                     rows.append((case, shards, result.seconds, result.cpu_seconds, count, f"{digest:016x}",
                                  result.note))  # fmt: skip

@@ -159,7 +159,7 @@ def run_sharded(
     outputs.top.names()  # fail fast (exit 6) on a missing or unreadable output bucket
     access = ObjectAccess(client, source, version_id=settings.version_id, retries=settings.retries)
     reason = refusal(
-        shards=settings.shards, compression=settings.compression, first_bytes=access.read_range(0, 8)
+        shards=settings.shards, compression=settings.compression, first_bytes=access.prefix()[:8]
     )
     if reason:
         raise bad_input(reason)

@@ -29,6 +29,7 @@ class ObjectAccess:
         self._client = client
         self._location = location
         self._retries = retries
+        self._prefix: bytes | None = None
         if location.is_s3:
             if not location.path or location.path.endswith("/"):
                 raise source_not_found(f"{location.uri()} is not an object key")
@@ -91,11 +92,17 @@ class ObjectAccess:
         finally:
             stream.close()
 
+    def prefix(self) -> bytes:
+        """The object's first 64 KiB (fewer for a smaller object): magic bytes and, usually, the header."""
+        if self._prefix is None:
+            self._prefix = self.read_range(0, 64 * 1024)
+        return self._prefix
+
     def header(self, quote: bytes | None) -> bytes:
         """The object's first record (the header line), by ranged reads of growing length."""
         length = 64 * 1024
         while True:
-            prefix = self.read_range(0, length)
+            prefix = self.prefix() if length == 64 * 1024 else self.read_range(0, length)
             record = header_record(prefix, quote)
             if record is not None:
                 return record

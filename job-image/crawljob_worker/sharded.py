@@ -19,8 +19,6 @@ import time
 from collections.abc import Mapping
 from typing import Any, cast
 
-import botocore.exceptions
-
 from crawljob_worker.counters import Counters
 from crawljob_worker.errors import ExitCode, WorkerError, bad_input
 from crawljob_worker.opening import SourceStream
@@ -43,10 +41,11 @@ from crawljob_worker.sink import (
     LocalTarget,
     S3Target,
     Target,
+    client_error,
     manifest_bytes,
     output_error,
 )
-from crawljob_worker.source import READ_ERRORS, s3_client
+from crawljob_worker.source import error_code, network_errors, s3_client
 from crawljob_worker.uri import Location, parse_location
 
 log = logging.getLogger("crawljob_worker")
@@ -81,11 +80,11 @@ class Outputs:
         try:
             body = self._client.get_object(Bucket=location.bucket, Key=location.path)["Body"]
             return bytes(body.read())
-        except botocore.exceptions.ClientError as error:
-            if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+        except client_error() as error:
+            if error_code(error) in ("NoSuchKey", "404"):
                 return None
             raise output_error(error, location.uri()) from error
-        except READ_ERRORS as error:
+        except network_errors() as error:
             raise output_error(error, location.uri()) from error
 
 

@@ -117,6 +117,8 @@ async def test_a_sharded_crawljob_runs_an_indexed_job_with_one_result(stack: Sta
     assert status["phase"] == "Succeeded", status
     job = await stack.client.get(kube.JOBS, stack.settings.namespace, status["jobName"])
     assert job["spec"]["completionMode"] == "Indexed" and job["spec"]["completions"] == 2
-    assert status["result"]["rowsRead"] == status["result"]["rowsWritten"] == sample.rows
+    pods = await stack.client.list(kube.PODS, stack.settings.namespace, {"job-name": status["jobName"]})
+    messages = [pod["status"]["containerStatuses"][0]["state"]["terminated"].get("message") for pod in pods]
+    assert status["result"]["rowsRead"] == status["result"]["rowsWritten"] == sample.rows, (status, messages)
     assert status["result"]["manifestUri"].endswith(f"{name}/_manifest.json")
     assert _parquet_rows(stack, status["result"]["outputUri"]) == sample.rows

@@ -89,6 +89,9 @@ def test_shards_give_the_rows_rejects_and_line_numbers_of_one_worker(
         and messages[-1]["manifestUri"] == f"s3://{bucket}/many/_manifest.json"
     )
     assert messages[0]["rowsRead"] < 3000
+    assert [message["shard"] for message in messages] == [
+        {"index": index, "count": shards, "finalized": index == shards - 1} for index in range(shards)
+    ]
 
 
 def test_a_quoted_field_across_a_boundary_makes_the_finalizer_re_run_that_shard(tmp_path: Path) -> None:

@@ -242,3 +242,14 @@ async def scheduler_loop(state: State) -> None:
             log.exception("scheduling failed; will retry on the next change")
         # The kicks of one finished Job (its event, its terminal status) land in one pass.
         await asyncio.sleep(SCHEDULE_MIN_INTERVAL_SECONDS)
+
+
+async def detect_job_features(state: State) -> None:
+    """What the server's Job controller supports (Indexed Jobs for sharded crawls), from GET /version;
+    read when this replica becomes active (a standby calls nothing but its peering object)."""
+    try:
+        state.job_features = jobs.features_of(await state.client.request("GET", "/version"))
+    except kube.KubeError as exc:
+        log.warning("cannot read the server version (%s): sharded CrawlJobs run as one pod", exc)
+        state.job_features = jobs.JobFeatures(indexed=False)
+    log.info("Job features of the API server: %s", state.job_features.describe())

@@ -20,7 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 
 from crawljob import flags, kube
 from crawljob.logs import configure_logging
-from crawljob.operator import handlers, jobs, standby, view
+from crawljob.operator import handlers, standby, view
 from crawljob.operator.settings import OperatorSettings, operator_parser, operator_settings
 
 log = logging.getLogger("crawljob.operator")
@@ -49,12 +49,6 @@ def build_registry(settings: OperatorSettings, connection: kube.Connection) -> k
         client = kube.KubeClient(connection, timeout=10.0, user_agent=user_agent(own))
         await client.open()
         state = view.State(settings=own, client=client)
-        try:
-            state.job_features = jobs.features_of(await client.request("GET", "/version"))
-        except kube.KubeError as exc:
-            log.warning("cannot read the server version (%s): sharded CrawlJobs run as one pod", exc)
-            state.job_features = jobs.JobFeatures(indexed=False)
-        log.info("Job features of the API server: %s", state.job_features.describe())
         gate = standby.Gate(state, own)
         memo["crawljob"] = state
         memo["gate"] = gate

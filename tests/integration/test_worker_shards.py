@@ -156,6 +156,7 @@ def test_gzip_is_refused_for_sharding_with_a_clear_reason(tmp_path: Path) -> Non
     )
     assert code == 3
     assert message["reason"] == "BadInput" and "gzip object cannot be sharded" in message["message"]
+    assert message["message"].startswith("shard 0 of 2: ")  # the CrawlJob's failure names the shard
 
 
 def test_the_reject_ratio_applies_to_the_whole_object(tmp_path: Path) -> None:

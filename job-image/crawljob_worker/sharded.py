@@ -150,7 +150,7 @@ def run_sharded(
     with the shard's counts, or the whole object's when this shard finalized."""
     started = time.time()
     counters.shard = {"index": settings.shard_index, "count": settings.shards, "finalized": False}
-    source = parse_location(settings.source, what="SOURCE")
+    source = settings.source_location()
     output = parse_location(settings.output, what="--output")
     if client is None and (source.is_s3 or output.is_s3):
         client = s3_client(connections=settings.s3_connections)

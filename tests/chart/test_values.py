@@ -53,7 +53,15 @@ def test_receiver_configuration_from_all_options(all_manifests: list[Manifest]) 
         "CRAWLJOB_KEY_SUFFIXES": ".csv,.csv.gz",
         "CRAWLJOB_SNS_TOPIC_ARNS": "arn:aws:sns:eu-west-1:123456789012:uploads",
         "CRAWLJOB_SNS_CERT_HOST_PATTERN": r"^sns\.[a-z0-9-]+\.amazonaws\.com$",
+        "CRAWLJOB_SNS_MAX_AGE_SECONDS": "3600",
+        "CRAWLJOB_MAX_RECORDS": "100",
         "CRAWLJOB_DEFAULT_OUTPUT_URI": "s3://processed/crawljob/",
+        # receiver.resolveVersions: S3 read access, from the same s3.* values as the workers'.
+        "CRAWLJOB_RESOLVE_VERSIONS": "true",
+        "AWS_ENDPOINT_URL_S3": "http://minio.storage.svc:9000",
+        "AWS_DEFAULT_REGION": "eu-west-1",
+        "AWS_ACCESS_KEY_ID": {"secretKeyRef": {"name": "s3-credentials", "key": "access-key"}},
+        "AWS_SECRET_ACCESS_KEY": {"secretKeyRef": {"name": "s3-credentials", "key": "secret-key"}},
         "EXTRA_RECEIVER": "1",
     }
     pod = named(all_manifests, "Deployment", "crawl-receiver")["spec"]["template"]["spec"]
@@ -87,6 +95,9 @@ def test_operator_configuration_from_all_options(all_manifests: list[Manifest]) 
         "CRAWLJOB_HEALTH_PORT": "9091",
         "CRAWLJOB_LOG_FORMAT": "text",
         "CRAWLJOB_WORKER_IMAGE": "registry.example.com/crawljob/worker:0.1.0-test",
+        "CRAWLJOB_ALLOWED_IMAGES": "registry.example.com/crawljob/*",
+        "CRAWLJOB_ALLOW_SERVICE_ACCOUNT_OVERRIDE": "true",
+        "CRAWLJOB_ALLOW_ENV_OVERRIDE": "false",
         "CRAWLJOB_WORKER_SERVICE_ACCOUNT": "crawl-worker",
         "CRAWLJOB_DEFAULT_OUTPUT_URI": "s3://processed/crawljob/",
         "CRAWLJOB_MAX_ACTIVE": "20",
@@ -97,6 +108,7 @@ def test_operator_configuration_from_all_options(all_manifests: list[Manifest]) 
         "CRAWLJOB_SUCCESSFUL_HISTORY_LIMIT": "100",
         "CRAWLJOB_FAILED_HISTORY_LIMIT": "50",
         "CRAWLJOB_JOB_TTL_SECONDS": "3600",
+        "CRAWLJOB_NOTIFY_SINKS": "https://events.example.com/crawljob,http://knative-broker.default.svc/",
         "EXTRA_OPERATOR": {"fieldRef": {"fieldPath": "metadata.name"}},
     }
     assert worker_env == [
@@ -119,6 +131,9 @@ def test_operator_defaults_leave_optional_limits_unset(default_manifests: list[M
     assert env["CRAWLJOB_WORKER_IMAGE"] == "crawljob/crawljob-worker:0.1.0"
     assert env["CRAWLJOB_WORKER_ENV"] == "[]"
     assert env["CRAWLJOB_MAX_ACTIVE"] == "8"
+    # A CrawlJob overrides neither the service account nor the env, nor names another image.
+    assert env["CRAWLJOB_ALLOW_SERVICE_ACCOUNT_OVERRIDE"] == env["CRAWLJOB_ALLOW_ENV_OVERRIDE"] == "false"
+    assert "CRAWLJOB_ALLOWED_IMAGES" not in env
     for unset in ("CRAWLJOB_FINISHED_TTL_SECONDS", "CRAWLJOB_JOB_TTL_SECONDS", "CRAWLJOB_DEFAULT_OUTPUT_URI"):
         assert unset not in env
 

@@ -173,6 +173,7 @@ def test_deadline_exceeded() -> None:
     [
         ("ErrImagePull", "cannot be pulled"),
         ("ImagePullBackOff", "cannot be pulled"),
+        ("ErrImageNeverPull", "pull policy forbids pulling"),
         ("CreateContainerConfigError", "configuration is invalid"),
     ],
 )
@@ -336,3 +337,32 @@ def test_a_sharded_crawl_takes_its_result_from_the_pod_that_finalized() -> None:
 
     unfinished = _observe(job, [shard(0, 10, False, "T1"), shard(2, 10, False, "T3")], NOW)
     assert unfinished.reason == "ResultUnavailable" and "finalized" in unfinished.message
+
+
+def test_a_permanent_failure_before_the_jobs_verdict_is_not_called_retrying() -> None:
+    from crawljob_worker.contract import PERMANENT_EXIT_CODES
+
+    policy = {
+        "rules": [
+            {
+                "action": "FailJob",
+                "onExitCodes": {
+                    "containerName": "worker",
+                    "operator": "In",
+                    "values": [int(code) for code in PERMANENT_EXIT_CODES],
+                },
+            },
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        ]
+    }
+    job = _job(active=0, failed=1)
+    job["spec"]["podFailurePolicy"] = policy
+    bad_input = _pod("p", "Failed", _terminated(3, _summary(reason="BadInput"), reason="Error"))
+    observed = _observe(job, [bad_input], NOW)
+    assert (observed.phase, observed.reason, observed.warning) == ("Running", "WorkerFailed", False)
+    assert "not retried" in observed.message and "waiting for a retry" not in observed.message
+    # A retryable exit code under the same policy is retried; without a policy (servers older than
+    # podFailurePolicy) the Job really retries even a permanent code, and the status says so.
+    transient = _pod("p", "Failed", _terminated(75, "", reason="Error"))
+    assert _observe(job, [transient], NOW).reason == "Retrying"
+    assert _observe(_job(active=0, failed=1), [bad_input], NOW).reason == "Retrying"

@@ -53,7 +53,7 @@ def build_registry(settings: OperatorSettings, connection: kube.Connection) -> k
         memo["crawljob"] = state
         memo["gate"] = gate
         active = Gauge(
-            "crawljob_operator_active",
+            "crawljob_replica_active",
             "1 while this replica is the active one (always 1 when standalone), 0 while standing by",
             registry=state.metrics.registry,
         )
@@ -140,6 +140,10 @@ async def start_health_server(
             body = {"role": "standby", "lastPeeringCheckSecondsAgo": round(age, 1), "reason": gate.reason}
         healthy = age < limit
         body = {"status": "ok" if healthy else "stale", **body}
+        if gate.supervisor.dead is not None:
+            # A background loop died: nothing would create Jobs any more. Let Kubernetes restart us.
+            healthy = False
+            body |= {"status": "dead", "loop": gate.supervisor.dead}
         return web.json_response(body, status=200 if healthy else 503)
 
     async def metrics(_: web.Request) -> web.Response:

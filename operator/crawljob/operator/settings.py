@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from crawljob.flags import add_kube_flags, env_default
+from crawljob.flags import add_kube_flags, env_default, split_list
 from crawljob.operator import peering
 
 
@@ -23,6 +23,12 @@ class OperatorSettings:
     worker_resources: Mapping[str, object] | None = None
     worker_env: tuple[Mapping[str, object], ...] = ()
     worker_security_context: Mapping[str, object] | None = None
+    # What a CrawlJob's jobTemplate may override (overrides.py): images beyond worker_image,
+    # and whether serviceAccountName and env may be set at all. Off by default: whoever may create
+    # CrawlJobs must not thereby run any image as any service account of the namespace.
+    allowed_images: tuple[str, ...] = ()
+    allow_service_account_override: bool = False
+    allow_env_override: bool = False
     default_output_uri: str | None = None
     max_active: int = 8
     backoff_limit: int = 3
@@ -46,6 +52,10 @@ class OperatorSettings:
     priority: int = 0
     peering_identity: str = ""
     peering_lifetime: int = 30
+    # Completion signal: a CloudEvent per terminal phase to each sink (and each CrawlJob's own).
+    notify_sinks: tuple[str, ...] = ()
+    # First retry delay of an undelivered CloudEvent (doubles each time, at most 5 minutes).
+    notify_retry_seconds: float = 1.0
 
 
 def _json_arg(name: str, value: str | None, kind: type) -> object:
@@ -91,6 +101,22 @@ def operator_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         "--worker-image",
         default=env("WORKER_IMAGE", defaults.worker_image),
         help="worker image (CRAWLJOB_WORKER_IMAGE)",
+    )
+    worker.add_argument(
+        "--allowed-images",
+        default=env("ALLOWED_IMAGES"),
+        help="comma list of images a CrawlJob's jobTemplate.image may name besides --worker-image; "
+        "an entry ending in * allows that prefix (CRAWLJOB_ALLOWED_IMAGES; empty: only --worker-image)",
+    )
+    worker.add_argument(
+        "--allow-service-account-override",
+        default=env("ALLOW_SERVICE_ACCOUNT_OVERRIDE", "false"),
+        help="true: a CrawlJob may set jobTemplate.serviceAccountName (CRAWLJOB_ALLOW_SERVICE_ACCOUNT_OVERRIDE)",
+    )
+    worker.add_argument(
+        "--allow-env-override",
+        default=env("ALLOW_ENV_OVERRIDE", "false"),
+        help="true: a CrawlJob may set jobTemplate.env (CRAWLJOB_ALLOW_ENV_OVERRIDE)",
     )
     worker.add_argument(
         "--worker-command",
@@ -148,6 +174,18 @@ def operator_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         "--shard-parallelism",
         default=env("SHARD_PARALLELISM", defaults.shard_parallelism),
         help="pods of one sharded CrawlJob running at once (the Job's parallelism) (CRAWLJOB_SHARD_PARALLELISM)",
+    )
+    notify = parser.add_argument_group("completion signal (CloudEvents over HTTP)")
+    notify.add_argument(
+        "--notify-sinks",
+        default=env("NOTIFY_SINKS"),
+        help="comma list of http(s) URLs that get a CloudEvent when a CrawlJob succeeds or fails "
+        "(CRAWLJOB_NOTIFY_SINKS; a CrawlJob's spec.notify.sinks adds its own)",
+    )
+    notify.add_argument(
+        "--notify-retry-seconds",
+        default=env("NOTIFY_RETRY_SECONDS", defaults.notify_retry_seconds),
+        help="first retry delay of an undelivered event; doubles up to 5 minutes (CRAWLJOB_NOTIFY_RETRY_SECONDS)",
     )
     queue = parser.add_argument_group("queue and garbage collection")
     queue.add_argument(
@@ -216,6 +254,15 @@ def operator_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     return parser
 
 
+def _boolean(name: str, value: object) -> bool:
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no", ""):
+        return False
+    raise ValueError(f"--{name} must be true or false, got {value!r}")
+
+
 def operator_settings(args: argparse.Namespace) -> OperatorSettings:
     """Validated settings from parsed flags; ValueError with a readable message when inconsistent."""
     command = _json_arg("worker-command", args.worker_command, list)
@@ -240,7 +287,26 @@ def operator_settings(args: argparse.Namespace) -> OperatorSettings:
     uri = args.default_output_uri
     if uri and not (uri.startswith("s3://") or uri.startswith("file://")):
         raise ValueError(f"--default-output-uri must be s3://bucket/prefix or file://path, got {uri!r}")
+    sinks = split_list(args.notify_sinks)
+    for sink in sinks:
+        if not sink.startswith(("http://", "https://")):
+            raise ValueError(f"--notify-sinks takes http(s) URLs, got {sink!r}")
+    try:
+        notify_retry = float(args.notify_retry_seconds)
+    except ValueError as exc:
+        raise ValueError(
+            f"--notify-retry-seconds must be a number, got {args.notify_retry_seconds!r}"
+        ) from exc
+    if notify_retry <= 0:
+        raise ValueError("--notify-retry-seconds must be positive")
     return OperatorSettings(
+        allowed_images=split_list(args.allowed_images),
+        allow_service_account_override=_boolean(
+            "allow-service-account-override", args.allow_service_account_override
+        ),
+        allow_env_override=_boolean("allow-env-override", args.allow_env_override),
+        notify_sinks=sinks,
+        notify_retry_seconds=notify_retry,
         namespace=args.namespace or None,
         kube_server=args.kube_server,
         kubeconfig=args.kubeconfig,

@@ -158,6 +158,16 @@ def observe(job: JobStatus, pods: Sequence[PodStatus], now: str) -> Observation:
                 start,
             )
         _, failure = describe_pod_failure(ended[-1])
+        if ended[-1].exit_code in job.fail_job_exit_codes:
+            # The Job's podFailurePolicy fails it for this exit code: no retry is coming, and the
+            # Failed observation (with its Warning) follows as soon as the Job controller says so.
+            return Observation(
+                "Running",
+                "WorkerFailed",
+                f"the worker failed ({failure}); not retried, waiting for the Job to fail",
+                attempts,
+                start,
+            )
         return Observation(
             "Running",
             "Retrying",
@@ -256,6 +266,11 @@ def superseded(newer: str, newer_sequencer: str, own_sequencer: str, now: str) -
 def invalid_spec(problem: str, now: str) -> Observation:
     """The CrawlJob cannot be turned into a Job."""
     return Observation("Failed", "InvalidSpec", problem, completion_time=now, warning=True)
+
+
+def override_not_allowed(problem: str, now: str) -> Observation:
+    """The CrawlJob's jobTemplate asks for an image, service account or env the settings refuse."""
+    return Observation("Failed", "OverrideNotAllowed", problem, completion_time=now, warning=True)
 
 
 def desired_status(

@@ -67,6 +67,16 @@ class State:
     instance: str = field(default_factory=socket.gethostname)
     healthy_at: float = 0.0
 
+    def __post_init__(self) -> None:
+        self.metrics.phase_counts = self.phase_counts
+
+    def phase_counts(self) -> dict[str, int]:
+        """CrawlJobs in view by phase ("New" before the operator wrote one), for the phase gauge."""
+        counts: dict[str, int] = defaultdict(int)
+        for crawljob in list(self.crawljobs.values()):
+            counts[crawljob.status.phase or "New"] += 1
+        return counts
+
     def remember_crawljob(self, body: Mapping[str, Any]) -> CrawlJob:
         """Keep the newest version of a CrawlJob body; the one kept is returned."""
         crawljob = CrawlJob.parse(copy.deepcopy(dict(body)))
@@ -113,7 +123,13 @@ class State:
         """Run *coroutine* in the background; cancelled at cleanup."""
         task = asyncio.create_task(coroutine)
         self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        task.add_done_callback(self._spawned_done)
+
+    def _spawned_done(self, task: asyncio.Task[Any]) -> None:
+        """Forget a finished background task; log its exception (it concerned one object only)."""
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task %s failed", task.get_name(), exc_info=task.exception())
 
     def remember_pod(self, body: Mapping[str, Any]) -> None:
         pod = Pod.parse(copy.deepcopy(dict(body)))

@@ -102,6 +102,8 @@ def test_operator_configuration_from_all_options(all_manifests: list[Manifest]) 
         "CRAWLJOB_DEFAULT_OUTPUT_URI": "s3://processed/crawljob/",
         "CRAWLJOB_MAX_ACTIVE": "20",
         "CRAWLJOB_BACKOFF_LIMIT": "5",
+        "CRAWLJOB_MAX_SHARDS": "16",
+        "CRAWLJOB_SHARD_PARALLELISM": "4",
         "CRAWLJOB_FINISHED_TTL_SECONDS": "86400",
         "CRAWLJOB_SUCCESSFUL_HISTORY_LIMIT": "100",
         "CRAWLJOB_FAILED_HISTORY_LIMIT": "50",

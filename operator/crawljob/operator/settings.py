@@ -32,6 +32,9 @@ class OperatorSettings:
     default_output_uri: str | None = None
     max_active: int = 8
     backoff_limit: int = 3
+    # Sharded crawls: the cap on a CrawlJob's shards, and how many of one CrawlJob's pods run at once.
+    max_shards: int = 64
+    shard_parallelism: int = 8
     active_deadline_seconds: int | None = None
     finished_ttl_seconds: int | None = None
     successful_history_limit: int | None = None
@@ -161,6 +164,16 @@ def operator_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         "--job-ttl-seconds",
         default=env("JOB_TTL_SECONDS", defaults.job_ttl_seconds),
         help="ttlSecondsAfterFinished of Jobs (CRAWLJOB_JOB_TTL_SECONDS)",
+    )
+    worker.add_argument(
+        "--max-shards",
+        default=env("MAX_SHARDS", defaults.max_shards),
+        help="cap on the shards of one CrawlJob, from spec.shards or spec.shardSizeMb (CRAWLJOB_MAX_SHARDS)",
+    )
+    worker.add_argument(
+        "--shard-parallelism",
+        default=env("SHARD_PARALLELISM", defaults.shard_parallelism),
+        help="pods of one sharded CrawlJob running at once (the Job's parallelism) (CRAWLJOB_SHARD_PARALLELISM)",
     )
     notify = parser.add_argument_group("completion signal (CloudEvents over HTTP)")
     notify.add_argument(
@@ -308,6 +321,8 @@ def operator_settings(args: argparse.Namespace) -> OperatorSettings:
         default_output_uri=uri or None,
         max_active=max_active or 1,
         backoff_limit=backoff or 0,
+        max_shards=_optional_int("max-shards", str(args.max_shards), minimum=1) or 1,
+        shard_parallelism=_optional_int("shard-parallelism", str(args.shard_parallelism), minimum=1) or 1,
         active_deadline_seconds=_optional_int("active-deadline-seconds", args.active_deadline_seconds, 1),
         finished_ttl_seconds=_optional_int("finished-ttl-seconds", args.finished_ttl_seconds),
         successful_history_limit=_optional_int("successful-history-limit", args.successful_history_limit),

@@ -148,7 +148,7 @@ def register_watch_clock(registry: kopf.OperatorRegistry, health: Health) -> Non
     """An event handler per watched resource that stamps its clock (no label filter: any event)."""
     for group, version, plural in WATCHED:
 
-        def stamp(plural: str = plural, **_: Any) -> None:
+        async def stamp(plural: str = plural, **_: Any) -> None:  # async: kopf runs sync ones in threads
             health.note_event(plural)
 
         kopf.on.event(group, version, plural, id=f"watch-clock-{plural}", registry=registry)(stamp)

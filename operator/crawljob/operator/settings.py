@@ -182,7 +182,7 @@ def operator_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     ops.add_argument(
         "--health-port",
         default=env("HEALTH_PORT", defaults.health_port),
-        help="port of /healthz and /metrics (CRAWLJOB_HEALTH_PORT; 0 disables)",
+        help="port of /healthz, /readyz and /metrics (CRAWLJOB_HEALTH_PORT; 0 disables)",
     )
     ops.add_argument(
         "--liveness-seconds",

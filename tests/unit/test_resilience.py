@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections.abc
 import itertools
 import logging
@@ -124,3 +125,33 @@ def test_fault_settings_default_and_parse() -> None:
 def test_bad_fault_settings_name_the_flag(argv: list[str], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         settings_of(*argv)
+
+
+async def test_supervise_restarts_a_failed_run_until_it_returns() -> None:
+    from crawljob.operator import app, health
+
+    probe = health.Health(config.OperatorSettings())
+    calls: list[float] = []
+
+    async def run() -> None:
+        calls.append(asyncio.get_running_loop().time())
+        if len(calls) < 3:
+            raise RuntimeError("watcher failed: Error in the watch-stream")  # as kopf's run ends
+
+    await app.supervise(run, probe, resilience.CappedBackoffs(first=0.05, cap=0.1))
+    assert len(calls) == 3
+    assert probe.registry.get_sample_value("crawljob_operator_run_restarts_total") == 2.0
+    assert calls[1] - calls[0] >= 0.05 and calls[2] - calls[1] >= 0.1  # backed off, capped
+
+
+async def test_supervise_does_not_swallow_a_stop() -> None:
+    from crawljob.operator import app, health
+
+    probe = health.Health(config.OperatorSettings())
+
+    async def run() -> None:
+        raise asyncio.CancelledError
+
+    with pytest.raises(asyncio.CancelledError):
+        await app.supervise(run, probe, resilience.CappedBackoffs(first=0.05, cap=0.1))
+    assert probe.registry.get_sample_value("crawljob_operator_run_restarts_total") == 0.0

@@ -36,6 +36,7 @@ KOPF_RETRY_CAP_SECONDS = 10.0
 # resets the backoff.
 RUN_RETRY_CAP_SECONDS = 30.0
 RUN_STABLE_SECONDS = 60.0
+RUN_BACKOFFS = resilience.CappedBackoffs(first=1.0, cap=RUN_RETRY_CAP_SECONDS)
 
 
 def build_registry(
@@ -172,9 +173,12 @@ async def _kopf_run(
     )
 
 
-async def supervise(run: Callable[[], Awaitable[None]], probe: health.Health) -> None:
+async def supervise(
+    run: Callable[[], Awaitable[None]],
+    probe: health.Health,
+    backoffs: resilience.CappedBackoffs = RUN_BACKOFFS,
+) -> None:
     """Await *run()* until it returns (a requested stop); restart it, with capped backoffs, when it fails."""
-    backoffs = resilience.CappedBackoffs(first=1.0, cap=RUN_RETRY_CAP_SECONDS)
     loop = asyncio.get_running_loop()
     failures = 0
     while True:

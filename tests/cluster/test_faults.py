@@ -320,6 +320,7 @@ async def run_fault(
             http_status, crawl.receiver_url + "/v1/trigger", late_event
         )
         await asyncio.sleep(max(0.0, started + duration - time.monotonic()))
+        healing = time.monotonic()  # (a restart returns once the component is ready again)
         end()
         ended, ended_wall = time.monotonic(), time.time()
         crawl.gate.touch()
@@ -352,7 +353,7 @@ async def run_fault(
         assert mid_status == 503 and mid_headers.get("Retry-After"), (mid_status, mid_headers)
 
     # Samples of the fault, from 4 s in (the receiver reuses a readiness answer for 2 s).
-    during = sampler.between(started + (4 if duration > 10 else 0), ended)
+    during = sampler.between(started + (4 if duration > 10 else 0), healing)
     [complete] = [c for c in jobs if c["metadata"]["name"] == crawljob]
     completed_at = condition_time(complete, "Complete")
     outcome = Outcome(

@@ -8,10 +8,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: help install run test lint format clean test-cluster bench bench-worker bench-operator bench-s3-ranges
+.PHONY: help install run test lint format clean test-cluster bench bench-worker bench-operator bench-s3-ranges \
+	bench-worker-startup bench-kube-client
 
 help: ## Show this help
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-17s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-21s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,10 +50,17 @@ bench-worker: $(STAMP) ## Worker vs cat, pandas, DuckDB, polars on a generated C
 	$(BIN)/pip install -q polars duckdb
 	$(BIN)/python bench/worker.py --size-mb $(or $(SIZE_MB),800) --repeat $(or $(REPEAT),2)
 
+bench-worker-startup: $(STAMP) ## Worker start-up from exec: first S3 GET, first progress PATCH, exit (ARGS="--worker-tree DIR" adds another checkout)
+	$(BIN)/python bench/worker_startup.py $(ARGS)
+
+bench-kube-client: $(STAMP) ## crawljob.kube vs kubernetes_asyncio: import CPU/RSS, GET/PATCH latency and throughput on the emulator
+	$(BIN)/pip install -q kubernetes_asyncio
+	$(BIN)/python bench/kube_client.py $(ARGS)
+
 bench-s3-ranges: $(STAMP) ## Worker reading S3 with 1, 2, 4, 8 ranged GETs when each connection is capped (SIZE_MB=100 THROTTLE=20 MB/s)
 	$(BIN)/python bench/s3_ranges.py
 
-bench: bench-receiver bench-operator bench-worker bench-s3-ranges ## All four benchmarks, each printing its table (slow: the worker's uses an 800 MB file)
+bench: bench-receiver bench-operator bench-worker bench-s3-ranges bench-worker-startup bench-kube-client ## All benchmarks, each printing its table (slow: the worker's uses an 800 MB file)
 
 clean: ## Remove the venv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

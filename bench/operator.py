@@ -52,14 +52,11 @@ async def one_round(count: int, cap: int, log_dir: Path) -> dict[str, float]:
             env={**os.environ, "KUBECONFIG": ""},
         )
         try:
-
-            async def ready() -> bool:
-                return (
-                    operator.returncode is None
-                    and (log_dir / f"operator-cap{cap}.log").read_text().find("operator started") >= 0
-                )
-
-            await kube.wait_for(ready, 60, 0.1, "operator start")
+            deadline = time.monotonic() + 60
+            while "operator started" not in (log_dir / f"operator-cap{cap}.log").read_text():
+                if operator.returncode is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the operator did not start; see {log_dir}/operator-cap{cap}.log")
+                await asyncio.sleep(0.1)
             bodies = [
                 resource.crawljob_manifest(resource.ObjectRef("bench", f"in/file-{index:05d}.csv"), NAMESPACE)
                 for index in range(count)

@@ -10,6 +10,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from crawljob_worker.contract import TERMINATION_LOG
 from crawljob_worker.counters import Counters
 from crawljob_worker.errors import ExitCode, WorkerError
 from crawljob_worker.memory import use_jemalloc
@@ -43,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     logging.getLogger("botocore").setLevel(logging.WARNING)
     args = list(sys.argv[1:] if argv is None else argv)
-    termination_log = environ.get("CRAWLJOB_TERMINATION_LOG") or "/dev/termination-log"
+    termination_log = environ.get("CRAWLJOB_TERMINATION_LOG") or TERMINATION_LOG
     counters = Counters()
     try:
         settings = settings_from_args(args, environ)

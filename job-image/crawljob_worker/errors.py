@@ -2,20 +2,7 @@
 
 from __future__ import annotations
 
-from enum import IntEnum
-
-
-class ExitCode(IntEnum):
-    """What the operator maps to retry or give up; 2-6 are permanent, 75 is worth retrying."""
-
-    SUCCEEDED = 0
-    CRASHED = 1
-    INVALID_ARGUMENTS = 2
-    BAD_INPUT = 3
-    SOURCE_UNAVAILABLE = 4
-    REJECT_THRESHOLD_EXCEEDED = 5
-    OUTPUT_FORBIDDEN = 6
-    TRANSIENT = 75
+from crawljob_worker.contract import ExitCode as ExitCode  # the worker raises it from here
 
 
 class WorkerError(Exception):

@@ -1,7 +1,8 @@
 """What the worker tells the world: the termination message (≤ 4 KiB JSON) and progress.
 
-Progress goes to the CrawlJob's `status.progress` (a merge patch over plain HTTP, at most every few
-seconds, never fatal) when a CrawlJob name is known, and to the log (a bar on a terminal) otherwise.
+Progress goes to the CrawlJob's `status.progress` (a merge patch through the kubernetes package, see
+`kubeapi`, at most every few seconds, never fatal) when a CrawlJob name is known, and to the log (a bar
+on a terminal) otherwise.
 """
 
 from __future__ import annotations
@@ -9,25 +10,19 @@ from __future__ import annotations
 import datetime
 import json
 import logging
-import ssl
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
+
+from crawljob_worker.contract import SUMMARY_KEYS
+from crawljob_worker.kubeapi import KubeTarget, PatchFailed, StatusWriter
 
 log = logging.getLogger("crawljob_worker.report")
 
 TERMINATION_LIMIT = 4096
-SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
-SUMMARY_KEYS = (
-    "outcome", "exitCode", "reason", "message", "rowsRead", "rowsWritten", "rowsRejected", "bytesRead",
-    "outputUri", "outputObjects", "rejectsUri", "manifestUri", "durationSeconds",
-)  # fmt: skip
 
 
 def termination_message(summary: Mapping[str, Any], limit: int = TERMINATION_LIMIT) -> str:
@@ -77,65 +72,6 @@ def progress_patch(
     return {"status": {"progress": progress}}
 
 
-@dataclass(frozen=True)
-class KubeTarget:
-    """Where the CrawlJob is and how to reach the API server."""
-
-    server: str
-    namespace: str
-    name: str
-    token_file: str | None = None
-    ca_file: str | None = None
-
-    def url(self) -> str:
-        base = self.server.rstrip("/")
-        return f"{base}/apis/crawljob.io/v1alpha1/namespaces/{self.namespace}/crawljobs/{self.name}/status"
-
-
-def kube_target(
-    name: str | None, namespace: str | None, server: str | None, environ: Mapping[str, str],
-    service_account_dir: str = SERVICE_ACCOUNT_DIR,
-) -> KubeTarget | None:  # fmt: skip
-    """The API server to report to: the given server, else in-cluster; None when not in a CrawlJob."""
-    if not name:
-        return None
-    if server:
-        return KubeTarget(server=server, namespace=namespace or "default", name=name)
-    host, port = environ.get("KUBERNETES_SERVICE_HOST"), environ.get("KUBERNETES_SERVICE_PORT", "443")
-    token_file = Path(service_account_dir) / "token"
-    if not host or not token_file.exists():
-        log.warning(
-            "CRAWLJOB_NAME is set but no API server is known (no CRAWLJOB_KUBE_SERVER, not in a cluster)"
-        )
-        return None
-    if not namespace:
-        try:
-            namespace = (Path(service_account_dir) / "namespace").read_text(encoding="utf-8").strip()
-        except OSError:
-            namespace = "default"
-    host = f"[{host}]" if ":" in host else host
-    return KubeTarget(
-        server=f"https://{host}:{port}", namespace=namespace, name=name,
-        token_file=str(token_file), ca_file=str(Path(service_account_dir) / "ca.crt"),
-    )  # fmt: skip
-
-
-def patch_status(target: KubeTarget, patch: Mapping[str, Any], timeout: float = 5.0) -> None:
-    """One merge patch of the CrawlJob's status subresource."""
-    request = urllib.request.Request(
-        target.url(), data=json.dumps(patch).encode("utf-8"), method="PATCH",
-        headers={"Content-Type": "application/merge-patch+json", "Accept": "application/json"},
-    )  # fmt: skip
-    if target.token_file:
-        token = (
-            Path(target.token_file).read_text(encoding="utf-8").strip()
-        )  # re-read: projected tokens rotate
-        request.add_header("Authorization", f"Bearer {token}")
-    context = ssl.create_default_context(cafile=target.ca_file) if target.ca_file else None
-    with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
-        response.read()
-
-
 class Progress:
     """Throttled progress: at most one report per *interval*, plus a final one.
 
@@ -154,6 +90,7 @@ class Progress:
         self.total = total
         self.interval = interval
         self.target = target
+        self.writer = StatusWriter(target) if target is not None else None
         self.stream = stream if stream is not None else sys.stderr
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self.clock = clock
@@ -168,7 +105,7 @@ class Progress:
         if not final and now - self._last < self.interval:
             return
         self._last = now
-        if self.target is not None:
+        if self.writer is not None:
             self._send(progress_patch(bytes_read, self.total, rows_read, now_iso()), wait=final)
         self._show(bytes_read, rows_read, now, final)
 
@@ -184,13 +121,13 @@ class Progress:
             thread.join(timeout=10)
 
     def _patch(self, patch: dict[str, Any]) -> None:
-        assert self.target is not None
+        assert self.writer is not None
         try:
-            patch_status(self.target, patch)
+            self.writer.patch(patch)
             self.patches_sent += 1
-        except (OSError, urllib.error.URLError, ValueError) as error:
+        except PatchFailed as error:
             self.patch_errors += 1
-            log.warning("progress patch of crawljob %s failed: %s", self.target.name, error)
+            log.warning("progress patch of crawljob %s failed: %s", self.writer.target.name, error)
 
     def _show(self, bytes_read: int, rows_read: int, now: float, final: bool) -> None:
         elapsed = max(now - self.started, 1e-9)

@@ -15,10 +15,11 @@ from crawljob_worker import __version__
 from crawljob_worker.blocks import Block, iter_blocks
 from crawljob_worker.counters import Counters
 from crawljob_worker.errors import ExitCode, WorkerError
+from crawljob_worker.kubeapi import kube_target
 from crawljob_worker.opening import SourceStream, open_settings_source
 from crawljob_worker.parse import BlockParser, Dialect
 from crawljob_worker.pipeline import Drain, Pending, prefetch
-from crawljob_worker.report import Progress, kube_target
+from crawljob_worker.report import Progress
 from crawljob_worker.settings import Settings
 from crawljob_worker.sink import (
     MANIFEST_NAME,

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from crawljob_worker.contract import TERMINATION_LOG
 from crawljob_worker.errors import invalid_arguments
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ class Settings:
     dtypes: Mapping[str, pa.DataType] = field(default_factory=dict)
     max_reject_ratio: float = 0.01
     version_id: str | None = None
-    termination_log: str = "/dev/termination-log"
+    termination_log: str = TERMINATION_LOG
     chunk_bytes: int = 8 * MIB
     part_bytes: int = 128 * MIB
     retries: int = 8
@@ -124,7 +125,7 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     parser.add_argument("--version-id", default=_env(e, "VERSION_ID"), help="S3 object version to read")
     parser.add_argument(
         "--termination-log",
-        default=_env(e, "TERMINATION_LOG", "/dev/termination-log"),
+        default=_env(e, "TERMINATION_LOG", TERMINATION_LOG),
         help="where the JSON summary is written (Kubernetes terminationMessagePath)",
     )
     parser.add_argument(

@@ -17,6 +17,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "run": ("crawljob.local.stack", "run the whole pipeline locally and process a sample file"),
 }
 ALIASES = {"dev": "run"}
+# The extra of the distribution each command needs (each image installs one: see the Dockerfiles).
+EXTRAS = {"receiver": "operator", "operator": "operator", "worker": "worker", "run": "local"}
 
 
 def usage() -> str:
@@ -41,7 +43,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command not in SUBCOMMANDS:
         print(f"crawljob: unknown command {args[0]!r}\n\n{usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(SUBCOMMANDS[command][0])
+    try:
+        module = importlib.import_module(SUBCOMMANDS[command][0])
+    except ModuleNotFoundError as error:
+        if (error.name or "").split(".")[0] in {"crawljob", "crawljob_worker"}:
+            raise
+        print(
+            f"crawljob {command}: needs the Python package {error.name!r}, not installed here: "
+            f"pip install 'crawljob[{EXTRAS[command]}]' (the worker image runs `crawljob-worker`)",
+            file=sys.stderr,
+        )
+        return 2
     entry: Callable[[list[str]], int] = module.main
     return entry(args[1:]) or 0
 

@@ -1,27 +1,28 @@
 """The one place that talks to the Kubernetes API: a small async client over aiohttp.
 
 It speaks plain REST (JSON, merge patches, watch streams), which is all crawljob needs,
-and works the same against a real API server and against the kmock emulator.
+and works the same against a real API server and against the kmock emulator. Kubeconfigs are
+resolved by the `kubernetes` package's loader (why not its clients: docs/architecture.md).
 """
 
 from __future__ import annotations
 
-import asyncio
-import base64
 import json
+import logging
 import ssl
-import tempfile
-from collections.abc import AsyncIterator, Mapping
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import yaml
+
+from crawljob.models import Body
+
+log = logging.getLogger("crawljob.kube")
 
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
-
-Body = dict[str, Any]
 
 
 class KubeError(Exception):
@@ -84,7 +85,12 @@ CLUSTER_PEERINGS = Resource("kopf.dev", "v1", "clusterkopfpeerings", namespaced=
 
 @dataclass
 class Connection:
-    """Where the API is and how to authenticate to it."""
+    """Where the API is and how to authenticate to it.
+
+    *refresh*, when set, returns the current bearer token: a kubeconfig's exec plugin or OIDC provider
+    hands out short-lived tokens (15 minutes for `aws eks get-token`), which kubernetes' kubeconfig
+    loader renews when they expire; `bearer()` asks it before each request.
+    """
 
     server: str
     token: str | None = None
@@ -93,7 +99,13 @@ class Connection:
     client_key_file: str | None = None
     insecure: bool = False
     default_namespace: str = "default"
-    _tempfiles: list[Any] = field(default_factory=list, repr=False)
+    refresh: Callable[[], str | None] | None = field(default=None, repr=False)
+
+    def bearer(self) -> str | None:
+        """The token to send now (renewed through *refresh* when there is one)."""
+        if self.refresh is not None:
+            self.token = self.refresh()
+        return self.token
 
     def ssl_context(self) -> ssl.SSLContext | bool:
         if not self.server.startswith("https"):
@@ -106,64 +118,85 @@ class Connection:
         return context
 
 
-def _materialize(data_b64: str, keep: list[Any]) -> str:
-    handle = tempfile.NamedTemporaryFile(prefix="crawljob-kube-", delete=False)  # noqa: SIM115
-    handle.write(base64.b64decode(data_b64))
-    handle.flush()
-    keep.append(handle)
-    return handle.name
-
-
 def connection_from_kubeconfig(path: str | Path, context_name: str | None = None) -> Connection:
-    """Read the server, credentials and namespace of one context of a kubeconfig file."""
-    config = yaml.safe_load(Path(path).read_text()) or {}
-    current = context_name or config.get("current-context")
-    contexts = {item["name"]: item.get("context", {}) for item in config.get("contexts") or []}
-    if not contexts:
-        raise ValueError(f"kubeconfig {path} has no contexts")
-    context = contexts.get(current) if current else next(iter(contexts.values()))
-    if context is None:
-        raise ValueError(f"kubeconfig {path} has no context {current!r}")
-    clusters = {item["name"]: item.get("cluster", {}) for item in config.get("clusters") or []}
-    users = {item["name"]: item.get("user", {}) or {} for item in config.get("users") or []}
-    cluster = clusters.get(context.get("cluster"), {})
-    user = users.get(context.get("user"), {})
-    keep: list[Any] = []
-    base = Path(path).parent
+    """One context of a kubeconfig (a path, or several joined with ':' as in $KUBECONFIG), resolved by
+    kubernetes' own loader: tokens, token files, client certificates, exec plugins, OIDC providers.
 
-    def file_of(key: str, source: Mapping[str, Any]) -> str | None:
-        if source.get(f"{key}-data"):
-            return _materialize(source[f"{key}-data"], keep)
-        if source.get(key):
-            return str(base / source[key])
-        return None
+    The kubernetes package is imported here, not at the top: it costs ~0.4 s of CPU, which the receiver
+    and the operator in a cluster (no kubeconfig) do not pay.
+    """
+    from kubernetes import client
+    from kubernetes import config as kubernetes_config
 
-    token = user.get("token")
-    if not token and user.get("tokenFile"):
-        token = (base / user["tokenFile"]).read_text().strip()
+    config: Any = kubernetes_config  # its functions carry no annotations
+    configuration = client.Configuration()
+    try:
+        contexts, current = config.list_kube_config_contexts(str(path))
+        chosen = next((c for c in contexts if c["name"] == context_name), None) if context_name else current
+        if chosen is None:
+            raise ValueError(f"kubeconfig {path} has no context {context_name!r}")
+        # persist_config=False: never write renewed tokens back into the user's kubeconfig.
+        config.load_kube_config(
+            str(path), context=chosen["name"], client_configuration=configuration, persist_config=False
+        )
+    except config.ConfigException as exc:
+        raise ValueError(f"kubeconfig {path}: {exc}") from exc
+
+    def current_token() -> str | None:
+        # auth_settings() runs the loader's refresh hook, which renews an expired exec/OIDC token.
+        header = str(configuration.auth_settings().get("BearerToken", {}).get("value") or "")
+        return header.removeprefix("Bearer ").strip() or None
+
+    header = str(configuration.auth_settings().get("BearerToken", {}).get("value") or "")
+    if header and not header.startswith("Bearer "):
+        raise ValueError(f"kubeconfig {path}: only bearer tokens and client certificates are supported")
+    token = current_token()
+    if str(configuration.host).startswith("https") and not token and not configuration.cert_file:
+        raise ValueError(
+            f"kubeconfig {path}: context {chosen['name']!r} gives no credentials (no token, no client "
+            "certificate; an exec or auth-provider plugin that failed logs its error above)"
+        )
     return Connection(
-        server=str(cluster.get("server", "")).rstrip("/"),
+        server=str(configuration.host).rstrip("/"),
         token=token,
-        ca_file=file_of("certificate-authority", cluster),
-        client_cert_file=file_of("client-certificate", user),
-        client_key_file=file_of("client-key", user),
-        insecure=bool(cluster.get("insecure-skip-tls-verify", False)),
-        default_namespace=context.get("namespace") or "default",
-        _tempfiles=keep,
+        ca_file=configuration.ssl_ca_cert,
+        client_cert_file=configuration.cert_file,
+        client_key_file=configuration.key_file,
+        insecure=not configuration.verify_ssl,
+        default_namespace=(chosen.get("context") or {}).get("namespace") or "default",
+        refresh=current_token if configuration.refresh_api_key_hook is not None else None,
     )
 
 
 def connection_in_cluster(
-    directory: Path = SERVICE_ACCOUNT_DIR, host: str = "", port: str = ""
+    directory: Path = SERVICE_ACCOUNT_DIR, host: str = "", port: str = "", reread_seconds: float = 60.0
 ) -> Connection:
-    """The pod's service-account credentials and the API address from the standard env vars."""
+    """The pod's service-account credentials and the API address from the standard env vars.
+
+    The token file is read again every *reread_seconds* (as kubernetes' in-cluster loader does): the
+    kubelet rotates projected service-account tokens, and the receiver and operator run for days.
+    """
+    token_file = directory / "token"
+    read_at = [time.monotonic()]
+    token = [token_file.read_text().strip()]
+
+    def current_token() -> str | None:
+        if time.monotonic() - read_at[0] >= reread_seconds:
+            try:
+                token[0] = token_file.read_text().strip()
+                read_at[0] = time.monotonic()
+            except OSError as exc:  # keep the last token; the API answers 401 if it is no longer valid
+                log.warning("cannot re-read the service-account token %s: %s", token_file, exc)
+        return token[0]
+
     return Connection(
         server=f"https://{host}:{port}",
-        token=(directory / "token").read_text().strip(),
+        token=token[0],
         ca_file=str(directory / "ca.crt"),
         default_namespace=(directory / "namespace").read_text().strip()
         if (directory / "namespace").exists()
         else "default",
+        refresh=current_token,
     )
 
 
@@ -175,7 +208,7 @@ def discover_connection(
     if server:
         return Connection(server=server.rstrip("/"), token=env.get("CRAWLJOB_KUBE_TOKEN") or None)
     if kubeconfig or env.get("KUBECONFIG"):
-        return connection_from_kubeconfig(kubeconfig or env["KUBECONFIG"].split(":")[0])
+        return connection_from_kubeconfig(kubeconfig or env["KUBECONFIG"])
     if env.get("KUBERNETES_SERVICE_HOST") and (SERVICE_ACCOUNT_DIR / "token").exists():
         return connection_in_cluster(
             host=env["KUBERNETES_SERVICE_HOST"], port=env.get("KUBERNETES_SERVICE_PORT", "443")
@@ -222,8 +255,6 @@ class KubeClient:
     async def open(self) -> None:
         if self._session is None:
             headers = {"Accept": "application/json", "User-Agent": self.user_agent}
-            if self.connection.token:
-                headers["Authorization"] = f"Bearer {self.connection.token}"
             connector = aiohttp.TCPConnector(ssl=self.connection.ssl_context(), limit=64)
             self._session = aiohttp.ClientSession(
                 base_url=None, headers=headers, connector=connector, raise_for_status=False
@@ -240,6 +271,11 @@ class KubeClient:
             raise RuntimeError("KubeClient is not open")
         return self._session
 
+    def _auth_headers(self) -> dict[str, str]:
+        """Per request, not per session: a kubeconfig's exec/OIDC token is renewed when it expires."""
+        token = self.connection.bearer()
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
     async def request(
         self,
         method: str,
@@ -252,7 +288,9 @@ class KubeClient:
         """One API call; the decoded JSON answer, or a KubeError subclass."""
         url = self.connection.server + path
         data = json.dumps(body).encode() if body is not None else None
-        headers = {"Content-Type": content_type} if data is not None else {}
+        headers = self._auth_headers()
+        if data is not None:
+            headers["Content-Type"] = content_type
         try:
             async with self.session.request(
                 method,
@@ -325,7 +363,10 @@ class KubeClient:
         url = self.connection.server + resource.path(namespace)
         try:
             async with self.session.get(
-                url, params=params, timeout=aiohttp.ClientTimeout(total=None, sock_read=timeout_seconds + 30)
+                url,
+                params=params,
+                headers=self._auth_headers(),
+                timeout=aiohttp.ClientTimeout(total=None, sock_read=timeout_seconds + 30),
             ) as response:
                 if response.status >= 400:
                     raise _error_for(response.status, await response.text())
@@ -343,16 +384,3 @@ class KubeClient:
 def _labels_match(obj: Body, labels: Mapping[str, str]) -> bool:
     have = (obj.get("metadata") or {}).get("labels") or {}
     return all(have.get(key) == value for key, value in labels.items())
-
-
-async def wait_for(predicate: Any, timeout: float, interval: float = 0.1, what: str = "condition") -> Any:
-    """Await an async *predicate* until it returns a truthy value (for tools and tests)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = await predicate()
-        if value:
-            return value
-        if loop.time() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-        await asyncio.sleep(interval)

@@ -13,13 +13,25 @@ VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 KIND = "CrawlJob"
 PLURAL = "crawljobs"
-SHORT_NAME = "cjob"
 
 # Labels put on every Job and Pod the operator makes, so they can be found again.
 LABEL_NAME = "app.kubernetes.io/name"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_CRAWLJOB = "crawljob.io/crawljob"
 MANAGED_BY = "crawljob-operator"
+
+# Annotations: what users write to ask for a new run or a cancellation; what the receiver and the
+# operator record.
+ANNOTATION_RERUN = "crawljob.io/rerun"
+ANNOTATION_CANCEL = "crawljob.io/cancel"
+ANNOTATION_RUN = "crawljob.io/run"  # on a Job: which run of its CrawlJob it is
+ANNOTATION_RAW_KEY = "crawljob.io/raw-key"  # the key as the event spelled it, when decoding changed it
+
+# The worker's container in every Job's Pod (the operator reads its state and termination message).
+WORKER_CONTAINER = "worker"
+# Where the operator writes when no output URI is configured (`s3://<source bucket>/crawljob-output/
+# <name>/`); the receiver's loop guard ignores events under it in any bucket.
+DEFAULT_OUTPUT_PREFIX = "crawljob-output/"
 
 # The Job name must leave room for the pod suffix the Job controller appends ("-" + 5 chars),
 # and pods carry a "job-name" label (≤ 63). 52 keeps Indexed Job pod names valid too.
@@ -90,7 +102,7 @@ def crawljob_manifest(
         source["sequencer"] = ref.sequencer
     if ref.event_time:
         source["eventTime"] = ref.event_time
-    annotations = {"crawljob.io/raw-key": raw_key} if raw_key is not None and raw_key != ref.key else {}
+    annotations = {ANNOTATION_RAW_KEY: raw_key} if raw_key is not None and raw_key != ref.key else {}
     metadata: dict[str, object] = {
         "name": crawljob_name(ref),
         "namespace": namespace,

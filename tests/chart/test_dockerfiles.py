@@ -13,7 +13,7 @@ from chart_render import ROOT
 
 DOCKERFILES = {
     "operator/Dockerfile": ("crawljob", '".[operator]"'),
-    "job-image/Dockerfile": ("crawljob-worker", " . "),
+    "job-image/Dockerfile": ("crawljob-worker", '".[worker]"'),
 }
 
 

@@ -33,6 +33,7 @@ import yaml
 
 from crawljob import kube, resource
 from crawljob.local.s3 import free_port
+from fakes.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 TOOLS = ROOT / "tools" / "cluster"
@@ -116,7 +117,7 @@ async def _install_crd(cluster: Cluster) -> None:
             conditions = (crd.get("status") or {}).get("conditions") or []
             return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
 
-        await kube.wait_for(established, timeout=30, what="the CrawlJob CRD to be established")
+        await wait_for(established, timeout=30, what="the CrawlJob CRD to be established")
 
         async def served() -> bool:
             try:
@@ -125,7 +126,7 @@ async def _install_crd(cluster: Cluster) -> None:
                 return False
             return True
 
-        await kube.wait_for(served, timeout=30, what="the crawljobs endpoint to be served")
+        await wait_for(served, timeout=30, what="the crawljobs endpoint to be served")
 
         # `kubectl explain` reads the published OpenAPI document, which the server updates
         # a few seconds after the CRD is established.
@@ -133,9 +134,7 @@ async def _install_crd(cluster: Cluster) -> None:
             document = await client.request("GET", "/openapi/v2", timeout=30)
             return "io.crawljob.v1alpha1.CrawlJob" in (document.get("definitions") or {})
 
-        await kube.wait_for(
-            published, timeout=60, interval=0.5, what="the CRD's OpenAPI schema to be published"
-        )
+        await wait_for(published, timeout=60, interval=0.5, what="the CRD's OpenAPI schema to be published")
 
 
 @pytest.fixture
@@ -161,7 +160,7 @@ async def namespace(client: kube.KubeClient) -> AsyncIterator[str]:
         return bool(account.get("secrets"))
 
     # The ServiceAccount admission plugin refuses Pods until "default" has its token.
-    await kube.wait_for(has_token, timeout=30, what=f"the default ServiceAccount token in {name}")
+    await wait_for(has_token, timeout=30, what=f"the default ServiceAccount token in {name}")
     yield name
     await client.request("DELETE", NAMESPACES.path(None, name))
 
@@ -381,7 +380,7 @@ async def service_account_token(client: kube.KubeClient, namespace: str, account
         refs = (await client.get(accounts, namespace, account)).get("secrets") or []
         return str(refs[0]["name"]) if refs else None
 
-    secret_name = await kube.wait_for(token_secret, timeout=30, what=f"the token of ServiceAccount {account}")
+    secret_name = await wait_for(token_secret, timeout=30, what=f"the token of ServiceAccount {account}")
     secret = await client.get(secrets, namespace, secret_name)
     return base64.b64decode(secret["data"]["token"]).decode()
 

@@ -10,6 +10,7 @@ from typing import Any
 import psutil
 
 from crawljob import kube, resource
+from fakes.waiting import wait_for
 
 from .conftest import Child
 
@@ -73,7 +74,7 @@ async def wait_job_condition(client: kube.KubeClient, namespace: str, name: str,
         current = await client.get(kube.JOBS, namespace, name)
         return current if condition(current, kind) else None
 
-    result: dict[str, Any] = await kube.wait_for(reached, timeout=60, what=f"Job {name} {kind}")
+    result: dict[str, Any] = await wait_for(reached, timeout=60, what=f"Job {name} {kind}")
     return result
 
 
@@ -141,7 +142,7 @@ async def test_deleting_the_crawljob_cancels_its_job_through_the_garbage_collect
         pods = await job_pods(client, namespace, name)
         return bool(pods) and pods[0]["status"].get("phase") == "Running"
 
-    await kube.wait_for(running, timeout=60, what="the worker pod to run")
+    await wait_for(running, timeout=60, what="the worker pod to run")
     assert processes_with(marker)
 
     await client.delete(kube.CRAWLJOBS, namespace, name, propagation="Foreground")
@@ -155,12 +156,12 @@ async def test_deleting_the_crawljob_cancels_its_job_through_the_garbage_collect
                 pass
         return not await job_pods(client, namespace, name)
 
-    await kube.wait_for(all_gone, timeout=60, what="the garbage collector to delete the Job and its Pod")
+    await wait_for(all_gone, timeout=60, what="the garbage collector to delete the Job and its Pod")
 
     async def process_ended() -> bool:
         return not processes_with(marker)
 
-    await kube.wait_for(process_ended, timeout=30, what="the kubelet to stop the cancelled process")
+    await wait_for(process_ended, timeout=30, what="the kubelet to stop the cancelled process")
 
 
 async def test_active_deadline_fails_the_job_and_stops_the_process(
@@ -179,7 +180,7 @@ async def test_active_deadline_fails_the_job_and_stops_the_process(
     async def process_ended() -> bool:
         return not processes_with(marker)
 
-    await kube.wait_for(process_ended, timeout=30, what="the kubelet to stop the process past its deadline")
+    await wait_for(process_ended, timeout=30, what="the kubelet to stop the process past its deadline")
 
 
 async def test_stopping_the_kubelet_stops_its_processes(
@@ -192,7 +193,7 @@ async def test_stopping_the_kubelet_stops_its_processes(
     async def started() -> bool:
         return bool(processes_with(marker))
 
-    await kube.wait_for(started, timeout=60, what="the process to start")
+    await wait_for(started, timeout=60, what="the process to start")
     kubelet.stop()
     assert kubelet.process is not None and kubelet.process.returncode == 0
     assert not processes_with(marker)

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from crawljob import kube, resource
+from fakes.waiting import wait_for
 
 from .conftest import Child, requires_modules
 from .test_jobs import condition, job_pods, processes_with
@@ -75,7 +76,7 @@ async def wait_phase(
         current = await client.get(kube.CRAWLJOBS, namespace, name)
         return current if (current.get("status") or {}).get("phase") == phase else None
 
-    return await kube.wait_for(reached, timeout=timeout, interval=0.3, what=f"CrawlJob {name} phase {phase}")
+    return await wait_for(reached, timeout=timeout, interval=0.3, what=f"CrawlJob {name} phase {phase}")
 
 
 @requires_modules(RECEIVER)
@@ -151,7 +152,7 @@ async def test_deleting_a_running_crawljob_cancels_its_job_and_pod(
     async def worker_runs() -> bool:
         return bool(processes_with(marker))
 
-    await kube.wait_for(worker_runs, timeout=60, what="the worker process to start")
+    await wait_for(worker_runs, timeout=60, what="the worker process to start")
     kubectl("delete", "crawljob", name, "--wait=false")
 
     async def cancelled() -> bool:
@@ -161,7 +162,7 @@ async def test_deleting_a_running_crawljob_cancels_its_job_and_pod(
         except kube.NotFound:
             return not await job_pods(client, namespace, name) and not processes_with(marker)
 
-    await kube.wait_for(cancelled, timeout=90, what="the Job, its Pod and the worker process to go")
+    await wait_for(cancelled, timeout=90, what="the Job, its Pod and the worker process to go")
 
 
 @requires_modules(OPERATOR, WORKER)
@@ -184,7 +185,7 @@ async def test_operator_restart_adopts_the_job_despite_concurrent_writes(
         except kube.NotFound:
             return None
 
-    job = await kube.wait_for(job_made, timeout=60, what="the operator to create the Job")
+    job = await wait_for(job_made, timeout=60, what="the operator to create the Job")
     first.stop(signal.SIGKILL)  # a crash: no cleanup, no goodbye
 
     # While it is down, someone else writes the CrawlJob: the resourceVersion the operator last saw

@@ -21,6 +21,7 @@ import yaml
 
 from crawljob import kube, resource
 from crawljob.local.s3 import free_port
+from fakes.waiting import wait_for
 
 from .conftest import BIN, CRDS, ROOT, Child, Cluster, wait_http
 from .test_helm import helm_install, operator_identity_and_env  # noqa: F401 (helm_install: a fixture)
@@ -53,7 +54,7 @@ async def install_peering_crd(client: kube.KubeClient, namespace: str) -> None:
             return False
         return True
 
-    await kube.wait_for(served, timeout=30, what="the kopfpeerings endpoint to be served")
+    await wait_for(served, timeout=30, what="the kopfpeerings endpoint to be served")
 
 
 def managers(body: dict[str, Any]) -> set[str]:
@@ -105,7 +106,7 @@ async def test_only_the_active_replica_writes_and_the_standby_takes_over_after_a
     async def both_alive() -> bool:
         return {"op-high", "op-low"} <= set(await peers())
 
-    await kube.wait_for(both_alive, timeout=30, what="both keep-alives in the KopfPeering")
+    await wait_for(both_alive, timeout=30, what="both keep-alives in the KopfPeering")
     bodies = [
         resource.crawljob_manifest(resource.ObjectRef(bucket="b", key=f"ha/c{index}_sleep-1_ok-{index + 1}.csv"),
                                    namespace)
@@ -114,7 +115,7 @@ async def test_only_the_active_replica_writes_and_the_standby_takes_over_after_a
     names = [str(body["metadata"]["name"]) for body in bodies]  # type: ignore[index]
     for body in bodies:
         await client.create(kube.CRAWLJOBS, namespace, body)
-    await kube.wait_for(lambda: succeeded(2), timeout=90, what="2 CrawlJobs Succeeded")
+    await wait_for(lambda: succeeded(2), timeout=90, what="2 CrawlJobs Succeeded")
 
     # So far only op-high wrote Jobs and statuses (as the API server recorded it).
     writers = set()
@@ -135,7 +136,7 @@ async def test_only_the_active_replica_writes_and_the_standby_takes_over_after_a
     async def high_cleaned() -> bool:
         return "op-high" not in await peers() and "op-low" in await peers()
 
-    await kube.wait_for(high_cleaned, timeout=30, what="op-high's expired keep-alive cleaned up")
+    await wait_for(high_cleaned, timeout=30, what="op-high's expired keep-alive cleaned up")
     assert low.process is not None and low.process.poll() is None
     low.stop()
     assert "op-low" not in await peers()  # a graceful exit removes its own keep-alive
@@ -180,7 +181,7 @@ async def test_the_charts_ha_mode_installs_and_its_rbac_lets_the_operator_peer_a
             return None
         return (body.get("status") or {}).get(pod_name)
 
-    entry = await kube.wait_for(keepalive, timeout=30, what="pod 0's keep-alive in the KopfPeering")
+    entry = await wait_for(keepalive, timeout=30, what="pod 0's keep-alive in the KopfPeering")
     assert entry["priority"] == 0
     name, body = crawljob_for("landing", "ha/chart.csv", "h1", namespace)
     await client.create(kube.CRAWLJOBS, namespace, body)
@@ -191,5 +192,5 @@ async def test_the_charts_ha_mode_installs_and_its_rbac_lets_the_operator_peer_a
         except kube.NotFound:
             return None
 
-    job = await kube.wait_for(job_made, timeout=60, what="the active operator to create the Job")
+    job = await wait_for(job_made, timeout=60, what="the active operator to create the Job")
     assert f"crawljob-operator ({pod_name})" in managers(job)

@@ -15,6 +15,7 @@ from typing import Any
 
 from crawljob import kube, resource
 from crawljob.local.runner import JobRunner
+from fakes.waiting import wait_for
 
 FAKE_WORKER = Path(__file__).with_name("worker.py")
 NAMESPACE = "default"
@@ -103,7 +104,7 @@ async def count_job_creations(client: kube.KubeClient, counts: Counter[str]) -> 
 
 async def wait_until(predicate: Callable[[], Awaitable[Any]], timeout: float, what: str) -> Any:
     """Poll *predicate* until truthy; TimeoutError naming *what* otherwise."""
-    return await kube.wait_for(predicate, timeout=timeout, interval=0.1, what=what)
+    return await wait_for(predicate, timeout=timeout, interval=0.1, what=what)
 
 
 async def wait_phase(

@@ -33,6 +33,8 @@ def main(argv: list[str]) -> int:
     if state_dir:  # one line per run, so tests can count how often each CrawlJob really ran
         with (Path(state_dir) / "runs.log").open("a") as runs:
             runs.write(os.environ.get("CRAWLJOB_NAME", "?") + "\n")
+        # The process of the latest run, so tests can check that a cancelled run really stopped.
+        (Path(state_dir) / f"pid-{os.environ.get('CRAWLJOB_NAME', '?')}").write_text(str(os.getpid()))
     rows = 10
     for step in stem.split("_"):
         verb, _, arg = step.partition("-")

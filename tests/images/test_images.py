@@ -25,6 +25,7 @@ import yaml
 from crawljob import kube, resource
 from crawljob.local.s3 import LocalS3, free_port
 from crawljob.local.sample import generate_csv
+from fakes.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
@@ -91,14 +92,40 @@ def test_operator_image_has_both_commands() -> None:
     assert version.stdout.strip() == VERSION
 
 
-def test_worker_image_has_no_operator_dependencies() -> None:
+def importable(image: str, modules: tuple[str, ...]) -> list[str]:
+    """Which of *modules* the image's Python can import (find_spec: nothing is executed)."""
     script = (
-        "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) for m in ('kopf', 'kmock', 'moto')))"
+        "import importlib.util as u, json, sys; "
+        "print(json.dumps([m for m in sys.argv[1:] if u.find_spec(m)]))"
     )
     result = subprocess.run(
-        [*RUN, "--entrypoint", "python3", WORKER_IMAGE, "-c", script], capture_output=True
+        [*RUN, "--entrypoint", "python3", image, "-c", script, *modules],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    found: list[str] = json.loads(result.stdout)
+    return found
+
+
+def test_worker_image_has_no_operator_dependencies() -> None:
+    assert importable(WORKER_IMAGE, ("kopf", "aiohttp", "kmock", "moto", "prometheus_client")) == []
+    assert importable(WORKER_IMAGE, ("pandas", "pyarrow", "boto3", "kubernetes")) == [
+        "pandas", "pyarrow", "boto3", "kubernetes",
+    ]  # fmt: skip
+
+
+def test_operator_image_has_no_worker_dependencies() -> None:
+    assert importable(OPERATOR_IMAGE, ("pandas", "pyarrow", "numpy", "boto3", "kmock", "moto")) == []
+    assert importable(OPERATOR_IMAGE, ("kopf", "aiohttp", "prometheus_client", "kubernetes")) == [
+        "kopf", "aiohttp", "prometheus_client", "kubernetes",
+    ]  # fmt: skip
+
+
+def test_operator_image_names_the_extra_a_worker_run_would_need() -> None:
+    result = subprocess.run(
+        [*RUN, OPERATOR_IMAGE, "worker", "--help"], capture_output=True, text=True, timeout=60
     )
-    assert result.returncode == 0, "the worker image carries kopf, kmock or moto"
+    assert result.returncode == 2
+    assert "pip install 'crawljob[worker]'" in result.stderr, result.stderr
 
 
 def termination_file(tmp_path: Path) -> Path:
@@ -283,7 +310,7 @@ async def test_operator_image_answers_healthz_and_turns_a_crawljob_into_a_job(
         jobs = await kube_client.list(kube.JOBS, "default")
         return [job for job in jobs if job["metadata"]["name"] == name]
 
-    (job,) = await kube.wait_for(job_made, timeout=60, what=f"the operator to create Job {name}")
+    (job,) = await wait_for(job_made, timeout=60, what=f"the operator to create Job {name}")
     (worker,) = job["spec"]["template"]["spec"]["containers"]
     assert worker["image"] == WORKER_IMAGE
     assert worker["args"][0] == "s3://incoming/drops/readings.csv"

@@ -9,21 +9,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 import aiohttp.web
-import attrs
-import kmock
 import pytest
 
 from crawljob import kube
-from crawljob.local.emulator import Emulator, register_crawljob_crd, register_peering_crds
 from crawljob.local.s3 import free_port
-from crawljob.operator import peering
+from fakes.recording import Call, recording_emulator
 from fakes.stack import (
     NAMESPACE,
     OperatorProcess,
@@ -38,54 +32,6 @@ pytestmark = pytest.mark.timeout(90)
 
 PEERING = "crawljob-operator"
 LIFETIME = 3  # seconds: kopf's keep-alive then runs every second; a crash is noticed within ~3 s
-
-
-@dataclass(frozen=True)
-class Call:
-    at: float  # time.monotonic()
-    method: str
-    path: str
-    user_agent: str
-
-    @property
-    def is_write(self) -> bool:
-        return self.method in {"POST", "PUT", "PATCH", "DELETE"}
-
-    @property
-    def is_peering(self) -> bool:
-        return f"/{peering.GROUP}/" in self.path
-
-
-@attrs.define(kw_only=True)
-class RecordingEmulator(Emulator):
-    """The emulator, keeping (time, method, path, user agent) of every request it answers."""
-
-    calls: list[Call] = attrs.field(factory=list)
-
-    async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
-        method = str(getattr(request.method, "value", request.method)).upper()
-        user_agent = str(request.headers.get("User-Agent", ""))
-        self.calls.append(Call(time.monotonic(), method, str(request.url.path), user_agent))
-        return await super()._handle(request)
-
-    def writes_by(self, identity: str, since: float = 0.0) -> list[Call]:
-        """Writes (other than peering keep-alives) the operator replica *identity* made."""
-        return [call for call in self.calls_by(identity, since) if call.is_write and not call.is_peering]
-
-    def calls_by(self, identity: str, since: float = 0.0) -> list[Call]:
-        """Every request the operator replica *identity* made (through its own API client)."""
-        agent = f"crawljob-operator ({identity})"
-        return [call for call in self.calls if call.at >= since and call.user_agent == agent]
-
-
-@asynccontextmanager
-async def recording_emulator() -> AsyncIterator[tuple[RecordingEmulator, str]]:
-    emulator = RecordingEmulator()
-    emulator.resources.load_bundled()
-    register_crawljob_crd(emulator)
-    register_peering_crds(emulator)
-    async with emulator, kmock.Server(emulator, host="127.0.0.1") as server:
-        yield emulator, str(server.url).rstrip("/")
 
 
 def replica(
@@ -255,7 +201,7 @@ async def test_a_returning_higher_priority_replica_takes_over_without_duplicates
     displaced replica stops creating Jobs before the returning one starts, and no status ever
     goes back from a finished phase (a replica that stood by must not act on what it saw before)."""
     lifetime = 6  # gate checks every second: the returning replica waits that long before acting
-    bodies = [crawljob(f"ha/b{index:02d}_sleep-1_ok-{index + 1}.csv") for index in range(9)]
+    bodies = [crawljob(f"ha/b{index:02d}_sleep-3_ok-{index + 1}.csv") for index in range(9)]
     last = crawljob("ha/b-last_ok-10.csv")
     names = [body["metadata"]["name"] for body in bodies]
     job_additions: Counter[str] = Counter()

@@ -15,6 +15,7 @@ from crawljob import kube
 from crawljob.local.emulator import Emulator
 from crawljob.receiver.app import create_app
 from crawljob.receiver.settings import ReceiverSettings
+from fakes.waiting import wait_for
 
 EVENTS = Path(__file__).parent.parent / "data" / "events"
 NAMESPACE = "crawl"
@@ -406,7 +407,7 @@ async def test_slow_api_answers_503_and_the_redelivery_is_a_duplicate(aiohttp_cl
             async def stored() -> bool:
                 return emulator.in_flight == 0 and len(await crawljobs(api)) == 1
 
-            await kube.wait_for(stored, timeout=5, what="the slow create to land")
+            await wait_for(stored, timeout=5, what="the slow create to land")
             second = await client.post("/v1/trigger", data=body)
             assert second.status == 202
             assert (await second.json())["crawljobs"][0]["status"] == "duplicate"
@@ -541,7 +542,7 @@ async def test_crawljob_receiver_command_serves_and_warns_when_auth_is_off(
                 except aiohttp.ClientConnectionError:
                     return False
 
-            await kube.wait_for(listening, timeout=30, what="crawljob receiver to listen")
+            await wait_for(listening, timeout=30, what="crawljob receiver to listen")
             async with session.post(
                 f"http://127.0.0.1:{port}/v1/trigger", data=(EVENTS / "minimal.json").read_bytes()
             ) as response:

@@ -23,6 +23,7 @@ from crawljob import kube
 from crawljob.receiver.app import create_app
 from crawljob.receiver.settings import ReceiverSettings
 from crawljob.resource import ObjectRef, crawljob_name
+from fakes.waiting import wait_for
 
 NAMESPACE = "storm"
 DELIVERIES = 2000
@@ -107,7 +108,7 @@ async def test_event_storm_loses_nothing_acknowledged_and_duplicates_nothing(aio
                 async def settled() -> bool:
                     return emulator.in_flight == 0
 
-                await kube.wait_for(settled, timeout=10, what="delayed creates to land")
+                await wait_for(settled, timeout=10, what="delayed creates to land")
                 stored = await api.list(kube.CRAWLJOBS, NAMESPACE)
                 names = collections.Counter(item["metadata"]["name"] for item in stored)
                 identities = collections.Counter(
@@ -131,7 +132,7 @@ async def test_event_storm_loses_nothing_acknowledged_and_duplicates_nothing(aio
                     rounds += 1
                     retried = await asyncio.gather(*(post(index) for index in pending))
                     pending = [index for index, status in zip(pending, retried, strict=True) if status >= 300]
-                await kube.wait_for(settled, timeout=10, what="delayed creates to land")
+                await wait_for(settled, timeout=10, what="delayed creates to land")
                 final = await api.list(kube.CRAWLJOBS, NAMESPACE)
 
     print(

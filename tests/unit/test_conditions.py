@@ -34,8 +34,8 @@ def test_other_conditions_are_kept_and_input_is_not_mutated() -> None:
     result = conditions.set_condition(original, "Failed", False, "NotFailed", "", "T1")
     assert [item["type"] for item in result] == ["Queued", "Failed"]
     assert len(original) == 1
-    assert conditions.is_true(result, "Queued")
-    assert not conditions.is_true(result, "Failed")
+    assert (conditions.get_condition(result, "Queued") or {}).get("status") == "True"
+    assert (conditions.get_condition(result, "Failed") or {}).get("status") == "False"
     assert conditions.get_condition(result, "Absent") is None
 
 

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from crawljob.models import Job
 from crawljob.operator import jobs
 from crawljob.operator.settings import OperatorSettings, operator_parser, operator_settings
 
@@ -47,7 +48,7 @@ def test_job_has_contract_metadata_and_owner_reference() -> None:
             "blockOwnerDeletion": True,
         }
     ]
-    assert jobs.is_owned_by(job, "uid-1") and not jobs.is_owned_by(job, "other")
+    assert Job.parse(job).is_owned_by("uid-1") and not Job.parse(job).is_owned_by("other")
 
 
 def test_job_spec_retries_deadline_ttl_and_pod_failure_policy() -> None:

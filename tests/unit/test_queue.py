@@ -2,6 +2,8 @@
 
 import pytest
 
+from crawljob import times
+from crawljob.models import CrawlJob
 from crawljob.operator import gc, queue
 from crawljob.operator.queue import Candidate
 
@@ -37,17 +39,22 @@ def test_nothing_is_admitted_when_the_cap_is_full_or_exceeded() -> None:
     assert plan.active == 4
 
 
-def test_candidate_from_a_body() -> None:
-    body = {"metadata": {"name": "x", "creationTimestamp": "2026-01-01T00:00:00Z"}}
-    assert queue.candidate_from(body, active=False, waiting=True) == _waiting("x", "2026-01-01T00:00:00Z")
+def test_a_position_is_rewritten_often_near_the_head_and_rarely_behind_it() -> None:
+    assert queue.position_due(1, last_written=100.0, now=100.0 + queue.POSITION_HEAD_SECONDS)
+    assert not queue.position_due(1, last_written=100.0, now=100.0 + queue.POSITION_HEAD_SECONDS - 0.1)
+    behind = queue.POSITION_EXACT_HEAD + 1
+    assert not queue.position_due(behind, last_written=100.0, now=100.0 + queue.POSITION_HEAD_SECONDS)
+    assert queue.position_due(behind, last_written=100.0, now=100.0 + queue.POSITION_REFRESH_SECONDS)
 
 
-def _finished(name: str, phase: str, completed: str) -> dict[str, object]:
-    return {"metadata": {"name": name}, "status": {"phase": phase, "completionTime": completed}}
+def _finished(name: str, phase: str, completed: str) -> CrawlJob:
+    return CrawlJob.parse(
+        {"metadata": {"name": name}, "status": {"phase": phase, "completionTime": completed}}
+    )
 
 
 def test_gc_selects_past_ttl_and_beyond_history_limits_per_outcome() -> None:
-    now = gc.parse_time("2026-01-01T01:00:00Z")
+    now = times.parse_time("2026-01-01T01:00:00Z")
     assert now is not None
     items = [
         _finished("old-ok", "Succeeded", "2026-01-01T00:00:00Z"),
@@ -56,7 +63,7 @@ def test_gc_selects_past_ttl_and_beyond_history_limits_per_outcome() -> None:
         _finished("ok3", "Succeeded", "2026-01-01T00:57:00Z"),
         _finished("bad1", "Failed", "2026-01-01T00:59:30Z"),
         _finished("bad2", "Cancelled", "2026-01-01T00:59:00Z"),
-        {"metadata": {"name": "running"}, "status": {"phase": "Running"}},
+        CrawlJob.parse({"metadata": {"name": "running"}, "status": {"phase": "Running"}}),
     ]
     assert gc.select_for_deletion(items, now, ttl_seconds=1800, successful_limit=None, failed_limit=None) == [
         "old-ok"

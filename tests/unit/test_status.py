@@ -7,9 +7,19 @@ from typing import Any
 
 import pytest
 
-from crawljob.operator import status
+from crawljob.models import JobStatus, PodStatus
+from crawljob.operator import status, workload
 
 NOW = "2026-01-01T00:10:00Z"
+
+
+def _observe(job: dict[str, Any], pods: list[dict[str, Any]], now: str) -> status.Observation:
+    """status.observe on bodies, parsed as the operator's view parses them."""
+    return status.observe(JobStatus.parse(job), [PodStatus.parse(pod) for pod in pods], now)
+
+
+def _explained(job: dict[str, Any], pods: list[dict[str, Any]]) -> bool:
+    return workload.pods_explain_verdict(JobStatus.parse(job), [PodStatus.parse(pod) for pod in pods])
 
 
 def _job(condition: str | None = None, reason: str = "", **job_status: Any) -> dict[str, Any]:
@@ -61,7 +71,7 @@ def test_success_fills_the_result_from_the_termination_message() -> None:
         durationSeconds=1.23456,
         unknownField="x",
     )
-    observed = status.observe(
+    observed = _observe(
         _job("Complete", succeeded=1, completionTime="2026-01-01T00:06:00Z"),
         [_pod("p1", "Succeeded", _terminated(0, message, "Completed"))],
         NOW,
@@ -92,9 +102,7 @@ def test_success_fills_the_result_from_the_termination_message() -> None:
     ],
 )
 def test_bad_termination_message_is_reported_not_crashed_on(message: str, words: str) -> None:
-    observed = status.observe(
-        _job("Complete", succeeded=1), [_pod("p", "Succeeded", _terminated(0, message))], NOW
-    )
+    observed = _observe(_job("Complete", succeeded=1), [_pod("p", "Succeeded", _terminated(0, message))], NOW)
     assert observed.phase == "Succeeded"
     assert observed.reason == "ResultUnavailable"
     assert words in observed.message
@@ -114,7 +122,7 @@ def test_bad_termination_message_is_reported_not_crashed_on(message: str, words:
 )
 def test_permanent_worker_exit_codes_name_their_cause(code: int, reason: str, words: str) -> None:
     message = json.dumps({"outcome": "Failed", "exitCode": code, "reason": reason, "message": "detail here"})
-    observed = status.observe(
+    observed = _observe(
         _job("Failed", "PodFailurePolicy", failed=1), [_pod("p", "Failed", _terminated(code, message))], NOW
     )
     assert observed.phase == "Failed"
@@ -130,7 +138,7 @@ def test_backoff_limit_names_the_attempts_and_the_last_failure() -> None:
         {"outcome": "Failed", "exitCode": 75, "reason": "Transient", "message": "throttled"}
     )
     pods = [_pod(f"p{i}", "Failed", _terminated(75, transient, finished=f"T{i}")) for i in range(3)]
-    observed = status.observe(_job("Failed", "BackoffLimitExceeded", failed=3), pods, NOW)
+    observed = _observe(_job("Failed", "BackoffLimitExceeded", failed=3), pods, NOW)
     assert observed.reason == "BackoffLimitExceeded"
     assert "failed 3 times (backoffLimit=2)" in observed.message
     assert "unreachable or throttled" in observed.message
@@ -139,7 +147,7 @@ def test_backoff_limit_names_the_attempts_and_the_last_failure() -> None:
 
 def test_oom_killed_is_said_in_words() -> None:
     pods = [_pod("p", "Failed", _terminated(137, "", "OOMKilled"))]
-    observed = status.observe(_job("Failed", "BackoffLimitExceeded", failed=1), pods, NOW)
+    observed = _observe(_job("Failed", "BackoffLimitExceeded", failed=1), pods, NOW)
     assert observed.reason == "OOMKilled"
     assert "ran out of memory" in observed.message
     assert "limits.memory" in observed.message
@@ -147,13 +155,13 @@ def test_oom_killed_is_said_in_words() -> None:
 
 def test_crash_without_json_falls_back_to_the_log_tail() -> None:
     pods = [_pod("p", "Failed", _terminated(1, "some log\nRuntimeError: boom"))]
-    observed = status.observe(_job("Failed", "BackoffLimitExceeded", failed=1), pods, NOW)
+    observed = _observe(_job("Failed", "BackoffLimitExceeded", failed=1), pods, NOW)
     assert "crashed with exit code 1" in observed.message
     assert "RuntimeError: boom" in observed.message
 
 
 def test_deadline_exceeded() -> None:
-    observed = status.observe(_job("Failed", "DeadlineExceeded", failed=1), [], NOW)
+    observed = _observe(_job("Failed", "DeadlineExceeded", failed=1), [], NOW)
     assert observed.phase == "Failed"
     assert observed.reason == "DeadlineExceeded"
     assert "activeDeadlineSeconds=60" in observed.message
@@ -170,7 +178,7 @@ def test_deadline_exceeded() -> None:
 )
 def test_stuck_pending_pod_is_surfaced_while_waiting(waiting: str, words: str) -> None:
     pod = _pod("p", "Pending", {"waiting": {"reason": waiting, "message": "secret s3-creds not found"}})
-    observed = status.observe(_job(active=1), [pod], NOW)
+    observed = _observe(_job(active=1), [pod], NOW)
     assert observed.phase == "Pending"
     assert observed.reason == waiting
     assert words in observed.message and "s3-creds" in observed.message
@@ -179,9 +187,9 @@ def test_stuck_pending_pod_is_surfaced_while_waiting(waiting: str, words: str) -
 
 def test_running_and_pending() -> None:
     running = _pod("p", "Running", {"running": {"startedAt": "T"}})
-    assert status.observe(_job(active=1), [running], NOW).phase == "Running"
-    assert status.observe(_job(active=1), [], NOW).phase == "Pending"
-    retry = status.observe(_job(active=1, failed=1), [_pod("a", "Failed", _terminated(1)), running], NOW)
+    assert _observe(_job(active=1), [running], NOW).phase == "Running"
+    assert _observe(_job(active=1), [], NOW).phase == "Pending"
+    retry = _observe(_job(active=1, failed=1), [_pod("a", "Failed", _terminated(1)), running], NOW)
     assert retry.phase == "Running" and retry.attempts == 2 and "attempt 2" in retry.message
 
 
@@ -213,10 +221,10 @@ def test_terminal_phases() -> None:
 
 def test_a_finished_pod_before_the_jobs_verdict_stays_running_never_back_to_pending() -> None:
     done = _pod("p", "Succeeded", _terminated(0, _summary(rowsRead=1), reason="Completed"))
-    observed = status.observe(_job(active=0, succeeded=1), [done], NOW)
+    observed = _observe(_job(active=0, succeeded=1), [done], NOW)
     assert (observed.phase, observed.reason) == ("Running", "WorkerFinished")
     failed = _pod("p", "Failed", _terminated(75, "", reason="Error"))
-    waiting = status.observe(_job(active=0, failed=1), [failed], NOW)
+    waiting = _observe(_job(active=0, failed=1), [failed], NOW)
     assert (waiting.phase, waiting.reason) == ("Running", "Retrying")
     assert "attempt 1 failed" in waiting.message
 
@@ -225,21 +233,36 @@ def test_pods_in_view_explain_a_finished_job_or_must_be_read_fresh() -> None:
     done = _pod("p", "Succeeded", _terminated(0, _summary(rowsRead=1), reason="Completed"))
     running = _pod("p", "Running", {"running": {"startedAt": "T"}})
     complete = _job("Complete", succeeded=1)
-    assert status.pods_explain_verdict(complete, [done])
-    assert not status.pods_explain_verdict(complete, [running])  # the pod's final event is late
-    assert not status.pods_explain_verdict(complete, [])
+    assert _explained(complete, [done])
+    assert not _explained(complete, [running])  # the pod's final event is late
+    assert not _explained(complete, [])
     first, second = (_pod(name, "Failed", _terminated(75)) for name in ("a", "b"))
     failed = _job("Failed", "BackoffLimitExceeded", failed=2)
-    assert status.pods_explain_verdict(failed, [first, second])
-    assert not status.pods_explain_verdict(failed, [first])  # one failure not seen yet
-    assert not status.pods_explain_verdict(failed, [])
+    assert _explained(failed, [first, second])
+    assert not _explained(failed, [first])  # one failure not seen yet
+    assert not _explained(failed, [])
 
 
 def test_cancel_request_acts_once_per_annotation_value() -> None:
-    assert status.cancel_request(None, {}) is None
+    assert status.cancel_request(None, None) is None
     assert status.cancel_request("true", None) == "true"
-    assert status.cancel_request("true", {"cancelToken": "true"}) is None
-    assert status.cancel_request("again", {"cancelToken": "true"}) == "again"
+    assert status.cancel_request("", None) == ""  # a bare annotation cancels too
+    assert status.cancel_request("true", "true") is None
+    assert status.cancel_request("again", "true") == "again"
+
+
+def test_a_rerun_starts_the_next_run_from_a_clean_slate() -> None:
+    patch = status.rerun_patch("t2", 3)
+    assert (patch["run"], patch["rerunToken"], patch["phase"], patch["reason"]) == (
+        3,
+        "t2",
+        "Pending",
+        "Rerun",
+    )
+    assert all(
+        patch[field] is None for field in ("jobName", "startTime", "completionTime", "result", "progress")
+    )
+    assert patch["attempts"] == 0
 
 
 def test_cancelled_keeps_the_record_with_reason_and_condition() -> None:

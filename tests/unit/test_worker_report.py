@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from crawljob_worker.errors import WorkerError
-from crawljob_worker.report import Progress, kube_target, percent, progress_patch, termination_message
+from crawljob_worker.kubeapi import kube_target
+from crawljob_worker.report import Progress, percent, progress_patch, termination_message
 from crawljob_worker.run import reject_threshold_error
 from crawljob_worker.settings import settings_from_args
 from crawljob_worker.source import detect_compression
@@ -45,13 +46,15 @@ def test_kube_target_prefers_the_given_server_and_needs_a_name(tmp_path: Path) -
     assert kube_target(None, "ns", "http://api", {}) is None
     target = kube_target("cj", None, "http://api/", {})
     assert target is not None
-    assert target.url() == "http://api/apis/crawljob.io/v1alpha1/namespaces/default/crawljobs/cj/status"
+    assert (target.server, target.namespace, target.name) == ("http://api", "default", "cj")
     (tmp_path / "token").write_text("t")
     (tmp_path / "namespace").write_text("jobs\n")
     env = {"KUBERNETES_SERVICE_HOST": "10.0.0.1", "KUBERNETES_SERVICE_PORT": "443"}
     in_cluster = kube_target("cj", None, None, env, service_account_dir=str(tmp_path))
     assert in_cluster is not None
-    assert in_cluster.url().startswith("https://10.0.0.1:443/apis/crawljob.io/v1alpha1/namespaces/jobs/")
+    assert (in_cluster.server, in_cluster.namespace) == (None, "jobs")
+    assert (in_cluster.service_host, in_cluster.service_port) == ("10.0.0.1", "443")
+    assert in_cluster.service_account_dir == str(tmp_path)
 
 
 def test_flags_win_over_env_and_env_fills_the_rest() -> None:

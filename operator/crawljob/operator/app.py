@@ -54,7 +54,7 @@ def build_registry(
             server=connection.server,
             ca_path=connection.ca_file,
             insecure=connection.insecure,
-            token=connection.token,
+            token=connection.bearer(),  # kopf logs in again on a 401: a renewed exec/OIDC token
             certificate_path=connection.client_cert_file,
             private_key_path=connection.client_key_file,
             default_namespace=connection.default_namespace,

@@ -60,9 +60,3 @@ def get_condition(conditions: Sequence[Mapping[str, Any]] | None, type_: str) ->
         if item.get("type") == type_:
             return item
     return None
-
-
-def is_true(conditions: Sequence[Mapping[str, Any]] | None, type_: str) -> bool:
-    """Whether the condition of *type_* exists with status "True"."""
-    found = get_condition(conditions, type_)
-    return found is not None and found.get("status") == "True"

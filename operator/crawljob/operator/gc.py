@@ -3,23 +3,14 @@
 from __future__ import annotations
 
 import datetime
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable
 
-
-def parse_time(value: Any) -> datetime.datetime | None:
-    """An RFC 3339 timestamp as an aware datetime, or None."""
-    if not value:
-        return None
-    try:
-        parsed = datetime.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.UTC)
+from crawljob.models import CrawlJob
+from crawljob.times import parse_time
 
 
 def select_for_deletion(
-    crawljobs: Iterable[Mapping[str, Any]],
+    crawljobs: Iterable[CrawlJob],
     now: datetime.datetime,
     ttl_seconds: int | None,
     successful_limit: int | None,
@@ -33,14 +24,11 @@ def select_for_deletion(
     doomed: set[str] = set()
     by_outcome: dict[str, list[tuple[datetime.datetime, str]]] = {"Succeeded": [], "Failed": []}
     for crawljob in crawljobs:
-        status = crawljob.get("status") or {}
-        phase = status.get("phase")
-        if phase not in ("Succeeded", "Failed", "Cancelled", "Superseded"):
+        phase = crawljob.status.phase
+        if not crawljob.status.terminal:
             continue
-        name = str((crawljob.get("metadata") or {}).get("name"))
-        finished = parse_time(status.get("completionTime")) or parse_time(
-            (crawljob.get("metadata") or {}).get("creationTimestamp")
-        )
+        name = crawljob.meta.name
+        finished = parse_time(crawljob.status.completion_time) or parse_time(crawljob.meta.creation_timestamp)
         if finished is None:
             continue
         if ttl_seconds is not None and (now - finished).total_seconds() >= ttl_seconds:

@@ -7,16 +7,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from crawljob import resource
+from crawljob.models import Body, CrawlJobStatus
 from crawljob.operator.settings import OperatorSettings
-
-Body = dict[str, Any]
-
-CONTAINER_NAME = "worker"
-TERMINATION_LOG = "/dev/termination-log"
-# Worker exit codes that mean "bad input or configuration": retrying cannot help (docs/contracts.md).
-PERMANENT_EXIT_CODES = (2, 3, 4, 5, 6)
-ANNOTATION_RERUN = "crawljob.io/rerun"
-ANNOTATION_RUN = "crawljob.io/run"
+from crawljob_worker import contract
 
 DEFAULT_POD_SECURITY_CONTEXT: Mapping[str, Any] = {
     "runAsNonRoot": True,
@@ -39,15 +32,6 @@ def job_name(crawljob_name: str, run: int) -> str:
     return crawljob_name if run <= 1 else f"{crawljob_name}-r{run}"
 
 
-def run_number(crawljob: Mapping[str, Any]) -> int:
-    """Which run of the CrawlJob is current (1 unless it was re-run)."""
-    status = crawljob.get("status") or {}
-    try:
-        return max(1, int(status.get("run") or 1))
-    except (TypeError, ValueError):
-        return 1
-
-
 def source_uri(spec: Mapping[str, Any]) -> str:
     """`s3://bucket/key` of the object to process."""
     source = spec.get("source") or {}
@@ -61,7 +45,7 @@ def output_uri(spec: Mapping[str, Any], name: str, settings: OperatorSettings) -
         return str(explicit)
     if settings.default_output_uri:
         return f"{settings.default_output_uri.rstrip('/')}/{name}/"
-    return f"s3://{spec['source']['bucket']}/crawljob-output/{name}/"
+    return f"s3://{spec['source']['bucket']}/{resource.DEFAULT_OUTPUT_PREFIX}{name}/"
 
 
 def worker_args(spec: Mapping[str, Any], name: str, settings: OperatorSettings) -> list[str]:
@@ -103,7 +87,7 @@ def build_job(crawljob: Mapping[str, Any], settings: OperatorSettings) -> Body:
     name = str(metadata["name"])
     spec = crawljob.get("spec") or {}
     template = spec.get("jobTemplate") or {}
-    run = run_number(crawljob)
+    run = CrawlJobStatus.parse(crawljob.get("status") or {}).run
     labels = _labels(name)
     env: list[dict[str, Any]] = [
         {"name": "CRAWLJOB_NAME", "value": name},
@@ -113,7 +97,7 @@ def build_job(crawljob: Mapping[str, Any], settings: OperatorSettings) -> Body:
     env += [dict(item) for item in template.get("env") or []]
     resources = dict(template.get("resources") or settings.worker_resources or {})
     container: Body = {
-        "name": CONTAINER_NAME,
+        "name": resource.WORKER_CONTAINER,
         "image": template.get("image") or settings.worker_image,
         "imagePullPolicy": "IfNotPresent",
         "command": list(settings.worker_command),
@@ -121,7 +105,7 @@ def build_job(crawljob: Mapping[str, Any], settings: OperatorSettings) -> Body:
         "env": env,
         "resources": resources,
         "securityContext": dict(CONTAINER_SECURITY_CONTEXT),
-        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePath": contract.TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
         # The root filesystem is read-only; temporary files go to an emptyDir.
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
@@ -150,9 +134,9 @@ def build_job(crawljob: Mapping[str, Any], settings: OperatorSettings) -> Body:
                 {
                     "action": "FailJob",
                     "onExitCodes": {
-                        "containerName": CONTAINER_NAME,
+                        "containerName": resource.WORKER_CONTAINER,
                         "operator": "In",
-                        "values": list(PERMANENT_EXIT_CODES),
+                        "values": [int(code) for code in contract.PERMANENT_EXIT_CODES],
                     },
                 },
                 {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
@@ -172,7 +156,7 @@ def build_job(crawljob: Mapping[str, Any], settings: OperatorSettings) -> Body:
             "name": job_name(name, run),
             "namespace": metadata.get("namespace"),
             "labels": labels,
-            "annotations": {ANNOTATION_RUN: str(run)},
+            "annotations": {resource.ANNOTATION_RUN: str(run)},
             "ownerReferences": [owner_reference(crawljob)],
         },
         "spec": job_spec,
@@ -190,9 +174,3 @@ def owner_reference(crawljob: Mapping[str, Any]) -> Body:
         "controller": True,
         "blockOwnerDeletion": True,
     }
-
-
-def is_owned_by(child: Mapping[str, Any], owner_uid: str) -> bool:
-    """Whether *child* has an owner reference to the object with *owner_uid*."""
-    references = (child.get("metadata") or {}).get("ownerReferences") or []
-    return any(reference.get("uid") == owner_uid for reference in references)

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from crawljob.operator.gc import parse_time
+from crawljob.times import parse_time
 
 GROUP = "kopf.dev"
 VERSION = "v1"

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+
+from crawljob.models import CrawlJob
+
+# Queue positions: exact near the head, refreshed less often behind it (see position_due).
+POSITION_EXACT_HEAD = 10
+POSITION_HEAD_SECONDS = 2.0
+POSITION_REFRESH_SECONDS = 30.0
+# Rewrites of a changed position (not the first Queued write) share this budget, head of the queue
+# first: when the queue moves fast every waiting CrawlJob would otherwise get a write as it nears
+# the head, only to be admitted a moment later.
+POSITION_WRITES_PER_SECOND = 5.0
+POSITION_WRITES_BURST = 10.0
 
 
 @dataclass(frozen=True)
@@ -46,17 +57,6 @@ def plan(candidates: Iterable[Candidate], max_active: int) -> Plan:
     return Plan(admit=admit, positions=positions, active=active + len(admit))
 
 
-def candidate_from(crawljob: Mapping[str, Any], active: bool, waiting: bool) -> Candidate:
-    """A Candidate from a CrawlJob body."""
-    metadata = crawljob.get("metadata") or {}
-    return Candidate(
-        name=str(metadata.get("name")),
-        creation_timestamp=str(metadata.get("creationTimestamp") or ""),
-        active=active,
-        waiting=waiting,
-    )
-
-
 @dataclass
 class Budget:
     """A token bucket: at most *rate* actions a second on average, *burst* at once (time passed in)."""
@@ -76,6 +76,18 @@ class Budget:
             return False
         self.tokens -= 1.0
         return True
+
+
+def position_due(position: int, last_written: float, now: float) -> bool:
+    """Whether a changed queue position is worth a status write at *now* (a monotonic clock).
+
+    Each admission moves every waiting CrawlJob up one place; writing them all every time costs
+    O(queue length) writes per admission. A position is rewritten at most every
+    POSITION_HEAD_SECONDS near the head of the queue and every POSITION_REFRESH_SECONDS behind it
+    (and all rewrites together at most POSITION_WRITES_PER_SECOND, by a Budget).
+    """
+    interval = POSITION_HEAD_SECONDS if position <= POSITION_EXACT_HEAD else POSITION_REFRESH_SECONDS
+    return now - last_written >= interval
 
 
 # ---- newer events of the same object (S3 sequencers) ----
@@ -132,3 +144,10 @@ def superseded(items: Iterable[Sequenced]) -> dict[str, str]:
         for item in entries
         if item.waiting and compare_sequencers(newest[item.obj].sequencer, item.sequencer) > 0
     }
+
+
+def sequenced_of(crawljob: CrawlJob, waiting: bool) -> Sequenced:
+    """A CrawlJob as supersession sees it."""
+    namespace, name = crawljob.key
+    source = crawljob.source
+    return Sequenced(f"{namespace}/{name}", (namespace, source.bucket, source.key), source.sequencer, waiting)

@@ -11,42 +11,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from crawljob import resource
+from crawljob.models import Body, JobStatus, PodStatus
 from crawljob.operator import conditions
-
-Body = dict[str, Any]
-
-# Worker exit codes (docs/contracts.md) → reason and what it means for the user.
-EXIT_CODES: Mapping[int, tuple[str, str]] = {
-    2: ("InvalidArguments", "the worker rejected its arguments or configuration; fix the CrawlJob spec"),
-    3: ("BadInput", "the source is not readable CSV (binary, undecodable or unsupported compression)"),
-    4: ("SourceNotFound", "the source object is missing or access to it was denied"),
-    5: (
-        "RejectThresholdExceeded",
-        "more rows were rejected than maxRejectRatio allows (rejects were written)",
-    ),
-    6: ("OutputForbidden", "the worker cannot write to the output location"),
-    75: ("Transient", "S3 was unreachable or throttled beyond the worker's retry budget"),
-}
-# Container waiting reasons that mean the worker cannot start as configured (Pod stays Pending).
-STUCK_WAITING_REASONS: Mapping[str, str] = {
-    "ErrImagePull": "the worker image cannot be pulled",
-    "ImagePullBackOff": "the worker image cannot be pulled (backing off)",
-    "InvalidImageName": "the worker image name is invalid",
-    "CreateContainerConfigError": "the worker container's configuration is invalid (missing Secret/ConfigMap?)",
-    "CreateContainerError": "the worker container cannot be created",
-}
-RESULT_FIELDS = (
-    "rowsRead",
-    "rowsWritten",
-    "rowsRejected",
-    "bytesRead",
-    "outputUri",
-    "outputObjects",
-    "rejectsUri",
-    "manifestUri",
-    "durationSeconds",
+from crawljob.operator.workload import (
+    STUCK_WAITING_REASONS,
+    describe_pod_failure,
+    failed_condition,
+    parse_termination_message,
+    pod_failed,
+    pod_order,
+    succeeded_condition,
 )
-_INT_FIELDS = frozenset({"rowsRead", "rowsWritten", "rowsRejected", "bytesRead", "outputObjects"})
+
 OPERATOR_FIELDS = (
     "phase",
     "reason",
@@ -76,121 +53,18 @@ class Observation:
     extra: Body = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class TerminationMessage:
-    """The worker's JSON summary, parsed; *problem* says why it could not be used."""
-
-    data: Body
-    result: Body | None
-    problem: str | None
-
-
-def parse_termination_message(text: str | None) -> TerminationMessage:
-    """Parse the worker's termination message; tolerate absent, truncated and invalid JSON."""
-    if not text or not text.strip():
-        return TerminationMessage({}, None, "the worker left no termination message")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        snippet = text.strip().replace("\n", " ")[:120]
-        kind = "truncated" if text.strip().startswith("{") and not text.strip().endswith("}") else "invalid"
-        return TerminationMessage(
-            {}, None, f"the worker's termination message is {kind} JSON ({exc.msg}): {snippet!r}"
-        )
-    if not isinstance(data, dict):
-        return TerminationMessage(
-            {}, None, f"the worker's termination message is not a JSON object: {text[:120]!r}"
-        )
-    result: Body = {}
-    for name in RESULT_FIELDS:
-        value = data.get(name)
-        if value is None:
-            continue
-        if name in _INT_FIELDS:
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                continue
-            result[name] = int(value)
-        elif name == "durationSeconds":
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                result[name] = round(float(value), 3)
-        else:
-            result[name] = str(value)
-    return TerminationMessage(data, result, None)
-
-
-def _job_condition(job: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
-    found = conditions.get_condition((job.get("status") or {}).get("conditions"), type_)
-    return found if found is not None and found.get("status") == "True" else None
-
-
-def _container_status(pod: Mapping[str, Any]) -> Mapping[str, Any]:
-    statuses = (pod.get("status") or {}).get("containerStatuses") or []
-    for item in statuses:
-        if item.get("name") == "worker":
-            return dict(item)
-    return dict(statuses[0]) if statuses else {}
-
-
-def _pod_order(pod: Mapping[str, Any]) -> tuple[str, str]:
-    terminated = (_container_status(pod).get("state") or {}).get("terminated") or {}
-    stamp = terminated.get("finishedAt") or (pod.get("metadata") or {}).get("creationTimestamp") or ""
-    return (str(stamp), str((pod.get("metadata") or {}).get("name") or ""))
-
-
-def _terminated(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    state = _container_status(pod).get("state") or {}
-    found = state.get("terminated")
-    return found if isinstance(found, Mapping) else None
-
-
-def describe_pod_failure(pod: Mapping[str, Any]) -> tuple[str, str]:
-    """(reason, message) for one failed worker pod: OOMKilled, a worker exit code, or the pod's reason."""
-    terminated = _terminated(pod)
-    pod_status = pod.get("status") or {}
-    if terminated is None:
-        reason = str(pod_status.get("reason") or "PodFailed")
-        return reason, f"the worker pod failed ({reason}): {pod_status.get('message') or 'no details'}"
-    exit_code = int(terminated.get("exitCode") or 0)
-    if terminated.get("reason") == "OOMKilled":
-        return (
-            "OOMKilled",
-            f"the worker ran out of memory (OOMKilled, exit code {exit_code}); raise "
-            "spec.jobTemplate.resources.limits.memory or the operator's worker resources",
-        )
-    parsed = parse_termination_message(terminated.get("message"))
-    known = EXIT_CODES.get(exit_code)
-    reason = str(parsed.data.get("reason") or (known[0] if known else "WorkerCrashed"))
-    meaning = known[1] if known else f"the worker crashed with exit code {exit_code}"
-    detail = parsed.data.get("message")
-    if not detail and parsed.problem is None:
-        detail = None
-    elif not detail and terminated.get("message"):
-        # FallbackToLogsOnError: the message may be the tail of the log rather than our JSON.
-        detail = str(terminated["message"]).strip().splitlines()[-1][:300]
-    text = f"{meaning} (exit code {exit_code}, {reason})"
-    if detail:
-        text += f": {detail}"
-    return reason, text
-
-
-def observe(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], now: str) -> Observation:
+def observe(job: JobStatus, pods: Sequence[PodStatus], now: str) -> Observation:
     """The crawl's state from its Job and the Job's Pods."""
-    job_status = job.get("status") or {}
-    ordered = sorted(pods, key=_pod_order)
-    attempts = max(
-        len(ordered),
-        int(job_status.get("succeeded") or 0)
-        + int(job_status.get("failed") or 0)
-        + int(job_status.get("active") or 0),
-    )
-    start = job_status.get("startTime")
-    complete = _job_condition(job, "Complete") or _job_condition(job, "SuccessCriteriaMet")
-    failed = _job_condition(job, "Failed") or _job_condition(job, "FailureTarget")
+    ordered = sorted(pods, key=pod_order)
+    attempts = max(len(ordered), job.succeeded + job.failed + job.active)
+    start = job.start_time
+    complete = succeeded_condition(job)
+    failed = failed_condition(job)
     if complete is not None and failed is None:
-        winners = [pod for pod in ordered if (_terminated(pod) or {}).get("exitCode") == 0]
-        terminated = _terminated(winners[-1]) if winners else None
-        parsed = parse_termination_message((terminated or {}).get("message"))
-        finished = job_status.get("completionTime") or complete.get("lastTransitionTime") or now
+        winners = [pod for pod in ordered if pod.exit_code == 0]
+        terminated = winners[-1].worker.terminated if winners else None
+        parsed = parse_termination_message(terminated.message if terminated is not None else None)
+        finished = job.completion_time or complete.last_transition_time or now
         if parsed.problem is not None:
             return Observation(
                 "Succeeded",
@@ -211,62 +85,53 @@ def observe(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], now: str)
             message += f", output in {result['outputUri']}"
         return Observation("Succeeded", "Completed", message, attempts, start, finished, result)
     if failed is not None:
-        finished = failed.get("lastTransitionTime") or now
-        job_reason = str(failed.get("reason") or "JobFailed")
-        failed_pods = [
-            pod
-            for pod in ordered
-            if (pod.get("status") or {}).get("phase") == "Failed"
-            or ((_terminated(pod) or {}).get("exitCode") not in (None, 0))
-        ]
+        finished = failed.last_transition_time or now
+        job_reason = failed.reason or "JobFailed"
+        failed_pods = [pod for pod in ordered if pod_failed(pod)]
         pod_reason, pod_message = describe_pod_failure(failed_pods[-1]) if failed_pods else ("", "")
-        backoff = (job.get("spec") or {}).get("backoffLimit")
         if job_reason == "DeadlineExceeded":
-            deadline = (job.get("spec") or {}).get("activeDeadlineSeconds")
             reason = "DeadlineExceeded"
             message = (
-                f"the crawl ran longer than its deadline (activeDeadlineSeconds={deadline}) and was stopped"
+                f"the crawl ran longer than its deadline (activeDeadlineSeconds={job.active_deadline_seconds}) "
+                "and was stopped"
             )
         elif job_reason == "PodFailurePolicy":
             reason = pod_reason or "PodFailurePolicy"
-            message = (pod_message or str(failed.get("message") or "")) + "; not retried (permanent failure)"
+            message = (pod_message or failed.message or "") + "; not retried (permanent failure)"
         elif job_reason == "BackoffLimitExceeded":
             reason = "OOMKilled" if pod_reason == "OOMKilled" else "BackoffLimitExceeded"
-            message = f"the worker failed {attempts} times (backoffLimit={backoff})"
+            message = f"the worker failed {attempts} times (backoffLimit={job.backoff_limit})"
             if pod_message:
                 message += f"; last failure: {pod_message}"
         else:
             reason = job_reason
-            message = str(failed.get("message") or f"the Job failed ({job_reason})")
+            message = failed.message or f"the Job failed ({job_reason})"
             if pod_message:
                 message += f"; last failure: {pod_message}"
         return Observation("Failed", reason, message, attempts, start, finished, None, warning=True)
     # Not finished: running, or waiting for a pod (and possibly stuck while waiting).
     for pod in reversed(ordered):
-        waiting = (_container_status(pod).get("state") or {}).get("waiting") or {}
-        stuck = STUCK_WAITING_REASONS.get(str(waiting.get("reason")))
-        if stuck and (pod.get("status") or {}).get("phase") in (None, "Pending"):
-            detail = waiting.get("message") or ""
+        waiting_reason = pod.worker.waiting_reason
+        stuck = STUCK_WAITING_REASONS.get(str(waiting_reason))
+        if waiting_reason and stuck and pod.phase in (None, "Pending"):
+            detail = pod.worker.waiting_message or ""
             return Observation(
                 "Pending",
-                str(waiting["reason"]),
+                waiting_reason,
                 f"waiting: {stuck}" + (f": {detail}" if detail else ""),
                 attempts,
                 start,
                 warning=True,
             )
-    running = [pod for pod in ordered if (pod.get("status") or {}).get("phase") == "Running"]
-    if running or (
-        int(job_status.get("active") or 0) > 0
-        and any((_container_status(pod).get("state") or {}).get("running") for pod in ordered)
-    ):
+    running = [pod for pod in ordered if pod.phase == "Running"]
+    if running or (job.active > 0 and any(pod.worker.running for pod in ordered)):
         retry = f" (attempt {attempts})" if attempts > 1 else ""
         return Observation("Running", "WorkerRunning", f"the worker is running{retry}", attempts, start)
     # A pod ended but the Job has no verdict yet (the Job controller writes it a moment later, or a
     # retry is coming): the crawl is still under way, never back to Pending.
-    ended = [pod for pod in ordered if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")]
+    ended = [pod for pod in ordered if pod.phase in ("Succeeded", "Failed")]
     if ended:
-        if (ended[-1].get("status") or {}).get("phase") == "Succeeded":
+        if ended[-1].phase == "Succeeded":
             return Observation(
                 "Running",
                 "WorkerFinished",
@@ -286,25 +151,6 @@ def observe(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], now: str)
     return Observation(
         "Pending", "JobCreated", "the Job is created; waiting for the worker pod to start", attempts, start
     )
-
-
-def pods_explain_verdict(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> bool:
-    """Whether *pods* (the operator's view) already hold what observe() needs for a finished Job.
-
-    Complete: a worker pod that exited 0 (its termination message is the result). Failed: at least
-    as many failed pods as the Job counts. Otherwise the Pods must be read fresh: their watch events
-    race the Job's.
-    """
-    job_status = job.get("status") or {}
-    if _job_condition(job, "Complete") or _job_condition(job, "SuccessCriteriaMet"):
-        return any((_terminated(pod) or {}).get("exitCode") == 0 for pod in pods)
-    failed = [
-        pod
-        for pod in pods
-        if (pod.get("status") or {}).get("phase") == "Failed"
-        or (_terminated(pod) or {}).get("exitCode") not in (None, 0)
-    ]
-    return bool(failed) and len(failed) >= int(job_status.get("failed") or 0)
 
 
 def queued(position: int, queue_length: int, max_active: int) -> Observation:
@@ -331,13 +177,28 @@ def job_deleted(job_name: str, now: str) -> Observation:
 CANCEL_PLAIN_VALUES = frozenset({"", "true", "yes", "1"})
 
 
-def cancel_request(annotation: str | None, current: Mapping[str, Any] | None) -> str | None:
-    """The crawljob.io/cancel value to act on now, or None (absent, or already acted on)."""
-    if annotation is None:
-        return None
-    if annotation == (current or {}).get("cancelToken"):
+def cancel_request(annotation: str | None, acted_on: str | None) -> str | None:
+    """The crawljob.io/cancel value to act on now, or None (absent, or already acted on: *acted_on*)."""
+    if annotation is None or annotation == acted_on:
         return None
     return annotation
+
+
+def rerun_patch(token: str, run: int) -> Body:
+    """The status patch starting run *run* of a finished CrawlJob (re-run request *token*)."""
+    return {
+        "rerunToken": token,
+        "run": run,
+        "phase": "Pending",
+        "reason": "Rerun",
+        "message": f"re-run {token!r} requested: waiting to start run {run}",
+        "jobName": None,
+        "attempts": 0,
+        "startTime": None,
+        "completionTime": None,
+        "result": None,
+        "progress": None,
+    }
 
 
 def cancelled(
@@ -477,4 +338,4 @@ def _conditions_key(value: Any) -> Any:
 
 def is_terminal(phase: str | None) -> bool:
     """Whether *phase* is final (no Job will run again without a re-run)."""
-    return phase in ("Succeeded", "Failed", "Cancelled", "Superseded")
+    return phase in resource.TERMINAL_PHASES

@@ -1,80 +1,38 @@
-"""The operator's view of the cluster (`State`, kept in kopf's memo) and the two writes every path
-makes: a CrawlJob status patch with its transition Event, and a Kubernetes Event."""
+"""The operator's view of the cluster: the CrawlJobs, Jobs and Pods it has seen (an informer-cache-like
+`State`, kept in kopf's memo) with its indexes and the collaborators every path needs."""
 
 from __future__ import annotations
 
 import asyncio
 import copy
-import datetime
 import logging
-import secrets
 import socket
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import kopf
-
 from crawljob import kube, resource
-from crawljob.operator import gc, queue, status
+from crawljob.models import CrawlJob, Job, Key, Meta, Pod, PodStatus
+from crawljob.operator import queue
 from crawljob.operator.metrics import OperatorMetrics
 from crawljob.operator.settings import OperatorSettings
 
 log = logging.getLogger("crawljob.operator")
 
-Body = dict[str, Any]
-Key = tuple[str, str]  # (namespace, name)
-
 MANAGED = {resource.LABEL_MANAGED_BY: resource.MANAGED_BY}
-ANNOTATION_RERUN = "crawljob.io/rerun"
-ANNOTATION_CANCEL = "crawljob.io/cancel"
-POSITION_EXACT_HEAD = 10
-POSITION_HEAD_SECONDS = 2.0
-POSITION_REFRESH_SECONDS = 30.0
-# Rewrites of a changed position (not the first Queued write) share this budget, head of the queue
-# first: when the queue moves fast every waiting CrawlJob would otherwise get a write as it nears
-# the head, only to be admitted a moment later.
-POSITION_WRITES_PER_SECOND = 5.0
-POSITION_WRITES_BURST = 10.0
-# A change that cannot open a slot (a status write, a progress patch) is coalesced with the others
-# of this window into one scheduling pass; a freed slot is refilled at once.
-SCHEDULE_COALESCE_SECONDS = 0.25
-SCHEDULE_MIN_INTERVAL_SECONDS = 0.01
 
 
-def utc_now() -> str:
-    return datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+class RetryLater(Exception):
+    """A step failed on an API error and was abandoned; the next watch event or the periodic resync
+    retries it. (Not kopf.TemporaryError: kopf neither tracks nor retries `on.event` handlers.)"""
 
 
-def key_of(body: Mapping[str, Any]) -> Key:
-    metadata = body.get("metadata") or {}
-    return (str(metadata.get("namespace") or "default"), str(metadata.get("name")))
-
-
-def version_of(body: Mapping[str, Any]) -> int | None:
-    value = (body.get("metadata") or {}).get("resourceVersion")
-    try:
-        return int(str(value))
-    except ValueError:
-        return None
-
-
-def sequenced_of(key: Key, crawljob: Mapping[str, Any], waiting: bool) -> queue.Sequenced:
-    source = (crawljob.get("spec") or {}).get("source") or {}
-    return queue.Sequenced(
-        f"{key[0]}/{key[1]}",
-        (key[0], str(source.get("bucket") or ""), str(source.get("key") or "")),
-        str(source.get("sequencer") or ""),
-        waiting,
-    )
-
-
-def job_finished(job: Mapping[str, Any]) -> bool:
-    for condition in (job.get("status") or {}).get("conditions") or []:
-        if condition.get("type") in ("Complete", "Failed") and condition.get("status") == "True":
-            return True
-    return False
+def _newer(known: CrawlJob | Job | Pod | None, new: Meta) -> bool:
+    """Whether *new* may replace *known* (watch events may arrive after a newer write answer)."""
+    if known is None or new.resource_version is None or known.meta.resource_version is None:
+        return True
+    return new.resource_version >= known.meta.resource_version
 
 
 @dataclass
@@ -84,9 +42,9 @@ class State:
     settings: OperatorSettings
     client: kube.KubeClient
     metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
-    crawljobs: dict[Key, Body] = field(default_factory=dict)
-    jobs: dict[Key, Body] = field(default_factory=dict)
-    pods: dict[Key, Body] = field(default_factory=dict)
+    crawljobs: dict[Key, CrawlJob] = field(default_factory=dict)
+    jobs: dict[Key, Job] = field(default_factory=dict)
+    pods: dict[Key, Pod] = field(default_factory=dict)
     pods_by_job: defaultdict[Key, set[Key]] = field(default_factory=lambda: defaultdict(set))
     creating: set[Key] = field(default_factory=set)
     locks: defaultdict[Key, asyncio.Lock] = field(default_factory=lambda: defaultdict(asyncio.Lock))
@@ -101,27 +59,47 @@ class State:
     sequenced_keys: set[Key] = field(default_factory=set)  # spec.source.sequencer set
     position_written: dict[Key, float] = field(default_factory=dict)
     position_budget: queue.Budget = field(
-        default_factory=lambda: queue.Budget(POSITION_WRITES_PER_SECOND, POSITION_WRITES_BURST)
+        default_factory=lambda: queue.Budget(queue.POSITION_WRITES_PER_SECOND, queue.POSITION_WRITES_BURST)
     )
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     instance: str = field(default_factory=socket.gethostname)
     healthy_at: float = 0.0
 
-    def remember(self, store: dict[Key, Body], body: Mapping[str, Any]) -> None:
-        """Keep the newest version of *body* (watch events may arrive after a newer write answer)."""
-        key = key_of(body)
-        known = store.get(key)
-        new, old = version_of(body), version_of(known or {})
-        if known is not None and new is not None and old is not None and new < old:
+    def remember_crawljob(self, body: Mapping[str, Any]) -> CrawlJob:
+        """Keep the newest version of a CrawlJob body; the one kept is returned."""
+        crawljob = CrawlJob.parse(copy.deepcopy(dict(body)))
+        known = self.crawljobs.get(crawljob.key)
+        if not _newer(known, crawljob.meta):
+            assert known is not None
+            return known
+        self.crawljobs[crawljob.key] = crawljob
+        if crawljob.status.terminal:
+            self.open_keys.discard(crawljob.key)
+        else:
+            self.open_keys.add(crawljob.key)
+        if crawljob.source.sequencer:
+            self.sequenced_keys.add(crawljob.key)
+        return crawljob
+
+    def remember_job(self, body: Mapping[str, Any]) -> Job:
+        """Keep the newest version of a Job body; the one kept is returned."""
+        job = Job.parse(copy.deepcopy(dict(body)))
+        known = self.jobs.get(job.key)
+        if not _newer(known, job.meta):
+            assert known is not None
+            return known
+        self.jobs[job.key] = job
+        return job
+
+    def note_newest(self, crawljob: CrawlJob) -> None:
+        """Keep `newest` current between scheduling passes (Job creation checks it)."""
+        item = queue.sequenced_of(crawljob, False)
+        if not item.sequencer.strip():
             return
-        store[key] = copy.deepcopy(dict(body))
-        if store is self.crawljobs:
-            if (body.get("status") or {}).get("phase") in resource.TERMINAL_PHASES:
-                self.open_keys.discard(key)
-            else:
-                self.open_keys.add(key)
-            if ((body.get("spec") or {}).get("source") or {}).get("sequencer"):
-                self.sequenced_keys.add(key)
+        known_key = self.newest.get(item.obj)
+        known = self.crawljobs.get(known_key) if known_key else None
+        if known is None or queue.compare_sequencers(item.sequencer, known.source.sequencer) > 0:
+            self.newest[item.obj] = crawljob.key
 
     def kick(self, urgent: bool = False) -> None:
         """Ask for a scheduling pass: at once when *urgent* (a slot may be free), else coalesced."""
@@ -129,121 +107,38 @@ class State:
         if urgent:
             self.slot_freed.set()
 
-    def spawn(self, coroutine: Any) -> None:
+    def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
+        """Run *coroutine* in the background; cancelled at cleanup."""
         task = asyncio.create_task(coroutine)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
     def remember_pod(self, body: Mapping[str, Any]) -> None:
-        self.remember(self.pods, body)
-        job_name = ((body.get("metadata") or {}).get("labels") or {}).get("job-name")
-        if job_name:
-            self.pods_by_job[(key_of(body)[0], str(job_name))].add(key_of(body))
+        pod = Pod.parse(copy.deepcopy(dict(body)))
+        if not _newer(self.pods.get(pod.key), pod.meta):
+            return
+        self.pods[pod.key] = pod
+        if pod.job_name:
+            self.pods_by_job[(pod.meta.namespace, pod.job_name)].add(pod.key)
 
     def forget_pod(self, key: Key) -> None:
-        body = self.pods.pop(key, None) or {}
-        job_name = ((body.get("metadata") or {}).get("labels") or {}).get("job-name")
-        if job_name:
-            self.pods_by_job[(key[0], str(job_name))].discard(key)
+        pod = self.pods.pop(key, None)
+        if pod is not None and pod.job_name:
+            self.pods_by_job[(key[0], pod.job_name)].discard(key)
 
-    def pods_of(self, namespace: str, job_name: str) -> list[Body]:
+    def pods_of(self, namespace: str, job_name: str) -> list[PodStatus]:
+        """What the Pods of one Job say (for the status rules)."""
         keys = self.pods_by_job.get((namespace, job_name)) or set()
-        return [self.pods[key] for key in keys if key in self.pods]
+        return [self.pods[key].status for key in keys if key in self.pods]
 
-    def jobs_of(self, namespace: str, crawljob_name: str) -> list[Body]:
+    def jobs_of(self, namespace: str, crawljob_name: str) -> list[Job]:
         return [
             job
-            for (job_namespace, _), job in self.jobs.items()
-            if job_namespace == namespace
-            and ((job.get("metadata") or {}).get("labels") or {}).get(resource.LABEL_CRAWLJOB)
-            == crawljob_name
+            for job in self.jobs.values()
+            if job.meta.namespace == namespace and job.crawljob == crawljob_name
         ]
 
 
 def get_state(memo: Any) -> State:
     state: State = memo["crawljob"]
     return state
-
-
-async def post_event(
-    state: State, crawljob: Mapping[str, Any], reason: str, message: str, warning: bool
-) -> None:
-    """A Kubernetes Event on the CrawlJob (best effort: failures are logged, never raised)."""
-    metadata = crawljob.get("metadata") or {}
-    namespace = str(metadata.get("namespace") or "default")
-    now = datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    event = {
-        "apiVersion": "v1",
-        "kind": "Event",
-        "metadata": {"name": f"{metadata.get('name')}.{secrets.token_hex(8)}", "namespace": namespace},
-        "involvedObject": {
-            "apiVersion": resource.API_VERSION,
-            "kind": resource.KIND,
-            "name": metadata.get("name"),
-            "namespace": namespace,
-            "uid": metadata.get("uid"),
-        },
-        "reason": reason,
-        "message": message[:1024],
-        "type": "Warning" if warning else "Normal",
-        "firstTimestamp": now[:19] + "Z",
-        "lastTimestamp": now[:19] + "Z",
-        "eventTime": now,
-        "count": 1,
-        "action": "Reconcile",
-        "source": {"component": resource.MANAGED_BY},
-        "reportingComponent": resource.MANAGED_BY,
-        "reportingInstance": state.instance,
-    }
-    try:
-        await state.client.create(kube.EVENTS, namespace, event)
-    except kube.KubeError as exc:
-        state.metrics.api_errors.labels("event").inc()
-        log.warning("cannot post event %s on %s: %s", reason, metadata.get("name"), exc)
-
-
-async def write_status(
-    state: State, crawljob: Body, observation: status.Observation, job_name: str | None
-) -> Body:
-    """Patch the CrawlJob's status to match *observation*; post an Event when the phase or reason changes."""
-    current = crawljob.get("status") or {}
-    metadata = crawljob.get("metadata") or {}
-    generation = metadata.get("generation")
-    desired = status.desired_status(current, observation, generation, job_name, utc_now())
-    patch = status.status_patch(current, desired)
-    if not status.worth_writing(patch, current):
-        return crawljob
-    namespace, name = key_of(crawljob)
-    try:
-        updated = await state.client.patch(kube.CRAWLJOBS, namespace, name, {"status": patch}, "status")
-    except kube.NotFound:
-        return crawljob
-    except kube.KubeError as exc:
-        state.metrics.api_errors.labels("status").inc()
-        raise kopf.TemporaryError(f"cannot update the status of {name}: {exc}", delay=2) from exc
-    if updated.get("metadata"):
-        state.remember(state.crawljobs, updated)
-    transitioned = current.get("phase") != observation.phase or current.get("reason") != observation.reason
-    if transitioned:
-        log.info(
-            "%s: %s (%s) %s",
-            name,
-            observation.phase,
-            observation.reason,
-            observation.message,
-            extra={"crawljob": name, "namespace": namespace, "phase": observation.phase},
-        )
-        state.metrics.transitions.labels(observation.phase, observation.reason).inc()
-        if status.is_terminal(observation.phase) and observation.start_time and observation.completion_time:
-            started = gc.parse_time(observation.start_time)
-            finished = gc.parse_time(observation.completion_time)
-            if started and finished:
-                state.metrics.duration.labels(observation.phase).observe((finished - started).total_seconds())
-        await post_event(
-            state,
-            crawljob,
-            observation.reason,
-            f"{observation.phase}: {observation.message}",
-            observation.warning,
-        )
-    return updated if updated.get("metadata") else crawljob

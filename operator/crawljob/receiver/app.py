@@ -22,7 +22,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from crawljob import flags, kube
+from crawljob import flags, kube, resource
 from crawljob.logs import configure_logging
 from crawljob.receiver import auth, events, sns
 from crawljob.receiver.metrics import ReceiverMetrics
@@ -100,7 +100,7 @@ class ServiceUnavailable(Exception):
 
 def filters_of(settings: ReceiverSettings) -> events.Filters:
     """The object filters, with the loop guard on the crawl output locations."""
-    locations: list[tuple[str | None, str]] = [(None, events.DEFAULT_OUTPUT_PREFIX)]
+    locations: list[tuple[str | None, str]] = [(None, resource.DEFAULT_OUTPUT_PREFIX)]
     if settings.default_output_uri:
         locations.append(events.output_location(settings.default_output_uri))
     return events.Filters(

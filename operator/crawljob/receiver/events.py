@@ -17,19 +17,16 @@ from __future__ import annotations
 import json
 import re
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from crawljob.resource import ObjectRef
+from crawljob.resource import DEFAULT_OUTPUT_PREFIX, ObjectRef
 
 KEY_MISSING = "S3 object key missing in POST request"
 KEY_BLANK = "S3 object key in POST request is blank"
 
 SNS_TYPES = frozenset({"Notification", "SubscriptionConfirmation", "UnsubscribeConfirmation"})
-# The default output prefix the operator writes under when no output URI is configured
-# (`s3://<source bucket>/crawljob-output/<name>/`): events for it must never start a crawl.
-DEFAULT_OUTPUT_PREFIX = "crawljob-output/"
 
 
 class EventError(Exception):
@@ -431,10 +428,3 @@ def _optional_size(container: Mapping[str, Any], name: str, path: str) -> int | 
 
 def _str_or_none(value: Any) -> str | None:
     return value if isinstance(value, str) else None
-
-
-def describe(targets: Sequence[Target]) -> str:
-    """A short human summary of *targets* for logs."""
-    return ", ".join(f"s3://{t.ref.bucket}/{t.ref.key}" for t in targets[:5]) + (
-        f" (+{len(targets) - 5})" if len(targets) > 5 else ""
-    )

@@ -1,0 +1,244 @@
+"""Admission under the concurrency cap and Job creation: the scheduling pass (FIFO admission,
+supersession, queue positions), the creator that turns admissions into Jobs, and their loops."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+
+from crawljob import kube
+from crawljob.models import CrawlJob, Job, Key
+from crawljob.operator import jobs, queue, status, workload
+from crawljob.operator.reconcile import reconcile_quietly
+from crawljob.operator.view import RetryLater, State, log
+from crawljob.operator.writes import write_status
+from crawljob.times import parse_time, utc_now
+
+# A change that cannot open a slot (a status write, a progress patch) is coalesced with the others
+# of this window into one scheduling pass; a freed slot is refilled at once.
+SCHEDULE_COALESCE_SECONDS = 0.25
+SCHEDULE_MIN_INTERVAL_SECONDS = 0.01
+
+
+def needs_job(state: State, crawljob: CrawlJob) -> tuple[bool, bool]:
+    """(holds a slot, waits for one) for one CrawlJob."""
+    namespace, name = crawljob.key
+    if crawljob.status.terminal or crawljob.meta.deletion_timestamp:
+        return False, False
+    if crawljob.key in state.creating:
+        return True, False
+    expected = jobs.job_name(name, crawljob.status.run)
+    job = state.jobs.get((namespace, expected))
+    if job is not None:
+        return not workload.job_finished(job.status), False
+    if crawljob.status.job_name == expected:
+        return True, False  # its Job vanished: reconcile() fails it; count it until then
+    return False, True
+
+
+async def schedule(state: State) -> None:
+    """Admit waiting CrawlJobs into free slots (FIFO), supersede stale ones, keep queue positions current."""
+    # Only unfinished CrawlJobs take part in the queue; finished ones matter only as newer events.
+    sequenced: list[queue.Sequenced] = []
+    for key in list(state.sequenced_keys):
+        crawljob = state.crawljobs.get(key)
+        if crawljob is None:
+            state.sequenced_keys.discard(key)
+            continue
+        sequenced.append(queue.sequenced_of(crawljob, needs_job(state, crawljob)[1]))
+    doomed: dict[str, str] = {}
+    if sequenced:
+        newest = queue.newest_events(sequenced)
+        state.newest = {obj: _split(item.name) for obj, item in newest.items()}
+        doomed = queue.superseded(sequenced)
+    candidates = []
+    waiting_keys: dict[str, Key] = {}
+    for key in list(state.open_keys):
+        crawljob = state.crawljobs.get(key)
+        if crawljob is None or crawljob.status.terminal:
+            state.open_keys.discard(key)
+            continue
+        active, waiting = needs_job(state, crawljob)
+        name = f"{key[0]}/{key[1]}"
+        if name in doomed:
+            if key not in state.queued_writes:
+                state.queued_writes.add(key)
+                state.spawn(_write_superseded(state, key))
+            continue
+        if active or waiting:
+            candidates.append(queue.Candidate(name, crawljob.meta.creation_timestamp, active, waiting))
+        if waiting:
+            waiting_keys[name] = key
+    plan = queue.plan(candidates, state.settings.max_active)
+    length = len(plan.positions)
+    state.free_slots = max(0, state.settings.max_active - plan.active)
+    state.metrics.queue_length.set(length)
+    state.metrics.active.set(plan.active)
+    for name in plan.admit:
+        key = waiting_keys[name]
+        state.creating.add(key)
+        state.admitted.put_nowait(key)
+    now = asyncio.get_running_loop().time()
+    for name, position in plan.positions.items():
+        key = waiting_keys[name]
+        waiting_body = state.crawljobs.get(key)
+        if waiting_body is None or key in state.queued_writes:
+            continue
+        if waiting_body.status.phase == "Queued":
+            # Already queued: rewrite the position only when due (cheap test first), and changed.
+            if not queue.position_due(position, state.position_written.get(key, 0.0), now):
+                continue
+            message = status.queued(position, length, state.settings.max_active).message
+            if waiting_body.status.message == message:
+                continue
+            if not state.position_budget.take(now):
+                continue
+        state.position_written[key] = now
+        state.queued_writes.add(key)
+        state.spawn(_write_queued(state, key, position, length))
+
+
+def _split(name: str) -> Key:
+    namespace, _, rest = name.partition("/")
+    return (namespace, rest)
+
+
+def _newer_event(state: State, crawljob: CrawlJob) -> CrawlJob | None:
+    """The CrawlJob of a newer event of the same object, if the operator has seen one."""
+    own = queue.sequenced_of(crawljob, True)
+    if not own.sequencer.strip():
+        return None
+    newest_key = state.newest.get(own.obj)
+    newest = state.crawljobs.get(newest_key) if newest_key and newest_key != crawljob.key else None
+    if newest is None:
+        return None
+    return newest if queue.compare_sequencers(newest.source.sequencer, own.sequencer) > 0 else None
+
+
+def _superseded_by(crawljob: CrawlJob, newer: CrawlJob) -> status.Observation:
+    return status.superseded(newer.meta.name, newer.source.sequencer, crawljob.source.sequencer, utc_now())
+
+
+async def _write_superseded(state: State, key: Key) -> None:
+    try:
+        async with state.locks[key]:
+            crawljob = state.crawljobs.get(key)
+            if crawljob is None or not needs_job(state, crawljob)[1]:
+                return
+            newer = _newer_event(state, crawljob)
+            if newer is None:
+                return
+            state.position_written.pop(key, None)
+            await write_status(state, crawljob, _superseded_by(crawljob, newer), None)
+    except RetryLater as exc:
+        log.warning("%s: %s (the next pass retries)", key[1], exc, extra={"crawljob": key[1]})
+    finally:
+        state.queued_writes.discard(key)
+        state.kick()
+
+
+async def _write_queued(state: State, key: Key, position: int, length: int) -> None:
+    try:
+        async with state.locks[key]:
+            crawljob = state.crawljobs.get(key)
+            if crawljob is None or not needs_job(state, crawljob)[1]:
+                return
+            observation = status.queued(position, max(length, position), state.settings.max_active)
+            await write_status(state, crawljob, observation, None)
+    except RetryLater as exc:
+        log.warning("%s: %s (the next pass retries)", key[1], exc, extra={"crawljob": key[1]})
+    finally:
+        state.queued_writes.discard(key)
+        state.kick()
+
+
+async def create_job(state: State, key: Key) -> None:
+    """Create the Job of an admitted CrawlJob; a 409 adopts the Job when it is ours (restart safety)."""
+    name = key[1]
+    state.position_written.pop(key, None)
+    try:
+        await _create_job_locked(state, key)
+    except (kube.KubeError, RetryLater) as exc:
+        state.metrics.api_errors.labels("create").inc()
+        log.warning("%s: cannot create its Job yet (will retry): %s", name, exc, extra={"crawljob": name})
+        return
+    finally:
+        state.creating.discard(key)
+        state.kick()
+    # The status write (and its Event) runs beside the next creation: creation stays in FIFO order
+    # without waiting for it.
+    state.spawn(reconcile_quietly(state, key))
+
+
+async def _create_job_locked(state: State, key: Key) -> None:
+    namespace, name = key
+    async with state.locks[key]:
+        crawljob = state.crawljobs.get(key)
+        if crawljob is None or not crawljob.meta.uid:
+            return
+        if crawljob.status.terminal:
+            return  # cancelled (or superseded) after it was admitted
+        newer = _newer_event(state, crawljob)
+        if newer is not None:
+            await write_status(state, crawljob, _superseded_by(crawljob, newer), None)
+            return
+        try:
+            manifest = jobs.build_job(crawljob.body, state.settings)
+        except (KeyError, TypeError, ValueError) as exc:
+            await write_status(
+                state, crawljob, status.invalid_spec(f"cannot build the Job: {exc!r}", utc_now()), None
+            )
+            return
+        job_name = manifest["metadata"]["name"]
+        try:
+            created = await state.client.create(kube.JOBS, namespace, manifest)
+            state.metrics.jobs_created.inc()
+            event_time = parse_time(crawljob.source.event_time)
+            if event_time is not None:
+                lag = (datetime.datetime.now(tz=datetime.UTC) - event_time).total_seconds()
+                state.metrics.start_lag.observe(max(0.0, lag))
+        except kube.Conflict:
+            created = await state.client.get(kube.JOBS, namespace, job_name)
+            if not Job.parse(created).is_owned_by(crawljob.meta.uid):
+                message = f"a Job named {job_name} exists and is not owned by this CrawlJob; delete it"
+                await write_status(state, crawljob, status.invalid_spec(message, utc_now()), None)
+                return
+            state.metrics.jobs_adopted.inc()
+            log.info("%s: adopted existing Job %s", name, job_name, extra={"crawljob": name})
+        except kube.Invalid as exc:
+            await write_status(
+                state, crawljob, status.invalid_spec(f"the Job was refused: {exc}", utc_now()), None
+            )
+            return
+        state.remember_job(created)
+
+
+async def creator_loop(state: State) -> None:
+    """Create the admitted CrawlJobs' Jobs one at a time, in admission (FIFO) order."""
+    while True:
+        key = await state.admitted.get()
+        await create_job(state, key)
+
+
+async def scheduler_loop(state: State) -> None:
+    """Run schedule() whenever something changed.
+
+    Event-driven: a freed slot (a Job finished or vanished, a CrawlJob ended or was deleted, a new
+    CrawlJob while slots are free) runs a pass at once, so the next queued CrawlJob gets its Job
+    without waiting; other changes (status writes, progress) are coalesced into one pass per
+    SCHEDULE_COALESCE_SECONDS, which keeps a burst of 1,000 events from costing 1,000 passes.
+    """
+    while True:
+        await state.wake.wait()
+        if not state.slot_freed.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(state.slot_freed.wait(), SCHEDULE_COALESCE_SECONDS)
+        state.wake.clear()
+        state.slot_freed.clear()
+        try:
+            await schedule(state)
+        except Exception:
+            log.exception("scheduling failed; will retry on the next change")
+        # The kicks of one finished Job (its event, its terminal status) land in one pass.
+        await asyncio.sleep(SCHEDULE_MIN_INTERVAL_SECONDS)

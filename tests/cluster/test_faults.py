@@ -37,6 +37,7 @@ import pytest
 import yaml
 
 from crawljob import kube
+from fakes.waiting import wait_for
 
 from .conftest import BIN, Child, Cluster, _install_crd, load_controlplane
 from .faultproxy import FaultProxy
@@ -169,7 +170,7 @@ async def wait_running(client: kube.KubeClient, namespace: str, name: str) -> No
         current = await client.get(kube.CRAWLJOBS, namespace, name)
         return (current.get("status") or {}).get("phase") == "Running"
 
-    await kube.wait_for(running, timeout=90, interval=0.3, what=f"CrawlJob {name} Running")
+    await wait_for(running, timeout=90, interval=0.3, what=f"CrawlJob {name} Running")
 
 
 def metrics_text(url: str) -> str:

@@ -3,8 +3,8 @@
 Its own control plane (etcd + kube-apiserver + kube-controller-manager 1.20, started for this
 module), since the faults stop its parts. Each test runs a real crawl (receiver → CrawlJob →
 operator → Job → Pod → worker → S3) and injects one fault while the worker runs: the worker waits
-at a gate until the fault is over (so the local kubelet's final status write never meets the
-outage), then the gate opens and the crawl finishes. Meanwhile the receiver is sent a new event.
+at a gate until the fault is over and the API takes writes again (so the local kubelet's final
+status write never meets the outage), then the gate opens and the crawl finishes. Meanwhile the receiver is sent a new event.
 
 Each test asserts: the CrawlJob ends Succeeded with its result, one Job and one worker run per
 CrawlJob, the operator process alive throughout and its kopf run never restarted, the operator's
@@ -324,8 +324,10 @@ async def run_fault(
         healing = time.monotonic()  # (a restart returns once the component is ready again)
         end()
         ended, ended_wall = time.monotonic(), time.time()
-        crawl.gate.touch()
         api_back = await writable_again(crawl.client, crawl.namespace) - ended
+        # The worker finishes only once the API takes writes again: the local kubelet does not
+        # retry a Pod's final status write (after etcd comes back, the apiserver needs ~15 s more).
+        crawl.gate.touch()
         done = await wait_succeeded(crawl.client, crawl.namespace, crawljob)
         succeeded_after = time.monotonic() - ended
         # Redelivery of the event refused during the fault (S3/SNS retry it): stored now.

@@ -46,9 +46,9 @@ format: $(STAMP) ## Reformat the code with ruff
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench-worker: $(STAMP) ## Worker vs cat, pandas, DuckDB, polars on a generated CSV; one table (SIZE_MB=800 REPEAT=2)
+bench-worker: $(STAMP) ## Worker vs cat, pandas, DuckDB, polars on generated CSVs: a table per size, medians (SIZE_MB=400,800,1600 REPEAT=3)
 	$(BIN)/pip install -q polars duckdb
-	$(BIN)/python bench/worker.py --size-mb $(or $(SIZE_MB),800) --repeat $(or $(REPEAT),2)
+	SIZE_MB="$(SIZE_MB)" REPEAT="$(REPEAT)" $(BIN)/python bench/worker.py
 
 bench-worker-startup: $(STAMP) ## Worker start-up from exec: first S3 GET, first progress PATCH, exit (ARGS="--worker-tree DIR" adds another checkout)
 	$(BIN)/python bench/worker_startup.py $(ARGS)
@@ -60,7 +60,7 @@ bench-kube-client: $(STAMP) ## crawljob.kube vs kubernetes_asyncio: import CPU/R
 bench-s3-ranges: $(STAMP) ## Worker reading S3 with 1, 2, 4, 8 ranged GETs when each connection is capped (SIZE_MB=100 THROTTLE=20 MB/s)
 	$(BIN)/python bench/s3_ranges.py
 
-bench: bench-receiver bench-operator bench-worker bench-s3-ranges bench-worker-startup bench-kube-client ## All benchmarks, each printing its table (slow: the worker's uses an 800 MB file)
+bench: bench-receiver bench-operator bench-worker bench-s3-ranges bench-worker-startup bench-kube-client ## All benchmarks, each printing its table (slow: the worker's uses 400, 800 and 1,600 MB files)
 
 clean: ## Remove the venv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,11 +1,14 @@
-"""`make bench-worker`: the worker against the physical limit and reference converters, one table.
+"""`make bench-worker`: the worker against the physical limit and reference converters, a table per size.
 
-Generates an IoT-style CSV (SIZE_MB, default 800), then on that same file measures, each in its own
-child process: `cat` to /dev/null, the worker from the local file, the worker from a loopback S3
-(moto), pandas `read_csv(chunksize=…)` → pyarrow ParquetWriter, DuckDB COPY → Parquet and polars
-`scan_csv().sink_parquet()`. Wall time, MB/s, CPU time (user + system; on shared cores the steadier
-measure of work), the child's own peak RSS (wait4) and the ratio to the worker's local time. polars
-and duckdb are benchmark-only dependencies.
+For each size (SIZE_MB, a comma list, default 400,800,1600: 411, 802 and 1,604 MB files) generates
+an IoT-style CSV, then on that same file measures, each in its own child process: `cat` to
+/dev/null, the worker from the local file, the worker from a loopback S3 (moto), pandas
+`read_csv(chunksize=…)` → pyarrow ParquetWriter, DuckDB COPY → Parquet and polars
+`scan_csv().sink_parquet()`. Rounds interleave the contenders, so load from other processes hits
+all alike; each figure is the median over the rounds. Columns: wall time, MB/s, CPU time (user +
+system; on shared cores the steadier measure of work, and what a cluster bills), MB per CPU-second,
+the child's own peak RSS (wait4, the highest of the rounds), and wall and CPU time each divided by
+the worker's (local file). polars and duckdb are benchmark-only dependencies.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import contextlib
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -125,12 +129,16 @@ pl.scan_csv(sys.argv[1]).sink_parquet(sys.argv[2])
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--size-mb", type=int, default=int(os.environ.get("SIZE_MB", "800")))
+    parser.add_argument(
+        "--size-mb",
+        default=os.environ.get("SIZE_MB") or "400,800,1600",
+        help="file sizes to run, comma-separated (MB): one table each",
+    )
     parser.add_argument(
         "--workdir", default=os.environ.get("BENCH_DIR"), help="where the file and outputs go"
     )
-    parser.add_argument("--keep", action="store_true", help="keep the generated file")
-    parser.add_argument("--repeat", type=int, default=int(os.environ.get("REPEAT", "2")), help="rounds")
+    parser.add_argument("--keep", action="store_true", help="keep the generated files (iot-SIZE.csv)")
+    parser.add_argument("--repeat", type=int, default=int(os.environ.get("REPEAT") or "3"), help="rounds")
     parser.add_argument(
         "--skip",
         default="",
@@ -138,11 +146,28 @@ def main() -> int:
     )
     args = parser.parse_args()
     skip = {item.strip() for item in args.skip.split(",") if item.strip()}
+    sizes = [int(item) for item in str(args.size_mb).split(",") if item.strip()]
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="crawljob-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    source = workdir / "iot.csv"
+    try:
+        for index, size_mb in enumerate(sizes):
+            # The parse-stage line once, on the first size: it is per block, not per file.
+            print(
+                run_size(workdir, size_mb, args.repeat, skip if index == 0 else skip | {"parse"}), flush=True
+            )
+            if not args.keep:
+                (workdir / f"iot-{size_mb}.csv").unlink(missing_ok=True)
+    finally:
+        if not args.keep and not args.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+def run_size(workdir: Path, size_mb: int, repeat: int, skip: set[str]) -> str:
+    """Generate a *size_mb* file and measure every contender on it, *repeat* interleaved rounds."""
+    source = workdir / f"iot-{size_mb}.csv"
     started = time.perf_counter()
-    size = generate(source, args.size_mb)
+    size = generate(source, size_mb)
     print(
         f"generated {source} ({size / MB:,.0f} MB) in {time.perf_counter() - started:.1f}s", file=sys.stderr
     )
@@ -170,35 +195,32 @@ def main() -> int:
         str(workdir / "t"),
     ]
     runs: dict[str, list[Result]] = {}
-    try:
-        with contextlib.ExitStack() as stack:
-            s3_env = stack.enter_context(loopback_s3(source)) if "s3" not in skip else None
-            measure("warm page cache", ["cat", str(source)])
-            for _ in range(args.repeat):  # rounds interleave the contenders, so load drifts hit all alike
-                round_results = [
-                    measure("cat", ["cat", str(source)]),
-                    measure("worker (local file)", local_worker),
-                ]
-                if s3_env is not None:
-                    round_results.append(measure("worker (loopback S3)", s3_worker, env=s3_env))
-                for key, (name, script, output) in references.items():
-                    if key not in skip:
-                        round_results.append(
-                            measure(name, [python, "-c", script, str(source), str(workdir / output)])
-                        )
-                for result in round_results:
-                    runs.setdefault(result.name, []).append(result)
-            stage = "" if "parse" in skip else parse_stage(source)
-    finally:
-        if not args.keep and not args.workdir:
-            shutil.rmtree(workdir, ignore_errors=True)
-    results = [best(name, attempts) for name, attempts in runs.items()]
-    load = os.getloadavg()[0]
-    print(f"\n{args.repeat} round(s), best wall time of each; load average at the end {load:.1f}", end="")
-    print(f" on {os.cpu_count()} cores")
-    print(table(results, size))
-    print(stage)
-    return 0
+    loads = [os.getloadavg()[0]]
+    with contextlib.ExitStack() as stack:
+        s3_env = stack.enter_context(loopback_s3(source)) if "s3" not in skip else None
+        measure("warm page cache", ["cat", str(source)])
+        for _ in range(repeat):  # rounds interleave the contenders, so load drifts hit all alike
+            round_results = [
+                measure("cat", ["cat", str(source)]),
+                measure("worker (local file)", local_worker),
+            ]
+            if s3_env is not None:
+                round_results.append(measure("worker (loopback S3)", s3_worker, env=s3_env))
+            for key, (name, script, output) in references.items():
+                if key not in skip:
+                    round_results.append(
+                        measure(name, [python, "-c", script, str(source), str(workdir / output)])
+                    )
+            for result in round_results:
+                runs.setdefault(result.name, []).append(result)
+            loads.append(os.getloadavg()[0])
+        stage = "" if "parse" in skip else parse_stage(source)
+    results = [median(name, attempts) for name, attempts in runs.items()]
+    heading = (
+        f"\n{repeat} round(s), median of each; load average (1 min) {min(loads):.1f}-{max(loads):.1f} "
+        f"during the run on {os.cpu_count()} cores"
+    )
+    return "\n".join([heading, table(results, size), stage])
 
 
 def parse_stage(source: Path, chunk_bytes: int = 8 << 20) -> str:
@@ -264,31 +286,39 @@ def loopback_s3(source: Path) -> Iterator[dict[str, str]]:
         yield env
 
 
-def best(name: str, attempts: list[Result]) -> Result:
-    """The fastest successful attempt's time, the highest peak RSS of all attempts."""
+def median(name: str, attempts: list[Result]) -> Result:
+    """The median wall and CPU time of the successful attempts, the highest peak RSS of all."""
     good = [attempt for attempt in attempts if not attempt.note] or attempts
-    fastest = min(good, key=lambda attempt: attempt.seconds)
-    cpu = min(attempt.cpu_seconds for attempt in good)
-    return Result(name, fastest.seconds, max(a.peak_rss_mb for a in attempts), fastest.note, cpu)
+    return Result(
+        name,
+        statistics.median(attempt.seconds for attempt in good),
+        max(attempt.peak_rss_mb for attempt in attempts),
+        good[0].note,
+        statistics.median(attempt.cpu_seconds for attempt in good),
+    )
 
 
 def table(results: list[Result], size: int) -> str:
     worker = next((r for r in results if r.name == "worker (local file)" and not r.note), None)
     lines = [
-        f"| contender ({size / MB:,.0f} MB CSV) | wall s | MB/s | CPU s | peak RSS MB | time ÷ worker |",
-        "|---|---:|---:|---:|---:|---:|",
+        f"| contender ({size / MB:,.0f} MB CSV) | wall s | MB/s | CPU s | MB per CPU-s | peak RSS MB "
+        "| time ÷ worker | CPU ÷ worker |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for result in results:
-        ratio = f"{result.seconds / worker.seconds:.2f}" if worker else "-"
-        rate = size / MB / result.seconds
+        time_ratio = f"{result.seconds / worker.seconds:.2f}" if worker else "-"
+        cpu_ratio = f"{result.cpu_seconds / worker.cpu_seconds:.2f}" if worker and worker.cpu_seconds else "-"
+        per_cpu = f"{size / MB / result.cpu_seconds:,.0f}" if result.cpu_seconds else "-"
         note = f" {result.note}" if result.note else ""
         row = [
             f"{result.name}{note}",
-            f"{result.seconds:.1f}",
-            f"{rate:,.0f}",
-            f"{result.cpu_seconds:.1f}",
+            f"{result.seconds:.2f}",
+            f"{size / MB / result.seconds:,.0f}",
+            f"{result.cpu_seconds:.2f}",
+            per_cpu,
             f"{result.peak_rss_mb:,.0f}",
-            ratio,
+            time_ratio,
+            cpu_ratio,
         ]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)

@@ -8,6 +8,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from contextlib import suppress
 from typing import Any
 
 from crawljob_worker.contract import TERMINATION_LOG
@@ -37,6 +38,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the worker; the return value is the process exit code."""
     started = time.monotonic()
     environ = os.environ
+    # Before anything imports numpy: its OpenBLAS thread pool only spins (0.07-0.10 CPU-s per run);
+    # the worker does no linear algebra.
+    environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     logging.basicConfig(
         level=environ.get("CRAWLJOB_LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -79,5 +83,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     return int(code)
 
 
+def exit_process(code: int) -> None:
+    """End the process with *code* once the standard streams and the log are flushed, skipping the
+    interpreter's shutdown (0.08-0.14 s of tearing down pandas, pyarrow and their modules).
+
+    By then every output is complete: `main` returns only after the worker's threads are joined
+    (writer, uploads, reader, the final progress patch), the parts, rejects and manifest are
+    uploaded or renamed into place and the termination message is written and closed. Only for
+    the program itself (`crawljob-worker`, `python -m crawljob_worker`): in-process callers of
+    `main` keep their interpreter."""
+    for stream in (sys.stdout, sys.stderr):
+        with suppress(Exception):  # a closed or broken pipe must not turn a result into a crash
+            stream.flush()
+    logging.shutdown()
+    os._exit(code)
+
+
+def console() -> None:
+    """The `crawljob-worker` command."""
+    exit_process(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

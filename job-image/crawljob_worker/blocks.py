@@ -11,6 +11,7 @@ import io
 import threading
 from collections.abc import Generator
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -21,22 +22,34 @@ COUNT_SLICE = 1 << 20
 _scratch = threading.local()
 
 
+Data = bytes | bytearray | memoryview
+
+
 @dataclass(frozen=True)
 class Block:
     """Whole records; `first_line` is the 1-based physical line number of the block's first byte;
-    `newlines` the number of line ends in `data`, when known."""
+    `newlines` the number of line ends in `data`, when known; `end` the source offset just past
+    the block, when known (blocks of a mapped file)."""
 
-    data: bytes | bytearray
+    data: Data
     first_line: int
     newlines: int | None = None
+    end: int | None = None
 
 
-def count_byte(data: bytes | bytearray, byte: bytes) -> int:
+class Searchable(Protocol):
+    """What `iter_buffer_blocks` needs of a buffer besides its bytes: `mmap.mmap` and `bytes` have it."""
+
+    def find(self, sub: bytes, start: int = ..., end: int = ...) -> int: ...
+    def rfind(self, sub: bytes, start: int = ..., end: int = ...) -> int: ...
+
+
+def count_byte(data: Data, byte: bytes) -> int:
     """Occurrences of one byte. numpy compares ~4x faster than bytes.count and releases the GIL; the
     comparison runs 1 MiB at a time into a reused per-thread scratch array, which stays in cache and
     spares allocating (and page-faulting) a boolean array as large as *data* on every call."""
     if len(data) < 1 << 16:
-        return data.count(byte)
+        return (bytes(data) if isinstance(data, memoryview) else data).count(byte)
     values = np.frombuffer(data, dtype=np.uint8)
     scratch: np.ndarray | None = getattr(_scratch, "array", None)
     if scratch is None:
@@ -142,3 +155,56 @@ def iter_blocks(
         newlines = count_byte(buffer, b"\n")
         yield Block(buffer, line, newlines)
         line += newlines
+
+
+def _record_end_in(source: Searchable, view: memoryview, start: int, end: int, quote: bytes | None) -> int:
+    """Offset just past the last newline in source[start:end] that ends a record (*start* is a
+    record boundary); *start* if there is none. Like `last_record_end`, on a buffer in place."""
+    position = source.rfind(b"\n", start, end)
+    if position < 0:
+        return start
+    if quote is None:
+        return position + 1
+    total = count_byte(view[start:end], quote)
+    tail = 0
+    stop = end
+    while position >= start:
+        tail += count_byte(view[position:stop], quote)
+        stop = position
+        if (total - tail) % 2 == 0:
+            return position + 1
+        position = source.rfind(b"\n", start, position)
+    return start
+
+
+def iter_buffer_blocks(
+    source: Searchable,
+    view: memoryview,
+    chunk_bytes: int,
+    quote: bytes | None,
+    max_record_bytes: int | None = None,
+) -> Generator[Block, None, None]:
+    """Blocks of about *chunk_bytes* over a buffer already in memory (*source*, a mapped file, and
+    *view*, a byte view of it): each block's data is a slice of *view*, nothing is allocated or
+    copied. Same cutting, BOM and overlong-record rules as `iter_blocks`; each block's `end` is
+    its end offset in the buffer."""
+    limit = max_record_bytes or max(8 * chunk_bytes, 64 * 1024 * 1024)
+    size = len(view)
+    start = len(UTF8_BOM) if bytes(view[: len(UTF8_BOM)]) == UTF8_BOM else 0
+    line = 1
+    while start < size:
+        stop = min(start + chunk_bytes, size)
+        end = size if stop == size else _record_end_in(source, view, start, stop, quote)
+        while end == start:  # no record ends within a chunk: a long record, or an unclosed quote
+            if stop - start > limit:
+                raise bad_input(
+                    f"a record starting on line {line} is longer than {limit // (1024 * 1024)} MiB: "
+                    "probably an unclosed quote (or set --quote none)"
+                )
+            stop = min(stop + chunk_bytes, size)
+            end = size if stop == size else _record_end_in(source, view, start, stop, quote)
+        data = view[start:end]
+        newlines = count_byte(data, b"\n")
+        yield Block(data, line, newlines, end)
+        line += newlines
+        start = end

@@ -7,6 +7,7 @@ version) it started with, so nothing is lost or read twice and a replaced object
 
 from __future__ import annotations
 
+import functools
 import gzip
 import http.client
 import io
@@ -19,13 +20,13 @@ from contextlib import suppress
 from dataclasses import dataclass
 from http.client import HTTPException
 from pathlib import Path
-from typing import Any
-
-import botocore.exceptions
-import urllib3.exceptions
+from typing import TYPE_CHECKING, Any
 
 from crawljob_worker.errors import WorkerError, bad_input, source_forbidden, source_not_found, transient
 from crawljob_worker.uri import Location
+
+if TYPE_CHECKING:
+    import botocore.exceptions
 
 log = logging.getLogger("crawljob_worker.source")
 
@@ -55,15 +56,24 @@ FORBIDDEN_CODES = {
     "SignatureDoesNotMatch",
     "AllAccessDisabled",
 }
-READ_ERRORS: tuple[type[BaseException], ...] = (
-    # BotoCoreError covers ResponseStreamingError, ReadTimeoutError and IncompleteReadError.
-    botocore.exceptions.BotoCoreError,
-    urllib3.exceptions.HTTPError,
-    HTTPException,
-    ConnectionError,
-    TimeoutError,
-    OSError,
-)
+
+
+@functools.cache
+def network_errors() -> tuple[type[BaseException], ...]:
+    """What a failed S3 request or body read raises. botocore and urllib3 are imported here, on the
+    first S3 request, so that a run on a local file never imports them (~0.1 s and ~10 MB)."""
+    import botocore.exceptions
+    import urllib3.exceptions
+
+    return (
+        # BotoCoreError covers ResponseStreamingError, ReadTimeoutError and IncompleteReadError.
+        botocore.exceptions.BotoCoreError,
+        urllib3.exceptions.HTTPError,
+        HTTPException,
+        ConnectionError,
+        TimeoutError,
+        OSError,
+    )
 
 
 @dataclass(frozen=True)
@@ -125,11 +135,13 @@ def s3_request(call: Callable[..., Any], location: Location, **extra: Any) -> An
     set; a refusal as WorkerError (missing, forbidden, changed), a network failure as Transient."""
     arguments: dict[str, Any] = {"Bucket": location.bucket, "Key": location.path}
     arguments.update({name: value for name, value in extra.items() if value})
+    from botocore.exceptions import ClientError
+
     try:
         return call(**arguments)
-    except botocore.exceptions.ClientError as error:
+    except ClientError as error:
         raise classify_source_error(error, location.uri()) from error
-    except READ_ERRORS as error:
+    except network_errors() as error:
         raise transient(f"cannot reach S3 for {location.uri()}: {error}") from error
 
 
@@ -193,7 +205,7 @@ class S3Stream(io.RawIOBase):
         while True:
             try:
                 count = self._read_body(view[:READ_SIZE])
-            except READ_ERRORS as error:
+            except network_errors() as error:
                 self._reconnect(str(error))
                 continue
             if not count and self.offset < self.length:
@@ -236,7 +248,7 @@ class S3Stream(io.RawIOBase):
             delay,
         )
         time.sleep(delay)
-        with suppress(*READ_ERRORS):
+        with suppress(*network_errors()):
             self._body.close()
         pin = {"VersionId": self.info.version_id} if self.info.version_id else {"IfMatch": self.info.etag}
         while True:
@@ -254,7 +266,7 @@ class S3Stream(io.RawIOBase):
 
     def close(self) -> None:
         if not self.closed:
-            with suppress(*READ_ERRORS):
+            with suppress(*network_errors()):
                 self._body.close()
         super().close()
 
@@ -283,6 +295,9 @@ class FileStream(io.RawIOBase):
         count = self._file.readinto(buffer)
         self.offset += count or 0
         return count or 0
+
+    def fileno(self) -> int:
+        return self._file.fileno()
 
     def close(self) -> None:
         if not self.closed:

@@ -197,6 +197,9 @@ class JobStatus:
     failed: int = 0
     backoff_limit: int | None = None
     active_deadline_seconds: int | None = None
+    # Exit codes the Job's podFailurePolicy fails the whole Job for (FailJob, operator In): such a
+    # pod failure is never retried. Empty on servers older than podFailurePolicy (they drop it).
+    fail_job_exit_codes: frozenset[int] = frozenset()
 
     def true_condition(self, *types: str) -> Condition | None:
         """The first of *types* present with status "True" (in the order given), or None."""
@@ -218,7 +221,21 @@ class JobStatus:
             failed=_integer(status.get("failed"), 0) or 0,
             backoff_limit=_integer(spec.get("backoffLimit")),
             active_deadline_seconds=_integer(spec.get("activeDeadlineSeconds")),
+            fail_job_exit_codes=_fail_job_exit_codes(_mapping(spec.get("podFailurePolicy"))),
         )
+
+
+def _fail_job_exit_codes(policy: Mapping[str, Any]) -> frozenset[int]:
+    codes: set[int] = set()
+    for rule in policy.get("rules") or ():
+        on_exit = _mapping(_mapping(rule).get("onExitCodes"))
+        if _mapping(rule).get("action") == "FailJob" and on_exit.get("operator") == "In":
+            codes.update(
+                code
+                for code in (_integer(value) for value in on_exit.get("values") or ())
+                if code is not None
+            )
+    return frozenset(codes)
 
 
 @dataclass(frozen=True)

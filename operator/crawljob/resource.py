@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 GROUP = "crawljob.io"
 VERSION = "v1alpha1"
@@ -19,6 +21,11 @@ LABEL_NAME = "app.kubernetes.io/name"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_CRAWLJOB = "crawljob.io/crawljob"
 MANAGED_BY = "crawljob-operator"
+# Labels on CrawlJobs, for `kubectl get cjob -l crawljob.io/phase=Failed,crawljob.io/bucket=inbox`:
+# the receiver sets the bucket; the operator keeps both in sync with the spec and the status.
+LABEL_PHASE = "crawljob.io/phase"
+LABEL_BUCKET = "crawljob.io/bucket"
+_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
 
 # Annotations: what users write to ask for a new run or a cancellation; what the receiver and the
 # operator record.
@@ -84,6 +91,24 @@ def crawljob_name(ref: ObjectRef) -> str:
     return f"{slug}-{digest}"
 
 
+def label_value(text: str) -> str | None:
+    """*text* if it is a valid label value (bucket names are, but for a few legacy ones), else None."""
+    return text if _LABEL_VALUE.match(text) else None
+
+
+def wanted_labels(crawljob: Mapping[str, Any]) -> dict[str, str | None]:
+    """The phase and bucket labels *crawljob* should carry (None: remove), from its spec and status."""
+    bucket = str(((crawljob.get("spec") or {}).get("source") or {}).get("bucket") or "")
+    phase = str((crawljob.get("status") or {}).get("phase") or "")
+    return {LABEL_PHASE: label_value(phase) or None, LABEL_BUCKET: label_value(bucket) or None}
+
+
+def labels_patch(crawljob: Mapping[str, Any]) -> dict[str, str | None]:
+    """The merge patch of metadata.labels that brings the phase and bucket labels in sync ({} if they are)."""
+    current = (crawljob.get("metadata") or {}).get("labels") or {}
+    return {key: value for key, value in wanted_labels(crawljob).items() if current.get(key) != value}
+
+
 def crawljob_manifest(
     ref: ObjectRef,
     namespace: str,
@@ -106,7 +131,11 @@ def crawljob_manifest(
     metadata: dict[str, object] = {
         "name": crawljob_name(ref),
         "namespace": namespace,
-        "labels": {LABEL_NAME: "crawljob", **(labels or {})},
+        "labels": {
+            LABEL_NAME: "crawljob",
+            **({LABEL_BUCKET: bucket_label} if (bucket_label := label_value(ref.bucket)) else {}),
+            **(labels or {}),
+        },
     }
     if annotations:
         metadata["annotations"] = annotations

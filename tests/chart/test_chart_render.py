@@ -261,7 +261,7 @@ def test_crd_is_valid_and_its_schema_structural() -> None:
     assert structural_problems(schema) == []
     assert version["subresources"] == {"status": {}}
     columns = [column["name"] for column in version["additionalPrinterColumns"]]
-    assert columns == ["Bucket", "Key", "Phase", "Progress", "Rows", "Age"]
+    assert columns == ["Bucket", "Key", "Phase", "Progress", "Rows", "Reason", "Age", "Message"]
     # kopf's bookkeeping under status survives pruning.
     assert schema["properties"]["status"]["x-kubernetes-preserve-unknown-fields"] is True
 
@@ -272,3 +272,25 @@ def test_structural_check_finds_problems() -> None:
     assert ".spec: no type" in problems
     assert ".spec.a: no type" in problems
     assert ".spec.a: no description (kubectl explain shows nothing)" in problems
+
+
+def test_resolving_versions_gives_the_receiver_s3_read_access_and_is_off_by_default() -> None:
+    from chart_render import env_of
+
+    def receiver_env(sets: list[str]) -> dict[str, Any]:
+        manifests = render(sets=sets)
+        deployment = next(
+            m for m in of_kind(manifests, "Deployment") if m["metadata"]["name"].endswith("receiver")
+        )
+        return env_of(deployment["spec"]["template"]["spec"]["containers"][0])
+
+    assert "CRAWLJOB_RESOLVE_VERSIONS" not in receiver_env([])
+    env = receiver_env(
+        ["receiver.resolveVersions=true", "s3.endpointUrl=http://minio:9000", "s3.existingSecret=s3-creds"]
+    )
+    assert env["CRAWLJOB_RESOLVE_VERSIONS"] == "true"
+    assert env["AWS_ENDPOINT_URL_S3"] == "http://minio:9000"
+    assert env["AWS_ACCESS_KEY_ID"] == {"secretKeyRef": {"name": "s3-creds", "key": "AWS_ACCESS_KEY_ID"}}
+    assert env["AWS_SECRET_ACCESS_KEY"] == {
+        "secretKeyRef": {"name": "s3-creds", "key": "AWS_SECRET_ACCESS_KEY"}
+    }

@@ -15,8 +15,9 @@ RECEIVER_CALLS = {
 # Calls the operator makes (crawljob.operator.handlers; kopf runs with scanning disabled, so it
 # reads no namespaces or CRDs; peerings only with HA, see PEERING_CALLS).
 OPERATOR_CALLS = {
-    # kopf watches them (list + watch); garbage collection of finished CrawlJobs deletes them.
-    ("crawljob.io", "crawljobs"): {"list", "watch", "delete"},
+    # kopf watches them (list + watch); garbage collection of finished CrawlJobs deletes them; the
+    # crawljob.io/phase and crawljob.io/bucket labels are kept in sync with a merge patch.
+    ("crawljob.io", "crawljobs"): {"list", "watch", "patch", "delete"},
     # phase, conditions, progress of the queue, result: merge patches of the status subresource.
     ("crawljob.io", "crawljobs/status"): {"patch"},
     # Jobs are created with blockOwnerDeletion: the OwnerReferencesPermissionEnforcement admission

@@ -54,6 +54,12 @@ def test_receiver_configuration_from_all_options(all_manifests: list[Manifest]) 
         "CRAWLJOB_SNS_TOPIC_ARNS": "arn:aws:sns:eu-west-1:123456789012:uploads",
         "CRAWLJOB_SNS_CERT_HOST_PATTERN": r"^sns\.[a-z0-9-]+\.amazonaws\.com$",
         "CRAWLJOB_DEFAULT_OUTPUT_URI": "s3://processed/crawljob/",
+        # receiver.resolveVersions: S3 read access, from the same s3.* values as the workers'.
+        "CRAWLJOB_RESOLVE_VERSIONS": "true",
+        "AWS_ENDPOINT_URL_S3": "http://minio.storage.svc:9000",
+        "AWS_DEFAULT_REGION": "eu-west-1",
+        "AWS_ACCESS_KEY_ID": {"secretKeyRef": {"name": "s3-credentials", "key": "access-key"}},
+        "AWS_SECRET_ACCESS_KEY": {"secretKeyRef": {"name": "s3-credentials", "key": "secret-key"}},
         "EXTRA_RECEIVER": "1",
     }
     pod = named(all_manifests, "Deployment", "crawl-receiver")["spec"]["template"]["spec"]
@@ -97,6 +103,7 @@ def test_operator_configuration_from_all_options(all_manifests: list[Manifest]) 
         "CRAWLJOB_SUCCESSFUL_HISTORY_LIMIT": "100",
         "CRAWLJOB_FAILED_HISTORY_LIMIT": "50",
         "CRAWLJOB_JOB_TTL_SECONDS": "3600",
+        "CRAWLJOB_NOTIFY_SINKS": "https://events.example.com/crawljob,http://knative-broker.default.svc/",
         "EXTRA_OPERATOR": {"fieldRef": {"fieldPath": "metadata.name"}},
     }
     assert worker_env == [

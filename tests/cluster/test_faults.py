@@ -349,7 +349,7 @@ async def run_fault(
     log = crawl.operator.log_text()
     assert log.count("operator started:") == 1, log[-3000:]
     assert "the kopf run failed" not in log
-    assert metric(crawl.health_url + "/metrics", "crawljob_operator_run_restarts_total") == 0
+    assert metric(crawl.health_url + "/metrics", "crawljob_kopf_run_restarts_total") == 0
     if writable:
         assert mid_status == 202, mid_status
     else:
@@ -482,11 +482,9 @@ async def test_all_watch_connections_frozen(
     log = running.operator.log_text()
     lines = [line for line in log.splitlines() if "is inactive, reconnecting" in line]
     assert len(lines) > seen_before and all(" INFO " in line for line in lines), lines[:3]
-    restarts = metric(
-        running.health_url + "/metrics", "crawljob_operator_watch_restarts_total", 'reason="inactive"'
-    )
+    restarts = metric(running.health_url + "/metrics", "crawljob_watch_restarts_total", 'reason="inactive"')
     # Three watched resources, each reopened every inactivity period (20 s) of the 90 s freeze.
     assert restarts >= 9, restarts
     text = metrics_text(running.health_url + "/metrics")
     for plural in ("crawljobs", "jobs", "pods"):
-        assert f'crawljob_operator_watch_event_age_seconds{{resource="{plural}"}}' in text
+        assert f'crawljob_watch_event_age_seconds{{resource="{plural}"}}' in text

@@ -72,7 +72,15 @@ async def test_kubectl_table_requests_get_the_crd_printer_columns(kube_client: k
         kube.CRAWLJOBS,
         "default",
         "tabled",
-        {"status": {"phase": "Succeeded", "progress": {"percent": "100%"}, "result": {"rowsWritten": 42}}},
+        {
+            "status": {
+                "phase": "Succeeded",
+                "reason": "Completed",
+                "message": "done",
+                "progress": {"percent": "100%"},
+                "result": {"rowsWritten": 42},
+            }
+        },
         "status",
     )
     async with kube_client.session.get(
@@ -88,6 +96,10 @@ async def test_kubectl_table_requests_get_the_crd_printer_columns(kube_client: k
         "Phase",
         "Progress",
         "Rows",
+        "Reason",
         "Age",
+        "Message",
     ]
-    assert table["rows"][0]["cells"][:6] == ["tabled", "b", "k.csv", "Succeeded", "100%", 42]
+    assert table["columnDefinitions"][-1]["priority"] == 1  # kubectl shows it with -o wide only
+    cells = table["rows"][0]["cells"]
+    assert cells[:7] + cells[8:] == ["tabled", "b", "k.csv", "Succeeded", "100%", 42, "Completed", "done"]

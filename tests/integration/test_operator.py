@@ -47,10 +47,24 @@ async def test_crawljob_runs_to_succeeded_with_the_workers_result(
             text = await metrics.text()
         assert 'crawljob_transitions_total{phase="Succeeded",reason="Completed"} 1.0' in text
         assert "crawljob_jobs_created_total 1.0" in text
+        # Rows and bytes of the successful run; the phase gauge is current at once (the resync
+        # runs every 2 s here, so a gauge refreshed only by it would often still say Running).
+        assert 'crawljob_rows_total{outcome="written"} 42.0' in text
+        assert 'crawljob_rows_total{outcome="rejected"} 0.0' in text
+        assert "crawljob_bytes_read_total 420.0" in text
+        assert 'crawljob_crawljobs{phase="Succeeded"} 1.0' in text
+        assert 'crawljob_crawljobs{phase="Running"} 0.0' in text
+        assert "crawljob_replica_active 1.0" in text
+        # One prefix scheme: every metric the operator exports starts with crawljob_, none with
+        # crawljob_operator_ (the receiver's are crawljob_receiver_).
+        names = {line.split("{")[0].split()[0] for line in text.splitlines() if line and line[0] != "#"}
+        assert names and all(
+            n.startswith("crawljob_") and not n.startswith("crawljob_operator_") for n in names
+        )
         # The watch telemetry of health.py, next to the run's metrics; kopf's run never restarted.
-        assert 'crawljob_operator_watch_event_age_seconds{resource="jobs"}' in text
-        assert 'crawljob_operator_watch_restarts_total{reason="started",resource="jobs.v1.batch"} 1.0' in text
-        assert "crawljob_operator_run_restarts_total 0.0" in text
+        assert 'crawljob_watch_event_age_seconds{resource="jobs"}' in text
+        assert 'crawljob_watch_restarts_total{reason="started",resource="jobs.v1.batch"} 1.0' in text
+        assert "crawljob_kopf_run_restarts_total 0.0" in text
     lines = [
         json.loads(line)
         for line in (tmp_path / "operator.log").read_text().splitlines()
@@ -106,6 +120,23 @@ async def test_every_failure_reason_of_a_running_worker_is_surfaced(
         events = {
             case: await _events_of(kube_client, body["metadata"]["name"]) for case, body in bodies.items()
         }
+
+        async def labelled() -> dict[str, dict[str, str]] | None:
+            found = {
+                case: {
+                    key: value
+                    for key, value in (
+                        await kube_client.get(kube.CRAWLJOBS, NAMESPACE, body["metadata"]["name"])
+                    )["metadata"]["labels"].items()
+                    if key.startswith("crawljob.io/")
+                }
+                for case, body in bodies.items()
+            }
+            return (
+                found if all(item.get("crawljob.io/phase") == "Failed" for item in found.values()) else None
+            )
+
+        labels = await wait_until(labelled, 10, "the phase labels")
     for case, (reason, words, attempts) in cases.items():
         got = finished[case]["status"]
         assert got["phase"] == "Failed", (case, got)
@@ -117,6 +148,11 @@ async def test_every_failure_reason_of_a_running_worker_is_surfaced(
         assert failed["status"] == "True" and failed["reason"] == reason
         warnings = [event for event in events[case] if event["type"] == "Warning"]
         assert any(event["reason"] == reason for event in warnings), (case, events[case])
+        if attempts == 1:  # permanent: podFailurePolicy fails the Job, so nothing says "Retrying"
+            assert not [event for event in events[case] if event["reason"] == "Retrying"], events[case]
+            assert not [event for event in warnings if event["reason"] != reason], events[case]
+        # The operator keeps the phase label in step with the phase.
+        assert labels[case] == {"crawljob.io/phase": "Failed", "crawljob.io/bucket": "bucket"}, labels[case]
 
 
 async def test_retry_success_and_bad_termination_messages(

@@ -49,13 +49,13 @@ def replica(
 
 
 async def health(operator: OperatorProcess) -> tuple[int, dict[str, object], bool]:
-    """(/healthz status, its body, the crawljob_operator_active gauge) of one replica."""
+    """(/healthz status, its body, the crawljob_replica_active gauge) of one replica."""
     base = f"http://127.0.0.1:{operator.flags['health-port']}"
     async with aiohttp.ClientSession() as http:
         async with http.get(f"{base}/healthz") as answer:
             status, body = answer.status, await answer.json()
         async with http.get(f"{base}/metrics") as answer:
-            active = "crawljob_operator_active 1.0" in await answer.text()
+            active = "crawljob_replica_active 1.0" in await answer.text()
     return status, body, active
 
 

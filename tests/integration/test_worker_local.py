@@ -280,3 +280,172 @@ def test_parquet_statistics_for_text_columns_only_on_request(tmp_path: Path, fla
         assert device is not None and (device.min, device.max) == ("d0", "d6")
     else:
         assert device is None or not device.has_min_max
+
+
+def _dictionary_encoded(out: Path) -> dict[str, bool]:
+    """Per column of the first part: whether its first row group is dictionary-encoded."""
+    manifest = json.loads((out / "_manifest.json").read_text())
+    metadata = pq.ParquetFile(out / manifest["parts"][0]["name"]).metadata
+    group = metadata.row_group(0)
+    return {
+        group.column(index).path_in_schema: group.column(index).has_dictionary_page
+        and any("DICTIONARY" in encoding for encoding in group.column(index).encodings)
+        for index in range(group.num_columns)
+    }
+
+
+def test_parquet_dictionary_only_for_low_cardinality_columns(tmp_path: Path) -> None:
+    source = tmp_path / "in.csv"
+    rows = 5000
+    source.write_text(
+        "device,site,battery,reading,when\n"
+        + "".join(
+            f"dev-{n * 7919 % 100_003},{('north', 'south', 'lab')[n % 3]},{n % 101},{n * 0.37:.2f},"
+            f"2026-01-01T00:{n // 60 % 60:02d}:{n % 60:02d}\n"
+            for n in range(rows)
+        )
+    )
+    code, message = convert(source, tmp_path / "out")
+    assert code == 0, message
+    assert _dictionary_encoded(tmp_path / "out") == {
+        "device": False,  # every value distinct
+        "site": True,
+        "battery": True,
+        "reading": False,
+        "when": False,  # timestamps are delta-encoded
+    }
+    table = read_parts(tmp_path / "out")
+    assert table.num_rows == rows
+    assert table.column("device")[1].as_py() == "dev-7919"
+    assert table.column("site")[2].as_py() == "lab"
+
+
+def test_parquet_dictionary_for_every_column_of_a_small_file(tmp_path: Path) -> None:
+    source = tmp_path / "in.csv"
+    source.write_text("device,site\n" + "".join(f"dev-{n},s{n % 2}\n" for n in range(50)))
+    code, message = convert(source, tmp_path / "out")
+    assert code == 0, message
+    assert _dictionary_encoded(tmp_path / "out") == {"device": True, "site": True}
+
+
+def _program(*args: str) -> subprocess.CompletedProcess[str]:
+    """`crawljob-worker` as the image runs it: the installed console script, its own process."""
+    script = Path(sys.executable).parent / "crawljob-worker"
+    return subprocess.run([str(script), *args], capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_the_program_ends_after_every_output_is_complete(tmp_path: Path) -> None:
+    source = tmp_path / "in.csv"
+    with source.open("w") as handle:
+        handle.write("id,device,reading\n")
+        handle.writelines(f"{n},dev-{n % 977},{n * 0.5}\n" for n in range(300_000))
+    out, termination = tmp_path / "out", tmp_path / "termination"
+    done = _program(
+        str(source), "--output", str(out), "--termination-log", str(termination),
+        "--chunk-size-mb", "1", "--part-size-mb", "1",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    message = json.loads(termination.read_text())
+    assert json.loads(done.stdout) == message
+    assert message["rowsWritten"] == 300_000 and message["outputObjects"] > 1
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert manifest["outcome"] == "Succeeded" and len(manifest["parts"]) == message["outputObjects"]
+    for part in manifest["parts"]:  # every part uploaded whole before the process ended
+        assert (out / part["name"]).stat().st_size == part["bytes"]
+        assert pq.read_metadata(out / part["name"]).num_rows == part["rows"]
+    assert sum(part["rows"] for part in manifest["parts"]) == 300_000
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [part["name"] for part in manifest["parts"]] + ["_manifest.json"]
+    )
+
+
+def test_a_failed_program_run_still_writes_rejects_manifest_and_message(tmp_path: Path) -> None:
+    source = tmp_path / "in.csv"
+    source.write_text("a,b\n" + "".join(f"{n},{n}\n" if n % 3 else f"{n}\n" for n in range(3000)))
+    out, termination = tmp_path / "out", tmp_path / "termination"
+    done = _program(str(source), "--output", str(out), "--termination-log", str(termination))
+    assert done.returncode == 5
+    message = json.loads(termination.read_text())
+    assert json.loads(done.stdout) == message
+    assert message["reason"] == "RejectThresholdExceeded" and message["rowsRejected"] == 1000
+    assert done.stderr.rstrip().splitlines()[-1].startswith("crawljob-worker: RejectThresholdExceeded: ")
+    assert json.loads((out / "_manifest.json").read_text())["outcome"] == "Failed"
+    with (out / "_rejects.csv").open() as handle:
+        assert len(list(csv.reader(handle))) == 1 + 1000
+
+
+def test_the_program_skips_the_interpreter_shutdown(tmp_path: Path) -> None:
+    source = tmp_path / "in.csv"
+    source.write_text("a\n1\n")
+    probe = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: print('interpreter shutdown ran'))\n"
+        "from crawljob_worker.__main__ import console\n"
+        "console()\n"
+    )
+    argv = [str(source), "--output", str(tmp_path / "out"), "--termination-log", str(tmp_path / "t")]
+    done = subprocess.run(
+        [sys.executable, "-c", probe, *argv], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[0])["rowsWritten"] == 1
+    assert "interpreter shutdown ran" not in done.stdout
+
+
+def test_a_mapped_file_and_a_streamed_one_give_the_same_outputs(tmp_path: Path) -> None:
+    """Plain local files are parsed in place from a memory map, gzip ones from a stream of blocks:
+    same rows, types, rejects and line numbers, across many small blocks."""
+    lines = ["\ufeffid,name,reading"]
+    for n in range(20_000):
+        if n % 997 == 5:
+            lines.append(f"{n},short")  # rejected: a field missing
+        elif n % 101 == 0:
+            lines.append(f'{n},"two\nlines, quoted",{n / 4}')
+        else:
+            lines.append(f'{n},"n ""{n}""",{n / 4}')
+    text = "\r\n".join(lines) + "\r\n"
+    plain, packed = tmp_path / "in.csv", tmp_path / "in.csv.gz"
+    plain.write_bytes(text.encode())
+    packed.write_bytes(gzip.compress(text.encode()))
+    results = []
+    for source, out in ((plain, tmp_path / "mapped"), (packed, tmp_path / "streamed")):
+        code, message = convert(source, out, "--chunk-size-mb", "1", "--max-reject-ratio", "0.5")
+        assert code == 0, message
+        results.append((read_parts(out), (out / "_rejects.csv").read_text(), message["rowsRead"]))
+    assert results[0][0].equals(results[1][0])
+    assert results[0][1:] == results[1][1:]
+    assert results[0][0].num_rows == 20_000 - 21 and results[0][2] == 20_000
+    assert results[0][0].column("name")[0].as_py() == "two\nlines, quoted"
+
+
+@pytest.mark.parametrize("output_format", ["parquet", "csv", "jsonl"])
+@pytest.mark.parametrize("flags", [(), ("--string-statistics",)])
+def test_manifest_text_min_max_only_with_string_statistics(
+    tmp_path: Path, output_format: str, flags: tuple[str, ...]
+) -> None:
+    source = tmp_path / "in.csv"
+    source.write_text("device,reading\n" + "".join(f"d{n % 7},{n}.5\n" for n in range(50)) + ",\n")
+    code, message = convert(
+        source, tmp_path / "out", "--format", output_format, "--dtypes", '{"device": "string"}', *flags
+    )
+    assert code == 0, message
+    columns = json.loads((tmp_path / "out" / "_manifest.json").read_text())["columns"]
+    assert columns["reading"] == {"nullCount": 1, "min": 0.5, "max": 49.5}
+    if flags:
+        assert columns["device"] == {"nullCount": 0, "min": "", "max": "d6"}
+    else:
+        assert columns["device"] == {"nullCount": 0, "min": None, "max": None}
+
+
+@pytest.mark.parametrize("output_format", ["parquet", "csv"])
+def test_manifest_counts_nulls_of_text_columns_without_statistics(tmp_path: Path, output_format: str) -> None:
+    source = tmp_path / "in.csv"
+    source.write_text("a,b\n1,\n2,\n")  # b is all empty: a text column of nulls
+    code, message = convert(source, tmp_path / "out", "--format", output_format)
+    assert code == 0, message
+    columns = json.loads((tmp_path / "out" / "_manifest.json").read_text())["columns"]
+    assert columns == {
+        "a": {"nullCount": 0, "min": 1, "max": 2},
+        "b": {"nullCount": 2, "min": None, "max": None},
+    }
+    assert list(columns) == ["a", "b"]

@@ -7,6 +7,9 @@ import csv
 import gzip
 import io
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -203,3 +206,31 @@ def test_ranged_reads_refuse_an_object_replaced_while_it_is_read(s3_client: Any,
         assert "replaced while it was being read" in failure.value.message
     finally:
         stream.close()
+
+
+def test_the_program_ends_after_every_s3_upload_is_complete(
+    tmp_path: Path, s3_env: dict[str, str], s3_client: Any, bucket: str
+) -> None:
+    """The installed `crawljob-worker` leaves with os._exit: the parts uploaded in the background,
+    the manifest and the termination message are all complete by then."""
+    body = b"id,device,reading\n" + b"".join(
+        f"{n},dev-{n % 977},{n * 0.5}\n".encode() for n in range(200_000)
+    )
+    s3_client.put_object(Bucket=bucket, Key="in.csv", Body=body)
+    termination = tmp_path / "termination-log"
+    script = Path(sys.executable).parent / "crawljob-worker"
+    done = subprocess.run(
+        [
+            str(script), f"s3://{bucket}/in.csv", "--output", f"s3://{bucket}/out/",
+            "--termination-log", str(termination), "--chunk-size-mb", "1", "--part-size-mb", "1",
+        ],
+        capture_output=True, text=True, timeout=120, check=False, env={**os.environ, **s3_env},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    message = json.loads(termination.read_text())
+    assert json.loads(done.stdout) == message and message["rowsWritten"] == 200_000
+    table, manifest = read_s3_parts(s3_client, bucket, "out/")
+    assert table.num_rows == 200_000 and len(manifest["parts"]) == message["outputObjects"] > 1
+    for part in manifest["parts"]:
+        head = s3_client.head_object(Bucket=bucket, Key="out/" + part["name"])
+        assert head["ContentLength"] == part["bytes"]

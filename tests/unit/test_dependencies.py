@@ -17,14 +17,24 @@ MODULES = {
     "boto3": "boto3", "pandas": "pandas", "pyarrow": "pyarrow", "kubernetes": "kubernetes",
     "aiohttp": "aiohttp", "kopf": "kopf", "prometheus-client": "prometheus_client",
     "cryptography": "cryptography", "kmock": "kmock", "moto": "moto", "pyyaml": "yaml",
+    "cloudevents": "cloudevents",
 }  # fmt: skip
 WORKER = ROOT / "job-image" / "crawljob_worker"
 OPERATOR = ROOT / "operator" / "crawljob"
 # The code each group of requirements is installed for.
+# Code that needs S3 reads only when asked (--resolve-versions, `kubectl crawljob submit`), installed
+# with the s3-read extra; the operator image carries it only when built with that extra.
+S3_READ = [OPERATOR / "receiver" / "versions.py", OPERATOR / "plugin"]
 USERS = {
     "dependencies": [WORKER, OPERATOR],
     "worker": [WORKER],
-    "operator": [path for path in OPERATOR.iterdir() if path.name != "local"],
+    "operator": [
+        file
+        for file in OPERATOR.rglob("*.py")
+        if "local" not in file.relative_to(OPERATOR).parts[:1]
+        and not any(file == path or path in file.parents for path in S3_READ)
+    ],
+    "s3-read": S3_READ,
     "local": [OPERATOR / "local"],
 }
 

@@ -17,13 +17,17 @@ def test_table_has_the_printer_columns_oldest_first() -> None:
     table = render_table(
         [
             _crawljob("b", "2026-11-29T11:59:30Z", {"phase": "Running", "progress": {"percent": "40%"}}),
-            _crawljob("a", "2026-11-29T10:00:00Z", {"phase": "Succeeded", "result": {"rowsWritten": 7}}),
+            _crawljob(
+                "a",
+                "2026-11-29T10:00:00Z",
+                {"phase": "Succeeded", "reason": "Completed", "result": {"rowsWritten": 7}},
+            ),
         ],
         NOW,
     )
     lines = table.splitlines()
-    assert lines[0].split() == ["NAME", "BUCKET", "KEY", "PHASE", "PROGRESS", "ROWS", "AGE"]
-    assert lines[1].split() == ["a", "inbox", "a.csv", "Succeeded", "7", "2h"]
+    assert lines[0].split() == ["NAME", "BUCKET", "KEY", "PHASE", "PROGRESS", "ROWS", "REASON", "AGE"]
+    assert lines[1].split() == ["a", "inbox", "a.csv", "Succeeded", "7", "Completed", "2h"]
     assert lines[2].split() == ["b", "inbox", "b.csv", "Running", "40%", "30s"]
 
 

@@ -93,7 +93,7 @@ async def test_watch_log_filter_promotes_restarts_to_info_and_counts_them() -> N
     assert not watch_filter.filter(record(logging.DEBUG, "Stopping the watch-stream for pods.v1 in 'ns'."))
     assert watch_filter.filter(record(logging.ERROR, "Request attempt #9 failed; will retry"))
     counted = probe.registry.get_sample_value(
-        "crawljob_operator_watch_restarts_total", {"resource": "pods.v1", "reason": "inactive"}
+        "crawljob_watch_restarts_total", {"resource": "pods.v1", "reason": "inactive"}
     )
     assert counted == 1.0
 
@@ -140,7 +140,7 @@ async def test_supervise_restarts_a_failed_run_until_it_returns() -> None:
 
     await app.supervise(run, probe, resilience.CappedBackoffs(first=0.05, cap=0.1))
     assert len(calls) == 3
-    assert probe.registry.get_sample_value("crawljob_operator_run_restarts_total") == 2.0
+    assert probe.registry.get_sample_value("crawljob_kopf_run_restarts_total") == 2.0
     assert calls[1] - calls[0] >= 0.05 and calls[2] - calls[1] >= 0.1  # backed off, capped
 
 
@@ -154,4 +154,4 @@ async def test_supervise_does_not_swallow_a_stop() -> None:
 
     with pytest.raises(asyncio.CancelledError):
         await app.supervise(run, probe, resilience.CappedBackoffs(first=0.05, cap=0.1))
-    assert probe.registry.get_sample_value("crawljob_operator_run_restarts_total") == 0.0
+    assert probe.registry.get_sample_value("crawljob_kopf_run_restarts_total") == 0.0

@@ -320,3 +320,32 @@ def test_a_non_terminal_observation_never_erases_the_outcome() -> None:
     assert "result" not in patch and "completionTime" not in patch
     failed = status.desired_status(done, status.job_deleted("j", NOW), 1, "j", NOW)
     assert status.status_patch(done, failed)["result"] is None  # a terminal one decides
+
+
+def test_a_permanent_failure_before_the_jobs_verdict_is_not_called_retrying() -> None:
+    from crawljob_worker.contract import PERMANENT_EXIT_CODES
+
+    policy = {
+        "rules": [
+            {
+                "action": "FailJob",
+                "onExitCodes": {
+                    "containerName": "worker",
+                    "operator": "In",
+                    "values": [int(code) for code in PERMANENT_EXIT_CODES],
+                },
+            },
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        ]
+    }
+    job = _job(active=0, failed=1)
+    job["spec"]["podFailurePolicy"] = policy
+    bad_input = _pod("p", "Failed", _terminated(3, _summary(reason="BadInput"), reason="Error"))
+    observed = _observe(job, [bad_input], NOW)
+    assert (observed.phase, observed.reason, observed.warning) == ("Running", "WorkerFailed", False)
+    assert "not retried" in observed.message and "waiting for a retry" not in observed.message
+    # A retryable exit code under the same policy is retried; without a policy (servers older than
+    # podFailurePolicy) the Job really retries even a permanent code, and the status says so.
+    transient = _pod("p", "Failed", _terminated(75, "", reason="Error"))
+    assert _observe(job, [transient], NOW).reason == "Retrying"
+    assert _observe(_job(active=0, failed=1), [bad_input], NOW).reason == "Retrying"

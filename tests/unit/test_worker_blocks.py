@@ -5,7 +5,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from crawljob_worker.blocks import count_byte, first_record_end, iter_blocks, last_record_end
+from crawljob_worker.blocks import (
+    Block,
+    count_byte,
+    first_record_end,
+    iter_blocks,
+    iter_buffer_blocks,
+    last_record_end,
+)
 from crawljob_worker.errors import WorkerError
 
 
@@ -64,3 +71,47 @@ def test_count_byte_is_exact_in_two_threads_at_once() -> None:
     with ThreadPoolExecutor(max_workers=2) as pool:
         counts = list(pool.map(lambda block: count_byte(block, block[:1]), blocks * 4))
     assert counts == [len(block) for block in blocks] * 4
+
+
+def _buffer_blocks(data: bytes, chunk: int, limit: int | None = None) -> list[Block]:
+    with memoryview(data) as view:
+        return [
+            Block(bytes(block.data), block.first_line, block.newlines, block.end)
+            for block in iter_buffer_blocks(data, view, chunk, b'"', limit)
+        ]
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 16, 1000])
+@pytest.mark.parametrize("tail", [b"4,y", b"4,y\r\n"])
+def test_buffer_blocks_cut_in_place_at_record_boundaries(chunk: int, tail: bytes) -> None:
+    data = b'h1,h2\r\n1,"a\r\nb"\r\n2,"c,""d"""\r\n3,x\r\n' + tail
+    blocks = _buffer_blocks(data, chunk)
+    assert b"".join(bytes(block.data) for block in blocks) == data
+    position = 0
+    for block in blocks:
+        position += len(block.data)
+        assert block.end == position
+        assert block.first_line == data[: position - len(block.data)].count(b"\n") + 1
+        assert block.newlines == bytes(block.data).count(b"\n")
+        assert bytes(block.data).count(b'"') % 2 == 0  # never cut inside a quoted field
+    assert len(blocks) == 1 if chunk == 1000 else len(blocks) > 1
+
+
+def test_buffer_blocks_are_views_of_the_buffer_not_copies() -> None:
+    data = bytearray(b"a,b\n1,2\n3,4\n")
+    with memoryview(data) as view:
+        first = next(iter_buffer_blocks(bytes(data), view, 5, b'"'))
+        assert isinstance(first.data, memoryview)
+        data[0:1] = b"z"  # same length: the view sees the change
+        assert bytes(first.data) == b"z,b\n"
+        first.data.release()
+
+
+def test_buffer_blocks_drop_a_bom_and_refuse_an_unclosed_quote() -> None:
+    assert [(bytes(b.data), b.first_line) for b in _buffer_blocks(b"\xef\xbb\xbfa,b\n1,2\n", 100)] == [
+        (b"a,b\n1,2\n", 1)
+    ]
+    with pytest.raises(WorkerError) as caught:
+        _buffer_blocks(b'a,b\n1,"never closed\n' + b"x" * 5000, 100, limit=1000)
+    assert caught.value.code == 3
+    assert "line 2" in caught.value.message

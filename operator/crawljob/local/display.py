@@ -6,7 +6,7 @@ import datetime
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-COLUMNS = ("NAME", "BUCKET", "KEY", "PHASE", "PROGRESS", "ROWS", "AGE")
+COLUMNS = ("NAME", "BUCKET", "KEY", "PHASE", "PROGRESS", "ROWS", "REASON", "AGE")
 
 
 def _age(created: str | None, now: datetime.datetime) -> str:
@@ -37,6 +37,7 @@ def crawljob_row(crawljob: Mapping[str, Any], now: datetime.datetime) -> tuple[s
         str(status.get("phase", "")),
         str((status.get("progress") or {}).get("percent", "")),
         "" if rows is None else str(rows),
+        str(status.get("reason", "")),
         _age(metadata.get("creationTimestamp"), now),
     )
 

@@ -12,6 +12,7 @@ import itertools
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import aiohttp.web
@@ -20,9 +21,11 @@ import kmock
 import yaml
 
 from crawljob import resource
+from crawljob.local import openapi, runner
 from crawljob.operator import peering
 
 _versions = itertools.count(1)
+CRDS = kmock.resource("apiextensions.k8s.io", "v1", "customresourcedefinitions")
 
 
 def _now() -> str:
@@ -43,6 +46,31 @@ def _selector_matches(selector: str, labels: dict[str, str]) -> bool:
             if term[1:] in labels:
                 return False
         elif term not in labels:
+            return False
+    return True
+
+
+def _status(code: int, reason: str, message: str) -> aiohttp.web.Response:
+    """A meta/v1 Status answer, as the API server sends errors."""
+    body = {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    }
+    return aiohttp.web.json_response(body, status=code)
+
+
+def _field_selector_matches(selector: str, obj: dict[str, Any]) -> bool:
+    """Equality field selectors (`involvedObject.name=x,metadata.namespace!=y`), as `kubectl describe`
+    sends them for a resource's Events."""
+    for term in filter(None, (part.strip() for part in selector.split(","))):
+        negate = "!=" in term
+        path, _, value = term.replace("!=", "=").replace("==", "=").partition("=")
+        found = _json_path(obj, path)
+        if (str(found if found is not None else "") == value) == negate:
             return False
     return True
 
@@ -112,6 +140,12 @@ class Emulator(kmock.KubernetesEmulator):
 
     # Printer columns of the registered CRDs, by "group/version/plural", for kubectl's Table requests.
     printer_columns: dict[str, list[dict[str, Any]]] = attrs.field(factory=dict)
+    # The registered CRDs themselves, for the OpenAPI documents (`kubectl explain`, `create -f`).
+    crds: list[dict[str, Any]] = attrs.field(factory=list)
+    # Where the job runner keeps container output (runner.pod_log_path), for `pods/NAME/log`.
+    pod_log_dir: Path | None = None
+    # Their schemas by "group/version/plural", for strict field validation (`?fieldValidation=Strict`).
+    schemas: dict[str, dict[str, Any]] = attrs.field(factory=dict)
 
     # kmock matches every request against its whole request log (O(log length) per request, ~1 ms
     # per logged request), so long runs slow to a crawl. Finished requests are dropped from the log
@@ -141,6 +175,19 @@ class Emulator(kmock.KubernetesEmulator):
             self._finished_requests.add(id(request))
 
     async def _handle_with_metadata(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        if request.url.path.startswith("/openapi/"):
+            return self._serve_openapi(request.url.path)
+        if (
+            request.subresource == "log"
+            and request.resource is not None
+            and request.resource.plural == "pods"
+        ):
+            return self._serve_pod_log(request)
+        refused = self._strict_field_validation(request)
+        if refused is not None:
+            return refused
+        if request.params.get("dryRun") == "All" and request.resource is not None:
+            return await self._dry_run(request)
         data = request.data
         if request.resource is not None and isinstance(data, dict):
             metadata = data.setdefault("metadata", {})
@@ -173,6 +220,101 @@ class Emulator(kmock.KubernetesEmulator):
             return aiohttp.web.json_response(status, status=409)
         metadata.update(uid=str(uuid.uuid4()), creationTimestamp=_now(), generation=1, namespace=namespace)
         return aiohttp.web.json_response({**data, "metadata": metadata}, status=201)
+
+    def _serve_openapi(self, path: str) -> aiohttp.web.StreamResponse:
+        """/openapi/v2, /openapi/v3 and /openapi/v3/apis/GROUP/VERSION for the registered CRDs."""
+        document: dict[str, Any] | None = None
+        if path == "/openapi/v2":
+            document = openapi.v2_document(self.crds)
+        elif path == "/openapi/v3":
+            document = openapi.v3_root(self.crds)
+        elif path.startswith("/openapi/v3/apis/") and path.count("/") == 5:
+            group, version = path.split("/")[4:6]
+            document = openapi.v3_group_document(self.crds, group, version)
+        if document is None:
+            return aiohttp.web.json_response(
+                {
+                    "kind": "Status",
+                    "apiVersion": "v1",
+                    "status": "Failure",
+                    "reason": "NotFound",
+                    "code": 404,
+                },
+                status=404,
+            )
+        return aiohttp.web.json_response(document)
+
+    def _serve_pod_log(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        """GET pods/NAME/log[?container=C&tailLines=N]: the output the job runner kept, as a kubelet
+        would answer it through the API server."""
+        pod = self._lookup(request.resource, request.namespace, request.name)
+        if pod is None or pod.deleted:
+            return _status(404, "NotFound", f'pods "{request.name}" not found')
+        containers = (pod.raw.get("spec") or {}).get("containers") or [{"name": "worker"}]
+        container = request.params.get("container") or str(containers[0].get("name"))
+        path = (
+            runner.pod_log_path(self.pod_log_dir, str(request.namespace), str(request.name), container)
+            if self.pod_log_dir is not None
+            else None
+        )
+        if path is None or not path.exists():
+            message = (
+                f'container "{container}" in pod "{request.name}" is waiting to start: ContainerCreating'
+            )
+            return _status(400, "BadRequest", message)
+        text = path.read_text(errors="replace")
+        tail = request.params.get("tailLines")
+        if tail and tail.isdigit():
+            text = "".join(text.splitlines(keepends=True)[-int(tail) :])
+        return aiohttp.web.Response(text=text, content_type="text/plain")
+
+    def _strict_field_validation(self, request: kmock.Request) -> aiohttp.web.StreamResponse | None:
+        """A 400 naming the unknown fields of a write with fieldValidation=Strict (kubectl's default
+        since the OpenAPI v3 document says the server validates), as a real server answers it."""
+        requested = request.resource
+        if requested is None or request.params.get("fieldValidation", "").lower() != "strict":
+            return None
+        if request.action not in (kmock.action.CREATE, kmock.action.UPDATE) or request.subresource:
+            return None
+        schema = self.schemas.get(f"{requested.group}/{requested.version}/{requested.plural}")
+        unknown = openapi.unknown_fields(schema, request.data) if schema else []
+        if not unknown:
+            return None
+        kind = getattr(self.resources.get(requested), "kind", None) or requested.plural
+        message = (
+            f'{kind} in version "{requested.version}" cannot be handled as a {kind}: strict decoding '
+            "error: " + ", ".join(f'unknown field "{field.lstrip(".")}"' for field in unknown)
+        )
+        status = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": message,
+                  "reason": "BadRequest", "code": 400}  # fmt: skip
+        return aiohttp.web.json_response(status, status=400)
+
+    async def _dry_run(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        """A write with ?dryRun=All answers what it would store and changes nothing."""
+        current = self._current(request) if request.name is not None else None
+        if request.action == kmock.action.CREATE:
+            return aiohttp.web.json_response(request.data, status=201)
+        if current is None:
+            return aiohttp.web.json_response(
+                {
+                    "kind": "Status",
+                    "apiVersion": "v1",
+                    "status": "Failure",
+                    "reason": "NotFound",
+                    "code": 404,
+                },
+                status=404,
+            )
+        return aiohttp.web.json_response(current)
+
+    async def _serve_version(self, request: kmock.Request) -> Any:
+        """APIResourceList as a real server lists it: a subresource (crawljobs/status) has no short
+        names, categories or singular name of its own (else kubectl finds two resources by each)."""
+        answer = dict(await super()._serve_version(request))  # type: ignore[arg-type]
+        for entry in answer["resources"]:
+            if "/" in entry["name"]:
+                entry.update(singularName="", shortNames=[], categories=[], verbs=["get", "patch", "update"])
+        return answer
 
     def _current(self, request: kmock.Request) -> dict[str, Any] | None:
         obj = self._lookup(request.resource, request.namespace, request.name)
@@ -231,6 +373,9 @@ class Emulator(kmock.KubernetesEmulator):
                 for item in answer["items"]
                 if _selector_matches(selector, (item.get("metadata") or {}).get("labels") or {})
             ]
+        fields = request.params.get("fieldSelector")
+        if fields:
+            answer["items"] = [item for item in answer["items"] if _field_selector_matches(fields, item)]
         if requested is not None and "as=Table" in request.headers.get("Accept", ""):
             columns = self.printer_columns.get(f"{requested.group}/{requested.version}/{requested.plural}")
             if columns is not None:
@@ -242,6 +387,8 @@ def register_crawljob_crd(emulator: Emulator) -> None:
     """Declare the CrawlJob resource in the emulator from the chart's CRD (the single source)."""
     crd = yaml.safe_load(resource.crd_path().read_text())
     names = crd["spec"]["names"]
+    emulator.crds.append(crd)
+    emulator.objects[CRDS, None, crd["metadata"]["name"]] = crd
     for version in crd["spec"]["versions"]:
         key = f"{crd['spec']['group']}/{version['name']}/{names['plural']}"
         emulator.resources[key] = kmock.ResourceInfo(
@@ -254,6 +401,7 @@ def register_crawljob_crd(emulator: Emulator) -> None:
             subresources=set((version.get("subresources") or {}).keys()),
         )
         emulator.printer_columns[key] = list(version.get("additionalPrinterColumns") or [])
+        emulator.schemas[key] = version["schema"]["openAPIV3Schema"]
 
 
 def register_peering_crds(emulator: Emulator) -> None:

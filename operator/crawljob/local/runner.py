@@ -60,6 +60,11 @@ def _failjob_codes(job: Mapping[str, Any]) -> set[int]:
     return codes
 
 
+def pod_log_path(log_dir: Path, namespace: str, pod_name: str, container: str) -> Path:
+    """Where the runner keeps a container's output and the emulator reads it for `pods/NAME/log`."""
+    return log_dir / namespace / pod_name / f"{container}.log"
+
+
 class JobRunner:
     """Run the emulator's Jobs as local processes; `await run()` until cancelled."""
 
@@ -73,6 +78,7 @@ class JobRunner:
         max_parallel: int = 4,
         inherit_env: bool = True,
         relist_seconds: float = 2.0,
+        log_dir: Path | None = None,
     ) -> None:
         self.client = client
         self.namespace = namespace
@@ -81,6 +87,9 @@ class JobRunner:
         self.mode = mode
         self.inherit_env = inherit_env
         self.relist_seconds = relist_seconds
+        # Where each container's output is kept (pod_log_path), as a kubelet keeps it for
+        # `kubectl logs`; the emulator serves it from there. None: output only goes to the log.
+        self.log_dir = log_dir
         self._slots = asyncio.Semaphore(max_parallel)
         self._tasks: dict[str, asyncio.Task[None]] = {}  # by Job uid
         self._done: set[str] = set()
@@ -346,7 +355,12 @@ class JobRunner:
                     ],
                 },
             )
-            output_task = asyncio.create_task(self._drain(process, pod_name))
+            keep = (
+                pod_log_path(self.log_dir, namespace, pod_name, container.get("name", "worker"))
+                if self.log_dir
+                else None
+            )
+            output_task = asyncio.create_task(self._drain(process, pod_name, keep))
             try:
                 await asyncio.wait_for(process.wait(), timeout)
             except TimeoutError:
@@ -393,15 +407,23 @@ class JobRunner:
             os.killpg(process.pid, signal.SIGKILL)
 
     @staticmethod
-    async def _drain(process: asyncio.subprocess.Process, pod_name: str) -> str:
-        """Forward the process output to the log; keep the last lines (for FallbackToLogsOnError)."""
+    async def _drain(process: asyncio.subprocess.Process, pod_name: str, keep: Path | None = None) -> str:
+        """Forward the process output to the log (and to *keep*, the pod's log file); return the last
+        lines (for FallbackToLogsOnError)."""
         lines: list[str] = []
         assert process.stdout is not None
-        async for raw in process.stdout:
-            line = raw.decode("utf-8", "replace").rstrip()
-            log.debug("[%s] %s", pod_name, line)
-            lines.append(line)
-            del lines[:-80]
+        if keep is not None:
+            keep.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.ExitStack() as stack:
+            sink = stack.enter_context(keep.open("ab")) if keep is not None else None
+            async for raw in process.stdout:
+                if sink is not None:
+                    sink.write(raw)
+                    sink.flush()
+                line = raw.decode("utf-8", "replace").rstrip()
+                log.debug("[%s] %s", pod_name, line)
+                lines.append(line)
+                del lines[:-80]
         return "\n".join(lines)[-2048:]
 
     def _terminated(

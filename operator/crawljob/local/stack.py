@@ -227,7 +227,10 @@ async def local_stack(settings: StackSettings | None = None) -> AsyncIterator[St
     work_dir = config.work_dir or Path(tempfile.mkdtemp(prefix="crawljob-run-"))
     work_dir.mkdir(parents=True, exist_ok=True)
     async with contextlib.AsyncExitStack() as exits:
-        _, kube_url = await exits.enter_async_context(serve_emulator(config.host, config.kube_port or None))
+        emulator, kube_url = await exits.enter_async_context(
+            serve_emulator(config.host, config.kube_port or None)
+        )
+        emulator.pod_log_dir = work_dir / "pods"  # `kubectl logs` reads what the runner kept there
         s3 = exits.enter_context(run_local_s3(config.host, config.s3_port or None))
         env = s3.environment()
         s3_client = boto3.client(
@@ -281,6 +284,9 @@ async def local_stack(settings: StackSettings | None = None) -> AsyncIterator[St
                 "CRAWLJOB_PORT": str(receiver_port),
                 "CRAWLJOB_DEFAULT_BUCKET": config.input_bucket,
                 "CRAWLJOB_AUTH_MODE": "none",
+                # The receiver reads the local S3, so a minimal event names the upload it means.
+                "CRAWLJOB_RESOLVE_VERSIONS": "true",
+                **s3.environment(),
                 **config.receiver_env,
             },
         )
@@ -292,6 +298,7 @@ async def local_stack(settings: StackSettings | None = None) -> AsyncIterator[St
             extra_env={"CRAWLJOB_KUBE_SERVER": kube_url},
             bin_dir=stack.bin_dir,
             max_parallel=config.runner_parallel,
+            log_dir=work_dir / "pods",
         )
         runner_task = asyncio.create_task(runner.run(), name="job-runner")
 

@@ -70,7 +70,7 @@ def build_registry(
         memo["crawljob"] = state
         memo["gate"] = gate
         active = Gauge(
-            "crawljob_operator_active",
+            "crawljob_replica_active",
             "1 while this replica is the active one (always 1 when standalone), 0 while standing by",
             registry=state.metrics.registry,
         )

@@ -8,9 +8,9 @@ hands its view and gate to `Health.attach`, and the endpoint keeps answering mea
   one) for `--liveness-seconds`. See resilience.liveness.
 - `/readyz`: 200 once the view is primed and in sync (progress within 3 x `--resync-seconds`,
   at least 60 s): what the tests and `crawljob local` wait for.
-- Watch telemetry: `crawljob_operator_watch_event_age_seconds{resource}` (seconds since the last
+- Watch telemetry: `crawljob_watch_event_age_seconds{resource}` (seconds since the last
   event kopf delivered for each watched resource) and kopf's watch-stream restarts, logged at INFO
-  and counted in `crawljob_operator_watch_restarts_total{resource,reason}`.
+  and counted in `crawljob_watch_restarts_total{resource,reason}`.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class Health:
         self.last_event: dict[str, float] = dict.fromkeys(WATCHED, self.started_at)
         self.registry = CollectorRegistry()
         age = Gauge(
-            "crawljob_operator_watch_event_age_seconds",
+            "crawljob_watch_event_age_seconds",
             "Seconds since kopf last delivered an event of this resource (or since the start)",
             ["resource"],
             registry=self.registry,
@@ -54,14 +54,14 @@ class Health:
         for plural in self.last_event:
             age.labels(plural).set_function(functools.partial(self.event_age, plural))
         self.watch_restarts = Counter(
-            "crawljob_operator_watch_restarts_total",
+            "crawljob_watch_restarts_total",
             "Watch streams kopf (re)opened, by why: started, inactive (no data for "
             "--watch-inactivity-seconds), expired (410 Gone)",
             ["resource", "reason"],
             registry=self.registry,
         )
         self.run_restarts = Counter(
-            "crawljob_operator_run_restarts_total",
+            "crawljob_kopf_run_restarts_total",
             "kopf runs that failed and were restarted in-process",
             registry=self.registry,
         )

@@ -37,9 +37,7 @@ async def resync(state: State) -> None:
         if key not in seen_pods:
             state.forget_pod(key)
     state.healthy_at = asyncio.get_running_loop().time()
-    phases: dict[str, int] = defaultdict(int)
     for key, crawljob in list(state.crawljobs.items()):
-        phases[crawljob.status.phase or "New"] += 1
         if not crawljob.status.terminal or crawljob.meta.annotations.keys() & {
             resource.ANNOTATION_RERUN,
             resource.ANNOTATION_CANCEL,
@@ -48,8 +46,6 @@ async def resync(state: State) -> None:
                 await reconcile(state, key)
             except (RetryLater, kube.KubeError) as exc:
                 log.warning("%s: reconcile failed (the next resync retries): %s", key[1], exc)
-    for phase in resource.PHASES:
-        state.metrics.phase.labels(phase).set(phases.get(phase, 0))
     state.kick(urgent=True)
     await cancel_orphans(state)
     await collect_garbage(state)

@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from crawljob.flags import add_kube_flags, env_default
+from crawljob.flags import add_kube_flags, env_default, split_list
 from crawljob.operator import peering
 
 
@@ -49,6 +49,10 @@ class OperatorSettings:
     priority: int = 0
     peering_identity: str = ""
     peering_lifetime: int = 30
+    # Completion signal: a CloudEvent per terminal phase to each sink (and each CrawlJob's own).
+    notify_sinks: tuple[str, ...] = ()
+    # First retry delay of an undelivered CloudEvent (doubles each time, at most 5 minutes).
+    notify_retry_seconds: float = 1.0
 
 
 def _json_arg(name: str, value: str | None, kind: type) -> object:
@@ -151,6 +155,18 @@ def operator_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         "--job-ttl-seconds",
         default=env("JOB_TTL_SECONDS", defaults.job_ttl_seconds),
         help="ttlSecondsAfterFinished of Jobs (CRAWLJOB_JOB_TTL_SECONDS)",
+    )
+    notify = parser.add_argument_group("completion signal (CloudEvents over HTTP)")
+    notify.add_argument(
+        "--notify-sinks",
+        default=env("NOTIFY_SINKS"),
+        help="comma list of http(s) URLs that get a CloudEvent when a CrawlJob succeeds or fails "
+        "(CRAWLJOB_NOTIFY_SINKS; a CrawlJob's spec.notify.sinks adds its own)",
+    )
+    notify.add_argument(
+        "--notify-retry-seconds",
+        default=env("NOTIFY_RETRY_SECONDS", defaults.notify_retry_seconds),
+        help="first retry delay of an undelivered event; doubles up to 5 minutes (CRAWLJOB_NOTIFY_RETRY_SECONDS)",
     )
     queue = parser.add_argument_group("queue and garbage collection")
     queue.add_argument(
@@ -262,7 +278,21 @@ def operator_settings(args: argparse.Namespace) -> OperatorSettings:
     uri = args.default_output_uri
     if uri and not (uri.startswith("s3://") or uri.startswith("file://")):
         raise ValueError(f"--default-output-uri must be s3://bucket/prefix or file://path, got {uri!r}")
+    sinks = split_list(args.notify_sinks)
+    for sink in sinks:
+        if not sink.startswith(("http://", "https://")):
+            raise ValueError(f"--notify-sinks takes http(s) URLs, got {sink!r}")
+    try:
+        notify_retry = float(args.notify_retry_seconds)
+    except ValueError as exc:
+        raise ValueError(
+            f"--notify-retry-seconds must be a number, got {args.notify_retry_seconds!r}"
+        ) from exc
+    if notify_retry <= 0:
+        raise ValueError("--notify-retry-seconds must be positive")
     return OperatorSettings(
+        notify_sinks=sinks,
+        notify_retry_seconds=notify_retry,
         namespace=args.namespace or None,
         kube_server=args.kube_server,
         kubeconfig=args.kubeconfig,

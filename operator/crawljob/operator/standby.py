@@ -16,7 +16,7 @@ import logging
 from typing import Any
 
 from crawljob import kube
-from crawljob.operator import admission, peering, resync, view
+from crawljob.operator import admission, notify, peering, resync, view
 from crawljob.operator.settings import OperatorSettings
 
 log = logging.getLogger("crawljob.operator")
@@ -56,7 +56,12 @@ class Gate:
     async def activate(self) -> None:
         """Prime the view from the API (resync), then start the loops. Raises kube.KubeError."""
         await resync.resync(self.state)
-        for loop in (admission.scheduler_loop, admission.creator_loop, resync.resync_loop):
+        for loop in (
+            admission.scheduler_loop,
+            admission.creator_loop,
+            resync.resync_loop,
+            notify.notify_loop,
+        ):
             task = asyncio.create_task(loop(self.state))
             self.loops.add(task)
             task.add_done_callback(self.loops.discard)

@@ -140,6 +140,16 @@ def observe(job: JobStatus, pods: Sequence[PodStatus], now: str) -> Observation:
                 start,
             )
         _, failure = describe_pod_failure(ended[-1])
+        if ended[-1].exit_code in job.fail_job_exit_codes:
+            # The Job's podFailurePolicy fails it for this exit code: no retry is coming, and the
+            # Failed observation (with its Warning) follows as soon as the Job controller says so.
+            return Observation(
+                "Running",
+                "WorkerFailed",
+                f"the worker failed ({failure}); not retried, waiting for the Job to fail",
+                attempts,
+                start,
+            )
         return Observation(
             "Running",
             "Retrying",

@@ -65,6 +65,16 @@ class State:
     instance: str = field(default_factory=socket.gethostname)
     healthy_at: float = 0.0
 
+    def __post_init__(self) -> None:
+        self.metrics.phase_counts = self.phase_counts
+
+    def phase_counts(self) -> dict[str, int]:
+        """CrawlJobs in view by phase ("New" before the operator wrote one), for the phase gauge."""
+        counts: dict[str, int] = defaultdict(int)
+        for crawljob in list(self.crawljobs.values()):
+            counts[crawljob.status.phase or "New"] += 1
+        return counts
+
     def remember_crawljob(self, body: Mapping[str, Any]) -> CrawlJob:
         """Keep the newest version of a CrawlJob body; the one kept is returned."""
         crawljob = CrawlJob.parse(copy.deepcopy(dict(body)))

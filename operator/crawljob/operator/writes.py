@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime
 from collections.abc import Mapping
 
-from crawljob import kube
+from crawljob import kube, resource
 from crawljob.models import Body, CrawlJob, Meta, key_of
 from crawljob.operator import events, status
 from crawljob.operator.view import RetryLater, State, log
@@ -22,6 +22,24 @@ async def post_event(state: State, crawljob: Meta, reason: str, message: str, wa
     except kube.KubeError as exc:
         state.metrics.api_errors.labels("event").inc()
         log.warning("cannot post event %s on %s: %s", reason, crawljob.name, exc)
+
+
+async def sync_labels(state: State, body: Body) -> Body:
+    """Bring the crawljob.io/phase and crawljob.io/bucket labels in line with the CrawlJob *body*
+    (one metadata patch when the phase changed; best effort: the status already says it)."""
+    labels = resource.labels_patch(body)
+    if not labels:
+        return body
+    namespace, name = key_of(body)
+    try:
+        updated: Body = await state.client.patch(
+            kube.CRAWLJOBS, namespace, name, {"metadata": {"labels": labels}}
+        )
+    except kube.KubeError as exc:
+        state.metrics.api_errors.labels("labels").inc()
+        log.warning("cannot update the labels of %s: %s", name, exc)
+        return body
+    return updated
 
 
 async def write_status(
@@ -41,7 +59,7 @@ async def write_status(
     except kube.KubeError as exc:
         state.metrics.api_errors.labels("status").inc()
         raise RetryLater(f"cannot update the status of {name}: {exc}") from exc
-    kept = state.remember_crawljob(updated) if updated.get("metadata") else crawljob
+    kept = state.remember_crawljob(await sync_labels(state, updated)) if updated.get("metadata") else crawljob
     transitioned = crawljob.status.phase != observation.phase or crawljob.status.reason != observation.reason
     if transitioned:
         log.info(
@@ -53,6 +71,11 @@ async def write_status(
             extra={"crawljob": name, "namespace": namespace, "phase": observation.phase},
         )
         state.metrics.transitions.labels(observation.phase, observation.reason).inc()
+        if observation.phase == "Succeeded" and observation.result:
+            result = observation.result
+            state.metrics.rows.labels("written").inc(int(result.get("rowsWritten") or 0))
+            state.metrics.rows.labels("rejected").inc(int(result.get("rowsRejected") or 0))
+            state.metrics.bytes_read.inc(int(result.get("bytesRead") or 0))
         if status.is_terminal(observation.phase) and observation.start_time and observation.completion_time:
             started = parse_time(observation.start_time)
             finished = parse_time(observation.completion_time)

@@ -24,7 +24,7 @@ from aiohttp import web
 
 from crawljob import flags, kube, resource
 from crawljob.logs import configure_logging
-from crawljob.receiver import auth, events, sns
+from crawljob.receiver import auth, events, sns, versions
 from crawljob.receiver.metrics import ReceiverMetrics
 from crawljob.receiver.readiness import check_writable
 from crawljob.receiver.settings import ReceiverSettings, receiver_parser, receiver_settings
@@ -45,6 +45,7 @@ class Outcome:
     name: str
     status: str  # created | duplicate | failed | refused
     error: str | None = None
+    note: str | None = None  # how a minimal-shape object was named (versions.resolve)
 
     def as_dict(self, namespace: str) -> dict[str, str]:
         answer = {
@@ -56,6 +57,8 @@ class Outcome:
         }
         if self.error:
             answer["error"] = self.error
+        if self.note:
+            answer["note"] = self.note
         return answer
 
 
@@ -84,6 +87,7 @@ class ReceiverState:
 
 STATE = web.AppKey("state", ReceiverState)
 KUBE = web.AppKey("kube", kube.KubeClient)
+S3 = web.AppKey("s3", object)  # a botocore S3 client with --resolve-versions, else None
 CERTIFICATES = web.AppKey("certificates", sns.CertificateCache)
 METRICS = web.AppKey("metrics", ReceiverMetrics)
 REQUEST_LOG = web.RequestKey("crawljob_log", dict[str, Any])
@@ -156,6 +160,7 @@ def _clients(connection: kube.Connection) -> Callable[[web.Application], AsyncIt
             aiohttp.ClientSession() as session,
         ):
             app[KUBE] = client
+            app[S3] = versions.make_client() if settings.resolve_versions else None
             app[CERTIFICATES] = sns.CertificateCache(
                 session, host_pattern=settings.sns_cert_host_pattern, ssl_context=ssl_context
             )
@@ -194,8 +199,26 @@ async def trigger(request: web.Request) -> web.Response:
         parsed = dataclasses.replace(parsed, format="sns-raw")
     record["format"] = parsed.format
     parsed = events.apply_filters(parsed, state.filters)
+    notes: dict[int, str] = {}
+    if parsed.format == "minimal":
+        parsed, notes = await _resolve_versions(app, parsed)
     outcomes = await _create_all(app, parsed.targets)
+    for index, note in notes.items():
+        outcomes[index].note = note
     return _answer(app, parsed, outcomes, record)
+
+
+async def _resolve_versions(
+    app: web.Application, parsed: events.Parsed
+) -> tuple[events.Parsed, dict[int, str]]:
+    """The minimal shape's object with its current version (HEAD), or a note that it is named by key."""
+    try:
+        resolved = await versions.resolve(app[S3], parsed.targets)
+    except versions.ObjectMissing as exc:
+        raise events.EventError(f"{exc}: nothing to crawl", "object.key") from exc
+    except versions.S3Unavailable as exc:
+        raise ServiceUnavailable(f"{exc}; retry later") from exc
+    return dataclasses.replace(parsed, targets=resolved.targets), resolved.notes
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes:

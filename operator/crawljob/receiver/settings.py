@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -31,6 +32,8 @@ class ReceiverSettings:
     max_body_bytes: int = 1048576
     log_format: str = "json"
     default_output_uri: str | None = None
+    # HEAD minimal-shape objects that name no version (needs S3 read access, standard AWS_* env).
+    resolve_versions: bool = False
     # Below the 5 s EventBridge API destinations wait, so a slow API answers 503, not a timeout.
     kube_timeout: float = 4.0
     ready_cache_seconds: float = 2.0
@@ -88,6 +91,14 @@ def receiver_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         help="where crawls write (the operator's setting): events under it are ignored, a loop guard "
         "(CRAWLJOB_DEFAULT_OUTPUT_URI; crawljob-output/ in any bucket is always guarded)",
     )
+    parser.add_argument(
+        "--resolve-versions",
+        choices=("true", "false"),
+        default=env("RESOLVE_VERSIONS", "false"),
+        help="for a minimal {bucket, object: {key}} event without eTag/versionId, ask S3 (HEAD, with "
+        "the standard AWS_* environment) for the current version, so that each upload of a key is its "
+        "own CrawlJob; false: name by key, and say so in the answer (CRAWLJOB_RESOLVE_VERSIONS)",
+    )
     sns = parser.add_argument_group("SNS")
     sns.add_argument(
         "--sns-topic-arns",
@@ -140,6 +151,11 @@ def receiver_settings(args: argparse.Namespace) -> ReceiverSettings:
         raise ValueError(f"--sns-cert-host-pattern is not a regular expression: {exc}") from exc
     if args.default_output_uri:
         output_location(args.default_output_uri)
+    if args.resolve_versions == "true" and importlib.util.find_spec("boto3") is None:
+        raise ValueError(
+            "--resolve-versions needs boto3, which this image does not carry: build it with "
+            "--build-arg EXTRAS=operator,s3-read (or pip install 'crawljob[operator,s3-read]')"
+        )
     return ReceiverSettings(
         host=args.host,
         port=int(args.port),
@@ -159,4 +175,5 @@ def receiver_settings(args: argparse.Namespace) -> ReceiverSettings:
         max_body_bytes=int(args.max_body_bytes),
         log_format=args.log_format,
         default_output_uri=args.default_output_uri,
+        resolve_versions=args.resolve_versions == "true",
     )

@@ -1,0 +1,1 @@
+"""`kubectl crawljob`: a kubectl plugin for everyday CrawlJob operations."""

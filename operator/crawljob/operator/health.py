@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from typing import Any
 
 import kopf
@@ -70,11 +71,12 @@ class Health:
         """A kopf run's view and gate (called by its startup handler)."""
         self.state, self.gate = state, gate
 
+    # time.monotonic() is the clock of asyncio's loop.time(), and works outside the loop (scrapes).
     def note_event(self, plural: str) -> None:
-        self.last_event[plural] = asyncio.get_running_loop().time()
+        self.last_event[plural] = time.monotonic()
 
     def event_age(self, plural: str) -> float:
-        return max(0.0, asyncio.get_running_loop().time() - self.last_event[plural])
+        return max(0.0, time.monotonic() - self.last_event[plural])
 
     def progress(self) -> tuple[dict[str, Any], float | None]:
         """The role and details, and the loop time of the last progress (None: not primed yet)."""

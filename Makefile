@@ -29,7 +29,7 @@ run: $(STAMP) ## Run the local stack and process a sample CSV end to end (ARGS="
 test: $(STAMP) tools ## Run the test suite (unit, integration, end to end, chart checks)
 	$(BIN)/pytest -q $(ARGS)
 
-bench-operator: $(STAMP) ## Operator throughput: 1,000 CrawlJobs at once at cap 8 and 1,000, emulator + instant runner (ARGS="--count 200")
+bench-operator: $(STAMP) ## Operator throughput: 1,000 CrawlJobs at once at cap 8 and 1,000, emulator + instant runner, and the real API server beside a raw create loop when make test-cluster has built it (ARGS="--count 200 --targets emulator")
 	$(BIN)/python bench/operator.py $(ARGS)
 
 test-cluster: $(STAMP) tools ## End-to-end tests on a real control plane (kube-apiserver 1.20 built from Debian sources)
@@ -82,5 +82,5 @@ image-test: images tools ## Build the images, then run them: worker against loop
 	CRAWLJOB_IMAGE_TEST=1 $(BIN)/pytest -q -p no:cacheprovider tests/images
 
 .PHONY: bench-receiver
-bench-receiver: $(STAMP) ## Receiver vs a bare aiohttp handler on loopback: req/s, p50/p99 (ARGS="--requests 3000 --rate 200")
+bench-receiver: $(STAMP) ## Receiver vs a bare aiohttp handler on loopback: req/s, p50/p99; against the emulator, a stub and the real API server when built (ARGS="--requests 3000 --rate 200")
 	$(BIN)/python bench/receiver.py $(ARGS)

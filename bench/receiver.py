@@ -5,7 +5,10 @@ Servers run as child processes (the load generator is this process):
 - receiver → emulator: `crawljob receiver` creating one CrawlJob per request in the kmock
   emulator (its own process);
 - receiver → API stub: the same receiver against a minimal in-memory create endpoint, which
-  isolates the receiver's own cost from the emulator's (kmock scans every object per create).
+  isolates the receiver's own cost from the emulator's (kmock scans every object per create);
+- receiver → real API server: the same receiver against kube-apiserver 1.20 + etcd (data on
+  tmpfs) of `make test-cluster`, a fresh namespace per run; a target only when that control plane
+  is built (bench/realcluster.py), what a user gets from a real cluster (TLS, validation, etcd).
 
 Each gets a closed-loop run (fixed concurrency, max req/s) and an open-loop run at a fixed rate
 (latency measured from each request's scheduled time, so a falling-behind server shows).
@@ -33,7 +36,9 @@ from typing import Any
 
 import aiohttp
 import psutil
+import realcluster  # bench/realcluster.py (the script's directory is on sys.path)
 from aiohttp import web
+from realcluster import RealCluster
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -121,8 +126,8 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def child(command: list[str]) -> Iterator[subprocess.Popen[bytes]]:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+def child(command: list[str], extra_env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **(extra_env or {}))
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         yield process
@@ -161,7 +166,7 @@ class Servers:
 
 
 @contextlib.contextmanager
-def start(target: str) -> Iterator[Servers]:
+def start(target: str, cluster: RealCluster | None = None) -> Iterator[Servers]:
     """Start the servers for *target*; yields the trigger URL and the front process."""
     script = str(Path(__file__).resolve())
     port = free_port()
@@ -169,6 +174,15 @@ def start(target: str) -> Iterator[Servers]:
         if target == "bare":
             front = stack.enter_context(child([sys.executable, script, "serve-bare", str(port)]))
             asyncio.run(wait_until_up(f"http://127.0.0.1:{port}/healthz"))
+        elif target == "real":
+            assert cluster is not None
+            namespace = asyncio.run(cluster.namespace())
+            receiver = [
+                sys.executable, "-m", "crawljob.cli", "receiver", "--host", "127.0.0.1",
+                "--port", str(port), "--namespace", namespace,
+            ]  # fmt: skip
+            front = stack.enter_context(child(receiver, {"KUBECONFIG": str(cluster.kubeconfig)}))
+            asyncio.run(wait_until_up(f"http://127.0.0.1:{port}/readyz"))
         else:
             api_port = free_port()
             role = "serve-emulator" if target == "emulator" else "serve-stub-api"
@@ -291,6 +305,7 @@ LABELS = {
     "bare": "bare aiohttp handler",
     "emulator": "receiver -> kmock emulator",
     "stub": "receiver -> in-memory API stub",
+    "real": "receiver -> real kube-apiserver",
 }
 
 
@@ -321,13 +336,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--rate", type=float, default=200.0, help="open-loop request rate")
     parser.add_argument("--seconds", type=float, default=10.0, help="open-loop duration")
-    parser.add_argument("--targets", default="bare,emulator,stub")
+    parser.add_argument(
+        "--targets",
+        default="bare,emulator,stub,real" if realcluster.built() else "bare,emulator,stub",
+        help="comma list of bare, emulator, stub, real (default: real too when the control plane is built)",
+    )
     options = parser.parse_args(args)
+    targets = options.targets.split(",")
+    with contextlib.ExitStack() as stack:
+        cluster = stack.enter_context(realcluster.running()) if "real" in targets else None
+        results = run_targets(targets, options, cluster)
+    report(results, options.rate)
+    return 0
+
+
+def run_targets(targets: list[str], options: argparse.Namespace, cluster: RealCluster | None) -> list[Result]:
     results: list[Result] = []
-    for target in options.targets.split(","):
-        # A fresh server (and API) per run: the emulator's cost grows with the objects it holds.
+    for target in targets:
+        # A fresh server (and API, or namespace) per run: the emulator's cost grows with the objects it holds.
         for mode in ("max", "rate"):
-            with start(target) as servers:
+            with start(target, cluster) as servers:
                 cpu_before = servers.cpu_seconds()
                 if mode == "max":
                     result = asyncio.run(
@@ -339,17 +367,21 @@ def main(argv: list[str] | None = None) -> int:
                 result.server_cpu = servers.cpu_seconds() - cpu_before
             results.append(result)
             print(f"  {LABELS[target]}, {result.mode}: {result.rate:.0f} req/s", file=sys.stderr)
+    return results
+
+
+def report(results: list[Result], rate: float) -> None:
     print(table(results))
     by_key = {(r.target, r.mode.split(",")[0].split(" ")[0]): r for r in results}
     bare = by_key.get(("bare", "max"))
     goal_lines = []
-    for target in ("emulator", "stub"):
+    for target in ("emulator", "stub", "real"):
         maximum, fixed = by_key.get((target, "max")), by_key.get((target, "open"))
         if bare and maximum:
             goal_lines.append(
                 f"{LABELS[target]}: {maximum.rate / bare.rate:.0%} of the bare handler's req/s (goal >= 50%)"
                 + (
-                    f"; p99 at {options.rate:.0f} req/s {fixed.percentile(0.99):.1f} ms (goal < 20 ms)"
+                    f"; p99 at {rate:.0f} req/s {fixed.percentile(0.99):.1f} ms (goal < 20 ms)"
                     if fixed
                     else ""
                 )
@@ -358,7 +390,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"(load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
     if results and statistics.fmean(r.errors for r in results) > 0:
         print("some requests were not answered 202: see the non-202 column", file=sys.stderr)
-    return 0
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from crawljob_worker.pipeline import Pending
 from crawljob_worker.ranged import RangedS3Stream
 from crawljob_worker.settings import Settings
 from crawljob_worker.source import FileStream, S3Stream, s3_client
-from crawljob_worker.uri import Location, parse_location
+from crawljob_worker.uri import Location
 
 SourceStream = S3Stream | RangedS3Stream | FileStream
 
@@ -52,7 +52,7 @@ def open_source(
 def open_settings_source(settings: Settings, client: Any) -> SourceStream:
     """The run's source, opened as its settings say."""
     return open_source(
-        parse_location(settings.source, what="SOURCE"),
+        settings.source_location(),
         version_id=settings.version_id,
         retries=settings.retries,
         client=client,
@@ -63,7 +63,7 @@ def open_settings_source(settings: Settings, client: Any) -> SourceStream:
 
 def start_opening(settings: Settings) -> tuple[Any, Pending[SourceStream] | None]:
     """For an S3 source: its S3 client and the source being opened in the background; else (None, None)."""
-    location = parse_location(settings.source, what="SOURCE")
+    location = settings.source_location()
     if not location.is_s3:
         return None, None
     client = s3_client(connections=settings.s3_connections)

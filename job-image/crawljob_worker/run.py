@@ -125,7 +125,7 @@ def run(
 
     *opening* is the source already being opened in the background (`opening.start_opening`)."""
     started = time.time()
-    source_location = parse_location(settings.source, what="SOURCE")
+    source_location = settings.source_location()
     output_location = parse_location(settings.output, what="--output")
     if client is None and (source_location.is_s3 or output_location.is_s3):
         client = s3_client(connections=settings.s3_connections)

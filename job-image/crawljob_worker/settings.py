@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from crawljob_worker.contract import TERMINATION_LOG
 from crawljob_worker.errors import invalid_arguments
+from crawljob_worker.uri import Location, parse_location
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -48,6 +49,17 @@ class Settings:
     crawljob_name: str | None = None
     namespace: str | None = None
     kube_server: str | None = None
+    # An S3 source given as two uninterpreted values (what the operator passes): the key is
+    # read exactly as given, with any `#`, `?`, `%`, tab or newline in it. `source` is then
+    # only the display form `s3://bucket/key`.
+    source_bucket: str | None = None
+    source_key: str | None = None
+
+    def source_location(self) -> Location:
+        """Where to read: the bucket and key as given, else `source` parsed as a URI or path."""
+        if self.source_bucket is not None:
+            return Location(self.source_key or "", self.source_bucket)
+        return parse_location(self.source, what="SOURCE")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -73,6 +85,16 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     e = environ
     parser.add_argument(
         "source", nargs="?", default=_env(e, "SOURCE"), help="s3://bucket/key, a path or file:// URI"
+    )
+    parser.add_argument(
+        "--source-bucket",
+        default=_env(e, "SOURCE_BUCKET"),
+        help="S3 bucket of the source, with --source-key instead of SOURCE (pass --source-key=KEY)",
+    )
+    parser.add_argument(
+        "--source-key",
+        default=_env(e, "SOURCE_KEY"),
+        help="S3 key of the source, taken literally: nothing in it is decoded or stripped",
     )
     parser.add_argument(
         "--output", default=_env(e, "OUTPUT"), help="output prefix: s3://bucket/prefix/ or a directory"
@@ -214,8 +236,20 @@ def _dtypes(spec: Mapping[str, str] | None) -> dict[str, pa.DataType]:
 def settings_from_args(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
     """Parse and validate; raises WorkerError(InvalidArguments) with a one-line reason."""
     args = build_parser(environ).parse_args(list(argv))
+    if (args.source_bucket is None) != (args.source_key is None):
+        raise invalid_arguments("--source-bucket and --source-key go together")
+    if args.source_bucket is not None:
+        if args.source:
+            raise invalid_arguments("give SOURCE or --source-bucket/--source-key, not both")
+        if not args.source_bucket or not args.source_key or "\0" in args.source_key:
+            raise invalid_arguments(
+                "--source-bucket and --source-key must be non-empty (and the key without NUL)"
+            )
+        args.source = f"s3://{args.source_bucket}/{args.source_key}"
     if not args.source:
-        raise invalid_arguments("SOURCE is required: s3://bucket/key, a path or a file:// URI")
+        raise invalid_arguments(
+            "SOURCE is required: s3://bucket/key, a path or a file:// URI (or --source-bucket/--source-key)"
+        )
     if not args.output:
         raise invalid_arguments("--output is required: s3://bucket/prefix/ or a directory")
     try:
@@ -259,4 +293,6 @@ def settings_from_args(argv: Sequence[str], environ: Mapping[str, str]) -> Setti
         crawljob_name=args.name or None,
         namespace=args.namespace or None,
         kube_server=args.kube_server or None,
+        source_bucket=args.source_bucket,
+        source_key=args.source_key,
     )

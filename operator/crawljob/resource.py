@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import re
 import unicodedata
@@ -43,7 +44,9 @@ DEFAULT_OUTPUT_PREFIX = "crawljob-output/"
 # The Job name must leave room for the pod suffix the Job controller appends ("-" + 5 chars),
 # and pods carry a "job-name" label (≤ 63). 52 keeps Indexed Job pod names valid too.
 MAX_NAME_LENGTH = 52
-HASH_LENGTH = 10
+# 25 base32 characters = 125 bits of SHA-256: two objects share a name only after ~2^62 tries
+# (birthday bound), where 10 hex digits (40 bits) took ~1.2 M. Base32 keeps it a DNS label.
+HASH_LENGTH = 25
 
 PHASES = ("Pending", "Queued", "Running", "Succeeded", "Failed", "Cancelled", "Superseded")
 TERMINAL_PHASES = frozenset({"Succeeded", "Failed", "Cancelled", "Superseded"})
@@ -75,15 +78,16 @@ def slugify(text: str, limit: int) -> str:
     return slug[:limit].strip("-")
 
 
-def crawljob_name(ref: ObjectRef) -> str:
+def crawljob_name(ref: ObjectRef, attempt: int = 0) -> str:
     """Deterministic CrawlJob (and Job) name: slug of the key's file name + hash of the identity.
 
     The same event delivered twice gives the same name (so the create is a 409, a duplicate);
-    another version of the same key gives another name.
+    another version of the same key gives another name. *attempt* > 0 gives the alternative
+    names the receiver moves to when the name is held by a different object (a collision).
     """
-    digest = hashlib.sha256(
-        "\0".join((ref.bucket, ref.key, ref.identity())).encode("utf-8", "surrogatepass")
-    ).hexdigest()[:HASH_LENGTH]
+    parts = [ref.bucket, ref.key, ref.identity()] + ([f"attempt-{attempt}"] if attempt else [])
+    raw_digest = hashlib.sha256("\0".join(parts).encode("utf-8", "surrogatepass")).digest()
+    digest = base64.b32encode(raw_digest).decode("ascii").lower()[:HASH_LENGTH]
     base_name = ref.key.rstrip("/").rsplit("/", 1)[-1]
     slug = slugify(base_name, MAX_NAME_LENGTH - HASH_LENGTH - 1)
     if not slug or not slug[0].isalpha():
@@ -96,16 +100,23 @@ def label_value(text: str) -> str | None:
     return text if _LABEL_VALUE.match(text) else None
 
 
+def _field(body: object, name: str) -> Any:
+    """*body*[*name*] when *body* is a mapping, else None."""
+    return body.get(name) if isinstance(body, Mapping) else None
+
+
 def wanted_labels(crawljob: Mapping[str, Any]) -> dict[str, str | None]:
     """The phase and bucket labels *crawljob* should carry (None: remove), from its spec and status."""
-    bucket = str(((crawljob.get("spec") or {}).get("source") or {}).get("bucket") or "")
-    phase = str((crawljob.get("status") or {}).get("phase") or "")
+    # A hand-written spec may hold anything: what is not a mapping has no bucket (specs.py fails it).
+    bucket = str(_field(_field(_field(crawljob, "spec"), "source"), "bucket") or "")
+    phase = str(_field(_field(crawljob, "status"), "phase") or "")
     return {LABEL_PHASE: label_value(phase) or None, LABEL_BUCKET: label_value(bucket) or None}
 
 
 def labels_patch(crawljob: Mapping[str, Any]) -> dict[str, str | None]:
     """The merge patch of metadata.labels that brings the phase and bucket labels in sync ({} if they are)."""
-    current = (crawljob.get("metadata") or {}).get("labels") or {}
+    labels = _field(_field(crawljob, "metadata"), "labels")
+    current = labels if isinstance(labels, Mapping) else {}
     return {key: value for key, value in wanted_labels(crawljob).items() if current.get(key) != value}
 
 
@@ -114,6 +125,7 @@ def crawljob_manifest(
     namespace: str,
     raw_key: str | None = None,
     labels: dict[str, str] | None = None,
+    attempt: int = 0,
 ) -> dict[str, object]:
     """The CrawlJob body the receiver creates for one object (spec defaults are the operator's)."""
     source: dict[str, object] = {"bucket": ref.bucket, "key": ref.key}
@@ -129,7 +141,7 @@ def crawljob_manifest(
         source["eventTime"] = ref.event_time
     annotations = {ANNOTATION_RAW_KEY: raw_key} if raw_key is not None and raw_key != ref.key else {}
     metadata: dict[str, object] = {
-        "name": crawljob_name(ref),
+        "name": crawljob_name(ref, attempt),
         "namespace": namespace,
         "labels": {
             LABEL_NAME: "crawljob",
@@ -140,6 +152,24 @@ def crawljob_manifest(
     if annotations:
         metadata["annotations"] = annotations
     return {"apiVersion": API_VERSION, "kind": KIND, "metadata": metadata, "spec": {"source": source}}
+
+
+def same_object(source: object, ref: ObjectRef) -> bool:
+    """Whether a stored CrawlJob's ``spec.source`` names the object version *ref* names."""
+    if not isinstance(source, dict):
+        return False
+    stored = ObjectRef(
+        bucket=str(source.get("bucket") or ""),
+        key=str(source.get("key") or ""),
+        version_id=_text_or_none(source.get("versionId")),
+        etag=_text_or_none(source.get("eTag")),
+        sequencer=_text_or_none(source.get("sequencer")),
+    )
+    return (stored.bucket, stored.key, stored.identity()) == (ref.bucket, ref.key, ref.identity())
+
+
+def _text_or_none(value: object) -> str | None:
+    return str(value) if value else None
 
 
 def crd_path() -> Path:

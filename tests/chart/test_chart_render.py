@@ -86,6 +86,7 @@ def test_default_render_has_the_expected_objects(default_manifests: list[Manifes
             "Deployment/demo-crawljob-operator",
             "Deployment/demo-crawljob-receiver",
             "Pod/demo-crawljob-test-healthz",
+            "PodDisruptionBudget/demo-crawljob-receiver",  # on by default: 2 receiver replicas
             "Role/demo-crawljob-operator",
             "Role/demo-crawljob-receiver",
             "Role/demo-crawljob-worker",
@@ -108,12 +109,16 @@ def test_all_options_render_ingress_pdb_and_monitoring(all_manifests: list[Manif
     assert ingress["spec"]["tls"] == [
         {"hosts": ["crawljob.example.com", "hooks.example.com"], "secretName": "crawljob-tls"}
     ]
-    backends = {
-        path["backend"]["service"]["name"]
+    routes = {
+        (rule["host"], path["path"], path["pathType"], path["backend"]["service"]["name"])
         for rule in ingress["spec"]["rules"]
         for path in rule["http"]["paths"]
     }
-    assert backends == {"crawl-receiver"}
+    # Only the webhook is public: /metrics, /openapi.json and the probes stay in the cluster.
+    assert routes == {
+        (host, "/v1/trigger", "Exact", "crawl-receiver")
+        for host in ("crawljob.example.com", "hooks.example.com")
+    }
     pdb = named(all_manifests, "PodDisruptionBudget", "crawl-receiver")
     assert pdb["apiVersion"] == "policy/v1"
     assert pdb["spec"]["minAvailable"] == 2
@@ -121,9 +126,34 @@ def test_all_options_render_ingress_pdb_and_monitoring(all_manifests: list[Manif
     assert not of_kind(all_manifests, "Secret")
 
 
+def test_receiver_pdb_follows_the_replica_count() -> None:
+    assert of_kind(render(sets=["receiver.replicaCount=1"]), "PodDisruptionBudget") == []
+    (pdb,) = of_kind(render(sets=["receiver.replicaCount=3"]), "PodDisruptionBudget")
+    assert pdb["spec"]["minAvailable"] == 1
+    assert of_kind(
+        render(sets=["receiver.replicaCount=1", "receiver.podDisruptionBudget.enabled=true"]),
+        "PodDisruptionBudget",
+    )
+
+
+def test_network_policies_admit_only_the_served_ports(all_manifests: list[Manifest]) -> None:
+    receiver = named(all_manifests, "NetworkPolicy", "crawl-receiver")["spec"]
+    assert receiver["ingress"] == [
+        {"ports": [{"port": 9090, "protocol": "TCP"}], "from": [{"ipBlock": {"cidr": "10.0.0.0/8"}}]}
+    ]
+    operator = named(all_manifests, "NetworkPolicy", "crawl-operator")["spec"]
+    assert operator["ingress"] == [{"ports": [{"port": 9091, "protocol": "TCP"}]}]
+    workers = [
+        m for m in of_kind(all_manifests, "NetworkPolicy") if m["metadata"]["name"].endswith("-worker")
+    ]
+    (worker,) = workers
+    assert worker["metadata"]["namespace"] == "crawls"
+    assert worker["spec"]["policyTypes"] == ["Ingress"] and "ingress" not in worker["spec"]
+
+
 def test_pdb_falls_back_to_policy_v1beta1_on_kubernetes_1_20() -> None:
     manifests = render([VALUES_ALL], kube_version="1.20.2")
-    (pdb,) = of_kind(manifests, "PodDisruptionBudget")
+    (pdb,) = [m for m in of_kind(manifests, "PodDisruptionBudget") if "receiver" in m["metadata"]["name"]]
     assert pdb["apiVersion"] == "policy/v1beta1"
     # Everything else the chart renders is served by a 1.20 API server too.
     served_by_1_20 = {

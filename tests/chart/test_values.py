@@ -53,6 +53,8 @@ def test_receiver_configuration_from_all_options(all_manifests: list[Manifest]) 
         "CRAWLJOB_KEY_SUFFIXES": ".csv,.csv.gz",
         "CRAWLJOB_SNS_TOPIC_ARNS": "arn:aws:sns:eu-west-1:123456789012:uploads",
         "CRAWLJOB_SNS_CERT_HOST_PATTERN": r"^sns\.[a-z0-9-]+\.amazonaws\.com$",
+        "CRAWLJOB_SNS_MAX_AGE_SECONDS": "3600",
+        "CRAWLJOB_MAX_RECORDS": "100",
         "CRAWLJOB_DEFAULT_OUTPUT_URI": "s3://processed/crawljob/",
         # receiver.resolveVersions: S3 read access, from the same s3.* values as the workers'.
         "CRAWLJOB_RESOLVE_VERSIONS": "true",
@@ -95,6 +97,9 @@ def test_operator_configuration_from_all_options(all_manifests: list[Manifest]) 
         "CRAWLJOB_LIVENESS_SECONDS": "300",
         "CRAWLJOB_WATCH_INACTIVITY_SECONDS": "70",
         "CRAWLJOB_WORKER_IMAGE": "registry.example.com/crawljob/worker:0.1.0-test",
+        "CRAWLJOB_ALLOWED_IMAGES": "registry.example.com/crawljob/*",
+        "CRAWLJOB_ALLOW_SERVICE_ACCOUNT_OVERRIDE": "true",
+        "CRAWLJOB_ALLOW_ENV_OVERRIDE": "false",
         "CRAWLJOB_WORKER_SERVICE_ACCOUNT": "crawl-worker",
         "CRAWLJOB_DEFAULT_OUTPUT_URI": "s3://processed/crawljob/",
         "CRAWLJOB_MAX_ACTIVE": "20",
@@ -126,6 +131,9 @@ def test_operator_defaults_leave_optional_limits_unset(default_manifests: list[M
     assert env["CRAWLJOB_WORKER_IMAGE"] == "crawljob/crawljob-worker:0.1.0"
     assert env["CRAWLJOB_WORKER_ENV"] == "[]"
     assert env["CRAWLJOB_MAX_ACTIVE"] == "8"
+    # A CrawlJob overrides neither the service account nor the env, nor names another image.
+    assert env["CRAWLJOB_ALLOW_SERVICE_ACCOUNT_OVERRIDE"] == env["CRAWLJOB_ALLOW_ENV_OVERRIDE"] == "false"
+    assert "CRAWLJOB_ALLOWED_IMAGES" not in env
     for unset in ("CRAWLJOB_FINISHED_TTL_SECONDS", "CRAWLJOB_JOB_TTL_SECONDS", "CRAWLJOB_DEFAULT_OUTPUT_URI"):
         assert unset not in env
 

@@ -1,6 +1,6 @@
 """A tiny stand-in for crawljob-worker, for the operator's tests (the real worker is tested apart).
 
-It takes the worker's CLI (SOURCE --output URI ...) and behaves as the source key's file name says,
+It takes the worker's CLI (--source-bucket=B --source-key=K, or SOURCE; --output URI ...) and behaves as the source key's file name says,
 as `_`-separated steps: `sleep-<seconds>`, `ok-<rows>`, `exit-<code>`, `garbage` (invalid
 termination message), `truncated`, `flaky` (fails once per CrawlJob, then succeeds), `crash`
 (exit 1 with no termination message, only a log line). Default: `ok-10`.
@@ -25,7 +25,8 @@ REASONS = {
 
 
 def main(argv: list[str]) -> int:
-    source, output = argv[0], argv[argv.index("--output") + 1]
+    keys = [arg.removeprefix("--source-key=") for arg in argv if arg.startswith("--source-key=")]
+    source, output = (keys[0] if keys else argv[0]), argv[argv.index("--output") + 1]
     stem = source.rsplit("/", 1)[-1].removesuffix(".gz").removesuffix(".csv")
     log_path = Path(os.environ.get("CRAWLJOB_TERMINATION_LOG", "/dev/termination-log"))
     started = time.monotonic()

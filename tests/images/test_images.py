@@ -313,4 +313,4 @@ async def test_operator_image_answers_healthz_and_turns_a_crawljob_into_a_job(
     (job,) = await wait_for(job_made, timeout=60, what=f"the operator to create Job {name}")
     (worker,) = job["spec"]["template"]["spec"]["containers"]
     assert worker["image"] == WORKER_IMAGE
-    assert worker["args"][0] == "s3://incoming/drops/readings.csv"
+    assert worker["args"][:2] == ["--source-bucket=incoming", "--source-key=drops/readings.csv"]

@@ -96,10 +96,10 @@ async def test_minimal_shape_uses_default_bucket(
 @pytest.mark.parametrize(
     ("body", "message", "field"),
     [
-        ({"bucket": "b"}, "S3 object key missing in POST request", "key"),
-        ({"bucket": "b", "object": {}}, "S3 object key missing in POST request", "object.key"),
-        ({"bucket": "b", "object": {"key": "  "}}, "S3 object key in POST request is blank", "object.key"),
-        ({"bucket": "b", "object": {"key": ""}}, "S3 object key in POST request is blank", "object.key"),
+        ({"bucket": "bkt"}, "S3 object key missing in POST request", "key"),
+        ({"bucket": "bkt", "object": {}}, "S3 object key missing in POST request", "object.key"),
+        ({"bucket": "bkt", "object": {"key": "  "}}, "S3 object key in POST request is blank", "object.key"),
+        ({"bucket": "bkt", "object": {"key": ""}}, "S3 object key in POST request is blank", "object.key"),
         (
             {"object": {"key": "k"}},
             "bucket missing in POST request (and no default bucket is configured)",
@@ -182,10 +182,12 @@ async def test_events_without_work_answer_202_ignored_with_reason(
 async def test_sns_raw_delivery_is_parsed_as_records_and_needs_the_token(
     make_receiver: MakeReceiver, kube_client: kube.KubeClient
 ) -> None:
-    client = await make_receiver(auth_mode="token", auth_token="t0k")
+    topic = "arn:aws:sns:us-west-2:123456789012:crawljob-uploads"
+    client = await make_receiver(auth_mode="token", auth_token="t0k", sns_topic_arns=(topic,))
     headers = {
         "x-amz-sns-message-type": "Notification",
         "x-amz-sns-rawdelivery": "true",
+        "x-amz-sns-topic-arn": topic,
         "Content-Type": "text/plain; charset=UTF-8",
     }
     body = (EVENTS / "s3-put.json").read_bytes()
@@ -237,13 +239,15 @@ async def test_auth_modes(
 async def test_sns_type_header_without_a_signed_envelope_is_refused(
     make_receiver: MakeReceiver, kube_client: kube.KubeClient
 ) -> None:
-    # The SNS header skips token auth only for bodies whose signature verifies.
+    # The SNS header skips no check: without the token it is a 401 with SNS's Basic challenge,
+    # with it a body that is not a signed envelope is still refused.
     client = await make_receiver(auth_mode="token", auth_token="t0k")
-    response = await client.post(
-        "/v1/trigger",
-        data=(EVENTS / "s3-put.json").read_bytes(),
-        headers={"x-amz-sns-message-type": "Notification"},
-    )
+    body = (EVENTS / "s3-put.json").read_bytes()
+    headers = {"x-amz-sns-message-type": "Notification"}
+    unauthenticated = await client.post("/v1/trigger", data=body, headers=headers)
+    assert unauthenticated.status == 401
+    assert unauthenticated.headers["WWW-Authenticate"] == 'Basic realm="crawljob"'
+    response = await client.post("/v1/trigger", data=body, headers=headers | {"Authorization": "Bearer t0k"})
     assert response.status == 403
     assert await crawljobs(kube_client) == []
 
@@ -256,28 +260,28 @@ async def test_sns_type_header_without_a_signed_envelope_is_refused(
     [
         (
             {"allowed_buckets": ("a", "c")},
-            {"bucket": "b", "key": "x.csv"},
-            "bucket b is not in the allowed buckets",
+            {"bucket": "bkt", "key": "x.csv"},
+            "bucket bkt is not in the allowed buckets",
         ),
         (
             {"key_prefixes": ("in/",)},
-            {"bucket": "b", "key": "x.csv"},
+            {"bucket": "bkt", "key": "x.csv"},
             "key does not start with an allowed prefix",
         ),
         (
             {"key_suffixes": (".csv", ".csv.gz")},
-            {"bucket": "b", "key": "x.json"},
+            {"bucket": "bkt", "key": "x.json"},
             "key does not end with an allowed",
         ),
         (
             {},
-            {"bucket": "b", "key": "crawljob-output/x/part-0.parquet"},
+            {"bucket": "bkt", "key": "crawljob-output/x/part-0.parquet"},
             "key is under the crawl output location",
         ),
         (
-            {"default_output_uri": "s3://b/results/"},
-            {"bucket": "b", "key": "results/x.csv"},
-            "key is under the crawl output location s3://b/results/",
+            {"default_output_uri": "s3://bkt/results/"},
+            {"bucket": "bkt", "key": "results/x.csv"},
+            "key is under the crawl output location s3://bkt/results/",
         ),
     ],
 )
@@ -301,9 +305,9 @@ async def test_filters_let_matching_objects_through(
     make_receiver: MakeReceiver, kube_client: kube.KubeClient
 ) -> None:
     client = await make_receiver(
-        allowed_buckets=("b",), key_prefixes=("in/",), key_suffixes=(".csv", ".csv.gz")
+        allowed_buckets=("bkt",), key_prefixes=("in/",), key_suffixes=(".csv", ".csv.gz")
     )
-    response = await client.post("/v1/trigger", json={"bucket": "b", "key": "in/x.csv.gz"})
+    response = await client.post("/v1/trigger", json={"bucket": "bkt", "key": "in/x.csv.gz"})
     assert response.status == 202
     assert len(await crawljobs(kube_client)) == 1
 
@@ -335,7 +339,7 @@ async def test_body_over_the_limit_answers_413(
     make_receiver: MakeReceiver, kube_client: kube.KubeClient
 ) -> None:
     client = await make_receiver(max_body_bytes=2048)
-    body = json.dumps({"bucket": "b", "key": "k.csv", "padding": "x" * 4096}).encode()
+    body = json.dumps({"bucket": "bkt", "key": "k.csv", "padding": "x" * 4096}).encode()
     response = await client.post("/v1/trigger", data=body)
     assert response.status == 413
     assert "2048" in (await response.json())["error"]
@@ -443,7 +447,7 @@ async def test_batch_with_one_failing_create_answers_503_and_retry_completes_it(
 async def test_api_refusing_the_object_answers_400(aiohttp_client: Any) -> None:
     async with serve_faulty_emulator(lambda body: Fault(before=422)) as (_, url):
         client = await aiohttp_client(create_app(ReceiverSettings(kube_server=url, namespace=NAMESPACE)))
-        response = await client.post("/v1/trigger", json={"bucket": "b", "key": "k.csv"})
+        response = await client.post("/v1/trigger", json={"bucket": "bkt", "key": "k.csv"})
         assert response.status == 400
         answer = await response.json()
         assert answer["crawljobs"][0]["status"] == "refused"

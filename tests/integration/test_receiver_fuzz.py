@@ -3,8 +3,11 @@
 Bodies come from hypothesis: arbitrary JSON, arbitrary bytes, and near-valid documents of each
 format described in openapi.json with every field drawn from arbitrary values. Properties: the
 receiver never answers 5xx (the API is healthy here), only statuses the OpenAPI document lists,
-and a request that is not accepted (202) creates no CrawlJob.
-Default: 600 examples (~10 s); CRAWLJOB_FUZZ_EXAMPLES=5000 for a long run.
+and a request that is not accepted (202) creates no CrawlJob; an accepted one creates CrawlJobs only
+for objects that pass an independent check of S3's rules (bucket name, key bytes, no NUL, size).
+Bodies include huge numbers (beyond int64, and 5,000-digit ones), control characters, invalid
+buckets and keys S3 cannot hold (issue 13).
+Default: 3,000 examples (~45 s); CRAWLJOB_FUZZ_EXAMPLES=20000 for a long run.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import asyncio
 import http.client
 import json
 import os
+import re
 import threading
 import urllib.parse
 import urllib.request
@@ -30,7 +34,11 @@ from crawljob.receiver.app import create_app
 from crawljob.receiver.settings import ReceiverSettings
 
 NAMESPACE = "fuzz"
-EXAMPLES = int(os.environ.get("CRAWLJOB_FUZZ_EXAMPLES", "600"))
+EXAMPLES = int(os.environ.get("CRAWLJOB_FUZZ_EXAMPLES", "3000"))
+# An independent statement of S3's bucket rules (not the receiver's code), for the oracle.
+BUCKET_RULE = re.compile(
+    r"(?!xn--)(?!sthree-)(?!.*\.\.)(?![0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$)[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](?<!-s3alias)(?<!--ol-s3)"
+)
 OPENAPI = json.loads(
     (Path(__file__).parent.parent.parent / "operator" / "crawljob" / "receiver" / "openapi.json").read_text()
 )
@@ -45,6 +53,7 @@ class Running:
         self.stop: asyncio.Event | None = None
         self.ready = threading.Event()
         self.connection: http.client.HTTPConnection | None = None
+        self.count: int | None = None
 
     def post(self, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
         for attempt in range(2):
@@ -100,7 +109,20 @@ def running() -> Iterator[Running]:
 
 # ---- strategies ----
 
-scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30)
+huge_numbers = (
+    st.integers(min_value=2**53 - 2, max_value=2**70)
+    | st.integers(max_value=-1)
+    | st.sampled_from([10**300, -(10**300), 1e308, -1e308, 2**63, 2**64])
+)
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | huge_numbers
+    | st.floats(allow_nan=False)
+    | st.text(max_size=30)
+    | st.text(alphabet=st.characters(max_codepoint=0x1F), max_size=10)
+)
 anything = st.recursive(
     scalars,
     lambda children: (
@@ -108,8 +130,33 @@ anything = st.recursive(
     ),
     max_leaves=12,
 )
-keys = st.text(max_size=40) | st.sampled_from(
-    ["a.csv", "dir/x y.csv", "+", "%", "%ZZ", "%FF", "a%2Fb", " ", ""]
+keys = (
+    st.text(max_size=40)
+    | st.sampled_from(
+        ["a.csv", "dir/x y.csv", "+", "%", "%ZZ", "%FF", "a%2Fb", " ", "", "a\x00b", "%00", "a#b?c", "\t\n"]
+    )
+    | st.text(alphabet=st.characters(max_codepoint=0x1F), min_size=1, max_size=8)
+    | st.just("k" * 1025)
+    | st.just("€" * 342)
+)
+buckets = (
+    st.from_regex(r"[a-z0-9][a-z0-9.-]{1,20}[a-z0-9]", fullmatch=True)
+    | st.sampled_from(
+        [
+            "a/b",
+            "b?x",
+            "..",
+            "x" * 300,
+            "Upper",
+            "192.168.0.1",
+            "xn--abc",
+            "ab",
+            "a..b",
+            "crawljob-inbox/out",
+            "b\x00b",
+        ]
+    )
+    | st.text(max_size=70)
 )
 
 
@@ -120,7 +167,7 @@ def maybe(strategy: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
 s3_object = st.fixed_dictionaries(
     {"key": maybe(keys)},
     optional={
-        "size": maybe(st.integers(min_value=-5)),
+        "size": maybe(st.integers(min_value=-5) | huge_numbers),
         "eTag": maybe(st.text(max_size=8)),
         "versionId": maybe(st.text(max_size=8)),
         "sequencer": maybe(st.text(max_size=8)),
@@ -133,7 +180,7 @@ s3_record = st.fixed_dictionaries(
         ),
         "s3": maybe(
             st.fixed_dictionaries(
-                {"bucket": maybe(st.fixed_dictionaries({"name": maybe(keys)})), "object": maybe(s3_object)}
+                {"bucket": maybe(st.fixed_dictionaries({"name": maybe(buckets)})), "object": maybe(s3_object)}
             )
         ),
     },
@@ -196,7 +243,10 @@ sns_envelope = st.fixed_dictionaries(
 test_event = st.fixed_dictionaries({"Event": st.just("s3:TestEvent")}, optional={"Bucket": anything})
 # Well-formed documents with arbitrary keys and buckets: the accepting path gets fuzzed too.
 valid_minimal = st.fixed_dictionaries(
-    {"bucket": st.text(min_size=1, max_size=20), "object": st.fixed_dictionaries({"key": keys})}
+    {
+        "bucket": buckets,
+        "object": st.fixed_dictionaries({"key": keys}, optional={"size": st.integers() | huge_numbers}),
+    }
 )
 valid_s3 = st.lists(
     st.builds(
@@ -207,7 +257,7 @@ valid_s3 = st.lists(
                 "object": {"key": urllib.parse.quote_plus(key), "size": len(key)},
             },
         },
-        st.text(min_size=1, max_size=20),
+        buckets,
         keys,
         st.sampled_from(
             ["ObjectCreated:Put", "ObjectCreated:CompleteMultipartUpload", "ObjectRemoved:Delete"]
@@ -220,7 +270,17 @@ json_bodies = (
     valid_minimal | valid_s3 | s3_event | eventbridge | minimal | sns_envelope | test_event | anything
 ).map(lambda document: json.dumps(document).encode())
 raw_bodies = st.binary(max_size=200) | st.sampled_from(
-    [b"", b"{", b"\xef\xbb\xbf{}", b"[" * 5000, b'{"a":' * 3000]
+    [
+        b"",
+        b"{",
+        b"\xef\xbb\xbf{}",
+        b"[" * 5000,
+        b'{"a":' * 3000,
+        b'{"bucket": "landing", "object": {"key": "a.csv", "size": ' + b"9" * 5000 + b"}}",
+        b'{"bucket": "landing", "object": {"key": "a.csv", "size": "' + b"9" * 5000 + b'"}}',
+        b'{"bucket": "landing", "object": {"key": "a.csv", "size": 1e999}}',
+        b'{"bucket": "landing", "key": "a\\u0000b"}',
+    ]
 )
 headers = st.fixed_dictionaries(
     {},
@@ -243,16 +303,20 @@ headers = st.fixed_dictionaries(
 def test_no_body_gets_a_5xx_and_refused_bodies_create_nothing(
     running: Running, body: bytes, headers: dict[str, str]
 ) -> None:
-    before = running.crawljob_count()
+    # Only this test creates CrawlJobs here, one request at a time: the last count still holds.
+    before = running.count if running.count is not None else running.crawljob_count()
     status, answer = running.post(body, headers)
     event(f"status {status}")
     assert status < 500, (status, answer, body)
     assert status in DOCUMENTED, (status, answer)
     document = json.loads(answer)
-    after = running.crawljob_count()
+    after = running.count = running.crawljob_count()
     if status == 202:
         created = [item for item in document["crawljobs"] if item["status"] == "created"]
         assert after - before == len(created)
+        for item in document["crawljobs"]:
+            assert BUCKET_RULE.fullmatch(item["bucket"]), item
+            assert "\x00" not in item["key"] and 0 < len(item["key"].encode("utf-8")) <= 1024, item
     else:
         assert "error" in document
         assert after == before, (status, document)

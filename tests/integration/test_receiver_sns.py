@@ -8,82 +8,35 @@ from __future__ import annotations
 
 import base64
 import json
-import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-import trustme
-from aiohttp import web
 from aiohttp.test_utils import TestClient
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from crawljob import kube
 from crawljob.local.emulator import Emulator
-from crawljob.receiver import sns
 from crawljob.receiver.app import create_app
 from crawljob.receiver.settings import ReceiverSettings
+from fakes.sns import FakeSns, serve_fake_sns
 
 EVENTS = Path(__file__).parent.parent / "data" / "events"
 NAMESPACE = "crawl"
 TOPIC = "arn:aws:sns:us-west-2:123456789012:crawljob-uploads"
-SNS_HEADERS = {"Content-Type": "text/plain; charset=UTF-8", "x-amz-sns-topic-arn": TOPIC}
-
-
-@dataclass
-class FakeSns:
-    """The HTTPS side of SNS: the signing certificate and the SubscribeURL."""
-
-    base: str
-    key: rsa.RSAPrivateKey
-    ca_file: str
-    cert_fetches: int = 0
-    confirmations: list[str] = field(default_factory=list)
-
-    def sign(self, fields: dict[str, str], version: str = "1") -> dict[str, str]:
-        message = dict(fields, SignatureVersion=version, SigningCertURL=f"{self.base}/cert.pem")
-        if "SubscribeURL" in message:
-            message["SubscribeURL"] = f"{self.base}/confirm?Token={message.get('Token', '')}"
-        algorithm = hashes.SHA1() if version == "1" else hashes.SHA256()
-        signature = self.key.sign(sns.signing_string(message), padding.PKCS1v15(), algorithm)
-        message["Signature"] = base64.b64encode(signature).decode()
-        return message
+TOKEN = "sns-subscription-token"
+SNS_HEADERS = {
+    "Content-Type": "text/plain; charset=UTF-8",
+    "x-amz-sns-topic-arn": TOPIC,
+    # SNS sends the user:password of its subscription URL (https://sns:<token>@host/v1/trigger).
+    "Authorization": "Basic " + base64.b64encode(f"sns:{TOKEN}".encode()).decode(),
+}
 
 
 @pytest.fixture
 async def fake_sns(tmp_path: Path) -> AsyncIterator[FakeSns]:
-    ca = trustme.CA(key_type=trustme.KeyType.RSA)
-    leaf = ca.issue_cert("localhost", key_type=trustme.KeyType.RSA)
-    ca_file = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(ca_file))
-    key = serialization.load_pem_private_key(leaf.private_key_pem.bytes(), password=None)
-    assert isinstance(key, rsa.RSAPrivateKey)
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    leaf.configure_cert(server_context)
-    holder: dict[str, FakeSns] = {}
-
-    async def certificate(request: web.Request) -> web.Response:
-        holder["sns"].cert_fetches += 1
-        return web.Response(body=leaf.cert_chain_pems[0].bytes(), content_type="application/x-pem-file")
-
-    async def confirm(request: web.Request) -> web.Response:
-        holder["sns"].confirmations.append(request.query.get("Token", ""))
-        return web.Response(text="<ConfirmSubscriptionResponse/>", content_type="text/xml")
-
-    app = web.Application()
-    app.router.add_get("/cert.pem", certificate)
-    app.router.add_get("/confirm", confirm)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_context)
-    await site.start()
-    port = runner.addresses[0][1]
-    holder["sns"] = FakeSns(base=f"https://localhost:{port}", key=key, ca_file=str(ca_file))
-    yield holder["sns"]
-    await runner.cleanup()
+    async with serve_fake_sns(tmp_path) as served:
+        yield served
 
 
 MakeReceiver = Callable[..., Awaitable[TestClient[Any, Any]]]
@@ -96,10 +49,11 @@ def make_receiver(emulator: tuple[Emulator, str], aiohttp_client: Any, fake_sns:
             "kube_server": emulator[1],
             "namespace": NAMESPACE,
             "sns_cert_host_pattern": r"^localhost$",
+            "sns_cert_subject_pattern": r"^localhost$",
             "sns_ca_file": fake_sns.ca_file,
             "sns_topic_arns": (TOPIC,),
             "auth_mode": "token",
-            "auth_token": "only-for-non-sns",
+            "auth_token": TOKEN,
         }
         client: TestClient[Any, Any] = await aiohttp_client(
             create_app(ReceiverSettings(**(options | overrides)))
@@ -204,7 +158,7 @@ async def test_subscription_without_allowed_topics_is_not_confirmed(
     client = await make_receiver(sns_topic_arns=())
     response = await post(client, fake_sns.sign(envelope("sns-subscription-confirmation.json"), "2"))
     assert response.status == 403
-    assert "CRAWLJOB_SNS_TOPIC_ARNS" in (await response.json())["error"]
+    assert "receiver.sns.topicArns" in (await response.json())["error"]
     assert fake_sns.confirmations == []
 
 
@@ -245,7 +199,9 @@ async def test_unreachable_certificate_host_answers_503(
         kube_server=emulator[1],
         namespace=NAMESPACE,
         sns_cert_host_pattern=r"^localhost$",
+        sns_cert_subject_pattern=r"^localhost$",
         sns_ca_file=fake_sns.ca_file,
+        sns_topic_arns=(TOPIC,),
     )
     client = await aiohttp_client(create_app(settings))
     message = fake_sns.sign(envelope("sns-notification.json"), "1")

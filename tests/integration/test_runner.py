@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from crawljob import kube
@@ -91,30 +92,47 @@ async def test_failjob_exit_code_is_not_retried_and_others_are_until_the_backoff
     assert {pod["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] for pod in pods} == {75}
 
 
-async def test_deadline_kills_the_process_and_fails_the_job(kube_client: kube.KubeClient) -> None:
+def _processes_with(marker: str) -> list[int]:
+    """Pids of local processes whose command line contains *marker* (the fake worker's source key)."""
+    found = []
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        if any(marker in part for part in process.info["cmdline"] or []):
+            found.append(process.info["pid"])
+    return found
+
+
+async def test_deadline_deletes_the_pod_stops_the_process_and_fails_the_job(
+    kube_client: kube.KubeClient,
+) -> None:
     async with running_runner(kube_client):
-        name = await _submit(kube_client, "runner/sleep-30.csv", activeDeadlineSeconds=1)
+        name = await _submit(kube_client, "runner/sleep-31.csv", activeDeadlineSeconds=1)
         job = await _finished(kube_client, name, timeout=15)
+
+        async def stopped() -> bool:
+            return not _processes_with("runner/sleep-31.csv")
+
+        await wait_until(stopped, 15, "the kubelet to stop the process past its deadline")
     assert job["status"]["conditions"][-1]["reason"] == "DeadlineExceeded"
-    (pod,) = await _pods(kube_client, name)
-    assert pod["status"]["reason"] == "DeadlineExceeded"
+    assert job["status"]["failed"] == 1
+    assert await _pods(kube_client, name) == []  # as the Job controller does: the active Pod is deleted
 
 
 async def test_deleted_job_kills_its_process_and_pods(kube_client: kube.KubeClient, tmp_path: Path) -> None:
-    async with running_runner(kube_client, {"FAKE_WORKER_STATE": str(tmp_path)}) as runner:
-        name = await _submit(kube_client, "runner/sleep-30.csv")
+    async with running_runner(kube_client, {"FAKE_WORKER_STATE": str(tmp_path)}):
+        name = await _submit(kube_client, "runner/sleep-32.csv")
 
         async def running() -> bool:
             pods = await _pods(kube_client, name)
             return bool(pods) and pods[0]["status"].get("phase") == "Running"
 
         await wait_until(running, 15, "pod running")
+        assert _processes_with("runner/sleep-32.csv")
         await kube_client.delete(kube.JOBS, NAMESPACE, name)
 
         async def cleaned() -> bool:
-            return not await _pods(kube_client, name) and not runner._tasks
+            return not await _pods(kube_client, name) and not _processes_with("runner/sleep-32.csv")
 
-        await wait_until(cleaned, 15, "pods deleted and process killed")
+        await wait_until(cleaned, 15, "pods deleted and process stopped")
 
 
 async def test_instant_mode_completes_without_running_anything(kube_client: kube.KubeClient) -> None:
@@ -132,8 +150,9 @@ async def test_suspended_jobs_are_left_alone(kube_client: kube.KubeClient) -> No
     job = build_job(owner, SETTINGS)
     job["spec"]["suspend"] = True
     await kube_client.create(kube.JOBS, NAMESPACE, job)
-    async with running_runner(kube_client) as runner:
+    async with running_runner(kube_client):
         # A Job created after the suspended one finishing proves the runner has seen both.
         await _finished(kube_client, await _submit(kube_client, "runner/ok-2.csv"))
-        assert not runner._tasks
-    assert await _pods(kube_client, job["metadata"]["name"]) == []
+        assert await _pods(kube_client, job["metadata"]["name"]) == []
+    stored = await kube_client.get(kube.JOBS, NAMESPACE, job["metadata"]["name"])
+    assert not (stored.get("status") or {}).get("startTime")  # never started

@@ -56,13 +56,13 @@ def test_flags_win_over_env() -> None:
 
 def test_lists_are_split_on_commas() -> None:
     environ = {
-        "CRAWLJOB_ALLOWED_BUCKETS": "a, b,,c",
+        "CRAWLJOB_ALLOWED_BUCKETS": "aaa, bbb,,ccc",
         "CRAWLJOB_KEY_PREFIXES": "in/",
         "CRAWLJOB_KEY_SUFFIXES": ".csv,.csv.gz",
         "CRAWLJOB_SNS_TOPIC_ARNS": "arn:aws:sns:eu-west-1:1:t",
     }
     result = settings([], environ)
-    assert result.allowed_buckets == ("a", "b", "c")
+    assert result.allowed_buckets == ("aaa", "bbb", "ccc")
     assert result.key_suffixes == (".csv", ".csv.gz")
     assert result.sns_topic_arns == ("arn:aws:sns:eu-west-1:1:t",)
 
@@ -85,3 +85,24 @@ def test_inconsistent_settings_fail_at_start(argv: list[str], message: str) -> N
 def test_missing_secret_file_fails_at_start(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         settings(["--auth-mode", "token", "--auth-token-file", str(tmp_path / "absent")])
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"CRAWLJOB_ALLOWED_BUCKETS": "good-bucket,Bad_Bucket"}, "not a valid S3 bucket name"),
+        ({"CRAWLJOB_DEFAULT_BUCKET": "a/b"}, "not a valid S3 bucket name"),
+        ({"CRAWLJOB_MAX_RECORDS": "0"}, "--max-records"),
+        ({"CRAWLJOB_SNS_MAX_AGE_SECONDS": "0"}, "--sns-max-age-seconds"),
+        ({"CRAWLJOB_SNS_CERT_SUBJECT_PATTERN": "("}, "--sns-cert-subject-pattern"),
+    ],
+)
+def test_hardening_settings_are_validated(environ: dict[str, str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        settings([], environ)
+
+
+def test_hardening_defaults() -> None:
+    result = settings([], {})
+    assert (result.max_records, result.create_concurrency, result.sns_max_age_seconds) == (100, 8, 3600.0)
+    assert result.sns_topic_arns == ()  # SNS refused until topics are listed

@@ -31,7 +31,7 @@ def s3_body(raw_key: str, event_name: str = "ObjectCreated:Put", **obj: Any) -> 
             {
                 "eventName": event_name,
                 "eventSource": "aws:s3",
-                "s3": {"bucket": {"name": "b"}, "object": {"key": raw_key, **obj}},
+                "s3": {"bucket": {"name": "bkt"}, "object": {"key": raw_key, **obj}},
             }
         ]
     }
@@ -118,7 +118,7 @@ def test_minimal_shape_key_is_literal() -> None:
 
 def test_minimal_shape_bucket_defaults_and_flat_key_is_accepted() -> None:
     assert parse({"object": {"key": "k.csv"}}, "dflt").targets[0].ref.bucket == "dflt"
-    assert parse({"bucket": "x", "key": "k.csv"}, "dflt").targets[0].ref.bucket == "x"
+    assert parse({"bucket": "xyz", "key": "k.csv"}, "dflt").targets[0].ref.bucket == "xyz"
 
 
 def test_sns_envelope_is_recognised_and_its_message_parsed() -> None:
@@ -193,21 +193,22 @@ def test_encoded_key_that_decodes_to_blank_is_a_400() -> None:
     ("body", "message", "field"),
     [
         ({}, events.KEY_MISSING, "key"),
-        ({"bucket": "b"}, events.KEY_MISSING, "key"),
-        ({"bucket": "b", "object": {}}, events.KEY_MISSING, "object.key"),
-        ({"bucket": "b", "object": {"key": " "}}, events.KEY_BLANK, "object.key"),
-        ({"bucket": "b", "object": {"key": 7}}, "object.key must be a string, got a number", "object.key"),
-        ({"bucket": "b", "object": "k"}, "object must be an object with a key, got a string", "object"),
+        ({"bucket": "bkt"}, events.KEY_MISSING, "key"),
+        ({"bucket": "bkt", "object": {}}, events.KEY_MISSING, "object.key"),
+        ({"bucket": "bkt", "object": {"key": " "}}, events.KEY_BLANK, "object.key"),
+        ({"bucket": "bkt", "object": {"key": 7}}, "object.key must be a string, got a number", "object.key"),
+        ({"bucket": "bkt", "object": "k"}, "object must be an object with a key, got a string", "object"),
         ({"bucket": " ", "object": {"key": "k"}}, "bucket must be a non-blank string", "bucket"),
         (
-            {"bucket": "b", "object": {"key": "k", "size": -1}},
-            "object.size must be a non-negative integer",
+            {"bucket": "bkt", "object": {"key": "k", "size": -1}},
+            f"object.size must be an integer from 0 to {events.MAX_SIZE}",
             "object.size",
         ),
         ({"Records": []}, "Records must be a non-empty list of S3 event records", "Records"),
         ({"Records": [1]}, "Records[0] must be an object, got a number", "Records[0]"),
         (
-            s3_body("k") | {"Records": [{"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "b"}}}]},
+            s3_body("k")
+            | {"Records": [{"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "bkt"}}}]},
             events.KEY_MISSING,
             "Records[0].s3.object",
         ),
@@ -222,7 +223,7 @@ def test_encoded_key_that_decodes_to_blank_is_a_400() -> None:
             {
                 "source": "aws.s3",
                 "detail-type": "Object Created",
-                "detail": {"bucket": {"name": "b"}, "object": {}},
+                "detail": {"bucket": {"name": "bkt"}, "object": {}},
             },
             events.KEY_MISSING,
             "detail.object.key",
@@ -269,25 +270,25 @@ def test_folder_placeholders_are_ignored() -> None:
 @pytest.mark.parametrize(
     ("filters", "key", "bucket", "reason"),
     [
-        (Filters(buckets=("other",)), "a.csv", "b", "bucket b is not in the allowed buckets"),
-        (Filters(prefixes=("in/",)), "out/a.csv", "b", "key does not start with an allowed prefix (in/)"),
+        (Filters(buckets=("other",)), "a.csv", "bkt", "bucket bkt is not in the allowed buckets"),
+        (Filters(prefixes=("in/",)), "out/a.csv", "bkt", "key does not start with an allowed prefix (in/)"),
         (
             Filters(suffixes=(".csv", ".csv.gz")),
             "a.parquet",
-            "b",
+            "bkt",
             "key does not end with an allowed suffix (.csv, .csv.gz)",
         ),
         (
             Filters(),
             "crawljob-output/x-1/part-0.parquet",
-            "b",
+            "bkt",
             "key is under the crawl output location crawljob-output/ (any bucket): loop guard",
         ),
         (
-            Filters(output_locations=((None, "crawljob-output/"), ("b", "results/"))),
+            Filters(output_locations=((None, "crawljob-output/"), ("bkt", "results/"))),
             "results/x.csv",
-            "b",
-            "key is under the crawl output location s3://b/results/: loop guard",
+            "bkt",
+            "key is under the crawl output location s3://bkt/results/: loop guard",
         ),
     ],
 )
@@ -300,14 +301,14 @@ def test_filters_ignore_with_reason(filters: Filters, key: str, bucket: str, rea
 
 def test_filters_keep_what_matches() -> None:
     filters = Filters(
-        buckets=("b",),
+        buckets=("bkt",),
         prefixes=("in/",),
         suffixes=(".csv", ".csv.gz"),
-        output_locations=((None, "crawljob-output/"), ("b", "results/")),
+        output_locations=((None, "crawljob-output/"), ("bkt", "results/")),
     )
-    parsed = parse({"bucket": "b", "object": {"key": "in/a.csv.gz"}})
+    parsed = parse({"bucket": "bkt", "object": {"key": "in/a.csv.gz"}})
     assert events.apply_filters(parsed, filters).targets == parsed.targets
-    other_bucket = parse({"bucket": "c", "object": {"key": "results/x.csv"}})
+    other_bucket = parse({"bucket": "ccc", "object": {"key": "results/x.csv"}})
     assert events.apply_filters(other_bucket, Filters()).targets == other_bucket.targets
 
 

@@ -97,7 +97,8 @@ def test_container_command_args_env_and_security() -> None:
     assert container["image"] == "custom:2"
     assert container["command"] == ["crawljob-worker"]
     assert container["args"] == [
-        "s3://in/dir/data file.csv",
+        "--source-bucket=in",
+        "--source-key=dir/data file.csv",
         "--output",
         "s3://out/p/",
         "--format",
@@ -142,7 +143,7 @@ def test_container_command_args_env_and_security() -> None:
 )
 def test_default_output_uri(settings: OperatorSettings, expected: str) -> None:
     args = jobs.build_job(_crawljob(), settings)["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert args[:3] == ["s3://in/dir/data file.csv", "--output", expected]
+    assert args[:4] == ["--source-bucket=in", "--source-key=dir/data file.csv", "--output", expected]
 
 
 def test_rerun_gets_its_own_job_name_within_dns_limits() -> None:
@@ -192,3 +193,27 @@ def test_job_manifest_is_valid_against_the_kubernetes_schema() -> None:
         SETTINGS,
     )
     validate.validate(job, "1.33", strict=True)
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "reports/q1#final.csv",
+        "private/salaries.txt#.csv",
+        "a?b=1.csv",
+        "x%23y.csv",
+        "/lead.csv",
+        "-dash.csv",
+        "tab\there.csv",
+        "new\nline.csv",
+    ],
+)
+def test_bucket_and_key_reach_the_worker_as_separate_uninterpreted_values(key: str) -> None:
+    # Finding 2: the worker used to get s3://bucket/key and urlparse dropped what follows # or ?.
+    from crawljob_worker.settings import settings_from_args
+
+    body = _crawljob()
+    body["spec"]["source"]["key"] = key
+    args = jobs.build_job(body, SETTINGS)["spec"]["template"]["spec"]["containers"][0]["args"]
+    location = settings_from_args(args, {}).source_location()
+    assert (location.bucket, location.path) == ("in", key)

@@ -2,6 +2,7 @@ import re
 
 import pytest
 
+from crawljob import resource
 from crawljob.resource import MAX_NAME_LENGTH, ObjectRef, crawljob_manifest, crawljob_name, slugify
 
 DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
@@ -62,3 +63,11 @@ def test_manifest_carries_the_decoded_key_and_the_raw_one() -> None:
     assert isinstance(metadata, dict)
     assert metadata["namespace"] == "ns"
     assert metadata["annotations"] == {"crawljob.io/raw-key": "a+b.csv"}
+
+
+def test_labels_of_a_hand_written_spec_of_the_wrong_shape_are_only_the_phase() -> None:
+    """A spec or source that is not a mapping (specs.py fails it) must not break the label sync."""
+    for spec in ("s3://bucket/key.csv", {"source": "s3://bucket/key.csv"}, {"source": ["b"]}):
+        body = {"metadata": {"labels": "x"}, "spec": spec, "status": {"phase": "Failed"}}
+        assert resource.wanted_labels(body) == {resource.LABEL_PHASE: "Failed", resource.LABEL_BUCKET: None}
+        assert resource.labels_patch(body) == {resource.LABEL_PHASE: "Failed"}

@@ -178,3 +178,90 @@ def test_sns_hosts_pass(url: str) -> None:
 def test_other_urls_are_refused(url: str) -> None:
     with pytest.raises(SnsRejected):
         sns.check_url(url, sns.DEFAULT_CERT_HOST_PATTERN, "SigningCertURL")
+
+
+# ---- issue 13, finding 1 and 7: exact hosts, the certificate's subject, the message's age ----
+
+
+@pytest.mark.parametrize(
+    ("host", "allowed"),
+    [
+        ("sns.us-east-1.amazonaws.com", True),
+        ("sns.eu-central-2.amazonaws.com", True),
+        ("sns.us-gov-west-1.amazonaws.com", True),
+        ("sns.cn-north-1.amazonaws.com.cn", True),
+        ("sns.cn-northwest-1.amazonaws.com.cn", True),
+        ("sns.s3.amazonaws.com", False),  # an S3 bucket named "sns": anyone can serve a file there
+        ("sns.amazonaws.com", False),
+        ("sns.us-east-1.amazonaws.com.evil.example", False),
+        ("evil-sns.us-east-1.amazonaws.com", False),
+        ("sns.us-east-1.amazonaws.cn", False),
+    ],
+)
+def test_default_host_pattern_admits_exactly_sns_hosts(host: str, allowed: bool) -> None:
+    url = f"https://{host}/SimpleNotificationService-abc.pem"
+    if allowed:
+        sns.check_url(url, sns.DEFAULT_CERT_HOST_PATTERN, "SigningCertURL")
+    else:
+        with pytest.raises(SnsRejected, match="does not match"):
+            sns.check_url(url, sns.DEFAULT_CERT_HOST_PATTERN, "SigningCertURL")
+
+
+def test_certificate_subject_must_name_sns(key: rsa.RSAPrivateKey) -> None:
+    sns.check_subject(certificate_for(key), sns.DEFAULT_CERT_SUBJECT_PATTERN)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "attacker.example")])
+    now = datetime.datetime.now(tz=datetime.UTC)
+    other = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    with pytest.raises(SnsRejected, match=r"attacker\.example"):
+        sns.check_subject(other, sns.DEFAULT_CERT_SUBJECT_PATTERN)
+
+
+NOW = datetime.datetime(2026, 12, 2, 12, 0, tzinfo=datetime.UTC)
+
+
+@pytest.mark.parametrize(
+    ("timestamp", "accepted"),
+    [
+        ("2026-12-02T12:00:00.000Z", True),
+        ("2026-12-02T11:00:00.000Z", True),
+        ("2026-12-02T10:55:01.000Z", True),  # an hour and a little skew
+        ("2026-12-02T10:54:59.000Z", False),
+        ("2001-09-09T01:46:40.000Z", False),
+        ("2026-12-02T12:04:59Z", True),
+        ("2026-12-02T12:05:01Z", False),
+        ("2026-12-02T12:00:00", False),  # no zone
+        ("not a time", False),
+        ("", False),
+    ],
+)
+def test_message_age_is_bounded(timestamp: str, accepted: bool) -> None:
+    fields = {"Timestamp": timestamp}
+    if accepted:
+        sns.check_timestamp(fields, NOW, sns.DEFAULT_MAX_AGE_SECONDS)
+    else:
+        with pytest.raises(SnsRejected):
+            sns.check_timestamp(fields, NOW, sns.DEFAULT_MAX_AGE_SECONDS)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://sns.us-east-1.amazonaws.com@evil.example/cert.pem",
+        "https://evil.example\\@sns.us-east-1.amazonaws.com/cert.pem",
+        "https://sns.us-east-1.amazonaws.com\t.evil.example/cert.pem",
+        "https://user:pw@sns.us-east-1.amazonaws.com/cert.pem",
+        "https://sns.us-east-1.amazonaws.com /cert.pem",
+    ],
+)
+def test_urls_where_parsers_differ_are_refused(url: str) -> None:
+    with pytest.raises(SnsRejected):
+        sns.check_url(url, sns.DEFAULT_CERT_HOST_PATTERN, "SigningCertURL")

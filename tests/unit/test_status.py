@@ -173,6 +173,7 @@ def test_deadline_exceeded() -> None:
     [
         ("ErrImagePull", "cannot be pulled"),
         ("ImagePullBackOff", "cannot be pulled"),
+        ("ErrImageNeverPull", "pull policy forbids pulling"),
         ("CreateContainerConfigError", "configuration is invalid"),
     ],
 )

@@ -1,13 +1,13 @@
-"""A local kubelet for a real control plane that has no nodes: it runs the Pods that already exist.
+"""The local kubelet: runs the Pods that exist (a node for a cluster that has none).
 
-The real Job controller creates the Pods; this watches them, runs each Pod's first container
-command as a local process (with the Pod's env), and writes the Pod status a kubelet would:
-Running, then Succeeded/Failed with the container's terminated state and termination message.
-It never creates Pods and never writes Job status (the Job controller does both).
-A Pod deleted while running (cancel, Job deadline) has its process terminated.
-
-The container's termination message path is a file inside the container; locally, the process
-gets ``CRAWLJOB_TERMINATION_LOG`` pointing at a file of its own (the worker's documented option).
+One pod runner for both local stacks: the real control plane's tier (whose Job controller creates
+the Pods) and the emulator's `crawljob run` (where `local/runner.py` plays the Job controller).
+It watches Pods, runs each Pending Pod's first container through a runtime (a local process, real
+images with podman, or instant), and writes the Pod status a kubelet would: Running, then
+Succeeded/Failed with the container's terminated state and termination message. A Pod deleted
+while running (cancel, Job deadline) has its container stopped. Status writes are retried until
+they land (or the Pod is gone), with a log line, as a real kubelet's status manager does: an API
+outage when a container exits delays its status, it never loses it.
 """
 
 from __future__ import annotations
@@ -16,200 +16,138 @@ import argparse
 import asyncio
 import base64
 import contextlib
-import datetime
 import logging
 import os
-import re
+import shutil
 import signal
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+import urllib.parse
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from crawljob import kube
+from crawljob.local import pods
+from crawljob.local.podman import PodmanRuntime
+from crawljob.local.pods import ContainerSpec, ContainerWaiting, Outcome, PodNotRunnable
+from crawljob.local.runtime import InstantRuntime, ProcessRuntime, Runtime
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("crawljob.kubelet")
 
-TERMINATION_LOG_ENV = "CRAWLJOB_TERMINATION_LOG"
-MESSAGE_LIMIT = 4096  # what a kubelet keeps of a termination message
-FALLBACK_LOG_LINES = 80  # FallbackToLogsOnError: the tail of the logs, as a kubelet takes it
-_REFERENCE = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)|\$\$")
-
-
-def now() -> str:
-    return datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def expand(text: str, env: Mapping[str, str]) -> str:
-    """Kubernetes' ``$(VAR)`` expansion in command/args: unknown references stay, ``$$`` is ``$``."""
-
-    def replace(match: re.Match[str]) -> str:
-        if match.group(0) == "$$":
-            return "$"
-        return env.get(match.group(1), match.group(0))
-
-    return _REFERENCE.sub(replace, text)
+Body = dict[str, Any]
+SECRETS = kube.Resource("", "v1", "secrets")
+SERVICE_ACCOUNTS = kube.Resource("", "v1", "serviceaccounts")
+CONFIGMAPS = kube.Resource("", "v1", "configmaps")
+CONFIG_RETRY_SECONDS = 5.0
 
 
-def field_value(pod: Mapping[str, Any], path: str) -> str | None:
-    """The value of a downward-API ``fieldRef`` (metadata.name/namespace/uid, labels, annotations)."""
-    metadata = pod.get("metadata") or {}
-    simple = {"metadata.name": "name", "metadata.namespace": "namespace", "metadata.uid": "uid"}
-    if path in simple:
-        value = metadata.get(simple[path])
-        return str(value) if value is not None else None
-    match = re.fullmatch(r"metadata\.(labels|annotations)\['([^']+)'\]", path)
-    if match:
-        value = (metadata.get(match.group(1)) or {}).get(match.group(2))
-        return str(value) if value is not None else None
-    if path == "spec.serviceAccountName":
-        return str((pod.get("spec") or {}).get("serviceAccountName") or "default")
-    if path in ("status.podIP", "status.hostIP"):
-        return "127.0.0.1"
-    return None
+def backoff_delays(first: float = 0.5, cap: float = 10.0) -> Callable[[int], float]:
+    """Capped exponential delays by attempt number (1, 2, …)."""
+    return lambda attempt: min(cap, first * 2 ** (attempt - 1))
 
 
-@dataclass(frozen=True)
-class ProcessSpec:
-    """What to run for a Pod: argv and the env entries it declares (secret refs still unresolved)."""
+class StatusWriter:
+    """Writes one Pod's latest status until it lands: retried with backoff, superseded by newer ones."""
 
-    argv: list[str]
-    env: dict[str, str]
-    secret_refs: dict[str, tuple[str, str, str]]  # name → (kind "secret"|"configmap", object, key)
-    message_policy: str
+    def __init__(self, client: kube.KubeClient, namespace: str, name: str, delays: Callable[[int], float]):
+        self.client, self.namespace, self.name, self.delays = client, namespace, name, delays
+        self._latest: Body | None = None
+        self._changed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.gone = False  # the Pod was deleted: nothing more to write
 
+    def set(self, status: Body) -> None:
+        """Make *status* the one to write (replacing any not yet written)."""
+        self._latest = status
+        self._changed.set()
+        if self._task is None:
+            self._task = asyncio.create_task(self._write_loop(), name=f"status-{self.name}")
 
-class PodNotRunnable(ValueError):
-    """The Pod cannot be run locally (no command): it fails with this message."""
+    async def flush(self) -> bool:
+        """Wait until the latest status is written; False when the Pod is gone."""
+        if self._task is not None:
+            await asyncio.shield(self._task)
+        return not self.gone
 
+    async def close(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
 
-def process_spec(pod: Mapping[str, Any]) -> ProcessSpec:
-    """Turn a Pod's first container into a local process description (pure)."""
-    containers = (pod.get("spec") or {}).get("containers") or []
-    if not containers:
-        raise PodNotRunnable("the pod has no containers")
-    container = containers[0]
-    env: dict[str, str] = {}
-    refs: dict[str, tuple[str, str, str]] = {}
-    for item in container.get("env") or []:
-        name = item["name"]
-        source = item.get("valueFrom") or {}
-        if "value" in item or not source:
-            env[name] = expand(str(item.get("value", "")), env)
-        elif "fieldRef" in source:
-            value = field_value(pod, source["fieldRef"].get("fieldPath", ""))
-            if value is not None:
-                env[name] = value
-        elif "secretKeyRef" in source:
-            refs[name] = ("secret", source["secretKeyRef"]["name"], source["secretKeyRef"]["key"])
-        elif "configMapKeyRef" in source:
-            refs[name] = ("configmap", source["configMapKeyRef"]["name"], source["configMapKeyRef"]["key"])
-    command = list(container.get("command") or [])
-    if not command:
-        raise PodNotRunnable(
-            f"container {container.get('name')!r} has no command: the local kubelet cannot read "
-            "an image's entry point"
-        )
-    argv = [expand(str(part), env) for part in command + list(container.get("args") or [])]
-    return ProcessSpec(
-        argv=argv,
-        env=env,
-        secret_refs=refs,
-        message_policy=str(container.get("terminationMessagePolicy") or "File"),
-    )
-
-
-def _container_status(pod: Mapping[str, Any], state: dict[str, Any], ready: bool) -> dict[str, Any]:
-    container = ((pod.get("spec") or {}).get("containers") or [{}])[0]
-    return {
-        "name": container.get("name", "main"),
-        "image": container.get("image") or "local",
-        "imageID": "",
-        "ready": ready,
-        "restartCount": 0,
-        "started": ready,
-        "state": state,
-    }
+    async def _write_loop(self) -> None:
+        attempt = 0
+        while self._changed.is_set():
+            self._changed.clear()
+            status = self._latest
+            assert status is not None
+            try:
+                await self.client.patch(
+                    kube.PODS, self.namespace, self.name, {"status": status}, subresource="status"
+                )
+                attempt = 0
+            except kube.NotFound:
+                self.gone = True
+                return
+            except kube.KubeError as error:
+                attempt += 1
+                delay = self.delays(attempt)
+                logger.warning(
+                    "pod %s/%s: writing its status (%s) failed (%s); retrying in %.1fs (attempt %d)",
+                    self.namespace,
+                    self.name,
+                    status.get("phase"),
+                    error,
+                    delay,
+                    attempt,
+                )
+                self._changed.set()  # this (or a newer) status is still unwritten
+                await asyncio.sleep(delay)
+        self._task = None
 
 
-def running_status(pod: Mapping[str, Any], started_at: str) -> dict[str, Any]:
-    """The Pod status a kubelet writes once the container runs."""
-    return {
-        "phase": "Running",
-        "startTime": started_at,
-        "hostIP": "127.0.0.1",
-        "podIP": "127.0.0.1",
-        "conditions": [
-            {"type": "Initialized", "status": "True", "lastTransitionTime": started_at},
-            {"type": "Ready", "status": "True", "lastTransitionTime": started_at},
-            {"type": "ContainersReady", "status": "True", "lastTransitionTime": started_at},
-        ],
-        "containerStatuses": [_container_status(pod, {"running": {"startedAt": started_at}}, ready=True)],
-    }
-
-
-def terminated_status(
-    pod: Mapping[str, Any], exit_code: int, message: str, started_at: str, finished_at: str
-) -> dict[str, Any]:
-    """The Pod status after the container exited (restartPolicy Never: the phase is final)."""
-    terminated: dict[str, Any] = {
-        "exitCode": exit_code,
-        "reason": "Completed" if exit_code == 0 else "Error",
-        "startedAt": started_at,
-        "finishedAt": finished_at,
-    }
-    if exit_code < 0:  # killed by a signal, as a container runtime reports it
-        terminated["exitCode"] = 128 - exit_code
-        terminated["signal"] = -exit_code
-    if message:
-        terminated["message"] = message
-    return {
-        "phase": "Succeeded" if exit_code == 0 else "Failed",
-        "startTime": started_at,
-        "conditions": [
-            {"type": "Ready", "status": "False", "reason": "PodCompleted", "lastTransitionTime": finished_at},
-            {
-                "type": "ContainersReady",
-                "status": "False",
-                "reason": "PodCompleted",
-                "lastTransitionTime": finished_at,
-            },
-        ],
-        "containerStatuses": [_container_status(pod, {"terminated": terminated}, ready=False)],
-    }
-
-
-def termination_message(file_text: str, log_text: str, exit_code: int, policy: str) -> str:
-    """The message a kubelet records: the file, else (FallbackToLogsOnError, on failure) the log tail."""
-    message = file_text.strip()
-    if not message and exit_code != 0 and policy == "FallbackToLogsOnError":
-        message = "\n".join(log_text.strip().splitlines()[-FALLBACK_LOG_LINES:])
-    return message[-MESSAGE_LIMIT:]
-
-
-def is_pending(pod: Mapping[str, Any]) -> bool:
-    """A Pod no kubelet has started yet (and that is not being deleted)."""
-    metadata = pod.get("metadata") or {}
-    phase = (pod.get("status") or {}).get("phase") or "Pending"
-    return phase == "Pending" and not metadata.get("deletionTimestamp")
-
-
-@dataclass
 class LocalKubelet:
-    """Run Pods that carry *required_label* (``job-name``: Pods of Jobs) as processes.
+    """Run Pods that carry *required_label* (``job-name``: Pods of Jobs); *namespace* None: all.
 
-    *namespace* None watches every namespace.
+    The container's environment is the Pod's env, then *overrides* (a process runtime adds its own
+    environment under it); a runtime that mounts ServiceAccount tokens also gets
+    KUBERNETES_SERVICE_HOST/PORT, as every container in a cluster does.
+    *on_finished* hears of each container's end once its status is written (the emulator's Job
+    controller, in the same process, uses it instead of a Pod watch).
     """
 
-    client: kube.KubeClient
-    namespace: str | None
-    workdir: Path
-    environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
-    required_label: str | None = "job-name"
-    _running: dict[str, asyncio.subprocess.Process] = field(default_factory=dict, init=False)
-    _tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict, init=False)
+    def __init__(
+        self,
+        client: kube.KubeClient,
+        namespace: str | None,
+        workdir: Path,
+        runtime: Runtime | None = None,
+        overrides: Mapping[str, str] | None = None,
+        required_label: str | None = "job-name",
+        max_parallel: int | None = None,
+        on_finished: Callable[[str, str, Outcome], None] | None = None,
+        status_delays: Callable[[int], float] | None = None,
+        keep_directories: bool = True,
+        log_dir: Path | None = None,
+    ) -> None:
+        self.client = client
+        self.namespace = namespace
+        self.workdir = workdir
+        self.runtime: Runtime = runtime or ProcessRuntime()
+        self.overrides = dict(overrides or {})
+        self.required_label = required_label
+        self.slots = asyncio.Semaphore(max_parallel) if max_parallel else None
+        self.on_finished = on_finished
+        self.status_delays = status_delays or backoff_delays()
+        self.keep_directories = keep_directories
+        self.log_dir = log_dir  # keep each container's output at pods.pod_log_path (for `kubectl logs`)
+        self._tasks: dict[str, asyncio.Task[None]] = {}  # by namespace/name
+
+    @property
+    def active(self) -> int:
+        """How many Pods this kubelet is running or about to run."""
+        return sum(1 for task in self._tasks.values() if not task.done())
 
     async def run(self) -> None:
         """Watch Pods until cancelled; re-establish the watch when the server closes it."""
@@ -220,130 +158,191 @@ class LocalKubelet:
                     # A watch without a resourceVersion starts with ADDED for every existing Pod.
                     async for event in self.client.watch(kube.PODS, self.namespace, timeout_seconds=60):
                         self._on_event(str(event.get("type")), event.get("object") or {})
-                except kube.Unavailable as error:
+                except kube.KubeError as error:
                     logger.warning("pod watch interrupted (%s); re-watching", error)
                     await asyncio.sleep(0.5)
         finally:
             await self.close()
 
     async def close(self) -> None:
-        """Terminate every process still running and wait for their tasks."""
-        for process in list(self._running.values()):
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
+        """Stop every container still running and wait for their tasks."""
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    def _on_event(self, kind: str, pod: dict[str, Any]) -> None:
+    def _on_event(self, kind: str, pod: Body) -> None:
         metadata = pod.get("metadata") or {}
-        name = f"{metadata.get('namespace')}/{metadata.get('name')}"
-        labels = (pod.get("metadata") or {}).get("labels") or {}
+        key = f"{metadata.get('namespace')}/{metadata.get('name')}"
+        labels = metadata.get("labels") or {}
         if not metadata.get("name") or (self.required_label and self.required_label not in labels):
             return
-        deleting = kind == "DELETED" or bool((pod.get("metadata") or {}).get("deletionTimestamp"))
-        if deleting:
-            process = self._running.get(name)
-            if process is not None and process.returncode is None:
-                logger.info("pod %s deleted: terminating its process", name)
-                with contextlib.suppress(ProcessLookupError):
-                    process.terminate()
+        if kind == "DELETED" or metadata.get("deletionTimestamp"):
+            task = self._tasks.get(key)
+            if task is not None and not task.done():
+                logger.info("pod %s deleted: stopping its container", key)
+                task.cancel()
+            if kind == "DELETED":
+                self._tasks.pop(key, None)
             return
-        if kind in ("ADDED", "MODIFIED") and name not in self._tasks and is_pending(pod):
-            self._tasks[name] = asyncio.create_task(self._run_pod(pod), name=f"kubelet-{name}")
+        if kind in ("ADDED", "MODIFIED") and key not in self._tasks and pods.is_pending(pod):
+            self._tasks[key] = asyncio.create_task(self._run_pod(pod), name=f"kubelet-{key}")
 
-    async def _resolve_refs(self, namespace: str, spec: ProcessSpec) -> dict[str, str]:
+    async def _resolve_refs(self, namespace: str, spec: ContainerSpec) -> dict[str, str]:
         values: dict[str, str] = {}
-        for env_name, (kind, obj, key) in spec.secret_refs.items():
-            resource = kube.Resource("", "v1", "secrets" if kind == "secret" else "configmaps")
-            body = await self.client.get(resource, namespace, obj)
-            if kind == "secret":
-                values[env_name] = base64.b64decode((body.get("data") or {})[key]).decode()
-            else:
-                values[env_name] = str((body.get("data") or {})[key])
+        for env_name, (kind, obj, key) in spec.refs.items():
+            resource = SECRETS if kind == "secret" else CONFIGMAPS
+            try:
+                data = (await self.client.get(resource, namespace, obj)).get("data") or {}
+            except kube.NotFound:
+                raise PodNotRunnable(f'{kind} "{obj}" not found') from None
+            if key not in data:
+                raise PodNotRunnable(f"couldn't find key {key} in {kind} {namespace}/{obj}")
+            values[env_name] = base64.b64decode(data[key]).decode() if kind == "secret" else str(data[key])
         return values
 
-    async def _patch_status(self, pod: Mapping[str, Any], status: dict[str, Any]) -> bool:
-        namespace, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
-        try:
-            await self.client.patch(kube.PODS, namespace, name, {"status": status}, subresource="status")
-        except kube.NotFound:
-            return False
-        return True
+    async def _write_token(self, namespace: str, spec: ContainerSpec, directory: Path) -> None:
+        """The ServiceAccount's token, ca.crt and namespace, as a kubelet mounts them (1.20: its Secret)."""
+        account = await self.client.get(SERVICE_ACCOUNTS, namespace, spec.service_account)
+        names = [ref.get("name") for ref in account.get("secrets") or [] if ref.get("name")]
+        if not names:
+            raise PodNotRunnable(f'serviceaccount "{spec.service_account}" has no token yet')
+        data = (await self.client.get(SECRETS, namespace, names[0])).get("data") or {}
+        target = directory / "serviceaccount"
+        target.mkdir()
+        for file in ("token", "ca.crt", "namespace"):
+            if file in data:
+                (target / file).write_bytes(base64.b64decode(data[file]))
+                (target / file).chmod(0o644)
 
-    async def _run_pod(self, pod: dict[str, Any]) -> None:
-        name = str(pod["metadata"]["name"])
-        key = f"{pod['metadata']['namespace']}/{name}"
-        started_at = now()
-        try:
-            spec = process_spec(pod)
-            env = {**self.environ, **spec.env, **await self._resolve_refs(pod["metadata"]["namespace"], spec)}
-        except (PodNotRunnable, KeyError, kube.KubeError) as error:
-            logger.warning("pod %s cannot run: %s", name, error)
-            status = terminated_status(pod, 1, f"local kubelet: {error}", started_at, now())
-            status["containerStatuses"][0]["state"]["terminated"]["reason"] = "CreateContainerConfigError"
-            await self._patch_status(pod, status)
-            return
-        directory = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.workdir))
-        message_file = directory / "termination-log"
-        message_file.touch()
-        env[TERMINATION_LOG_ENV] = str(message_file)
-        log_path = directory / "output.log"
-        if not await self._patch_status(pod, running_status(pod, started_at)):
-            return
-        logger.info("pod %s: running %s", name, spec.argv)
-        with log_path.open("wb") as log:
+    async def _write_secret_volumes(self, namespace: str, spec: ContainerSpec, directory: Path) -> None:
+        """Each mounted Secret volume as a directory of files (`directory/secrets/<mount index>`)."""
+        for index, secret in enumerate(spec.secret_volumes.values()):
             try:
-                process = await asyncio.create_subprocess_exec(
-                    *spec.argv, env=env, cwd=directory, stdout=log, stderr=asyncio.subprocess.STDOUT
-                )
-            except OSError as error:
-                message = f"local kubelet: cannot start {spec.argv[0]!r}: {error}"
-                await self._patch_status(pod, terminated_status(pod, 127, message, started_at, now()))
-                return
-            self._running[key] = process
+                data = (await self.client.get(SECRETS, namespace, secret)).get("data") or {}
+            except kube.NotFound:
+                raise PodNotRunnable(f'secret "{secret}" not found') from None
+            target = directory / "secrets" / str(index)
+            target.mkdir(parents=True)
+            for key, value in data.items():
+                (target / key).write_bytes(base64.b64decode(value))
+                (target / key).chmod(0o644)
+
+    async def _start(self, pod: Body, key: str, writer: StatusWriter, started: Callable[[], None]) -> Outcome:
+        """Run the container; while it cannot start, the Pod waits (as a kubelet's does) and we retry."""
+        namespace = pod["metadata"]["namespace"]
+        reported = ""
+        while True:
+            directory = Path(tempfile.mkdtemp(prefix=f"{pod['metadata']['name']}-", dir=self.workdir))
             try:
-                exit_code = await process.wait()
-            except asyncio.CancelledError:
-                with contextlib.suppress(ProcessLookupError):
-                    process.send_signal(signal.SIGKILL)
+                spec = pods.container_spec(pod)
+                env = {**spec.env, **await self._resolve_refs(namespace, spec), **self.overrides}
+                if self.runtime.mounts_token:
+                    env.update(self.service_env)
+                    # 1.20's ServiceAccount admission plugin mounts the token Secret itself.
+                    if spec.mount_token and pods.TOKEN_DIR not in spec.secret_volumes:
+                        await self._write_token(namespace, spec, directory)
+                    await self._write_secret_volumes(namespace, spec, directory)
+                if self.log_dir is not None:  # the runtime's output.log is written there
+                    kept = pods.pod_log_path(self.log_dir, namespace, pod["metadata"]["name"], spec.name)
+                    kept.parent.mkdir(parents=True, exist_ok=True)
+                    (directory / "output.log").symlink_to(kept)
+                return await self.runtime.run(key, spec, env, directory, started)
+            except ContainerWaiting as error:
+                if str(error) != reported:
+                    reported = str(error)
+                    logger.warning("pod %s cannot start (%s): %s", key, error.reason, error)
+                    writer.set(pods.waiting_status(pod, error.reason, reported))
+            except kube.NotFound:
                 raise
+            except kube.KubeError as error:
+                logger.warning("pod %s: reading its configuration failed (%s); retrying", key, error)
             finally:
-                self._running.pop(key, None)
-        message = termination_message(
-            message_file.read_text(errors="replace"),
-            log_path.read_text(errors="replace"),
-            exit_code,
-            spec.message_policy,
-        )
-        logger.info("pod %s: exited with %s", name, exit_code)
-        await self._patch_status(pod, terminated_status(pod, exit_code, message, started_at, now()))
+                if not self.keep_directories:
+                    shutil.rmtree(directory, ignore_errors=True)
+            await asyncio.sleep(CONFIG_RETRY_SECONDS)
+
+    @property
+    def service_env(self) -> dict[str, str]:
+        """KUBERNETES_SERVICE_HOST/PORT: where in-cluster clients find the API (on the host network)."""
+        url = urllib.parse.urlsplit(self.client.connection.server)
+        port = url.port or (443 if url.scheme == "https" else 80)
+        return {"KUBERNETES_SERVICE_HOST": url.hostname or "127.0.0.1", "KUBERNETES_SERVICE_PORT": str(port)}
+
+    async def _run_pod(self, pod: Body) -> None:
+        namespace, name = pod["metadata"]["namespace"], str(pod["metadata"]["name"])
+        key = f"{namespace}/{name}"
+        writer = StatusWriter(self.client, namespace, name, self.status_delays)
+        started_at = pods.now()
+
+        def started() -> None:
+            nonlocal started_at
+            started_at = pods.now()
+            writer.set(pods.running_status(pod, started_at))
+
+        try:
+            async with self.slots or contextlib.nullcontext():
+                outcome = await self._start(pod, key, writer, started)
+            if outcome.reason == "StartError":
+                logger.warning("pod %s: the container did not start: %s", key, outcome.message)
+            logger.info("pod %s: exited with %s (%s)", key, outcome.exit_code, outcome.reason)
+            writer.set(pods.terminated_status(pod, outcome, started_at, pods.now()))
+            if await writer.flush() and self.on_finished is not None:
+                self.on_finished(namespace, name, outcome)
+        except kube.NotFound:
+            logger.info("pod %s is gone", key)
+        except asyncio.CancelledError:
+            await writer.close()
+            raise
+
+
+def make_runtime(name: str, bin_dir: Path | None = None) -> Runtime:
+    """The runtime called *name*: process, podman or instant."""
+    if name == "podman":
+        return PodmanRuntime()
+    if name == "instant":
+        return InstantRuntime()
+    return ProcessRuntime(bin_dir)
 
 
 async def _serve(args: argparse.Namespace) -> None:
     connection = kube.discover_connection(kubeconfig=args.kubeconfig, environ=os.environ)
     task = asyncio.current_task()
     assert task is not None
-    # SIGTERM (how supervisors and tests stop us) cancels the run, whose cleanup kills the Pods' processes.
+    # SIGTERM (how supervisors and tests stop us) cancels the run, whose cleanup stops the containers.
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     async with kube.KubeClient(connection) as client:
+        kubelet = LocalKubelet(
+            client,
+            args.namespace,
+            Path(args.workdir),
+            make_runtime(args.runtime),
+            required_label=None if args.all_pods else "job-name",
+        )
         with contextlib.suppress(asyncio.CancelledError):
-            await LocalKubelet(client, args.namespace, Path(args.workdir)).run()
+            await kubelet.run()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m crawljob.local.kubelet --kubeconfig FILE [--namespace NS]``."""
-    parser = argparse.ArgumentParser(
-        description="Run the Pods of Jobs in a node-less cluster as local processes."
-    )
+    """``python -m crawljob.local.kubelet --kubeconfig FILE [--namespace NS] [--runtime podman]``."""
+    parser = argparse.ArgumentParser(description="Run the Pods of Jobs in a node-less cluster.")
     parser.add_argument(
         "--kubeconfig", default=os.environ.get("KUBECONFIG"), help="kubeconfig (env KUBECONFIG)"
     )
     parser.add_argument("--namespace", default=None, help="namespace to watch (default: all namespaces)")
-    parser.add_argument("--workdir", default=tempfile.gettempdir() + "/crawljob-kubelet", help="process dirs")
+    parser.add_argument(
+        "--all-pods", action="store_true", help="run every Pod, not only those of Jobs (label job-name)"
+    )
+    parser.add_argument("--workdir", default=tempfile.gettempdir() + "/crawljob-kubelet", help="pod dirs")
+    parser.add_argument(
+        "--runtime",
+        choices=("process", "podman", "instant"),
+        default="process",
+        help="process: the container's command as a local process; podman: the Pod's image "
+        "(crawljob.local.podman); instant: succeed at once without running anything",
+    )
     args = parser.parse_args(list(argv) if argv is not None else None)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(args))
     return 0

@@ -54,6 +54,22 @@ class StackSettings:
     receiver_env: Mapping[str, str] = field(default_factory=dict)
 
 
+def output_uri(config: StackSettings) -> str:
+    """Where the local operator's crawls write (the chart's worker.defaultOutputUri)."""
+    return f"s3://{config.output_bucket}/"
+
+
+def receiver_environment(config: StackSettings) -> dict[str, str]:
+    """The receiver's settings as the chart sets them: the same output URI as the operator (its
+    loop guard), the default bucket and the chart's filters (none by default). Auth is off: the
+    stack listens on loopback only."""
+    return {
+        "CRAWLJOB_DEFAULT_BUCKET": config.input_bucket,
+        "CRAWLJOB_DEFAULT_OUTPUT_URI": output_uri(config),
+        "CRAWLJOB_AUTH_MODE": "none",
+    }
+
+
 @dataclass
 class Stack:
     """A running local stack: its addresses, clients and child processes."""
@@ -268,7 +284,7 @@ async def local_stack(settings: StackSettings | None = None) -> AsyncIterator[St
                 **common,
                 "CRAWLJOB_HEALTH_PORT": str(health_port),
                 "CRAWLJOB_MAX_ACTIVE": str(config.max_active),
-                "CRAWLJOB_DEFAULT_OUTPUT_URI": f"s3://{config.output_bucket}/",
+                "CRAWLJOB_DEFAULT_OUTPUT_URI": output_uri(config),
                 "CRAWLJOB_WORKER_IMAGE": "crawljob-worker:local",
                 "CRAWLJOB_WORKER_ENV": json.dumps(_worker_env(s3)),
                 **config.operator_env,
@@ -282,8 +298,7 @@ async def local_stack(settings: StackSettings | None = None) -> AsyncIterator[St
                 **common,
                 "CRAWLJOB_HOST": config.host,
                 "CRAWLJOB_PORT": str(receiver_port),
-                "CRAWLJOB_DEFAULT_BUCKET": config.input_bucket,
-                "CRAWLJOB_AUTH_MODE": "none",
+                **receiver_environment(config),
                 # The receiver reads the local S3, so a minimal event names the upload it means.
                 "CRAWLJOB_RESOLVE_VERSIONS": "true",
                 **s3.environment(),

@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+from typing import Any
 
 from crawljob import kube
 from crawljob.models import CrawlJob, Job, Key
-from crawljob.operator import jobs, queue, status, workload
+from crawljob.operator import jobs, overrides, queue, specs, status, workload
 from crawljob.operator.reconcile import reconcile_quietly
 from crawljob.operator.view import RetryLater, State, log
 from crawljob.operator.writes import write_status
@@ -183,12 +184,16 @@ async def _create_job_locked(state: State, key: Key) -> None:
         if newer is not None:
             await write_status(state, crawljob, _superseded_by(crawljob, newer), None)
             return
+        refusal = _refusal(state, crawljob)
+        if refusal is not None:
+            await write_status(state, crawljob, refusal, None)
+            return
         try:
             manifest = jobs.build_job(crawljob.body, state.settings)
-        except (KeyError, TypeError, ValueError) as exc:
-            await write_status(
-                state, crawljob, status.invalid_spec(f"cannot build the Job: {exc!r}", utc_now()), None
-            )
+        except Exception as exc:  # specs.py checks what build_job reads; anything it missed fails this one
+            log.exception("%s: cannot build its Job", name, extra={"crawljob": name})
+            problem = f"cannot build the Job: {type(exc).__name__}: {str(exc)[:200]}"
+            await write_status(state, crawljob, status.invalid_spec(problem, utc_now()), None)
             return
         job_name = manifest["metadata"]["name"]
         try:
@@ -214,11 +219,41 @@ async def _create_job_locked(state: State, key: Key) -> None:
         state.remember_job(created)
 
 
+def _refusal(state: State, crawljob: CrawlJob) -> status.Observation | None:
+    """Failed (InvalidSpec, OverrideNotAllowed) when the spec cannot or may not become a Job."""
+    spec: Any = crawljob.body.get("spec")
+    problem = specs.spec_problem(spec)
+    if problem is not None:
+        return status.invalid_spec(problem, utc_now())
+    refused = overrides.override_refusal(spec, state.settings)
+    if refused is not None:
+        return status.override_not_allowed(refused, utc_now())
+    return None
+
+
 async def creator_loop(state: State) -> None:
-    """Create the admitted CrawlJobs' Jobs one at a time, in admission (FIFO) order."""
+    """Create the admitted CrawlJobs' Jobs one at a time, in admission (FIFO) order.
+
+    One CrawlJob's failure never ends the loop: create_job fails that CrawlJob or leaves it for
+    the next pass; anything else is logged, that CrawlJob is failed as InvalidSpec, and the loop
+    goes on."""
     while True:
         key = await state.admitted.get()
-        await create_job(state, key)
+        try:
+            await create_job(state, key)
+        except Exception as exc:
+            log.exception("%s: creating its Job failed", key[1], extra={"crawljob": key[1]})
+            await _fail_unexpectedly(state, key, exc)
+
+
+async def _fail_unexpectedly(state: State, key: Key, exc: Exception) -> None:
+    try:
+        crawljob = state.crawljobs.get(key)
+        if crawljob is not None and not crawljob.status.terminal:
+            problem = f"the operator could not make its Job: {type(exc).__name__}: {str(exc)[:200]}"
+            await write_status(state, crawljob, status.invalid_spec(problem, utc_now()), None)
+    except Exception:
+        log.exception("%s: cannot mark it Failed either; the next pass retries", key[1])
 
 
 async def scheduler_loop(state: State) -> None:

@@ -98,7 +98,7 @@ def event(crawljob: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         "phase": phase,
         "reason": status.get("reason"),
         "message": status.get("message"),
-        "source": (crawljob.get("spec") or {}).get("source"),
+        "source": spec.get("source") if isinstance(spec := crawljob.get("spec"), dict) else None,
         "result": status.get("result"),
     }
     return attributes, data

@@ -101,6 +101,11 @@ class Health:
         verdict = resilience.liveness(
             now, at if at is not None else self.started_at, self.settings.liveness_seconds
         )
+        dead = self.gate.supervisor.dead if self.gate is not None else None
+        if dead is not None:
+            # A background loop died: nothing would create Jobs any more. Let Kubernetes restart us.
+            verdict = resilience.Liveness(healthy=False, age=verdict.age, limit=verdict.limit)
+            body = {**body, "dead": True, "loop": dead}
         return verdict, body
 
     def ready(self) -> tuple[bool, dict[str, Any]]:
@@ -174,7 +179,7 @@ async def start_server(health: Health, metrics: Any) -> web.AppRunner:
     async def healthz(_: web.Request) -> web.Response:
         verdict, body = health.liveness()
         answer = {
-            "status": "ok" if verdict.healthy else "stale",
+            "status": "dead" if body.pop("dead", False) else "ok" if verdict.healthy else "stale",
             **body,
             "noProgressSeconds": round(verdict.age, 1),
             "livenessSeconds": verdict.limit,

@@ -32,10 +32,11 @@ def job_name(crawljob_name: str, run: int) -> str:
     return crawljob_name if run <= 1 else f"{crawljob_name}-r{run}"
 
 
-def source_uri(spec: Mapping[str, Any]) -> str:
-    """`s3://bucket/key` of the object to process."""
+def source_args(spec: Mapping[str, Any]) -> list[str]:
+    """The object to process as two separate, uninterpreted values (never a URI: a `#`, `?`,
+    `%`, tab or newline in a key is data). `--flag=value` keeps a key starting with `-` a value."""
     source = spec.get("source") or {}
-    return f"s3://{source['bucket']}/{source['key']}"
+    return [f"--source-bucket={source['bucket']}", f"--source-key={source['key']}"]
 
 
 def output_uri(spec: Mapping[str, Any], name: str, settings: OperatorSettings) -> str:
@@ -50,7 +51,7 @@ def output_uri(spec: Mapping[str, Any], name: str, settings: OperatorSettings) -
 
 def worker_args(spec: Mapping[str, Any], name: str, settings: OperatorSettings) -> list[str]:
     """Command-line arguments of the worker, per its CLI contract."""
-    args = [source_uri(spec), "--output", output_uri(spec, name, settings)]
+    args = [*source_args(spec), "--output", output_uri(spec, name, settings)]
     output_format = (spec.get("output") or {}).get("format")
     if output_format:
         args += ["--format", str(output_format)]

@@ -23,6 +23,12 @@ class OperatorSettings:
     worker_resources: Mapping[str, object] | None = None
     worker_env: tuple[Mapping[str, object], ...] = ()
     worker_security_context: Mapping[str, object] | None = None
+    # What a CrawlJob's jobTemplate may override (overrides.py): images beyond worker_image,
+    # and whether serviceAccountName and env may be set at all. Off by default: whoever may create
+    # CrawlJobs must not thereby run any image as any service account of the namespace.
+    allowed_images: tuple[str, ...] = ()
+    allow_service_account_override: bool = False
+    allow_env_override: bool = False
     default_output_uri: str | None = None
     max_active: int = 8
     backoff_limit: int = 3
@@ -108,6 +114,22 @@ def operator_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         "--worker-image",
         default=env("WORKER_IMAGE", defaults.worker_image),
         help="worker image (CRAWLJOB_WORKER_IMAGE)",
+    )
+    worker.add_argument(
+        "--allowed-images",
+        default=env("ALLOWED_IMAGES"),
+        help="comma list of images a CrawlJob's jobTemplate.image may name besides --worker-image; "
+        "an entry ending in * allows that prefix (CRAWLJOB_ALLOWED_IMAGES; empty: only --worker-image)",
+    )
+    worker.add_argument(
+        "--allow-service-account-override",
+        default=env("ALLOW_SERVICE_ACCOUNT_OVERRIDE", "false"),
+        help="true: a CrawlJob may set jobTemplate.serviceAccountName (CRAWLJOB_ALLOW_SERVICE_ACCOUNT_OVERRIDE)",
+    )
+    worker.add_argument(
+        "--allow-env-override",
+        default=env("ALLOW_ENV_OVERRIDE", "false"),
+        help="true: a CrawlJob may set jobTemplate.env (CRAWLJOB_ALLOW_ENV_OVERRIDE)",
     )
     worker.add_argument(
         "--worker-command",
@@ -248,6 +270,15 @@ def operator_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     return parser
 
 
+def _boolean(name: str, value: object) -> bool:
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no", ""):
+        return False
+    raise ValueError(f"--{name} must be true or false, got {value!r}")
+
+
 def operator_settings(args: argparse.Namespace) -> OperatorSettings:
     """Validated settings from parsed flags; ValueError with a readable message when inconsistent."""
     command = _json_arg("worker-command", args.worker_command, list)
@@ -291,6 +322,11 @@ def operator_settings(args: argparse.Namespace) -> OperatorSettings:
     if notify_retry <= 0:
         raise ValueError("--notify-retry-seconds must be positive")
     return OperatorSettings(
+        allowed_images=split_list(args.allowed_images),
+        allow_service_account_override=_boolean(
+            "allow-service-account-override", args.allow_service_account_override
+        ),
+        allow_env_override=_boolean("allow-env-override", args.allow_env_override),
         notify_sinks=sinks,
         notify_retry_seconds=notify_retry,
         namespace=args.namespace or None,

@@ -18,6 +18,7 @@ from typing import Any
 from crawljob import kube
 from crawljob.operator import admission, notify, peering, resync, view
 from crawljob.operator.settings import OperatorSettings
+from crawljob.operator.supervise import Supervisor
 
 log = logging.getLogger("crawljob.operator")
 
@@ -46,7 +47,8 @@ class Gate:
         self.state = state
         self.settings = settings
         self.active = False
-        self.loops: set[asyncio.Task[Any]] = set()
+        # The loops run supervised: one that ends on its own makes /healthz fail (supervise.py).
+        self.supervisor = Supervisor()
         # Loop time of the last successful read of the peering object (health of a standby).
         self.checked_at = 0.0
         self.reason = "starting"
@@ -62,19 +64,14 @@ class Gate:
             resync.resync_loop,
             notify.notify_loop,
         ):
-            task = asyncio.create_task(loop(self.state))
-            self.loops.add(task)
-            task.add_done_callback(self.loops.discard)
+            self.supervisor.start(loop.__name__, loop(self.state))
         self.active = True
 
     async def deactivate(self) -> None:
         """Stop the loops, forget admissions not yet turned into Jobs (the next active re-admits)
         and forget the view (see forget_view)."""
         self.active = False
-        loops = list(self.loops)
-        for task in loops:
-            task.cancel()
-        await asyncio.gather(*loops, return_exceptions=True)
+        await self.supervisor.stop()
         while not self.state.admitted.empty():
             self.state.creating.discard(self.state.admitted.get_nowait())
         forget_view(self.state)

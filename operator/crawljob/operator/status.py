@@ -250,6 +250,11 @@ def invalid_spec(problem: str, now: str) -> Observation:
     return Observation("Failed", "InvalidSpec", problem, completion_time=now, warning=True)
 
 
+def override_not_allowed(problem: str, now: str) -> Observation:
+    """The CrawlJob's jobTemplate asks for an image, service account or env the settings refuse."""
+    return Observation("Failed", "OverrideNotAllowed", problem, completion_time=now, warning=True)
+
+
 def desired_status(
     current: Mapping[str, Any] | None,
     observation: Observation,

@@ -121,7 +121,13 @@ class State:
         """Run *coroutine* in the background; cancelled at cleanup."""
         task = asyncio.create_task(coroutine)
         self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        task.add_done_callback(self._spawned_done)
+
+    def _spawned_done(self, task: asyncio.Task[Any]) -> None:
+        """Forget a finished background task; log its exception (it concerned one object only)."""
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task %s failed", task.get_name(), exc_info=task.exception())
 
     def remember_pod(self, body: Mapping[str, Any]) -> None:
         pod = Pod.parse(copy.deepcopy(dict(body)))

@@ -37,6 +37,7 @@ STUCK_WAITING_REASONS: Mapping[str, str] = {
     "ErrImagePull": "the worker image cannot be pulled",
     "ImagePullBackOff": "the worker image cannot be pulled (backing off)",
     "InvalidImageName": "the worker image name is invalid",
+    "ErrImageNeverPull": "the worker image is not on the node and its pull policy forbids pulling it",
     "CreateContainerConfigError": "the worker container's configuration is invalid (missing Secret/ConfigMap?)",
     "CreateContainerError": "the worker container cannot be created",
 }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime
 import importlib.resources
 import logging
 import ssl
@@ -35,6 +36,9 @@ log = logging.getLogger("crawljob.receiver")
 TRIGGER_PATH = "/v1/trigger"
 SNS_TYPE_HEADER = "x-amz-sns-message-type"
 SNS_RAW_HEADER = "x-amz-sns-rawdelivery"
+SNS_TOPIC_HEADER = "x-amz-sns-topic-arn"
+TOPICS_SETTING = "receiver.sns.topicArns (CRAWLJOB_SNS_TOPIC_ARNS)"
+SNS_UNAVAILABLE = "SNS could not be reached to check this message; retry later"
 
 
 @dataclass
@@ -162,7 +166,10 @@ def _clients(connection: kube.Connection) -> Callable[[web.Application], AsyncIt
             app[KUBE] = client
             app[S3] = versions.make_client() if settings.resolve_versions else None
             app[CERTIFICATES] = sns.CertificateCache(
-                session, host_pattern=settings.sns_cert_host_pattern, ssl_context=ssl_context
+                session,
+                host_pattern=settings.sns_cert_host_pattern,
+                subject_pattern=settings.sns_cert_subject_pattern,
+                ssl_context=ssl_context,
             )
             yield
 
@@ -182,11 +189,12 @@ async def trigger(request: web.Request) -> web.Response:
     sns_type = headers.get(SNS_TYPE_HEADER)
     raw_delivery = headers.get(SNS_RAW_HEADER, "").lower() == "true"
     signed_sns = sns_type is not None and not raw_delivery
-    if not signed_sns:
-        # SNS envelopes authenticate by their signature; everything else by the configured mode.
-        auth.check(state.auth, headers, body)
+    # Every request carries the configured credentials, SNS too (SNS sends the user:token of
+    # its subscription URL after a 401 with a Basic challenge); SNS is then also checked by its
+    # signature, topic and age.
+    auth.check(state.auth, headers, body)
     document = events.load_json(body)
-    parsed = events.parse_document(document, state.settings.default_bucket)
+    parsed = events.parse_document(document, state.settings.default_bucket, state.settings.max_records)
     if isinstance(parsed, events.SnsEnvelope):
         record["format"] = "sns"
         handled = await _handle_sns(app, parsed, record)
@@ -196,6 +204,7 @@ async def trigger(request: web.Request) -> web.Response:
     elif signed_sns:
         raise sns.SnsRejected(f"{SNS_TYPE_HEADER} is set but the body is not a signed SNS message")
     elif raw_delivery:
+        _check_topic(app, headers.get(SNS_TOPIC_HEADER, ""), "Notification")
         parsed = dataclasses.replace(parsed, format="sns-raw")
     record["format"] = parsed.format
     parsed = events.apply_filters(parsed, state.filters)
@@ -233,31 +242,27 @@ async def _handle_sns(
     """Check an SNS envelope; confirm subscriptions; unwrap notifications."""
     state = app[STATE]
     metrics = app[METRICS]
-    topics = state.settings.sns_topic_arns
     record["topic"] = envelope.topic_arn
-    if topics and envelope.topic_arn not in topics:
-        metrics.sns.labels(envelope.type, "refused").inc()
-        raise sns.SnsRejected(f"SNS topic {envelope.topic_arn} is not in the allowed topics")
+    _check_topic(app, envelope.topic_arn, envelope.type)
     try:
+        sns.check_timestamp(
+            envelope.fields, datetime.datetime.now(tz=datetime.UTC), state.settings.sns_max_age_seconds
+        )
         await app[CERTIFICATES].verify(envelope.fields)
     except sns.SnsUnavailable as exc:
         metrics.sns.labels(envelope.type, "unavailable").inc()
-        raise ServiceUnavailable(str(exc)) from exc
+        log.warning("SNS message %s not checked: %s", envelope.fields.get("MessageId", "")[:100], exc)
+        raise ServiceUnavailable(SNS_UNAVAILABLE) from exc
     except sns.SnsRejected:
         metrics.sns.labels(envelope.type, "refused").inc()
         raise
     if envelope.type == "SubscriptionConfirmation":
-        if envelope.topic_arn not in topics:
-            metrics.sns.labels(envelope.type, "refused").inc()
-            raise sns.SnsRejected(
-                f"not confirming the subscription to {envelope.topic_arn}: "
-                "add the topic to CRAWLJOB_SNS_TOPIC_ARNS"
-            )
         try:
             await app[CERTIFICATES].confirm(envelope.fields)
         except sns.SnsUnavailable as exc:
             metrics.sns.labels(envelope.type, "unavailable").inc()
-            raise ServiceUnavailable(str(exc)) from exc
+            log.warning("SNS subscription to %s not confirmed: %s", envelope.topic_arn[:200], exc)
+            raise ServiceUnavailable(SNS_UNAVAILABLE) from exc
         metrics.sns.labels(envelope.type, "confirmed").inc()
         record["outcome"] = "confirmed"
         return web.json_response(
@@ -275,24 +280,68 @@ async def _handle_sns(
             status=202,
         )
     metrics.sns.labels(envelope.type, "accepted").inc()
-    return events.parse_sns_message(envelope.message)
+    return events.parse_sns_message(envelope.message, state.settings.max_records)
+
+
+def _check_topic(app: web.Application, topic_arn: str, message_type: str) -> None:
+    """SNS is accepted only from the listed topics; with none listed, SNS is refused."""
+    topics = app[STATE].settings.sns_topic_arns
+    if topic_arn in topics:
+        return
+    app[METRICS].sns.labels(message_type[:40], "refused").inc()
+    shown = topic_arn[:256]
+    if not topics:
+        raise sns.SnsRejected(
+            f"SNS messages are refused: no topic is allowed; list {shown!r} in {TOPICS_SETTING}"
+        )
+    raise sns.SnsRejected(f"SNS topic {shown!r} is not in the allowed topics, {TOPICS_SETTING}")
 
 
 async def _create_all(app: web.Application, targets: Sequence[events.Target]) -> list[Outcome]:
+    """Create every target's CrawlJob, a bounded number at a time (one request cannot flood the API)."""
     if len(targets) == 1:
         return [await _create(app, targets[0])]
-    return list(await asyncio.gather(*(_create(app, target) for target in targets)))
+    gate = asyncio.Semaphore(app[STATE].settings.create_concurrency)
+
+    async def gated(target: events.Target) -> Outcome:
+        async with gate:
+            return await _create(app, target)
+
+    return list(await asyncio.gather(*(gated(target) for target in targets)))
+
+
+# A name held by another object moves the CrawlJob to the next alternative name, this many times.
+MAX_NAME_ATTEMPTS = 4
 
 
 async def _create(app: web.Application, target: events.Target) -> Outcome:
-    """Create one CrawlJob: created, duplicate (409), refused (422: the API rejects it) or failed."""
+    """Create one CrawlJob: created, duplicate (409 for the same object), refused or failed.
+
+    A 409 is read back: the same object version is a duplicate; a different one is a name
+    collision, counted, and the CrawlJob takes the next alternative name.
+    """
+    name = ""
+    for attempt in range(MAX_NAME_ATTEMPTS):
+        outcome = await _create_named(app, target, attempt)
+        if outcome is not None:
+            return outcome
+        name = resource.crawljob_name(target.ref, attempt)
+        app[METRICS].collisions.inc()
+        log.warning("CrawlJob name %s is held by another object; trying the next name", name)
+    return Outcome(
+        target, name, "refused", f"CrawlJob names of this object are held by {MAX_NAME_ATTEMPTS} others"
+    )
+
+
+async def _create_named(app: web.Application, target: events.Target, attempt: int) -> Outcome | None:
+    """One create under the *attempt*-th name; None when that name belongs to another object."""
     state = app[STATE]
-    manifest = crawljob_manifest(target.ref, state.namespace, raw_key=target.raw_key)
+    manifest = crawljob_manifest(target.ref, state.namespace, raw_key=target.raw_key, attempt=attempt)
     name = str(manifest["metadata"]["name"])  # type: ignore[index]
     try:
         await app[KUBE].create(kube.CRAWLJOBS, state.namespace, manifest)
     except kube.Conflict:
-        return Outcome(target, name, "duplicate")
+        return await _conflict(app, target, name)
     except kube.Invalid as exc:
         app[METRICS].api_errors.labels("invalid").inc()
         return Outcome(target, name, "refused", exc.message)
@@ -307,6 +356,23 @@ async def _create(app: web.Application, target: events.Target) -> Outcome:
         return Outcome(target, name, "failed", f"the Kubernetes API answered {exc.status}")
     state.readiness.created_at = asyncio.get_running_loop().time()
     return Outcome(target, name, "created")
+
+
+async def _conflict(app: web.Application, target: events.Target, name: str) -> Outcome | None:
+    """After a 409: duplicate if *name* holds this object, None if another, failed if unreadable."""
+    state = app[STATE]
+    try:
+        existing = await app[KUBE].get(kube.CRAWLJOBS, state.namespace, name)
+    except kube.NotFound:
+        # Deleted since the 409: the delivery is retried by the sender and then created.
+        return Outcome(target, name, "failed", "the CrawlJob was deleted while this event was stored")
+    except kube.KubeError as exc:
+        app[METRICS].api_errors.labels("unavailable" if isinstance(exc, kube.Unavailable) else "other").inc()
+        log.warning("cannot read CrawlJob %s after a conflict: %s", name, exc)
+        return Outcome(target, name, "failed", "the Kubernetes API is unavailable")
+    if resource.same_object((existing.get("spec") or {}).get("source"), target.ref):
+        return Outcome(target, name, "duplicate")
+    return None
 
 
 def _answer(
@@ -404,10 +470,10 @@ async def _request_middleware(request: web.Request, handler: Handler) -> web.Str
         response = await handler(request)
     except events.EventError as exc:
         record["error"] = exc.message
-        response = web.json_response(exc.as_dict(), status=400)
+        response = web.json_response(exc.as_dict(), status=exc.status)
     except auth.AuthError as exc:
         record["error"] = exc.message
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        headers = {"WWW-Authenticate": _challenge(request)} if exc.status == 401 else None
         response = web.json_response({"error": exc.message}, status=exc.status, headers=headers)
     except sns.SnsRejected as exc:
         record["error"] = str(exc)
@@ -439,6 +505,13 @@ async def _request_middleware(request: web.Request, handler: Handler) -> web.Str
         record["latency_ms"] = round(elapsed * 1000, 2)
         log.info("request", extra={"fields": record})
     return response
+
+
+def _challenge(request: web.Request) -> str:
+    """SNS sends its subscription URL's credentials only after a Basic challenge; others get Bearer."""
+    if SNS_TYPE_HEADER in request.headers or SNS_RAW_HEADER in request.headers:
+        return 'Basic realm="crawljob"'
+    return 'Bearer realm="crawljob"'
 
 
 def _http_error_message(exc: web.HTTPException, request: web.Request) -> str:

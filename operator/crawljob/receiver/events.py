@@ -29,13 +29,30 @@ KEY_BLANK = "S3 object key in POST request is blank"
 SNS_TYPES = frozenset({"Notification", "SubscriptionConfirmation", "UnsubscribeConfirmation"})
 
 
-class EventError(Exception):
-    """The body is malformed; *message* says what is wrong, *field* names where (a JSON path)."""
+# S3's limits: keys are at most 1,024 bytes of UTF-8; object sizes and every other number we take
+# stay within the integers JSON clients (and the CRD's int64) hold exactly.
+MAX_KEY_BYTES = 1024
+MAX_SIZE = 2**53 - 1
+MAX_FIELD_LENGTH = 1024
+DEFAULT_MAX_RECORDS = 100
 
-    def __init__(self, message: str, field: str | None = None) -> None:
+_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_IP_ADDRESS = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+")
+_RESERVED_BUCKET_PREFIXES = ("xn--", "sthree-")
+_RESERVED_BUCKET_SUFFIXES = ("-s3alias", "--ol-s3")
+
+
+class EventError(Exception):
+    """The body is malformed; *message* says what is wrong, *field* names where (a JSON path).
+
+    *status* is the HTTP answer: 400, or 413 when the body asks for too much at once.
+    """
+
+    def __init__(self, message: str, field: str | None = None, status: int = 400) -> None:
         super().__init__(message)
         self.message = message
         self.field = field
+        self.status = status
 
     def as_dict(self) -> dict[str, str]:
         answer = {"error": self.message}
@@ -133,8 +150,10 @@ def detect_format(document: Any) -> str:
     return "minimal"
 
 
-def parse_document(document: Any, default_bucket: str | None = None) -> Parsed | SnsEnvelope:
-    """Dispatch *document* to its format's parser."""
+def parse_document(
+    document: Any, default_bucket: str | None = None, max_records: int = DEFAULT_MAX_RECORDS
+) -> Parsed | SnsEnvelope:
+    """Dispatch *document* to its format's parser; more than *max_records* records is a 413."""
     kind = detect_format(document)
     if kind == "sns":
         return parse_sns_envelope(document)
@@ -149,17 +168,20 @@ def parse_document(document: Any, default_bucket: str | None = None) -> Parsed |
             ],
         )
     if kind in ("s3", "minio"):
-        return parse_records(document, kind)
+        return parse_records(document, kind, max_records)
     if kind == "eventbridge":
         return parse_eventbridge(document)
     return parse_minimal(document, default_bucket)
 
 
-def parse_records(document: Mapping[str, Any], kind: str = "s3") -> Parsed:
+def parse_records(
+    document: Mapping[str, Any], kind: str = "s3", max_records: int = DEFAULT_MAX_RECORDS
+) -> Parsed:
     """S3 event notification records (also MinIO's and Ceph's): keys are URL-encoded, ``+`` is a space."""
     records = document.get("Records")
     if not isinstance(records, list) or not records:
         raise EventError("Records must be a non-empty list of S3 event records", "Records")
+    check_record_count(len(records), max_records)
     parsed = Parsed(kind)
     for index, record in enumerate(records):
         path = f"Records[{index}]"
@@ -169,7 +191,7 @@ def parse_records(document: Mapping[str, Any], kind: str = "s3") -> Parsed:
         if not isinstance(event_name, str) or not event_name:
             raise EventError(f"{path}.eventName is missing", f"{path}.eventName")
         s3 = _object_at(record, "s3", path)
-        bucket = _required_str(_object_at(s3, "bucket", f"{path}.s3"), "name", f"{path}.s3.bucket")
+        bucket = _bucket_at(_object_at(s3, "bucket", f"{path}.s3"), "name", f"{path}.s3.bucket")
         obj = _object_at(s3, "object", f"{path}.s3", missing_message=KEY_MISSING)
         raw_key = _key_at(obj, "key", f"{path}.s3.object")
         key = decode_url_key(raw_key, f"{path}.s3.object.key")
@@ -195,9 +217,10 @@ def parse_eventbridge(document: Mapping[str, Any]) -> Parsed:
     """An EventBridge S3 event; keys are taken literally (AWS documents no encoding for them)."""
     detail = _object_at(document, "detail", "")
     detail_type = document.get("detail-type")
-    bucket = _required_str(_object_at(detail, "bucket", "detail"), "name", "detail.bucket")
+    bucket = _bucket_at(_object_at(detail, "bucket", "detail"), "name", "detail.bucket")
     obj = _object_at(detail, "object", "detail", missing_message=KEY_MISSING)
     key = _key_at(obj, "key", "detail.object")
+    check_key(key, "detail.object.key")
     if detail_type != "Object Created":
         return Parsed(
             "eventbridge", ignored=[Ignored(f"event {detail_type!r} is not an object creation", bucket, key)]
@@ -229,11 +252,13 @@ def parse_minimal(document: Mapping[str, Any], default_bucket: str | None = None
     else:
         raise EventError(f"object must be an object with a key, got {_json_type(obj)}", "object")
     key = _key_at(obj, "key", path)
+    check_key(key, _join(path, "key"))
     bucket_value = document.get("bucket", default_bucket)
     if bucket_value is None:
         raise EventError("bucket missing in POST request (and no default bucket is configured)", "bucket")
     if not isinstance(bucket_value, str) or not bucket_value.strip():
         raise EventError("bucket must be a non-blank string", "bucket")
+    check_bucket(bucket_value, "bucket")
     ref = ObjectRef(
         bucket=bucket_value,
         key=key,
@@ -269,7 +294,7 @@ def parse_sns_envelope(document: Mapping[str, Any]) -> SnsEnvelope:
     return SnsEnvelope(type=fields["Type"], topic_arn=fields["TopicArn"], fields=fields)
 
 
-def parse_sns_message(message: str) -> Parsed:
+def parse_sns_message(message: str, max_records: int = DEFAULT_MAX_RECORDS) -> Parsed:
     """The S3 event inside an SNS Notification's ``Message`` string."""
     try:
         document = json.loads(message)
@@ -288,7 +313,7 @@ def parse_sns_message(message: str) -> Parsed:
         )
     if kind not in ("s3", "minio"):
         raise EventError("SNS Message is not an S3 event notification (no Records)", "Message")
-    inner = parse_records(document, "s3")
+    inner = parse_records(document, "s3", max_records)
     return Parsed("sns", inner.targets, inner.ignored)
 
 
@@ -300,7 +325,53 @@ def decode_url_key(raw_key: str, path: str) -> str:
         raise EventError(f"{path} is not valid URL-encoded UTF-8: {raw_key!r}", path) from exc
     if not key.strip():
         raise EventError(KEY_BLANK, path)
+    check_key(key, path)
     return key
+
+
+def check_record_count(count: int, limit: int) -> None:
+    """A 413 naming the limit when one delivery holds more than *limit* records."""
+    if count > limit:
+        raise EventError(
+            f"the body holds {count} records, more than the limit of {limit} per delivery "
+            "(CRAWLJOB_MAX_RECORDS): split it into smaller deliveries",
+            "Records",
+            status=413,
+        )
+
+
+def check_key(key: str, path: str) -> None:
+    """Refuse a key S3 cannot hold: a NUL, or more than 1,024 bytes of UTF-8."""
+    if "\0" in key:
+        raise EventError(f"{path} contains a NUL character, which no S3 key can hold", path)
+    if not _is_utf8(key):
+        raise EventError(f"{path} is not valid Unicode (S3 keys are UTF-8)", path)
+    size = len(key.encode("utf-8"))
+    if size > MAX_KEY_BYTES:
+        raise EventError(f"{path} is {size} bytes of UTF-8; S3 keys hold at most {MAX_KEY_BYTES}", path)
+
+
+def bucket_name_problem(name: str) -> str | None:
+    """Why *name* breaks S3's bucket naming rules, or None."""
+    if not _BUCKET_NAME.fullmatch(name):
+        return (
+            "3 to 63 lowercase letters, digits, dots and hyphens, starting and ending with a letter or digit"
+        )
+    if ".." in name:
+        return "no two adjacent dots"
+    if _IP_ADDRESS.fullmatch(name):
+        return "not formatted as an IP address"
+    if name.startswith(_RESERVED_BUCKET_PREFIXES) or name.endswith(_RESERVED_BUCKET_SUFFIXES):
+        return "no reserved prefix (xn--, sthree-) or suffix (-s3alias, --ol-s3)"
+    return None
+
+
+def check_bucket(name: str, path: str) -> None:
+    """EventError (400) naming *path* unless *name* is a valid S3 bucket name."""
+    problem = bucket_name_problem(name)
+    if problem is not None:
+        shown = name if len(name) <= 70 else name[:67] + "..."
+        raise EventError(f"{path} {shown!r} is not a valid S3 bucket name ({problem})", path)
 
 
 def apply_filters(parsed: Parsed, filters: Filters) -> Parsed:
@@ -383,8 +454,16 @@ def _key_at(container: Mapping[str, Any], name: str, path: str) -> str:
         raise EventError(f"{where} must be a string, got {_json_type(value)}", where)
     if not value.strip():
         raise EventError(KEY_BLANK, where)
+    if len(value) > 3 * MAX_KEY_BYTES:  # even URL-encoded, a longer text cannot be an S3 key
+        raise EventError(f"{where} is too long to be an S3 key (at most {MAX_KEY_BYTES} bytes)", where)
     if not _is_utf8(value):
         raise EventError(f"{where} is not valid Unicode (S3 keys are UTF-8)", where)
+    return value
+
+
+def _bucket_at(container: Mapping[str, Any], name: str, path: str) -> str:
+    value = _required_str(container, name, path)
+    check_bucket(value, _join(path, name))
     return value
 
 
@@ -408,9 +487,13 @@ def _optional_str(container: Mapping[str, Any], name: str, path: str) -> str | N
     value = container.get(name)
     if value is None or value == "":
         return None
+    where = _join(path, name)
     if not isinstance(value, str):
-        where = _join(path, name)
         raise EventError(f"{where} must be a string, got {_json_type(value)}", where)
+    if len(value) > MAX_FIELD_LENGTH or "\0" in value or not _is_utf8(value):
+        raise EventError(
+            f"{where} must be UTF-8 text without NUL, at most {MAX_FIELD_LENGTH} characters", where
+        )
     return value
 
 
@@ -418,11 +501,12 @@ def _optional_size(container: Mapping[str, Any], name: str, path: str) -> int | 
     value = container.get(name)
     if value is None or value == "":
         return None
-    if isinstance(value, str) and value.isascii() and value.isdigit():
+    # Digits are counted before int(): a 5,000-digit string must be a 400, not int()'s ValueError.
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 20:
         value = int(value)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_SIZE:
         where = _join(path, name)
-        raise EventError(f"{where} must be a non-negative integer", where)
+        raise EventError(f"{where} must be an integer from 0 to {MAX_SIZE}", where)
     return value
 
 

@@ -51,6 +51,12 @@ class ReceiverMetrics:
             registry=self.registry,
         )
 
+        self.collisions = Counter(
+            "crawljob_receiver_name_collisions",
+            "CrawlJob names found held by a different object (the CrawlJob took the next name)",
+            registry=self.registry,
+        )
+
     def render(self) -> tuple[bytes, str]:
         """The exposition text and its content type."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

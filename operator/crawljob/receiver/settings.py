@@ -8,6 +8,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from crawljob.flags import add_kube_flags, env_default, read_secret, split_list
+from crawljob.receiver.events import DEFAULT_MAX_RECORDS
+from crawljob.receiver.sns import (
+    DEFAULT_CERT_HOST_PATTERN,
+    DEFAULT_CERT_SUBJECT_PATTERN,
+    DEFAULT_MAX_AGE_SECONDS,
+)
 
 
 @dataclass(frozen=True)
@@ -27,9 +33,14 @@ class ReceiverSettings:
     key_prefixes: tuple[str, ...] = ()
     key_suffixes: tuple[str, ...] = ()
     sns_topic_arns: tuple[str, ...] = ()
-    sns_cert_host_pattern: str = r"^sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?$"
+    sns_cert_host_pattern: str = DEFAULT_CERT_HOST_PATTERN
+    sns_cert_subject_pattern: str = DEFAULT_CERT_SUBJECT_PATTERN
     sns_ca_file: str | None = None
+    sns_max_age_seconds: float = DEFAULT_MAX_AGE_SECONDS
     max_body_bytes: int = 1048576
+    # At most this many records per delivery (413 beyond), created at most this many at a time.
+    max_records: int = DEFAULT_MAX_RECORDS
+    create_concurrency: int = 8
     log_format: str = "json"
     default_output_uri: str | None = None
     # HEAD minimal-shape objects that name no version (needs S3 read access, standard AWS_* env).
@@ -104,13 +115,26 @@ def receiver_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         "--sns-topic-arns",
         default=env("SNS_TOPIC_ARNS"),
         help="topics whose subscriptions are confirmed and whose messages are accepted "
-        "(CRAWLJOB_SNS_TOPIC_ARNS; empty: accept signed messages of any topic, confirm none)",
+        "(CRAWLJOB_SNS_TOPIC_ARNS; empty: every SNS message is refused with 403)",
     )
     sns.add_argument(
         "--sns-cert-host-pattern",
         default=env("SNS_CERT_HOST_PATTERN", defaults.sns_cert_host_pattern),
         help="regular expression the https host of SNS certificate and confirmation URLs must match "
         "(CRAWLJOB_SNS_CERT_HOST_PATTERN)",
+    )
+    sns.add_argument(
+        "--sns-cert-subject-pattern",
+        default=env("SNS_CERT_SUBJECT_PATTERN", defaults.sns_cert_subject_pattern),
+        help="regular expression the signing certificate's subject CN or a DNS name must match "
+        "(CRAWLJOB_SNS_CERT_SUBJECT_PATTERN)",
+    )
+    sns.add_argument(
+        "--sns-max-age-seconds",
+        type=float,
+        default=env("SNS_MAX_AGE_SECONDS", defaults.sns_max_age_seconds),
+        help="refuse SNS messages whose signed Timestamp is older (plus 300 s of clock skew): "
+        "SNS retries for at most 3600 s (CRAWLJOB_SNS_MAX_AGE_SECONDS)",
     )
     sns.add_argument(
         "--sns-ca-file",
@@ -122,6 +146,18 @@ def receiver_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         type=int,
         default=env("MAX_BODY_BYTES", defaults.max_body_bytes),
         help="larger bodies answer 413 (CRAWLJOB_MAX_BODY_BYTES)",
+    )
+    parser.add_argument(
+        "--max-records",
+        type=int,
+        default=env("MAX_RECORDS", defaults.max_records),
+        help="most S3 records one delivery may hold; more answer 413 (CRAWLJOB_MAX_RECORDS)",
+    )
+    parser.add_argument(
+        "--create-concurrency",
+        type=int,
+        default=env("CREATE_CONCURRENCY", defaults.create_concurrency),
+        help="CrawlJob creates in flight per request (CRAWLJOB_CREATE_CONCURRENCY)",
     )
     parser.add_argument(
         "--log-format",
@@ -138,19 +174,32 @@ def receiver_settings(args: argparse.Namespace) -> ReceiverSettings:
     import re
 
     from crawljob.receiver.auth import AuthSettings
-    from crawljob.receiver.events import output_location
+    from crawljob.receiver.events import bucket_name_problem, output_location
 
     token = read_secret(args.auth_token, args.auth_token_file)
     hmac_key = read_secret(args.hmac_key, args.hmac_key_file)
     AuthSettings(args.auth_mode, token, hmac_key)  # raises ValueError when a secret is missing
     if args.max_body_bytes < 1024:
         raise ValueError("--max-body-bytes must be at least 1024")
-    try:
-        re.compile(args.sns_cert_host_pattern)
-    except re.error as exc:
-        raise ValueError(f"--sns-cert-host-pattern is not a regular expression: {exc}") from exc
+    for flag, pattern in (
+        ("--sns-cert-host-pattern", args.sns_cert_host_pattern),
+        ("--sns-cert-subject-pattern", args.sns_cert_subject_pattern),
+    ):
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"{flag} is not a regular expression: {exc}") from exc
     if args.default_output_uri:
         output_location(args.default_output_uri)
+    allowed_buckets = split_list(args.allowed_buckets)
+    for bucket in (*allowed_buckets, *([args.default_bucket] if args.default_bucket else [])):
+        problem = bucket_name_problem(bucket)
+        if problem:
+            raise ValueError(f"bucket {bucket!r} in the settings is not a valid S3 bucket name ({problem})")
+    if int(args.max_records) < 1 or int(args.create_concurrency) < 1:
+        raise ValueError("--max-records and --create-concurrency must be at least 1")
+    if float(args.sns_max_age_seconds) <= 0:
+        raise ValueError("--sns-max-age-seconds must be positive")
     if args.resolve_versions == "true" and importlib.util.find_spec("boto3") is None:
         raise ValueError(
             "--resolve-versions needs boto3, which this image does not carry: build it with "
@@ -166,13 +215,17 @@ def receiver_settings(args: argparse.Namespace) -> ReceiverSettings:
         auth_mode=args.auth_mode,
         auth_token=token,
         hmac_key=hmac_key,
-        allowed_buckets=split_list(args.allowed_buckets),
+        allowed_buckets=allowed_buckets,
         key_prefixes=split_list(args.key_prefixes),
         key_suffixes=split_list(args.key_suffixes),
         sns_topic_arns=split_list(args.sns_topic_arns),
         sns_cert_host_pattern=args.sns_cert_host_pattern,
+        sns_cert_subject_pattern=args.sns_cert_subject_pattern,
         sns_ca_file=args.sns_ca_file,
+        sns_max_age_seconds=float(args.sns_max_age_seconds),
         max_body_bytes=int(args.max_body_bytes),
+        max_records=int(args.max_records),
+        create_concurrency=int(args.create_concurrency),
         log_format=args.log_format,
         default_output_uri=args.default_output_uri,
         resolve_versions=args.resolve_versions == "true",

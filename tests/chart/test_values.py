@@ -94,6 +94,8 @@ def test_operator_configuration_from_all_options(all_manifests: list[Manifest]) 
         "CRAWLJOB_NAMESPACE": "crawls",
         "CRAWLJOB_HEALTH_PORT": "9091",
         "CRAWLJOB_LOG_FORMAT": "text",
+        "CRAWLJOB_LIVENESS_SECONDS": "300",
+        "CRAWLJOB_WATCH_INACTIVITY_SECONDS": "70",
         "CRAWLJOB_WORKER_IMAGE": "registry.example.com/crawljob/worker:0.1.0-test",
         "CRAWLJOB_ALLOWED_IMAGES": "registry.example.com/crawljob/*",
         "CRAWLJOB_ALLOW_SERVICE_ACCOUNT_OVERRIDE": "true",

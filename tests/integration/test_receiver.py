@@ -461,10 +461,14 @@ async def test_readyz_is_ready_against_the_emulator_and_cached(
     emulator: tuple[Emulator, str], make_receiver: MakeReceiver
 ) -> None:
     client = await make_receiver(ready_cache_seconds=60.0)
+    ready = await client.get("/readyz")
+    assert ready.status == 200 and "dry-run" in (await ready.json())["message"]
     assert (await client.get("/readyz")).status == 200
-    assert (await client.get("/readyz")).status == 200
-    version_calls = [r for r in emulator[0] if str(r.url.path) == "/version"]
-    assert len(version_calls) == 1
+    # One server-side dry-run create of a CrawlJob (it proves writes work; /version would not).
+    probes = [r for r in emulator[0] if r.method == "POST" and r.params.get("dryRun") == "All"]
+    assert len(probes) == 1 and str(probes[0].url.path).endswith("/crawljobs")
+    async with kube.KubeClient(kube.Connection(server=emulator[1])) as api:
+        assert await api.list(kube.CRAWLJOBS, NAMESPACE) == []  # the dry run stored nothing
 
 
 async def test_metrics_count_events_by_format_and_outcome(make_receiver: MakeReceiver) -> None:

@@ -76,8 +76,12 @@ def test_probes_hit_the_health_endpoints(default_manifests: list[Manifest]) -> N
     (container,) = receiver["spec"]["template"]["spec"]["containers"]
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
-    assert container["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    assert container["ports"] == [
+        {"name": "http", "containerPort": 8080, "protocol": "TCP"},
+        {"name": "metrics", "containerPort": 9090, "protocol": "TCP"},
+    ]
     assert env_of(container)["CRAWLJOB_PORT"] == "8080"
+    assert env_of(container)["CRAWLJOB_METRICS_PORT"] == "9090"
     assert receiver["spec"]["replicas"] == 2
     operator = named(default_manifests, "Deployment", "demo-crawljob-operator")
     assert operator["spec"]["strategy"] == {"type": "Recreate"}

@@ -42,6 +42,7 @@ def test_receiver_configuration_from_all_options(all_manifests: list[Manifest]) 
     assert env_of(container) == {
         "CRAWLJOB_HOST": "0.0.0.0",
         "CRAWLJOB_PORT": "9090",
+        "CRAWLJOB_METRICS_PORT": "9095",
         "CRAWLJOB_NAMESPACE": "crawls",
         "CRAWLJOB_LOG_FORMAT": "text",
         "CRAWLJOB_AUTH_MODE": "hmac",

@@ -148,9 +148,36 @@ def create_app(
     app.router.add_post(TRIGGER_PATH, trigger)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics_endpoint)
+    if settings.metrics_port:
+        app.cleanup_ctx.append(_metrics_server(settings.host, settings.metrics_port))
+    else:
+        app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_get("/openapi.json", openapi)
     return app
+
+
+def create_metrics_app(metrics: ReceiverMetrics) -> web.Application:
+    """The app of the metrics port: /metrics and nothing else."""
+    app = web.Application()
+    app[METRICS] = metrics
+    app.router.add_get("/metrics", metrics_endpoint)
+    return app
+
+
+def _metrics_server(host: str, port: int) -> Callable[[web.Application], AsyncIterator[None]]:
+    """Serve the receiver's metrics on *port* for as long as the receiver app runs."""
+
+    async def serve(app: web.Application) -> AsyncIterator[None]:
+        runner = web.AppRunner(create_metrics_app(app[METRICS]), access_log=None)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host, port).start()
+            log.info("metrics listening", extra={"fields": {"host": host, "port": port}})
+            yield
+        finally:
+            await runner.cleanup()
+
+    return serve
 
 
 def _clients(connection: kube.Connection) -> Callable[[web.Application], AsyncIterator[None]]:

@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 ARGS ?=
 
 .PHONY: help install run test lint format clean test-cluster bench bench-worker bench-operator bench-s3-ranges \
-	bench-worker-startup bench-kube-client bench-shards
+	bench-worker-startup bench-kube-client bench-shards bench-sweep
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-21s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -46,6 +46,9 @@ format: $(STAMP) ## Reformat the code with ruff
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+bench-sweep: $(STAMP) ## CrawlSource sweeps: backfill of 100,000 objects in moto, then passes with 100 new; view vs stateless (ARGS="--objects 10000")
+	$(BIN)/python bench/sweep.py $(ARGS)
+
 bench-worker: $(STAMP) ## Worker vs cat, pandas, DuckDB, polars on generated CSVs: a table per size, medians (SIZE_MB=400,800,1600 REPEAT=3)
 	$(BIN)/pip install -q polars duckdb
 	SIZE_MB="$(SIZE_MB)" REPEAT="$(REPEAT)" $(BIN)/python bench/worker.py
@@ -63,7 +66,7 @@ bench-s3-ranges: $(STAMP) ## Worker reading S3 with 1, 2, 4, 8 ranged GETs when 
 bench-shards: $(STAMP) ## One CSV through 1, 2, 4 shards from S3, per-connection throttle and unthrottled: wall, speedup, CPU s, row checksum (SIZE_MB=1600 THROTTLE=40)
 	$(BIN)/python bench/shards.py
 
-bench: bench-receiver bench-operator bench-worker bench-s3-ranges bench-worker-startup bench-kube-client bench-shards ## All benchmarks, each printing its table (slow: the worker's uses 400, 800 and 1,600 MB files)
+bench: bench-receiver bench-operator bench-worker bench-s3-ranges bench-worker-startup bench-kube-client bench-shards bench-sweep ## All benchmarks, each printing its table (slow: the worker's uses 400, 800 and 1,600 MB files)
 
 clean: ## Remove the venv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

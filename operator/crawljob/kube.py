@@ -75,6 +75,7 @@ class Resource:
 
 
 CRAWLJOBS = Resource("crawljob.io", "v1alpha1", "crawljobs")
+CRAWLSOURCES = Resource("crawljob.io", "v1alpha1", "crawlsources")
 JOBS = Resource("batch", "v1", "jobs")
 PODS = Resource("", "v1", "pods")
 EVENTS = Resource("", "v1", "events")

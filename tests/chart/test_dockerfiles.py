@@ -12,8 +12,7 @@ import pytest
 from chart_render import ROOT
 
 DOCKERFILES = {
-    # EXTRAS defaults to operator (`--build-arg EXTRAS=operator,s3-read` adds boto3 for the receiver).
-    "operator/Dockerfile": ("crawljob", '".[${EXTRAS}]"'),
+    "operator/Dockerfile": ("crawljob", '".[operator]"'),
     "job-image/Dockerfile": ("crawljob-worker", '".[worker]"'),
 }
 
@@ -65,8 +64,6 @@ def test_dockerfile_follows_the_image_rules(dockerfile: str) -> None:
         assert f"org.opencontainers.image.{label}=" in final
     builder = text.split("\nFROM ${BASE_IMAGE}\n", 1)[0]
     assert f"--only-binary=:all: {install_target.strip()}" in builder
-    if "${EXTRAS}" in install_target:
-        assert "ARG EXTRAS=operator\n" in builder
     assert "--only-binary=:all:" in builder, "wheels only: no compiler is needed anywhere"
 
 

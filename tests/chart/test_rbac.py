@@ -11,13 +11,18 @@ from chart_render import ROOT, Manifest, env_of, named, of_kind
 # (apiGroup, resource) -> verbs. The API calls of each component, one line each, and why.
 RECEIVER_CALLS = {
     ("crawljob.io", "crawljobs"): {"create", "get"},  # create per event; 409 → duplicate
+    ("crawljob.io", "crawlsources"): {"list"},  # routing events to a source's template (re-listed)
 }
 # Calls the operator makes (crawljob.operator.handlers; kopf runs with scanning disabled, so it
 # reads no namespaces or CRDs; peerings only with HA, see PEERING_CALLS).
 OPERATOR_CALLS = {
     # kopf watches them (list + watch); garbage collection of finished CrawlJobs deletes them; the
-    # crawljob.io/phase and crawljob.io/bucket labels are kept in sync with a merge patch.
-    ("crawljob.io", "crawljobs"): {"list", "watch", "patch", "delete"},
+    # crawljob.io/phase and crawljob.io/bucket labels are kept in sync with a merge patch;
+    # CrawlSource sweeps create them (get on a 409: an existing one, or a name collision).
+    ("crawljob.io", "crawljobs"): {"get", "list", "watch", "create", "patch", "delete"},
+    # Sweeps: kopf watches CrawlSources and the sweeper re-lists them; their status is merge-patched.
+    ("crawljob.io", "crawlsources"): {"list", "watch"},
+    ("crawljob.io", "crawlsources/status"): {"patch"},
     # phase, conditions, progress of the queue, result: merge patches of the status subresource.
     ("crawljob.io", "crawljobs/status"): {"patch"},
     # Jobs are created with blockOwnerDeletion: the OwnerReferencesPermissionEnforcement admission
@@ -201,7 +206,11 @@ def test_only_the_operator_may_touch_jobs_and_pods(default_manifests: list[Manif
     for component in ("receiver", "worker"):
         granted = grants(role(default_manifests, component, "demo-crawljob")["rules"])
         assert not {key for key in granted if key[1] in {"jobs", "pods", "secrets", "events"}}, component
-        assert not {verb for verbs in granted.values() for verb in verbs} & {"delete", "list", "watch"}
+        # Listing CrawlSources is the receiver's only read beyond a 409's get.
+        reads = {
+            verb for key, verbs in granted.items() if key != ("crawljob.io", "crawlsources") for verb in verbs
+        }
+        assert not reads & {"delete", "list", "watch"}, component
 
 
 def test_roles_live_in_the_crawljob_namespace_and_bind_their_own_account(

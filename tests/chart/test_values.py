@@ -112,6 +112,9 @@ def test_operator_configuration_from_all_options(all_manifests: list[Manifest]) 
         "CRAWLJOB_FAILED_HISTORY_LIMIT": "50",
         "CRAWLJOB_JOB_TTL_SECONDS": "3600",
         "CRAWLJOB_NOTIFY_SINKS": "https://events.example.com/crawljob,http://knative-broker.default.svc/",
+        # CrawlSource sweeps list buckets through the same S3 endpoint as the workers.
+        "AWS_ENDPOINT_URL_S3": "http://minio.storage.svc:9000",
+        "AWS_DEFAULT_REGION": "eu-west-1",
         "EXTRA_OPERATOR": {"fieldRef": {"fieldPath": "metadata.name"}},
     }
     assert worker_env == [

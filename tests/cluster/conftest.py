@@ -1,7 +1,7 @@
 """Fixtures of the real-control-plane tier (`make test-cluster`).
 
 One session starts etcd + kube-apiserver 1.20 + kube-controller-manager (Job controller, garbage
-collector) on loopback (tools/cluster/controlplane.py), writes a kubeconfig and installs the CRD
+collector) on loopback (tools/cluster/controlplane.py), writes a kubeconfig and installs the CRDs
 from charts/crawljob/crds/. Each test gets its own namespace; a local kubelet runs the Pods the
 real Job controller creates. The tier is collected only with CRAWLJOB_TEST_CLUSTER=1 (the make
 target sets it), so the default `make test` stays fast and needs no build.
@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 import yaml
 
-from crawljob import kube, resource
+from crawljob import kube, resource, sources
 from crawljob.local.s3 import free_port
 from fakes.waiting import wait_for
 
@@ -108,8 +108,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 
 async def _install_crd(cluster: Cluster) -> None:
-    body = yaml.safe_load(resource.crd_path().read_text())
     async with kube.KubeClient(cluster.connection()) as client:
+        sources_crd = yaml.safe_load(sources.crd_path().read_text())
+        await client.request("POST", CRDS.path(), sources_crd)
+        body = yaml.safe_load(resource.crd_path().read_text())
         await client.request("POST", CRDS.path(), body)
 
         async def established() -> bool:
@@ -132,7 +134,8 @@ async def _install_crd(cluster: Cluster) -> None:
         # a few seconds after the CRD is established.
         async def published() -> bool:
             document = await client.request("GET", "/openapi/v2", timeout=30)
-            return "io.crawljob.v1alpha1.CrawlJob" in (document.get("definitions") or {})
+            definitions = document.get("definitions") or {}
+            return {"io.crawljob.v1alpha1.CrawlJob", "io.crawljob.v1alpha1.CrawlSource"} <= set(definitions)
 
         await wait_for(published, timeout=60, interval=0.5, what="the CRD's OpenAPI schema to be published")
 

@@ -15,9 +15,16 @@ import pyarrow.parquet as pq
 import pytest
 import pytest_asyncio
 
-from crawljob import kube, resource
+from crawljob import kube, resource, sources
 from crawljob.local.sample import generate_csv
-from crawljob.local.stack import Stack, StackSettings, local_stack
+from crawljob.local.stack import (
+    SAMPLE_PREFIX,
+    SAMPLE_SOURCE,
+    Stack,
+    StackSettings,
+    backfill_demo,
+    local_stack,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 
@@ -96,6 +103,24 @@ async def test_missing_object_fails_readably_and_the_next_event_still_succeeds(
     crawljob = await stack.wait_finished(name, timeout=120)
     assert crawljob["status"]["phase"] == "Succeeded"
     assert crawljob["status"]["result"]["rowsRead"] == sample.rows
+
+
+async def test_backfill_crawls_files_already_in_the_bucket_without_any_webhook(stack: Stack) -> None:
+    """`crawljob run --backfill`: files uploaded before the sample CrawlSource exists are crawled by its
+    first sweep, with the source's template and label; no event is posted for them."""
+    assert await backfill_demo(stack, 2, 0.05)
+    crawljobs = [
+        item
+        for item in await stack.crawljobs()
+        if item["spec"]["source"]["key"].startswith(f"{SAMPLE_PREFIX}backfill/")
+    ]
+    assert len(crawljobs) == 2
+    for item in crawljobs:
+        assert item["metadata"]["labels"][sources.LABEL_SOURCE] == SAMPLE_SOURCE
+        assert item["spec"]["output"] == {"format": "parquet"}
+        assert item["status"]["phase"] == "Succeeded"
+    status = (await stack.client.get(kube.CRAWLSOURCES, stack.settings.namespace, SAMPLE_SOURCE))["status"]
+    assert status["crawljobsCreatedTotal"] == 2
 
 
 async def test_a_sharded_crawljob_runs_an_indexed_job_with_one_result(stack: Stack, tmp_path: Path) -> None:

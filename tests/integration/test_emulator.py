@@ -1,5 +1,10 @@
 """The emulator subclass behaves like an API server where crawljob relies on it."""
 
+import asyncio
+import json
+import sys
+from pathlib import Path
+
 import pytest
 
 from crawljob import kube
@@ -103,3 +108,48 @@ async def test_kubectl_table_requests_get_the_crd_printer_columns(kube_client: k
     assert table["columnDefinitions"][-1]["priority"] == 1  # kubectl shows it with -o wide only
     cells = table["rows"][0]["cells"]
     assert cells[:7] + cells[8:] == ["tabled", "b", "k.csv", "Succeeded", "100%", 42, "Completed", "done"]
+
+
+async def test_kubectl_get_crawlsources_shows_bucket_prefix_ready_last_sweep_and_crawljobs(
+    emulator: tuple[Emulator, str], kube_client: kube.KubeClient, tmp_path: Path
+) -> None:
+    body = {
+        "apiVersion": "crawljob.io/v1alpha1",
+        "kind": "CrawlSource",
+        "metadata": {"name": "feed", "namespace": "default"},
+        "spec": {"bucket": "landing", "prefix": "in/"},
+    }
+    await kube_client.create(kube.CRAWLSOURCES, "default", body)
+    status = {
+        "conditions": [
+            {"type": "Reconciling", "status": "False", "reason": "Swept"},
+            {"type": "Ready", "status": "True", "reason": "Swept"},
+        ],
+        "lastSweepTime": "2026-01-01T00:00:00Z",
+        "crawljobsCreatedTotal": 7,
+    }
+    await kube_client.patch(kube.CRAWLSOURCES, "default", "feed", {"status": status}, "status")
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "e", "cluster": {"server": emulator[1]}}],
+                "users": [{"name": "e", "user": {}}],
+                "contexts": [{"name": "e", "context": {"cluster": "e", "user": "e", "namespace": "default"}}],
+                "current-context": "e",
+            }
+        )
+    )
+    kubectl = str(Path(sys.executable).with_name("kubectl"))
+    process = await asyncio.create_subprocess_exec(
+        kubectl, "--kubeconfig", str(kubeconfig), "get", "crawlsources",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, err.decode()
+    header, row = out.decode().splitlines()
+    assert header.split() == ["NAME", "BUCKET", "PREFIX", "READY", "LAST", "SWEEP", "CRAWLJOBS", "AGE"]
+    assert row.split()[:5] == ["feed", "landing", "in/", "True", row.split()[4]]
+    assert row.split()[5] == "7"

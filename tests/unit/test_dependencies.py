@@ -1,5 +1,6 @@
 """The declared dependencies: each extra is imported by the code it installs for, and the images' extras
-keep apart (the worker image carries no kopf/aiohttp, the operator image no pandas/pyarrow/boto3)."""
+keep apart (the worker image carries no kopf/aiohttp, the operator image no pandas/pyarrow; it carries
+boto3 for CrawlSource sweeps, which list buckets)."""
 
 from __future__ import annotations
 
@@ -22,9 +23,8 @@ MODULES = {
 WORKER = ROOT / "job-image" / "crawljob_worker"
 OPERATOR = ROOT / "operator" / "crawljob"
 # The code each group of requirements is installed for.
-# Code that needs S3 reads only when asked (--resolve-versions, `kubectl crawljob submit`), installed
-# with the s3-read extra; the operator image carries it only when built with that extra.
-S3_READ = [OPERATOR / "receiver" / "versions.py", OPERATOR / "plugin"]
+# The kubectl plugin: installed on client machines with the s3-read extra (boto3 for `submit`).
+S3_READ = [OPERATOR / "plugin"]
 USERS = {
     "dependencies": [WORKER, OPERATOR],
     "worker": [WORKER],
@@ -82,7 +82,7 @@ def test_the_worker_image_installs_no_operator_library() -> None:
 
 def test_the_operator_image_installs_no_worker_library() -> None:
     installed = requirements("dependencies") | requirements("operator")
-    assert installed.isdisjoint({"pandas", "pyarrow", "boto3", "kmock", "moto"}), installed
+    assert installed.isdisjoint({"pandas", "pyarrow", "kmock", "moto"}), installed
 
 
 def test_each_image_code_imports_only_what_its_extra_installs() -> None:

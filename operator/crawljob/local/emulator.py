@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import itertools
+import re
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,7 +21,7 @@ import attrs
 import kmock
 import yaml
 
-from crawljob import resource
+from crawljob import resource, sources
 from crawljob.local import openapi, runner
 from crawljob.operator import peering
 
@@ -50,6 +51,9 @@ def _selector_matches(selector: str, labels: dict[str, str]) -> bool:
     return True
 
 
+_FILTER = re.compile(r"^(\w+)\[\?\(@\.(\w+)==\"([^\"]*)\"\)\]$")
+
+
 def _status(code: int, reason: str, message: str) -> aiohttp.web.Response:
     """A meta/v1 Status answer, as the API server sends errors."""
     body = {
@@ -76,8 +80,18 @@ def _field_selector_matches(selector: str, obj: dict[str, Any]) -> bool:
 
 
 def _json_path(obj: Any, path: str) -> Any:
-    """The value at a simple dotted JSONPath (``.spec.source.bucket``), or None."""
-    for part in filter(None, path.split(".")):
+    """The value at a simple dotted JSONPath (``.spec.source.bucket``), or None. A list step may
+    filter on one field, as printer columns of conditions do: ``.status.conditions[?(@.type=="Ready")].status``.
+    """
+    for part in filter(None, re.split(r"\.(?![^\[]*\])", path)):
+        selected = _FILTER.match(part)
+        if selected:
+            name, field, wanted = selected.groups()
+            items = obj.get(name) if isinstance(obj, dict) else None
+            obj = next(
+                (item for item in items or [] if isinstance(item, dict) and item.get(field) == wanted), None
+            )
+            continue
         if not isinstance(obj, dict):
             return None
         obj = obj.get(part)
@@ -384,8 +398,14 @@ class Emulator(kmock.KubernetesEmulator):
 
 
 def register_crawljob_crd(emulator: Emulator) -> None:
-    """Declare the CrawlJob resource in the emulator from the chart's CRD (the single source)."""
-    crd = yaml.safe_load(resource.crd_path().read_text())
+    """Declare the CrawlJob and CrawlSource resources in the emulator from the chart's CRDs."""
+    register_crd(emulator, resource.crd_path())
+    register_crd(emulator, sources.crd_path())
+
+
+def register_crd(emulator: Emulator, path: Path) -> None:
+    """Declare one custom resource in the emulator from a chart CRD file (the single source)."""
+    crd = yaml.safe_load(path.read_text())
     names = crd["spec"]["names"]
     emulator.crds.append(crd)
     emulator.objects[CRDS, None, crd["metadata"]["name"]] = crd

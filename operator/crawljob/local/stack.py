@@ -27,13 +27,13 @@ from urllib.parse import quote_plus
 import aiohttp
 import boto3
 
-from crawljob import kube
+from crawljob import kube, sources
 from crawljob.local.display import render_result, render_table
 from crawljob.local.emulator import serve_emulator
 from crawljob.local.runner import JobRunner
 from crawljob.local.s3 import LocalS3, free_port, run_local_s3
 from crawljob.local.sample import generate_csv
-from crawljob.resource import TERMINAL_PHASES, ObjectRef, crawljob_name
+from crawljob.resource import API_VERSION, TERMINAL_PHASES, ObjectRef, crawljob_name
 
 
 @dataclass(frozen=True)
@@ -287,6 +287,8 @@ async def local_stack(settings: StackSettings | None = None) -> AsyncIterator[St
                 "CRAWLJOB_DEFAULT_OUTPUT_URI": output_uri(config),
                 "CRAWLJOB_WORKER_IMAGE": "crawljob-worker:local",
                 "CRAWLJOB_WORKER_ENV": json.dumps(_worker_env(s3)),
+                # CrawlSource sweeps list the local S3 (the standard AWS_* variables, as in a cluster).
+                **s3.environment(),
                 **config.operator_env,
             },
         )
@@ -328,8 +330,52 @@ async def local_stack(settings: StackSettings | None = None) -> AsyncIterator[St
         yield stack
 
 
-async def kubectl_command(stack: Stack) -> str | None:
-    """A `kubectl get crawljobs` command that works against the emulator, if kubectl is installed."""
+SAMPLE_SOURCE = "iot-exports"
+SAMPLE_PREFIX = "iot/exports/"
+
+
+def sample_source(settings: StackSettings, interval: str = "1m") -> dict[str, Any]:
+    """The CrawlSource `crawljob run` creates: the sample's prefix, swept every minute, Parquet output."""
+    return {
+        "apiVersion": API_VERSION,
+        "kind": sources.KIND,
+        "metadata": {"name": SAMPLE_SOURCE, "namespace": settings.namespace},
+        "spec": {
+            "bucket": settings.input_bucket,
+            "prefix": SAMPLE_PREFIX,
+            "suffixes": [".csv", ".csv.gz"],
+            "interval": interval,
+            "template": {"output": {"format": "parquet"}, "maxRejectRatio": 0.01},
+        },
+    }
+
+
+async def backfill_demo(stack: Stack, files: int, size_mb: float) -> bool:
+    """Files already in the bucket before the CrawlSource exists, crawled by its first sweep (no webhook)."""
+    settings = stack.settings
+    names = []
+    for index in range(files):
+        key = f"{SAMPLE_PREFIX}backfill/readings-{index + 1:02}.csv"
+        sample = generate_csv(stack.work_dir / f"backfill-{index}.csv", max(1, int(size_mb * 2**20)))
+        head = stack.upload(sample.path, key)
+        names.append(crawljob_name(ObjectRef(settings.input_bucket, key, etag=str(head["ETag"]).strip('"'))))
+        print(f"  uploaded s3://{settings.input_bucket}/{key} ({sample.rows:,} rows), no event posted")
+    await stack.client.create(kube.CRAWLSOURCES, settings.namespace, sample_source(settings))
+    print(f"CrawlSource {SAMPLE_SOURCE} created: its first sweep finds them\n")
+    finished = [await stack.wait_finished(name, timeout=600, on_change=_print_named) for name in names]
+    print("\n" + render_table(finished) + "\n")
+    return all((item.get("status") or {}).get("phase") == "Succeeded" for item in finished)
+
+
+def _print_named(crawljob: dict[str, Any]) -> None:
+    status = crawljob.get("status") or {}
+    print(
+        f"  {time.strftime('%H:%M:%S')}  {crawljob['metadata']['name']}: {status.get('phase') or 'Created'}"
+    )
+
+
+async def kubectl_command(stack: Stack, plural: str = "crawljobs") -> str | None:
+    """A `kubectl get <plural>` command that works against the emulator, if kubectl is installed."""
     kubectl = shutil.which("kubectl", path=f"{stack.bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
     if kubectl is None:
         return None
@@ -351,7 +397,7 @@ async def kubectl_command(stack: Stack) -> str | None:
             }
         )
     )
-    command = [kubectl, "--kubeconfig", str(kubeconfig), "get", "crawljobs"]
+    command = [kubectl, "--kubeconfig", str(kubeconfig), "get", plural]
     # Asynchronously: the emulator answering kubectl runs on this very event loop.
     process = await asyncio.create_subprocess_exec(
         *command, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
@@ -395,8 +441,12 @@ async def _follow(stack: Stack, stop: asyncio.Event) -> None:
             await asyncio.wait_for(stop.wait(), 1.0)
 
 
-async def run_demo(settings: StackSettings, size_mb: float, once: bool) -> int:
-    """Start the stack, process one generated file, show the outcome, then serve until Ctrl-C."""
+async def run_demo(settings: StackSettings, size_mb: float, once: bool, backfill: int = 0) -> int:
+    """Start the stack, process one generated file, show the outcome, then serve until Ctrl-C.
+
+    With *backfill* files, they are uploaded before the sample CrawlSource exists and crawled by its
+    first sweep, without any webhook.
+    """
     print(
         "crawljob local stack: starting the API emulator, S3, receiver, operator and job runner ...",
         flush=True,
@@ -406,7 +456,17 @@ async def run_demo(settings: StackSettings, size_mb: float, once: bool) -> int:
         print(f"  S3 (moto)                  {stack.s3.endpoint}")
         print(f"  receiver                   {stack.receiver_url}/v1/trigger")
         print(f"  logs                       {stack.work_dir}")
-        key = "iot/exports/sensor-readings.csv"
+        backfilled = True
+        if backfill:
+            print(f"\nBackfill: {backfill} files already in the bucket under {SAMPLE_PREFIX}backfill/ ...")
+            backfilled = await backfill_demo(stack, backfill, min(size_mb, 1.0))
+        else:
+            await stack.client.create(kube.CRAWLSOURCES, settings.namespace, sample_source(settings))
+        print(
+            f"CrawlSource {SAMPLE_SOURCE}: s3://{settings.input_bucket}/{SAMPLE_PREFIX}, swept every minute; "
+            "its events get its template"
+        )
+        key = f"{SAMPLE_PREFIX}sensor-readings.csv"
         sample = generate_csv(stack.work_dir / "sensor-readings.csv", int(size_mb * 2**20))
         print(f"\nGenerated {sample.path.name}: {sample.size / 2**20:.1f} MiB, {sample.rows:,} data rows")
         stack.upload(sample.path, key)
@@ -419,8 +479,11 @@ async def run_demo(settings: StackSettings, size_mb: float, once: bool) -> int:
         rows = ((crawljob.get("status") or {}).get("result") or {}).get("rowsRead")
         verdict = "matches" if rows == sample.rows else "DOES NOT match"
         print(f"  rows read {rows} {verdict} the {sample.rows} rows generated")
-        succeeded = (crawljob.get("status") or {}).get("phase") == "Succeeded" and rows == sample.rows
+        succeeded = (
+            (crawljob.get("status") or {}).get("phase") == "Succeeded" and rows == sample.rows and backfilled
+        )
         kubectl = await kubectl_command(stack)
+        kubectl_sources = await kubectl_command(stack, "crawlsources")
         print("\nTrigger another crawl (upload first, e.g. with the AWS CLI and the endpoint above):")
         print(
             f"  curl -sS -X POST {stack.receiver_url}/v1/trigger -H 'Content-Type: application/json' "
@@ -428,6 +491,8 @@ async def run_demo(settings: StackSettings, size_mb: float, once: bool) -> int:
         )
         if kubectl:
             print(f"Watch CrawlJobs with kubectl:\n  {kubectl}")
+        if kubectl_sources:
+            print(f"CrawlSources (sweeps: webhook-less pick-up):\n  {kubectl_sources}")
         if once:
             return 0 if succeeded else 1
         print("\nServing; Ctrl-C stops everything.", flush=True)
@@ -453,6 +518,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--s3-port", type=int, default=0, help="S3 port (default: any free)")
     parser.add_argument("--max-active", type=int, default=4, help="concurrency cap of the operator")
     parser.add_argument(
+        "--backfill",
+        type=int,
+        nargs="?",
+        const=4,
+        default=0,
+        metavar="N",
+        help="first put N files (default 4) under the sample CrawlSource's prefix with no event: its "
+        "first sweep crawls them",
+    )
+    parser.add_argument(
         "--work-dir", type=Path, default=None, help="where logs and the sample go (default: a temp dir)"
     )
     return parser
@@ -468,6 +543,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         work_dir=args.work_dir,
     )
     try:
-        return asyncio.run(run_demo(settings, args.size_mb, args.once))
+        return asyncio.run(run_demo(settings, args.size_mb, args.once, args.backfill))
     except KeyboardInterrupt:
         return 130

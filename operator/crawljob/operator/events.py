@@ -1,4 +1,4 @@
-"""Kubernetes Event manifests about a CrawlJob (pure: no I/O)."""
+"""Kubernetes Event manifests about a CrawlJob (or a CrawlSource) (pure: no I/O)."""
 
 from __future__ import annotations
 
@@ -19,8 +19,10 @@ def build_event(
     warning: bool,
     instance: str,
     now: datetime.datetime,
+    kind: str = resource.KIND,
+    action: str = "Reconcile",
 ) -> dict[str, Any]:
-    """A core/v1 Event on *crawljob*, reported by the operator replica *instance* at *now*."""
+    """A core/v1 Event on *crawljob* (an object of *kind*), reported by the operator replica *instance* at *now*."""
     namespace = crawljob.namespace
     micro = now.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     seconds = micro[:19] + "Z"
@@ -30,7 +32,7 @@ def build_event(
         "metadata": {"name": f"{crawljob.name}.{secrets.token_hex(8)}", "namespace": namespace},
         "involvedObject": {
             "apiVersion": resource.API_VERSION,
-            "kind": resource.KIND,
+            "kind": kind,
             "name": crawljob.name,
             "namespace": namespace,
             "uid": crawljob.uid,
@@ -42,7 +44,7 @@ def build_event(
         "lastTimestamp": seconds,
         "eventTime": micro,
         "count": 1,
-        "action": "Reconcile",
+        "action": action,
         "source": {"component": resource.MANAGED_BY},
         "reportingComponent": resource.MANAGED_BY,
         "reportingInstance": instance,

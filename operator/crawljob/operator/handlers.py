@@ -16,7 +16,7 @@ import kopf
 
 from crawljob import resource
 from crawljob.models import CrawlJob, Job, Meta, key_of
-from crawljob.operator import workload
+from crawljob.operator import sweeper, workload
 from crawljob.operator.reconcile import cancel, reconcile_quietly
 from crawljob.operator.view import MANAGED, get_state
 
@@ -72,3 +72,16 @@ def register(registry: kopf.OperatorRegistry) -> None:
     kopf.on.event(resource.GROUP, resource.VERSION, resource.PLURAL, registry=registry)(on_crawljob_event)
     kopf.on.event("batch", "v1", "jobs", labels=MANAGED, registry=registry)(on_job_event)
     kopf.on.event("", "v1", "pods", labels=MANAGED, registry=registry)(on_pod_event)
+    # CrawlSources: no finalizers, nothing stored on them; the sweeper loop does the work.
+    kopf.on.event("crawljob.io", "v1alpha1", "crawlsources", registry=registry)(on_crawlsource_event)
+
+
+async def on_crawlsource_event(event: Mapping[str, Any], memo: Any, **_: Any) -> None:
+    """A CrawlSource was added, changed or deleted: keep the view and wake the sweeper."""
+    state = get_state(memo)
+    body = event.get("object") or {}
+    if event.get("type") == "DELETED":
+        state.sources.pop(key_of(body), None)
+    else:
+        sweeper.remember_source(state, body)
+    state.sources_changed.set()

@@ -9,7 +9,7 @@ from collections import defaultdict
 
 from crawljob import kube, resource
 from crawljob.models import CrawlJob, Key, Meta, key_of
-from crawljob.operator import gc, resilience
+from crawljob.operator import gc, resilience, sweep
 from crawljob.operator.reconcile import reconcile
 from crawljob.operator.view import MANAGED, RetryLater, State, log
 from crawljob.operator.writes import delete_job
@@ -91,8 +91,10 @@ async def collect_garbage(state: State) -> None:
         by_namespace[namespace].append(crawljob)
     now = datetime.datetime.now(tz=datetime.UTC)
     for namespace, items in by_namespace.items():
+        # A CrawlJob a sweep still looks at stays, or the sweep would run its object again.
+        kept = sweep.protected_names(state.sources.values(), namespace, [item.body for item in items])
         doomed = gc.select_for_deletion(
-            items,
+            [item for item in items if item.meta.name not in kept],
             now,
             settings.finished_ttl_seconds,
             settings.successful_history_limit,

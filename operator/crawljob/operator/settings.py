@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from crawljob.flags import add_kube_flags, env_default, split_list
-from crawljob.operator import peering
+from crawljob.operator import peering, sweep
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,10 @@ class OperatorSettings:
     priority: int = 0
     peering_identity: str = ""
     peering_lifetime: int = 30
+    # CrawlSource sweeps (docs/sources.md): the watermark trails the last complete sweep's start by
+    # this much (late-listed objects, clock skew); at most this many CrawlJobs per pass and source.
+    sweep_lookback_seconds: float = 3600.0
+    sweep_max_create: int = 500
     # Completion signal: a CloudEvent per terminal phase to each sink (and each CrawlJob's own).
     notify_sinks: tuple[str, ...] = ()
     # First retry delay of an undelivered CloudEvent (doubles each time, at most 5 minutes).
@@ -229,6 +233,20 @@ def operator_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         default=env("RESYNC_SECONDS", defaults.resync_seconds),
         help="full reconcile + GC period (CRAWLJOB_RESYNC_SECONDS)",
     )
+    sweeps = parser.add_argument_group("CrawlSource sweeps")
+    sweeps.add_argument(
+        "--sweep-lookback-seconds",
+        default=env("SWEEP_LOOKBACK_SECONDS", int(defaults.sweep_lookback_seconds)),
+        help="a complete sweep moves the source's watermark to its start minus this; objects older "
+        "than the watermark are never swept again; must be shorter than --finished-ttl-seconds "
+        "(CRAWLJOB_SWEEP_LOOKBACK_SECONDS)",
+    )
+    sweeps.add_argument(
+        "--sweep-max-create",
+        default=env("SWEEP_MAX_CREATE", defaults.sweep_max_create),
+        help="a sweep pass creates at most this many CrawlJobs, less the source's unfinished ones; "
+        "a backfill continues on the next pass (CRAWLJOB_SWEEP_MAX_CREATE)",
+    )
     ops = parser.add_argument_group("operations")
     ops.add_argument(
         "--health-port",
@@ -319,6 +337,15 @@ def operator_settings(args: argparse.Namespace) -> OperatorSettings:
     identity = args.peering_identity or peering.default_identity()
     priority = peering.parse_priority(str(args.priority), identity)
     lifetime = _optional_int("peering-lifetime", str(args.peering_lifetime), minimum=1)
+    try:
+        lookback = float(args.sweep_lookback_seconds)
+    except ValueError as exc:
+        raise ValueError(
+            f"--sweep-lookback-seconds must be a number, got {args.sweep_lookback_seconds!r}"
+        ) from exc
+    finished_ttl = _optional_int("finished-ttl-seconds", args.finished_ttl_seconds)
+    sweep.check_lookback(lookback, finished_ttl)
+    max_create = _optional_int("sweep-max-create", str(args.sweep_max_create), minimum=1)
     uri = args.default_output_uri
     if uri and not (uri.startswith("s3://") or uri.startswith("file://")):
         raise ValueError(f"--default-output-uri must be s3://bucket/prefix or file://path, got {uri!r}")
@@ -359,7 +386,7 @@ def operator_settings(args: argparse.Namespace) -> OperatorSettings:
         max_shards=_optional_int("max-shards", str(args.max_shards), minimum=1) or 1,
         shard_parallelism=_optional_int("shard-parallelism", str(args.shard_parallelism), minimum=1) or 1,
         active_deadline_seconds=_optional_int("active-deadline-seconds", args.active_deadline_seconds, 1),
-        finished_ttl_seconds=_optional_int("finished-ttl-seconds", args.finished_ttl_seconds),
+        finished_ttl_seconds=finished_ttl,
         successful_history_limit=_optional_int("successful-history-limit", args.successful_history_limit),
         failed_history_limit=_optional_int("failed-history-limit", args.failed_history_limit),
         job_ttl_seconds=_optional_int("job-ttl-seconds", args.job_ttl_seconds),
@@ -372,4 +399,6 @@ def operator_settings(args: argparse.Namespace) -> OperatorSettings:
         priority=priority,
         peering_identity=identity,
         peering_lifetime=lifetime or OperatorSettings.peering_lifetime,
+        sweep_lookback_seconds=lookback,
+        sweep_max_create=max_create or OperatorSettings.sweep_max_create,
     )

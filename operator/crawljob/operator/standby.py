@@ -2,7 +2,7 @@
 
 kopf pauses its watch streams (hence our handlers) while a peer with a higher or equal priority is
 alive. The loops started by the operator itself (queue admission, Job creation, periodic resync and
-GC) are invisible to kopf, so `Gate` watches the same KopfPeering object and applies kopf's rule
+GC, CloudEvent delivery, CrawlSource sweeps) are invisible to kopf, so `Gate` watches the same KopfPeering object and applies kopf's rule
 (`peering.verdict`) on each change: it starts the loops when this replica becomes active and
 cancels them when it stands by. Standalone operators are active from the start (`activate` at startup).
 """
@@ -16,7 +16,7 @@ import logging
 from typing import Any
 
 from crawljob import kube
-from crawljob.operator import admission, notify, peering, resync, view
+from crawljob.operator import admission, notify, peering, resync, sweeper, view
 from crawljob.operator.settings import OperatorSettings
 from crawljob.operator.supervise import Supervisor
 
@@ -49,6 +49,8 @@ class Gate:
         self.active = False
         # The loops run supervised: one that ends on its own makes /healthz fail (supervise.py).
         self.supervisor = Supervisor()
+        # Kept across activations: a source whose status write failed stays held (sweeper.py).
+        self.sweeper = sweeper.Sweeper(state)
         # Loop time of the last successful read of the peering object (health of a standby).
         self.checked_at = 0.0
         self.reason = "starting"
@@ -66,6 +68,7 @@ class Gate:
             notify.notify_loop,
         ):
             self.supervisor.start(loop.__name__, loop(self.state))
+        self.supervisor.start("sweep_loop", self.sweeper.run())
         self.active = True
 
     async def deactivate(self) -> None:

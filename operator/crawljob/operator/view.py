@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from crawljob import kube, resource
-from crawljob.models import CrawlJob, Job, Key, Meta, Pod, PodStatus
+from crawljob.models import Body, CrawlJob, Job, Key, Meta, Pod, PodStatus
 from crawljob.operator import queue
 from crawljob.operator.jobs import JobFeatures
 from crawljob.operator.metrics import OperatorMetrics
@@ -64,6 +64,9 @@ class State:
         default_factory=lambda: queue.Budget(queue.POSITION_WRITES_PER_SECOND, queue.POSITION_WRITES_BURST)
     )
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    # CrawlSource bodies (kept by sweeper.on_crawlsource_event; swept by sweeper.Sweeper) and their changes.
+    sources: dict[Key, Body] = field(default_factory=dict)
+    sources_changed: asyncio.Event = field(default_factory=asyncio.Event)
     instance: str = field(default_factory=socket.gethostname)
     healthy_at: float = 0.0
 

@@ -25,7 +25,7 @@ from aiohttp import web
 
 from crawljob import flags, kube, resource
 from crawljob.logs import configure_logging
-from crawljob.receiver import auth, events, sns, versions
+from crawljob.receiver import auth, events, routing, sns, versions
 from crawljob.receiver.metrics import ReceiverMetrics
 from crawljob.receiver.readiness import check_writable
 from crawljob.receiver.settings import ReceiverSettings, receiver_parser, receiver_settings
@@ -94,6 +94,7 @@ KUBE = web.AppKey("kube", kube.KubeClient)
 S3 = web.AppKey("s3", object)  # a botocore S3 client with --resolve-versions, else None
 CERTIFICATES = web.AppKey("certificates", sns.CertificateCache)
 METRICS = web.AppKey("metrics", ReceiverMetrics)
+SOURCES = web.AppKey("sources", routing.SourceIndex)
 REQUEST_LOG = web.RequestKey("crawljob_log", dict[str, Any])
 
 
@@ -198,7 +199,13 @@ def _clients(connection: kube.Connection) -> Callable[[web.Application], AsyncIt
                 subject_pattern=settings.sns_cert_subject_pattern,
                 ssl_context=ssl_context,
             )
-            yield
+            index = routing.SourceIndex(client, app[STATE].namespace)
+            await index.start()
+            app[SOURCES] = index
+            try:
+                yield
+            finally:
+                await index.stop()
 
     return clients
 
@@ -363,8 +370,13 @@ async def _create(app: web.Application, target: events.Target) -> Outcome:
 async def _create_named(app: web.Application, target: events.Target, attempt: int) -> Outcome | None:
     """One create under the *attempt*-th name; None when that name belongs to another object."""
     state = app[STATE]
-    manifest = crawljob_manifest(target.ref, state.namespace, raw_key=target.raw_key, attempt=attempt)
-    name = str(manifest["metadata"]["name"])  # type: ignore[index]
+    # An object of a CrawlSource gets the source's template and label (routing.py).
+    manifest = app[SOURCES].route(
+        crawljob_manifest(target.ref, state.namespace, raw_key=target.raw_key, attempt=attempt),
+        target.ref.bucket,
+        target.ref.key,
+    )
+    name = str(manifest["metadata"]["name"])
     try:
         await app[KUBE].create(kube.CRAWLJOBS, state.namespace, manifest)
     except kube.Conflict:

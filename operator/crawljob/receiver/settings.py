@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -210,11 +209,6 @@ def receiver_settings(args: argparse.Namespace) -> ReceiverSettings:
         raise ValueError("--max-records and --create-concurrency must be at least 1")
     if float(args.sns_max_age_seconds) <= 0:
         raise ValueError("--sns-max-age-seconds must be positive")
-    if args.resolve_versions == "true" and importlib.util.find_spec("boto3") is None:
-        raise ValueError(
-            "--resolve-versions needs boto3, which this image does not carry: build it with "
-            "--build-arg EXTRAS=operator,s3-read (or pip install 'crawljob[operator,s3-read]')"
-        )
     return ReceiverSettings(
         host=args.host,
         port=int(args.port),

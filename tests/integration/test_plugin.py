@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from crawljob import kube, resource
+from crawljob import kube, resource, sources
 from crawljob.local.emulator import Emulator
 from crawljob.receiver.app import create_app
 from crawljob.receiver.settings import ReceiverSettings
@@ -168,3 +168,33 @@ async def test_logs_show_the_workers_output_also_after_its_job_is_gone(
     assert "RuntimeError: fake crash" in await kubectl(kubectl_env, "crawljob", "logs", name, "--tail", "1")
     none = await kubectl(kubectl_env, "crawljob", "logs", "never-ran", code=1)
     assert "no worker pod of crawljob never-ran is retained" in none
+
+
+async def test_sweep_crawls_a_new_object_of_a_source_at_once_and_reports_it(
+    kubectl_env: dict[str, str],
+    kube_client: kube.KubeClient,
+    emulator: tuple[Emulator, str],
+    s3_client: Any,
+    bucket: str,
+    tmp_path: Path,
+) -> None:
+    source = {
+        "apiVersion": resource.API_VERSION,
+        "kind": sources.KIND,
+        "metadata": {"name": "feed", "namespace": NAMESPACE},
+        "spec": {"bucket": bucket, "prefix": "in/", "interval": "1h"},
+    }
+    async with running_operator(emulator[1], tmp_path / "operator.log"):
+        await kube_client.create(kube.CRAWLSOURCES, NAMESPACE, source)
+        first = await kubectl(kubectl_env, "crawljob", "sweep", "feed", "--wait", "30")
+        assert "CrawlJobs created" in first
+        s3_client.put_object(Bucket=bucket, Key="in/late.csv", Body=b"a,b\n1,2\n")
+        etag = s3_client.head_object(Bucket=bucket, Key="in/late.csv")["ETag"].strip('"')
+        out = await kubectl(kubectl_env, "crawljob", "sweep", "feed", "--wait", "30")
+        assert "1 matched, 1 CrawlJobs created" in out, out
+        name = resource.crawljob_name(resource.ObjectRef(bucket, "in/late.csv", etag=etag))
+        assert name in {
+            item["metadata"]["name"] for item in await kube_client.list(kube.CRAWLJOBS, NAMESPACE)
+        }
+    missing = await kubectl(kubectl_env, "crawljob", "sweep", "no-such-source", code=1)
+    assert "no-such-source" in missing

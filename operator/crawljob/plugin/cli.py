@@ -6,6 +6,7 @@ account kubectl uses); S3 is reached with boto3's standard AWS_* environment.
     kubectl crawljob submit s3://bucket/key        # the CrawlJob the receiver would make (HEAD for the version)
     kubectl crawljob rerun --failed --since 1h     # re-run what failed in the last hour
     kubectl crawljob logs NAME                     # the worker pod's log (also after the Job is gone)
+    kubectl crawljob sweep SOURCE [--wait 60]      # sweep a CrawlSource now (the crawljob.io/sweep annotation)
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from crawljob import resource
+from crawljob import resource, sources
 from crawljob.plugin import choose
 from crawljob.receiver.versions import with_head
 
@@ -200,13 +202,55 @@ def logs(api: Api, name: str, tail: int | None) -> str:
     return text
 
 
+# ---- sweep ----
+
+
+def sweep(api: Api, name: str, wait: float, poll_seconds: float = 0.5) -> str:
+    """Ask the operator to sweep CrawlSource *name* now; with *wait*, until it reports that sweep."""
+    from kubernetes.client.exceptions import ApiException
+
+    token = f"{int(time.time())}-{os.getpid()}"
+    patch = {"metadata": {"annotations": {sources.ANNOTATION_SWEEP: token}}}
+    try:
+        api.custom.patch_namespaced_custom_object(
+            resource.GROUP, resource.VERSION, api.namespace, sources.PLURAL, name, patch
+        )
+    except ApiException as exc:
+        if exc.status == 404:
+            raise PluginError(f"crawlsource {name} not found in namespace {api.namespace}") from exc
+        raise _api_error(exc) from exc
+    if wait <= 0:
+        return f"crawlsource.crawljob.io/{name} sweep requested"
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            body = api.custom.get_namespaced_custom_object(
+                resource.GROUP, resource.VERSION, api.namespace, sources.PLURAL, name
+            )
+        except ApiException as exc:
+            raise _api_error(exc) from exc
+        status = body.get("status") if isinstance(body, dict) else None
+        if isinstance(status, dict) and status.get("sweepToken") == token:
+            return (
+                f"crawlsource.crawljob.io/{name} swept: {status.get('objectsListed', 0)} objects listed, "
+                f"{status.get('objectsMatched', 0)} matched, {status.get('crawljobsCreated', 0)} CrawlJobs created"
+            )
+        if time.monotonic() >= deadline:
+            raise PluginError(
+                f"crawlsource {name}: the operator did not report the sweep within {wait:g} s "
+                "(is it running, and is the source suspended?)"
+            )
+        time.sleep(poll_seconds)
+
+
 # ---- command line ----
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kubectl crawljob",
-        description="Everyday CrawlJob operations: submit an S3 object, re-run failures, read a worker's log.",
+        description="Everyday CrawlJob operations: submit an S3 object, re-run failures, read a worker's "
+        "log, sweep a CrawlSource now.",
     )
     parser.add_argument("-n", "--namespace", help="namespace (default: the kubeconfig context's)")
     parser.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)")
@@ -234,6 +278,13 @@ def build_parser() -> argparse.ArgumentParser:
     logs_parser = verbs.add_parser("logs", help="the worker's log of a CrawlJob (its last attempt)")
     logs_parser.add_argument("name")
     logs_parser.add_argument("--tail", type=int, help="only the last N lines")
+    sweep_parser = verbs.add_parser(
+        "sweep", help="sweep a CrawlSource now (the crawljob.io/sweep annotation)"
+    )
+    sweep_parser.add_argument("source", help="CrawlSource name")
+    sweep_parser.add_argument(
+        "--wait", type=float, default=0, help="wait up to this many seconds for the sweep's result"
+    )
     return parser
 
 
@@ -245,6 +296,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(submit(api, args.uri, args.by_key))
         elif args.verb == "rerun":
             print("\n".join(rerun(api, args.names, args.failed, args.since, args.selector, args.dry_run)))
+        elif args.verb == "sweep":
+            print(sweep(api, args.source, args.wait))
         else:
             sys.stdout.write(logs(api, args.name, args.tail))
     except (PluginError, choose.UsageError) as exc:

@@ -237,3 +237,33 @@ async def test_the_api_failing_mid_batch_deletes_no_message_whose_crawljob_is_mi
 
             await wait_until(drained, 40, "the kept messages after the API recovered")
             assert set(await crawljobs(client)) == {name_of(bucket, key, etags[key]) for key in keys}
+
+
+async def test_a_queue_that_does_not_exist_shows_queue_ready_false_with_the_sqs_error(
+    emulator: tuple[Emulator, str],
+    kube_client: kube.KubeClient,
+    sqs_client: Any,
+    local_s3: LocalS3,
+    bucket: str,
+    tmp_path: Path,
+) -> None:
+    missing = f"{local_s3.endpoint}/123456789012/no-such-queue-{uuid.uuid4().hex[:8]}"
+    async with running_operator(emulator[1], tmp_path / "operator.log", **OPERATOR_FLAGS):
+        await kube_client.create(kube.CRAWLSOURCES, NAMESPACE, source_body(bucket, missing))
+
+        async def reported() -> dict[str, Any] | None:
+            status = await sqs_status(kube_client)
+            return status if status.get("condition") else None
+
+        status = await wait_until(reported, 30, "the SQS status of a missing queue")
+        assert status["condition"]["status"] == "False"
+        assert (
+            "NonExistentQueue" in status["condition"]["reason"]
+            or "QueueDoesNotExist" in status["condition"]["reason"]
+        )
+        assert operator_alive(tmp_path / "operator.log")
+
+
+def operator_alive(log_path: Path) -> bool:
+    """No background loop of the operator ended (supervise.py logs that once, before /healthz fails)."""
+    return "background loop" not in log_path.read_text()

@@ -51,12 +51,19 @@ class SqsClient:
     """boto3's SQS client (endpoint and credentials from the standard AWS_* environment), off the loop."""
 
     def __init__(self) -> None:
-        config = botocore.config.Config(retries={"mode": "standard", "max_attempts": 3})
-        self._client: Any = boto3.client("sqs", config=config)
+        self._client: Any = None
+
+    def _sqs(self) -> Any:
+        # Made on first use, inside _call: a missing region or bad configuration is then a
+        # QueueReady=False status, not a crashed poller.
+        if self._client is None:
+            config = botocore.config.Config(retries={"mode": "standard", "max_attempts": 3})
+            self._client = boto3.client("sqs", config=config)
+        return self._client
 
     async def receive(self, queue_url: str, wait_seconds: int) -> list[dict[str, Any]]:
         answer = await self._call(
-            self._client.receive_message,
+            "receive_message",
             QueueUrl=queue_url,
             MaxNumberOfMessages=10,
             WaitTimeSeconds=wait_seconds,
@@ -69,12 +76,12 @@ class SqsClient:
         if not receipts:
             return []
         entries = [{"Id": str(index), "ReceiptHandle": handle} for index, (_, handle) in enumerate(receipts)]
-        answer = await self._call(self._client.delete_message_batch, QueueUrl=queue_url, Entries=entries)
+        answer = await self._call("delete_message_batch", QueueUrl=queue_url, Entries=entries)
         return [receipts[int(item["Id"])][0] for item in answer.get("Failed") or []]
 
-    @staticmethod
-    async def _call(method: Any, **kwargs: Any) -> dict[str, Any]:
+    async def _call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
         try:
+            method = getattr(self._sqs(), operation)
             answer: dict[str, Any] = await asyncio.to_thread(method, **kwargs)
         except botocore.exceptions.ClientError as exc:
             error = exc.response.get("Error") or {}

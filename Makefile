@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 ARGS ?=
 
 .PHONY: help install run test lint format clean test-cluster bench bench-worker bench-operator bench-s3-ranges \
-	bench-worker-startup bench-kube-client bench-sweep
+	bench-worker-startup bench-kube-client bench-shards bench-sweep
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-21s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -63,7 +63,10 @@ bench-kube-client: $(STAMP) ## crawljob.kube vs kubernetes_asyncio: import CPU/R
 bench-s3-ranges: $(STAMP) ## Worker reading S3 with 1, 2, 4, 8 ranged GETs when each connection is capped (SIZE_MB=100 THROTTLE=20 MB/s)
 	$(BIN)/python bench/s3_ranges.py
 
-bench: bench-receiver bench-operator bench-worker bench-s3-ranges bench-worker-startup bench-kube-client bench-sweep ## All benchmarks, each printing its table (slow: the worker's uses 400, 800 and 1,600 MB files)
+bench-shards: $(STAMP) ## One CSV through 1, 2, 4 shards from S3, per-connection throttle and unthrottled: wall, speedup, CPU s, row checksum (SIZE_MB=1600 THROTTLE=40)
+	$(BIN)/python bench/shards.py
+
+bench: bench-receiver bench-operator bench-worker bench-s3-ranges bench-worker-startup bench-kube-client bench-shards bench-sweep ## All benchmarks, each printing its table (slow: the worker's uses 400, 800 and 1,600 MB files)
 
 clean: ## Remove the venv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from contextlib import suppress
 from typing import Any
 
-from crawljob_worker.contract import TERMINATION_LOG
+from crawljob_worker.contract import SHARD_KEY, TERMINATION_LOG
 from crawljob_worker.counters import Counters
 from crawljob_worker.errors import ExitCode, WorkerError
 from crawljob_worker.memory import use_jemalloc
@@ -31,6 +31,7 @@ def summary(code: int, reason: str, message: str, counters: Counters, started: f
         "message": message,
         **counters.as_json(),
         "durationSeconds": round(time.monotonic() - started, 3),
+        **({SHARD_KEY: counters.shard} if counters.shard else {}),
     }
 
 
@@ -53,12 +54,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = settings_from_args(args, environ)
         termination_log = settings.termination_log
-        client, opening = start_opening(settings)
-        use_jemalloc()  # before Arrow allocates anything
-        # Imported only now: pandas takes ~0.4 s to import, spent while the S3 GET waits for its answer.
-        from crawljob_worker.run import run
+        if settings.shards > 1:
+            use_jemalloc()
+            from crawljob_worker.sharded import run_sharded
 
-        run(settings, environ, counters, client=client, opening=opening)
+            run_sharded(settings, environ, counters)
+        else:
+            client, opening = start_opening(settings)
+            use_jemalloc()  # before Arrow allocates anything
+            # Imported only now: pandas takes ~0.4 s to import, spent while the S3 GET waits for its answer.
+            from crawljob_worker.run import run
+
+            run(settings, environ, counters, client=client, opening=opening)
         code, reason = ExitCode.SUCCEEDED, "Succeeded"
         message = (
             f"{counters.rows_written} rows written to {counters.output_uri} "
@@ -70,6 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exit_.code or 0) if isinstance(exit_.code, int | None) else 0
     except WorkerError as error:
         code, reason, message = error.code, error.reason, error.message
+        if counters.shard:  # a sharded run names its shard, so a failed CrawlJob says which one
+            message = f"shard {counters.shard['index']} of {counters.shard['count']}: {message}"
     except KeyboardInterrupt:
         code, reason, message = ExitCode.CRASHED, "Interrupted", "interrupted"
     except Exception as error:  # reported in the termination message, exit 1 (retried)

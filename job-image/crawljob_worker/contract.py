@@ -48,3 +48,6 @@ RESULT_KEYS = (
 )
 # The termination message: one JSON object with these keys, in this order.
 SUMMARY_KEYS = ("outcome", "exitCode", "reason", "message", *RESULT_KEYS)
+# A sharded run adds {"index": I, "count": N, "finalized": bool} under this key: the pod that finalized
+# carries the whole object's result; the others their shard's.
+SHARD_KEY = "shard"

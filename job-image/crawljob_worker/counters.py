@@ -18,6 +18,7 @@ class Counters:
     output_objects: int = 0
     rejects_uri: str | None = None
     manifest_uri: str | None = None
+    shard: dict[str, Any] | None = None  # sharded runs: index, count, finalized (contract.SHARD_KEY)
 
     def as_json(self) -> dict[str, Any]:
         return {

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
-from crawljob_worker.contract import SUMMARY_KEYS
+from crawljob_worker.contract import SHARD_KEY, SUMMARY_KEYS
 from crawljob_worker.kubeapi import KubeTarget, PatchFailed, StatusWriter
 
 log = logging.getLogger("crawljob_worker.report")
@@ -28,6 +28,8 @@ TERMINATION_LIMIT = 4096
 def termination_message(summary: Mapping[str, Any], limit: int = TERMINATION_LIMIT) -> str:
     """The summary as one JSON object of at most *limit* bytes (the message is shortened to fit)."""
     ordered = {key: summary.get(key) for key in SUMMARY_KEYS}
+    if summary.get(SHARD_KEY):  # sharded runs only: which shard, and whether it finalized
+        ordered[SHARD_KEY] = summary[SHARD_KEY]
     text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False)
     if len(text.encode("utf-8")) <= limit:
         return text

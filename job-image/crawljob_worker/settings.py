@@ -49,6 +49,8 @@ class Settings:
     crawljob_name: str | None = None
     namespace: str | None = None
     kube_server: str | None = None
+    shards: int = 1
+    shard_index: int = 0
     # An S3 source given as two uninterpreted values (what the operator passes): the key is
     # read exactly as given, with any `#`, `?`, `%`, tab or newline in it. `source` is then
     # only the display form `s3://bucket/key`.
@@ -176,6 +178,16 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         default=_env(e, "PROGRESS_INTERVAL", "5"),
         help="seconds between progress reports",
     )
+    parser.add_argument(
+        "--shards",
+        default=_env(e, "SHARDS", "1"),
+        help="split the object into this many record-aligned byte ranges, one per worker (see --shard-index)",
+    )
+    parser.add_argument(
+        "--shard-index",
+        default=_env(e, "SHARD_INDEX", e.get("JOB_COMPLETION_INDEX") or "0"),
+        help="which shard this worker converts, 0-based (default: $JOB_COMPLETION_INDEX of an Indexed Job)",
+    )
     parser.add_argument("--name", default=_env(e, "NAME"), help="CrawlJob whose status.progress is patched")
     parser.add_argument("--namespace", default=_env(e, "NAMESPACE"), help="namespace of the CrawlJob")
     parser.add_argument(
@@ -269,7 +281,13 @@ def settings_from_args(argv: Sequence[str], environ: Mapping[str, str]) -> Setti
     delimiter = _delimiter(args.delimiter)
     if quote == delimiter:
         raise invalid_arguments("--quote and --delimiter must differ")
+    shards = int(_number(args.shards, "--shards", minimum=1, integer=True))
+    shard_index = int(_number(args.shard_index, "--shard-index", minimum=0, integer=True))
+    if shard_index >= shards:
+        raise invalid_arguments(f"--shard-index must be below --shards ({shards}), got {shard_index}")
     return Settings(
+        shards=shards,
+        shard_index=shard_index,
         source=args.source,
         output=args.output,
         format=args.format,

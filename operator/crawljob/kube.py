@@ -311,8 +311,17 @@ class KubeClient:
                 0, f"cannot reach the Kubernetes API at {self.connection.server}: {exc!r}"
             ) from exc
 
-    async def create(self, resource: Resource, namespace: str, body: Body) -> Body:
-        return await self.request("POST", resource.path(namespace), body)
+    async def create(
+        self,
+        resource: Resource,
+        namespace: str,
+        body: Body,
+        dry_run: bool = False,
+        timeout: float | None = None,
+    ) -> Body:
+        """POST *body*; with *dry_run* the server validates and checks it against storage, storing nothing."""
+        params = {"dryRun": "All"} if dry_run else None
+        return await self.request("POST", resource.path(namespace), body, params=params, timeout=timeout)
 
     async def get(self, resource: Resource, namespace: str, name: str) -> Body:
         return await self.request("GET", resource.path(namespace, name))

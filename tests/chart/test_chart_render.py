@@ -139,7 +139,8 @@ def test_receiver_pdb_follows_the_replica_count() -> None:
 def test_network_policies_admit_only_the_served_ports(all_manifests: list[Manifest]) -> None:
     receiver = named(all_manifests, "NetworkPolicy", "crawl-receiver")["spec"]
     assert receiver["ingress"] == [
-        {"ports": [{"port": 9090, "protocol": "TCP"}], "from": [{"ipBlock": {"cidr": "10.0.0.0/8"}}]}
+        {"ports": [{"port": 9090, "protocol": "TCP"}], "from": [{"ipBlock": {"cidr": "10.0.0.0/8"}}]},
+        {"ports": [{"port": 9095, "protocol": "TCP"}]},
     ]
     operator = named(all_manifests, "NetworkPolicy", "crawl-operator")["spec"]
     assert operator["ingress"] == [{"ports": [{"port": 9091, "protocol": "TCP"}]}]
@@ -149,6 +150,27 @@ def test_network_policies_admit_only_the_served_ports(all_manifests: list[Manife
     (worker,) = workers
     assert worker["metadata"]["namespace"] == "crawls"
     assert worker["spec"]["policyTypes"] == ["Ingress"] and "ingress" not in worker["spec"]
+
+
+def test_receiver_metrics_have_a_port_of_their_own_that_the_service_monitor_scrapes(
+    all_manifests: list[Manifest],
+) -> None:
+    service = named(all_manifests, "Service", "crawl-receiver")
+    assert {(port["name"], port["port"]) for port in service["spec"]["ports"]} >= {("metrics", 9095)}
+    (deployment,) = [
+        m for m in of_kind(all_manifests, "Deployment") if m["metadata"]["name"] == "crawl-receiver"
+    ]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert {"name": "CRAWLJOB_METRICS_PORT", "value": "9095"} in container["env"]
+    assert {"name": "metrics", "containerPort": 9095, "protocol": "TCP"} in container["ports"]
+    monitor = named(all_manifests, "ServiceMonitor", "crawl-receiver")
+    assert [endpoint["port"] for endpoint in monitor["spec"]["endpoints"]] == ["metrics"]
+    # 0 keeps /metrics on the webhook port: no metrics port anywhere, the monitor scrapes http.
+    manifests = render([VALUES_ALL], sets=["receiver.metricsPort=0"])
+    service = named(manifests, "Service", "crawl-receiver")
+    assert [port["name"] for port in service["spec"]["ports"]] == ["http"]
+    monitor = named(manifests, "ServiceMonitor", "crawl-receiver")
+    assert [endpoint["port"] for endpoint in monitor["spec"]["endpoints"]] == ["http"]
 
 
 def test_pdb_falls_back_to_policy_v1beta1_on_kubernetes_1_20() -> None:

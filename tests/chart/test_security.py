@@ -76,8 +76,12 @@ def test_probes_hit_the_health_endpoints(default_manifests: list[Manifest]) -> N
     (container,) = receiver["spec"]["template"]["spec"]["containers"]
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
-    assert container["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    assert container["ports"] == [
+        {"name": "http", "containerPort": 8080, "protocol": "TCP"},
+        {"name": "metrics", "containerPort": 9090, "protocol": "TCP"},
+    ]
     assert env_of(container)["CRAWLJOB_PORT"] == "8080"
+    assert env_of(container)["CRAWLJOB_METRICS_PORT"] == "9090"
     assert receiver["spec"]["replicas"] == 2
     operator = named(default_manifests, "Deployment", "demo-crawljob-operator")
     assert operator["spec"]["strategy"] == {"type": "Recreate"}
@@ -85,6 +89,21 @@ def test_probes_hit_the_health_endpoints(default_manifests: list[Manifest]) -> N
     (container,) = operator["spec"]["template"]["spec"]["containers"]
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert env_of(container)["CRAWLJOB_HEALTH_PORT"] == "8081"
+
+
+def test_operator_liveness_outlasts_a_control_plane_outage(default_manifests: list[Manifest]) -> None:
+    """/healthz waits livenessSeconds without progress before failing; the probe adds its own
+    failures on top, and together they stay well past an apiserver outage of a few minutes."""
+    operator = named(default_manifests, "Deployment", "demo-crawljob-operator")
+    (container,) = operator["spec"]["template"]["spec"]["containers"]
+    env = env_of(container)
+    assert (env["CRAWLJOB_LIVENESS_SECONDS"], env["CRAWLJOB_WATCH_INACTIVITY_SECONDS"]) == ("300", "70")
+    probe = container["livenessProbe"]
+    assert probe["periodSeconds"] * probe["failureThreshold"] <= 60  # the endpoint decides, not the probe
+    receiver = named(default_manifests, "Deployment", "demo-crawljob-receiver")
+    (container,) = receiver["spec"]["template"]["spec"]["containers"]
+    # The readiness check is a dry-run create with a 3 s timeout: the probe must wait for it.
+    assert container["readinessProbe"]["timeoutSeconds"] > 3
 
 
 def test_helm_test_hook_calls_the_receiver_healthz(default_manifests: list[Manifest]) -> None:

@@ -333,7 +333,7 @@ def operator(
                 }
             ),
         ).start()
-        wait_http(f"http://127.0.0.1:{port}/healthz", child, timeout=60)
+        wait_http(f"http://127.0.0.1:{port}/readyz", child, timeout=60)
         return child
 
     return start

@@ -11,6 +11,7 @@ import json
 import shutil
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -226,7 +227,8 @@ async def test_the_charts_receiver_and_operator_images_run_as_pods_and_complete_
         "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-credentials"},
         "stringData": {key: credentials[key] for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")},
     })  # fmt: skip
-    receiver_port, health_port = free_port(), free_port()  # the host network: no fixed ports
+    # The host network: no fixed ports.
+    receiver_port, metrics_port, health_port = free_port(), free_port(), free_port()
     helm_install(
         "--set", f"s3.endpointUrl={local_s3.endpoint}",
         "--set", f"s3.region={credentials['AWS_DEFAULT_REGION']}",
@@ -234,6 +236,7 @@ async def test_the_charts_receiver_and_operator_images_run_as_pods_and_complete_
         "--set", "image.repository=localhost/crawljob-operator", "--set", f"image.tag={VERSION}",
         "--set", "worker.image.repository=localhost/crawljob-worker", "--set", f"worker.image.tag={VERSION}",
         "--set", f"receiver.port={receiver_port}", "--set", f"operator.healthPort={health_port}",
+        "--set", f"receiver.metricsPort={metrics_port}",
     )  # fmt: skip
     deployments = deployments_by_component(kubectl)
     kubelet = children(
@@ -257,6 +260,10 @@ async def test_the_charts_receiver_and_operator_images_run_as_pods_and_complete_
     name, _ = crawljob_for(bucket, "images/chart.csv", etag, namespace)
     done = await wait_phase(client, namespace, name, "Succeeded", timeout=240)
     assert done["status"]["result"]["rowsWritten"] == ROWS
+    # The chart's receiver serves its metrics on their own port, not on the webhook's.
+    status, text = http_get(f"http://127.0.0.1:{metrics_port}/metrics")
+    assert status == 200 and 'crawljob_receiver_events_total{format="s3",outcome="created"} 1.0' in text
+    assert http_get(f"http://127.0.0.1:{receiver_port}/metrics")[0] == 404
     running = {pod["metadata"]["name"]: pod for pod in await client.list(kube.PODS, namespace)}
     for component in ("operator", "receiver"):
         pod = running[deployments[component]["metadata"]["name"] + "-local"]
@@ -264,3 +271,12 @@ async def test_the_charts_receiver_and_operator_images_run_as_pods_and_complete_
         assert pod["spec"]["containers"][0]["image"] == OPERATOR_IMAGE
     log = kubelet.log_text()
     assert f"running image {OPERATOR_IMAGE}" in log and f"running image {WORKER_IMAGE}" in log
+
+
+def http_get(url: str) -> tuple[int, str]:
+    """(status, body) of a GET, errors included."""
+    try:
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()

@@ -208,3 +208,27 @@ async def test_operator_restart_adopts_the_job_despite_concurrent_writes(
     assert [item["metadata"]["uid"] for item in jobs] == [job["metadata"]["uid"]]  # adopted, not remade
     assert len(await job_pods(client, namespace, name)) == 1
     assert done["metadata"]["annotations"]["example.com/touched"] == "yes"
+
+
+@requires_modules(OPERATOR)
+async def test_a_sharded_crawljob_runs_as_one_pod_on_a_server_without_indexed_jobs(
+    client: kube.KubeClient,
+    namespace: str,
+    operator: Callable[..., Child],
+    kubelet: Child,
+    s3_client: Any,
+    bucket: str,
+) -> None:
+    etag = upload_csv(s3_client, bucket, "in/sharded.csv")
+    kubelet.start()
+    operator()
+    name, body = crawljob_for(bucket, "in/sharded.csv", etag, namespace)
+    body["spec"]["shards"] = 3  # type: ignore[index]
+    await client.create(kube.CRAWLJOBS, namespace, body)
+
+    done = await wait_phase(client, namespace, name, "Succeeded")
+    assert done["status"]["result"]["rowsRead"] == ROWS
+    job = await client.get(kube.JOBS, namespace, name)
+    assert job["spec"]["completions"] == 1 and job["spec"].get("completionMode", "NonIndexed") == "NonIndexed"
+    assert "--shards" not in job["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert len(await job_pods(client, namespace, name)) == 1

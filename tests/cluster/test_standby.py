@@ -85,7 +85,7 @@ async def test_only_the_active_replica_writes_and_the_standby_takes_over_after_a
             CRAWLJOB_PEERING_LIFETIME="4",
         )
         child = children(f"operator-{identity}", [str(BIN / "crawljob"), "operator"], env).start()
-        wait_http(f"http://127.0.0.1:{port}/healthz", child, timeout=60)
+        wait_http(f"http://127.0.0.1:{port}/readyz", child, timeout=60)
         return child
 
     async def peers() -> dict[str, Any]:

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import pytest_asyncio
 
-from crawljob import kube, sources
+from crawljob import kube, resource, sources
 from crawljob.local.sample import generate_csv
 from crawljob.local.stack import (
     SAMPLE_PREFIX,
@@ -121,3 +121,29 @@ async def test_backfill_crawls_files_already_in_the_bucket_without_any_webhook(s
         assert item["status"]["phase"] == "Succeeded"
     status = (await stack.client.get(kube.CRAWLSOURCES, stack.settings.namespace, SAMPLE_SOURCE))["status"]
     assert status["crawljobsCreatedTotal"] == 2
+
+
+async def test_a_sharded_crawljob_runs_an_indexed_job_with_one_result(stack: Stack, tmp_path: Path) -> None:
+    sample = generate_csv(tmp_path / "sharded.csv", 2 * 2**20, seed=14)
+    head = stack.upload(sample.path, "e2e/sharded.csv")
+    body = resource.crawljob_manifest(
+        resource.ObjectRef(
+            bucket=stack.settings.input_bucket, key="e2e/sharded.csv", etag=head["ETag"], size=sample.size
+        ),
+        stack.settings.namespace,
+    )
+    body["spec"]["shardSizeMb"] = 1  # type: ignore[index]
+    await stack.client.create(kube.CRAWLJOBS, stack.settings.namespace, body)
+    name = str(body["metadata"]["name"])  # type: ignore[index]
+
+    crawljob = await stack.wait_finished(name, timeout=240)
+
+    status = crawljob["status"]
+    assert status["phase"] == "Succeeded", status
+    job = await stack.client.get(kube.JOBS, stack.settings.namespace, status["jobName"])
+    assert job["spec"]["completionMode"] == "Indexed" and job["spec"]["completions"] == 2
+    pods = await stack.client.list(kube.PODS, stack.settings.namespace, {"job-name": status["jobName"]})
+    messages = [pod["status"]["containerStatuses"][0]["state"]["terminated"].get("message") for pod in pods]
+    assert status["result"]["rowsRead"] == status["result"]["rowsWritten"] == sample.rows, (status, messages)
+    assert status["result"]["manifestUri"].endswith(f"{name}/_manifest.json")
+    assert _parquet_rows(stack, status["result"]["outputUri"]) == sample.rows

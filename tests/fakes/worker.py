@@ -3,7 +3,8 @@
 It takes the worker's CLI (--source-bucket=B --source-key=K, or SOURCE; --output URI ...) and behaves as the source key's file name says,
 as `_`-separated steps: `sleep-<seconds>`, `ok-<rows>`, `exit-<code>`, `garbage` (invalid
 termination message), `truncated`, `flaky` (fails once per CrawlJob, then succeeds), `crash`
-(exit 1 with no termination message, only a log line). Default: `ok-10`.
+(exit 1 with no termination message, only a log line), `flakyshard-<i>` (the pod of index i of an
+Indexed Job fails once, as a pod killed mid-way would). Default: `ok-10`.
 """
 
 from __future__ import annotations
@@ -63,6 +64,14 @@ def main(argv: list[str]) -> int:
         elif verb == "crash":
             print("Traceback (most recent call last): RuntimeError: fake crash", flush=True)
             return 1
+        elif verb == "flakyshard" and os.environ.get("JOB_COMPLETION_INDEX") == arg:
+            marker = (
+                Path(os.environ.get("FAKE_WORKER_STATE", "/tmp"))
+                / f"flaky-{os.environ['CRAWLJOB_NAME']}-{arg}"
+            )
+            if not marker.exists():
+                marker.write_text("killed once")
+                return 137
         elif verb == "flaky":
             marker = (
                 Path(os.environ.get("FAKE_WORKER_STATE", "/tmp")) / f"flaky-{os.environ['CRAWLJOB_NAME']}"

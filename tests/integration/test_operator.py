@@ -40,6 +40,9 @@ async def test_crawljob_runs_to_succeeded_with_the_workers_result(
         done = await wait_phase(kube_client, name, {"Succeeded", "Failed"})
         async with http.get(f"http://127.0.0.1:{port}/healthz") as health:
             assert health.status == 200
+            assert (await health.json())["role"] == "active"
+        async with http.get(f"http://127.0.0.1:{port}/readyz") as ready:
+            assert ready.status == 200
         async with http.get(f"http://127.0.0.1:{port}/metrics") as metrics:
             text = await metrics.text()
         assert 'crawljob_transitions_total{phase="Succeeded",reason="Completed"} 1.0' in text
@@ -58,6 +61,10 @@ async def test_crawljob_runs_to_succeeded_with_the_workers_result(
         assert names and all(
             n.startswith("crawljob_") and not n.startswith("crawljob_operator_") for n in names
         )
+        # The watch telemetry of health.py, next to the run's metrics; kopf's run never restarted.
+        assert 'crawljob_watch_event_age_seconds{resource="jobs"}' in text
+        assert 'crawljob_watch_restarts_total{reason="started",resource="jobs.v1.batch"} 1.0' in text
+        assert "crawljob_kopf_run_restarts_total 0.0" in text
     lines = [
         json.loads(line)
         for line in (tmp_path / "operator.log").read_text().splitlines()

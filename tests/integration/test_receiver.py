@@ -7,12 +7,14 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 from receiver_faults import NO_FAULT, Fault, serve_faulty_emulator
 
 from crawljob import kube
 from crawljob.local.emulator import Emulator
+from crawljob.local.s3 import free_port
 from crawljob.receiver.app import create_app
 from crawljob.receiver.settings import ReceiverSettings
 from fakes.waiting import wait_for
@@ -461,10 +463,14 @@ async def test_readyz_is_ready_against_the_emulator_and_cached(
     emulator: tuple[Emulator, str], make_receiver: MakeReceiver
 ) -> None:
     client = await make_receiver(ready_cache_seconds=60.0)
+    ready = await client.get("/readyz")
+    assert ready.status == 200 and "dry-run" in (await ready.json())["message"]
     assert (await client.get("/readyz")).status == 200
-    assert (await client.get("/readyz")).status == 200
-    version_calls = [r for r in emulator[0] if str(r.url.path) == "/version"]
-    assert len(version_calls) == 1
+    # One server-side dry-run create of a CrawlJob (it proves writes work; /version would not).
+    probes = [r for r in emulator[0] if r.method == "POST" and r.params.get("dryRun") == "All"]
+    assert len(probes) == 1 and str(probes[0].url.path).endswith("/crawljobs")
+    async with kube.KubeClient(kube.Connection(server=emulator[1])) as api:
+        assert await api.list(kube.CRAWLJOBS, NAMESPACE) == []  # the dry run stored nothing
 
 
 async def test_metrics_count_events_by_format_and_outcome(make_receiver: MakeReceiver) -> None:
@@ -479,6 +485,20 @@ async def test_metrics_count_events_by_format_and_outcome(make_receiver: MakeRec
     assert 'crawljob_receiver_events_total{format="s3",outcome="ignored"} 2.0' in text
     assert 'crawljob_receiver_requests_total{endpoint="/v1/trigger",status="400"} 1.0' in text
     assert 'crawljob_receiver_request_duration_seconds_count{endpoint="/v1/trigger"} 3.0' in text
+
+
+async def test_with_a_metrics_port_the_webhook_port_serves_no_metrics(make_receiver: MakeReceiver) -> None:
+    """What reaches the webhook (an Ingress, a load balancer) must not reach the metrics."""
+    port = free_port()
+    client = await make_receiver(metrics_port=port)
+    await client.post("/v1/trigger", data=(EVENTS / "s3-multi.json").read_bytes())
+    assert (await client.get("/metrics")).status == 404
+    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/metrics") as answer:
+        assert answer.status == 200
+        text = await answer.text()
+    assert 'crawljob_receiver_events_total{format="s3",outcome="created"} 2.0' in text
+    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/v1/trigger") as other:
+        assert other.status == 404  # the metrics port serves /metrics and nothing else
 
 
 async def test_openapi_document_is_served_and_matches_the_repository(make_receiver: MakeReceiver) -> None:

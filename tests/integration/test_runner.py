@@ -11,7 +11,7 @@ import psutil
 import pytest
 
 from crawljob import kube
-from crawljob.operator.jobs import build_job
+from crawljob.operator.jobs import JobFeatures, build_job
 from crawljob.operator.settings import OperatorSettings
 from fakes.stack import FAKE_WORKER, NAMESPACE, crawljob, running_runner, wait_until
 
@@ -23,7 +23,7 @@ SETTINGS = OperatorSettings(worker_command=(sys.executable, str(FAKE_WORKER)), j
 async def _submit(client: kube.KubeClient, key: str, **spec: Any) -> str:
     """Create a CrawlJob (for the owner uid) and its Job as the operator would; the Job's name."""
     owner = await client.create(kube.CRAWLJOBS, NAMESPACE, crawljob(key, **spec))
-    job = build_job(owner, SETTINGS)
+    job = build_job(owner, SETTINGS, JobFeatures(indexed=True))
     await client.create(kube.JOBS, NAMESPACE, job)
     return str(job["metadata"]["name"])
 
@@ -156,3 +156,18 @@ async def test_suspended_jobs_are_left_alone(kube_client: kube.KubeClient) -> No
         assert await _pods(kube_client, job["metadata"]["name"]) == []
     stored = await kube_client.get(kube.JOBS, NAMESPACE, job["metadata"]["name"])
     assert not (stored.get("status") or {}).get("startTime")  # never started
+
+
+async def test_an_indexed_job_runs_each_index_and_retries_a_killed_one_alone(
+    kube_client: kube.KubeClient, tmp_path: Path
+) -> None:
+    async with running_runner(kube_client, {"FAKE_WORKER_STATE": str(tmp_path)}):
+        name = await _submit(kube_client, "runner/flakyshard-1.csv", shards=3, backoffLimit=2)
+        job = await _finished(kube_client, name)
+    status = job["status"]
+    assert status["succeeded"] == 3 and status["failed"] == 1 and status["completedIndexes"] == "0-2"
+    pods = await _pods(kube_client, name)
+    indexes = sorted(
+        pod["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"] for pod in pods
+    )
+    assert indexes == ["0", "1", "1", "2"]  # index 1 ran again; 0 and 2 did not

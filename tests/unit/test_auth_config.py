@@ -106,3 +106,12 @@ def test_hardening_defaults() -> None:
     result = settings([], {})
     assert (result.max_records, result.create_concurrency, result.sns_max_age_seconds) == (100, 8, 3600.0)
     assert result.sns_topic_arns == ()  # SNS refused until topics are listed
+
+
+def test_metrics_port_defaults_to_the_webhook_port_and_is_validated() -> None:
+    assert settings([]).metrics_port == 0
+    assert settings([], {"CRAWLJOB_METRICS_PORT": "9090"}).metrics_port == 9090
+    with pytest.raises(ValueError, match="--metrics-port must differ from --port"):
+        settings(["--port", "9090", "--metrics-port", "9090"])
+    with pytest.raises(ValueError, match="--metrics-port must be 0 to 65535"):
+        settings(["--metrics-port", "70000"])

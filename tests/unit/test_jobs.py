@@ -196,6 +196,60 @@ def test_job_manifest_is_valid_against_the_kubernetes_schema() -> None:
 
 
 @pytest.mark.parametrize(
+    ("version", "indexed", "per_index"),
+    [
+        ({"major": "1", "minor": "20"}, False, False),
+        ({"major": "1", "minor": "24"}, True, False),
+        ({"major": "1", "minor": "29+"}, True, True),
+        ({"major": "1", "minor": "26", "gitVersion": "v1.26.4+k3s1"}, True, False),
+        ({}, False, False),
+    ],
+)
+def test_job_features_follow_the_server_version(
+    version: dict[str, str], indexed: bool, per_index: bool
+) -> None:
+    assert jobs.features_of(version) == jobs.JobFeatures(indexed=indexed, backoff_limit_per_index=per_index)
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ({}, 1),
+        ({"shards": 4}, 4),
+        ({"shards": 500}, 64),  # --max-shards
+        ({"shardSizeMb": 100, "source": {"bucket": "b", "key": "k", "size": 250 * 2**20}}, 3),
+        ({"shardSizeMb": 100, "source": {"bucket": "b", "key": "k"}}, 1),  # no size in the event
+        ({"shards": 2, "shardSizeMb": 1, "source": {"bucket": "b", "key": "k", "size": 10 * 2**20}}, 2),
+    ],
+)
+def test_shard_count_from_count_or_size_capped(spec: dict[str, Any], expected: int) -> None:
+    assert jobs.shard_count(spec, OperatorSettings()) == expected
+
+
+def test_a_sharded_crawljob_is_an_indexed_job_with_bounded_parallelism() -> None:
+    settings = OperatorSettings(shard_parallelism=3)
+    job = jobs.build_job(_crawljob(shards=5, backoffLimit=2), settings, jobs.JobFeatures(indexed=True))
+    spec = job["spec"]
+    assert (spec["completionMode"], spec["completions"], spec["parallelism"]) == ("Indexed", 5, 3)
+    assert "backoffLimitPerIndex" not in spec and spec["backoffLimit"] == 2
+    assert spec["template"]["spec"]["containers"][0]["args"][-2:] == ["--shards", "5"]
+    newer = jobs.build_job(_crawljob(shards=5, backoffLimit=2), settings, jobs.JobFeatures(True, True))
+    assert newer["spec"]["backoffLimitPerIndex"] == 2 and newer["spec"]["backoffLimit"] == 15
+
+
+def test_without_indexed_jobs_a_sharded_crawljob_is_one_pod() -> None:
+    job = jobs.build_job(_crawljob(shards=5), SETTINGS, jobs.JobFeatures(indexed=False))
+    assert job["spec"]["completions"] == 1 and "completionMode" not in job["spec"]
+    assert "--shards" not in job["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+def test_indexed_job_manifest_is_valid_against_the_kubernetes_schema() -> None:
+    validate = pytest.importorskip("kubernetes_validate")
+    job = jobs.build_job(_crawljob(shards=4), SETTINGS, jobs.JobFeatures(True, True))
+    validate.validate(job, "1.33", strict=True)
+
+
+@pytest.mark.parametrize(
     "key",
     [
         "reports/q1#final.csv",

@@ -323,6 +323,22 @@ def test_a_non_terminal_observation_never_erases_the_outcome() -> None:
     assert status.status_patch(done, failed)["result"] is None  # a terminal one decides
 
 
+def test_a_sharded_crawl_takes_its_result_from_the_pod_that_finalized() -> None:
+    def shard(index: int, rows: int, finalized: bool, finished: str) -> dict[str, Any]:
+        message = _summary(rowsRead=rows, shard={"index": index, "count": 3, "finalized": finalized})
+        return _pod(f"p{index}", "Succeeded", _terminated(0, message, "Completed", finished))
+
+    job = _job("Complete", succeeded=3, completionTime="2026-01-01T00:06:00Z")
+    # The finalizing shard (1) is not the last pod to end: its whole-object result is still chosen.
+    observed = _observe(
+        job, [shard(0, 10, False, "T1"), shard(1, 30, True, "T2"), shard(2, 10, False, "T3")], NOW
+    )
+    assert observed.result is not None and observed.result["rowsRead"] == 30
+
+    unfinished = _observe(job, [shard(0, 10, False, "T1"), shard(2, 10, False, "T3")], NOW)
+    assert unfinished.reason == "ResultUnavailable" and "finalized" in unfinished.message
+
+
 def test_a_permanent_failure_before_the_jobs_verdict_is_not_called_retrying() -> None:
     from crawljob_worker.contract import PERMANENT_EXIT_CODES
 

@@ -133,6 +133,7 @@ def _spawn(name: str, argv: list[str], directory: Path) -> subprocess.Popen[byte
     process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     log.close()
     (directory / f"{name}.pid").write_text(f"{process.pid}\n")
+    (directory / f"{name}.argv").write_text(json.dumps(argv) + "\n")  # for restart()
     return process
 
 
@@ -293,6 +294,44 @@ def stop(directory: Path, timeout: float = 15.0) -> None:
     if etcd_dir_file.exists():
         shutil.rmtree(etcd_dir_file.read_text().strip(), ignore_errors=True)
         etcd_dir_file.unlink()
+
+
+def pause(directory: Path, name: str, timeout: float = 15.0) -> None:
+    """Stop one component (SIGTERM, then SIGKILL); its data stays, restart() brings it back.
+
+    For fault tests: the apiserver or etcd going away mid-run as in an upgrade or a failover.
+    """
+    pid_file = directory / f"{name}.pid"
+    pid = int(pid_file.read_text().strip() or 0) if pid_file.exists() else 0
+    if not pid or not _pid_alive(pid):
+        raise ControlPlaneError(f"{name} is not running under {directory}")
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while _pid_alive(pid) and time.monotonic() < deadline:
+        _reap(pid)
+        time.sleep(0.05)
+    if _pid_alive(pid):
+        os.kill(pid, signal.SIGKILL)
+    _reap(pid)
+    pid_file.unlink()
+
+
+def restart(plane: ControlPlane, name: str, timeout: float = 90.0) -> None:
+    """Start a paused component again with its original command line; wait until it is ready."""
+    argv = json.loads((plane.directory / f"{name}.argv").read_text())
+    process = _spawn(name, argv, plane.directory)
+    if name == "etcd":
+        url = argv[argv.index("--listen-client-urls") + 1]
+        _wait("etcd", lambda: _get(url + "/health")[0] == 200, {name: process}, plane.directory, timeout)
+    elif name == "kube-apiserver":
+        context = ssl.create_default_context(cafile=str(plane.ca_file))
+        _wait(
+            "kube-apiserver /readyz",
+            lambda: _get(plane.server + "/readyz", plane.token, context)[0] == 200,
+            {name: process},
+            plane.directory,
+            timeout,
+        )
 
 
 def _reap(pid: int) -> None:

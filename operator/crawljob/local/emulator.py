@@ -180,6 +180,9 @@ class Emulator(kmock.KubernetesEmulator):
 
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         self._trim_finished_requests()
+        if request.action == kmock.action.CREATE and request.params.get("dryRun") == "All":
+            self._finished_requests.add(id(request))
+            return await self._dry_run_create(request)
         try:
             return await self._handle_with_metadata(request)
         finally:
@@ -217,6 +220,20 @@ class Emulator(kmock.KubernetesEmulator):
                         generation = int((current.get("metadata") or {}).get("generation") or 1)
                         metadata["generation"] = generation + 1
         return await super()._handle(request)
+
+    async def _dry_run_create(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        """A server-side dry run: the object as it would be stored (409 if the name exists), nothing stored."""
+        data = dict(request.data) if isinstance(request.data, dict) else {}
+        metadata = dict(data.get("metadata") or {})
+        namespace = request.namespace or metadata.get("namespace")
+        async with self._lock:
+            existing = self._lookup(request.resource, namespace, metadata.get("name"))
+        if existing is not None and not existing.deleted:
+            status = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "AlreadyExists",
+                      "message": f"{metadata.get('name')} already exists", "code": 409}  # fmt: skip
+            return aiohttp.web.json_response(status, status=409)
+        metadata.update(uid=str(uuid.uuid4()), creationTimestamp=_now(), generation=1, namespace=namespace)
+        return aiohttp.web.json_response({**data, "metadata": metadata}, status=201)
 
     def _serve_openapi(self, path: str) -> aiohttp.web.StreamResponse:
         """/openapi/v2, /openapi/v3 and /openapi/v3/apis/GROUP/VERSION for the registered CRDs."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import secrets
 import string
@@ -205,6 +206,9 @@ class JobController:
 
     async def _execute(self, job: Body, name: str, namespace: str, made: list[str]) -> None:
         spec = job.get("spec") or {}
+        if spec.get("completionMode") == "Indexed":
+            await self._execute_indexed(job, name, namespace, made)
+            return
         backoff_limit = int(spec.get("backoffLimit", 6))
         deadline = spec.get("activeDeadlineSeconds")
         failjob = failjob_codes(job)
@@ -262,6 +266,126 @@ class JobController:
             await self.client.patch(
                 kube.JOBS, namespace, name, {"status": {"failed": failed, "active": 0}}, "status"
             )
+
+    async def _execute_indexed(self, job: Body, name: str, namespace: str, made: list[str]) -> None:
+        """An Indexed Job: `completions` indexes, at most `parallelism` Pods at once; a failed index is
+        retried alone (within backoffLimitPerIndex if set, else the Job's backoffLimit over all
+        indexes); a FailJob exit code fails the whole Job."""
+        spec = job.get("spec") or {}
+        completions = int(spec.get("completions") or 1)
+        slots = asyncio.Semaphore(int(spec.get("parallelism") or 1))
+        backoff_limit = int(spec.get("backoffLimit", 6))
+        per_index = spec.get("backoffLimitPerIndex")
+        failjob = failjob_codes(job)
+        start_time = (job.get("status") or {}).get("startTime") or pods.now()
+        loop = asyncio.get_running_loop()
+        completed: set[int] = set()
+        failed_indexes: set[int] = set()
+        counts = {"failed": 0, "active": 0}
+        verdict: list[tuple[str, str]] = []
+
+        async def report() -> None:
+            status = {
+                "active": counts["active"],
+                "startTime": start_time,
+                "failed": counts["failed"] or None,
+                "succeeded": len(completed) or None,
+                "completedIndexes": index_ranges(completed) or None,
+                "ready": 0,
+            }
+            await self.client.patch(kube.JOBS, namespace, name, {"status": status}, "status")
+
+        async def one(index: int) -> None:
+            failures = 0
+            async with slots:
+                while not verdict:
+                    pod_name = f"{name}-{index}-{''.join(secrets.choice(_SUFFIX_ALPHABET) for _ in range(5))}"
+                    ended: asyncio.Future[Outcome] = loop.create_future()
+                    self._waiting[f"{namespace}/{pod_name}"] = ended
+                    made.append(pod_name)
+                    await self.client.create(kube.PODS, namespace, indexed_pod_for(job, pod_name, index))
+                    counts["active"] += 1
+                    await report()
+                    try:
+                        outcome = await ended
+                    finally:
+                        counts["active"] -= 1
+                    if outcome.exit_code == 0:
+                        completed.add(index)
+                        await report()
+                        return
+                    counts["failed"] += 1
+                    failures += 1
+                    if outcome.exit_code in failjob:
+                        verdict.append(
+                            (
+                                "PodFailurePolicy",
+                                f"Container worker for pod {namespace}/{pod_name} failed with exit code "
+                                f"{outcome.exit_code} matching FailJob rule at index 0",
+                            )
+                        )
+                    elif per_index is not None and failures > int(per_index):
+                        failed_indexes.add(index)
+                        return
+                    elif per_index is None and counts["failed"] > backoff_limit:
+                        verdict.append(
+                            ("BackoffLimitExceeded", "Job has reached the specified backoff limit")
+                        )
+                    else:
+                        await report()
+
+        tasks = [asyncio.create_task(one(index)) for index in range(completions)]
+        try:
+            while tasks:
+                done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    task.result()
+                tasks = list(pending)
+                if verdict:  # the Job failed: its other Pods are stopped
+                    for task in tasks:
+                        task.cancel()
+                    await asyncio.gather(*tasks, return_exceptions=True)
+                    tasks = []
+        finally:
+            for task in tasks:
+                task.cancel()
+        if not verdict and failed_indexes:
+            verdict.append(("FailedIndexes", "Job has failed indexes"))
+        if verdict:
+            reason, message = verdict[0]
+            await self._finish(
+                job, finished_status(counts["failed"], len(completed), "Failed", reason, message, start_time)
+            )
+            return
+        await self._finish(
+            job, finished_status(counts["failed"], completions, "Complete", "", "", start_time)
+        )
+
+
+def indexed_pod_for(job: Mapping[str, Any], pod_name: str, index: int) -> Body:
+    """The Pod of one index of an Indexed Job: its annotation, label and $JOB_COMPLETION_INDEX."""
+    pod = pod_for(job, pod_name)
+    pod["metadata"]["annotations"] = {"batch.kubernetes.io/job-completion-index": str(index)}
+    pod["metadata"]["labels"]["batch.kubernetes.io/job-completion-index"] = str(index)
+    spec = copy.deepcopy(pod["spec"])
+    for container in spec.get("containers") or []:
+        container["env"] = [
+            *(container.get("env") or []),
+            {"name": "JOB_COMPLETION_INDEX", "value": str(index)},
+        ]
+    pod["spec"] = spec
+    return pod
+
+
+def index_ranges(indexes: set[int]) -> str:
+    """Kubernetes' completedIndexes notation: "0-2,5"."""
+    ranges: list[list[int]] = []
+    for index in sorted(indexes):
+        if ranges and index == ranges[-1][1] + 1:
+            ranges[-1][1] = index
+        else:
+            ranges.append([index, index])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in ranges)
 
 
 class JobRunner:

@@ -326,7 +326,7 @@ async def local_stack(settings: StackSettings | None = None) -> AsyncIterator[St
 
         exits.push_async_callback(stop_runner)
         await _wait_http_ok(stack, "receiver", f"{stack.receiver_url}/healthz")
-        await _wait_http_ok(stack, "operator", f"http://{config.host}:{health_port}/healthz")
+        await _wait_http_ok(stack, "operator", f"http://{config.host}:{health_port}/readyz")
         yield stack
 
 

@@ -189,7 +189,7 @@ async def _create_job_locked(state: State, key: Key) -> None:
             await write_status(state, crawljob, refusal, None)
             return
         try:
-            manifest = jobs.build_job(crawljob.body, state.settings)
+            manifest = jobs.build_job(crawljob.body, state.settings, state.job_features)
         except Exception as exc:  # specs.py checks what build_job reads; anything it missed fails this one
             log.exception("%s: cannot build its Job", name, extra={"crawljob": name})
             problem = f"cannot build the Job: {type(exc).__name__}: {str(exc)[:200]}"
@@ -277,3 +277,14 @@ async def scheduler_loop(state: State) -> None:
             log.exception("scheduling failed; will retry on the next change")
         # The kicks of one finished Job (its event, its terminal status) land in one pass.
         await asyncio.sleep(SCHEDULE_MIN_INTERVAL_SECONDS)
+
+
+async def detect_job_features(state: State) -> None:
+    """What the server's Job controller supports (Indexed Jobs for sharded crawls), from GET /version;
+    read when this replica becomes active (a standby calls nothing but its peering object)."""
+    try:
+        state.job_features = jobs.features_of(await state.client.request("GET", "/version"))
+    except kube.KubeError as exc:
+        log.warning("cannot read the server version (%s): sharded CrawlJobs run as one pod", exc)
+        state.job_features = jobs.JobFeatures(indexed=False)
+    log.info("Job features of the API server: %s", state.job_features.describe())

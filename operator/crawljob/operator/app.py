@@ -4,6 +4,11 @@ One active replica. By default kopf runs standalone: one replica, a Deployment w
 `strategy: Recreate`. With `--peering NAME` replicas of distinct `--priority` share a KopfPeering
 object: the highest live one acts, the others stand by (kopf pauses their handlers, `standby.Gate`
 their background loops) and take over when it stops or its keep-alive expires. See docs/operator.md.
+
+Faults of the control plane (docs/operator.md, "Faults"): kopf retries every failed API call with
+capped backoffs for as long as it takes (its default gives up after ~54 s and the process exits),
+and `run_operator` supervises kopf's run: a run that still fails (e.g. a watch stream's error) is
+logged and restarted in-process, with the health endpoint answering throughout.
 """
 
 from __future__ import annotations
@@ -11,25 +16,37 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import kopf
-from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
+from prometheus_client import Gauge
 
 from crawljob import flags, kube
 from crawljob.logs import configure_logging
-from crawljob.operator import handlers, standby, view
+from crawljob.operator import handlers, health, resilience, standby, view
 from crawljob.operator.settings import OperatorSettings, operator_parser, operator_settings
 
 log = logging.getLogger("crawljob.operator")
 
 
-def build_registry(settings: OperatorSettings, connection: kube.Connection) -> kopf.OperatorRegistry:
+# kopf's API retries: 1, 2, 4, 8 s, then every KOPF_RETRY_CAP_SECONDS, without end.
+KOPF_RETRY_CAP_SECONDS = 10.0
+# A failed kopf run is restarted after 1, 2, 4 s… at most this; a run that lasted RUN_STABLE_SECONDS
+# resets the backoff.
+RUN_RETRY_CAP_SECONDS = 30.0
+RUN_STABLE_SECONDS = 60.0
+RUN_BACKOFFS = resilience.CappedBackoffs(first=1.0, cap=RUN_RETRY_CAP_SECONDS)
+
+
+def build_registry(
+    settings: OperatorSettings, connection: kube.Connection, probe: health.Health | None = None
+) -> kopf.OperatorRegistry:
     """A kopf registry with the resource handlers and this operator's login/startup/cleanup."""
     registry = kopf.OperatorRegistry()
     handlers.register(registry)
+    if probe is not None:
+        health.register_watch_clock(registry, probe)
 
     @kopf.on.login(registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:
@@ -68,9 +85,8 @@ def build_registry(settings: OperatorSettings, connection: kube.Connection) -> k
                 raise kopf.TemporaryError(f"cannot read CrawlJobs/Jobs at startup: {exc}", delay=3) from exc
         else:
             state.spawn(gate.run())
-        if own.health_port:
-            runner = await start_health_server(state, gate, own)
-            memo["health_runner"] = runner
+        if probe is not None:
+            probe.attach(state, gate)
         log.info(
             "operator started: namespace=%s max_active=%d peering=%s identity=%s priority=%d",
             own.namespace or "<all>",
@@ -84,9 +100,6 @@ def build_registry(settings: OperatorSettings, connection: kube.Connection) -> k
     async def cleanup(memo: Any, **_: Any) -> None:
         state: view.State | None = memo.get("crawljob")
         gate: standby.Gate | None = memo.get("gate")
-        runner: web.AppRunner | None = memo.get("health_runner")
-        if runner is not None:
-            await runner.cleanup()
         if state is not None:
             for task in list(state.tasks):
                 task.cancel()
@@ -105,7 +118,13 @@ def tune_kopf(settings: kopf.OperatorSettings, own: OperatorSettings) -> None:
     settings.watching.server_timeout = own.watch_server_timeout
     settings.watching.client_timeout = own.watch_server_timeout + 60
     settings.watching.connect_timeout = 30
+    # A stream that delivers nothing, not even a bookmark, is reopened: a frozen connection (a stuck
+    # load balancer) is noticed within this period (kopf >= 1.45; logged at INFO by health.py).
+    settings.watching.inactivity_timeout = own.watch_inactivity_seconds
     settings.networking.request_timeout = 30
+    # API errors (5xx, 429, unreachable) are retried forever, every 10 s at most: kopf's default
+    # (1…21 s, ~54 s in all) raises afterwards, which ends the watcher and the process.
+    settings.networking.error_backoffs = resilience.CappedBackoffs(first=1.0, cap=KOPF_RETRY_CAP_SECONDS)
     # We post our own Events on every transition; kopf's own posting only for its warnings.
     settings.posting.level = logging.WARNING
     # No change handlers: nothing is persisted by kopf on the CrawlJobs (no annotations, no status.kopf).
@@ -120,53 +139,30 @@ def user_agent(settings: OperatorSettings) -> str:
     return f"crawljob-operator ({settings.peering_identity})"
 
 
-async def start_health_server(
-    state: view.State, gate: standby.Gate, settings: OperatorSettings
-) -> web.AppRunner:
-    """`/healthz` and `/metrics` on settings.health_port.
-
-    Healthy while the API was reached recently: by the last resync when active, by the last read of
-    the peering object when standing by (a standby does not resync).
-    """
-
-    async def healthz(_: web.Request) -> web.Response:
-        now = asyncio.get_running_loop().time()
-        limit = max(3 * settings.resync_seconds, 60)
-        if gate.active:
-            age = now - state.healthy_at
-            body: dict[str, Any] = {"role": "active", "lastResyncSecondsAgo": round(age, 1)}
-        else:
-            age = now - gate.checked_at
-            body = {"role": "standby", "lastPeeringCheckSecondsAgo": round(age, 1), "reason": gate.reason}
-        healthy = age < limit
-        body = {"status": "ok" if healthy else "stale", **body}
-        if gate.supervisor.dead is not None:
-            # A background loop died: nothing would create Jobs any more. Let Kubernetes restart us.
-            healthy = False
-            body |= {"status": "dead", "loop": gate.supervisor.dead}
-        return web.json_response(body, status=200 if healthy else 503)
-
-    async def metrics(_: web.Request) -> web.Response:
-        return web.Response(
-            body=generate_latest(state.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
-        )
-
-    app = web.Application()
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/metrics", metrics)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, settings.health_host, settings.health_port).start()
-    return runner
-
-
 async def run_operator(
     settings: OperatorSettings, connection: kube.Connection, stop_flag: Any = None
 ) -> None:
-    """Run the operator until stopped (by a signal or *stop_flag*)."""
-    registry = build_registry(settings, connection)
+    """Run the operator until stopped (by a signal or *stop_flag*), restarting a failed kopf run."""
+    probe = health.Health(settings)
+    watch_log = health.install_watch_log(probe)
+    runner = await health.start_server(probe, lambda: _run_metrics(probe)) if settings.health_port else None
+    try:
+        await supervise(lambda: _kopf_run(settings, connection, probe, stop_flag), probe)
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+        health.remove_watch_log(watch_log)
+
+
+def _run_metrics(probe: health.Health) -> Any:
+    return probe.state.metrics.registry if probe.state is not None else None
+
+
+async def _kopf_run(
+    settings: OperatorSettings, connection: kube.Connection, probe: health.Health, stop_flag: Any
+) -> None:
     await kopf.operator(
-        registry=registry,
+        registry=build_registry(settings, connection, probe),
         standalone=settings.peering is None,
         peering_name=settings.peering,
         priority=settings.priority,
@@ -175,6 +171,27 @@ async def run_operator(
         namespaces=[settings.namespace] if settings.namespace else [],
         stop_flag=stop_flag,
     )
+
+
+async def supervise(
+    run: Callable[[], Awaitable[None]],
+    probe: health.Health,
+    backoffs: resilience.CappedBackoffs = RUN_BACKOFFS,
+) -> None:
+    """Await *run()* until it returns (a requested stop); restart it, with capped backoffs, when it fails."""
+    loop = asyncio.get_running_loop()
+    failures = 0
+    while True:
+        started = loop.time()
+        try:
+            await run()
+            return
+        except Exception as exc:
+            failures = 1 if loop.time() - started >= RUN_STABLE_SECONDS else failures + 1
+            delay = backoffs.delay(failures)
+            probe.run_restarts.inc()
+            log.error("the kopf run failed (%r); restarting it in %.0fs", exc, delay, exc_info=exc)
+            await asyncio.sleep(delay)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

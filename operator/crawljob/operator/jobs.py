@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from crawljob import resource
@@ -25,6 +28,46 @@ CONTAINER_SECURITY_CONTEXT: Mapping[str, Any] = {
     "capabilities": {"drop": ["ALL"]},
     "seccompProfile": {"type": "RuntimeDefault"},
 }
+
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class JobFeatures:
+    """What the API server's Job controller supports, from its version (`features_of`)."""
+
+    indexed: bool = True  # completionMode: Indexed, GA in 1.24
+    backoff_limit_per_index: bool = False  # GA in 1.33, beta (on by default) from 1.29
+
+    def describe(self) -> str:
+        return "Indexed Jobs" if self.indexed else "no Indexed Jobs (one pod per CrawlJob)"
+
+
+def features_of(version: Mapping[str, Any]) -> JobFeatures:
+    """JobFeatures from the answer of GET /version (`major`, `minor` such as "29+"); unknown: none."""
+    try:
+        major = int(re.sub(r"\D", "", str(version.get("major") or "")))
+        minor = int(re.sub(r"\D.*", "", str(version.get("minor") or "")))
+    except ValueError:
+        return JobFeatures(indexed=False)
+    release = (major, minor)
+    return JobFeatures(indexed=release >= (1, 24), backoff_limit_per_index=release >= (1, 29))
+
+
+def shard_count(spec: Mapping[str, Any], settings: OperatorSettings) -> int:
+    """How many shards a CrawlJob runs: spec.shards, else ceil(spec.source.size / spec.shardSizeMb MiB)
+    (the size comes from the S3 event; without it, one shard), capped by --max-shards."""
+    shards = spec.get("shards")
+    size_mb = spec.get("shardSizeMb")
+    size = (spec.get("source") or {}).get("size")
+    if isinstance(shards, int) and shards > 1:
+        wanted = shards
+    elif isinstance(size_mb, int | float) and size_mb > 0 and isinstance(size, int) and size > 0:
+        wanted = math.ceil(size / (size_mb * MIB))
+    else:
+        wanted = 1
+    return max(1, min(wanted, settings.max_shards))
 
 
 def job_name(crawljob_name: str, run: int) -> str:
@@ -82,8 +125,12 @@ def _labels(crawljob_name: str) -> dict[str, str]:
     }
 
 
-def build_job(crawljob: Mapping[str, Any], settings: OperatorSettings) -> Body:
-    """The Job manifest for the current run of *crawljob* (which must have metadata.uid)."""
+def build_job(
+    crawljob: Mapping[str, Any], settings: OperatorSettings, features: JobFeatures | None = None
+) -> Body:
+    """The Job manifest for the current run of *crawljob* (which must have metadata.uid). A sharded
+    CrawlJob is an Indexed Job (one completion per shard) where the server has them, else one pod."""
+    features = features or JobFeatures()
     metadata = crawljob["metadata"]
     name = str(metadata["name"])
     spec = crawljob.get("spec") or {}
@@ -102,7 +149,7 @@ def build_job(crawljob: Mapping[str, Any], settings: OperatorSettings) -> Body:
         "image": template.get("image") or settings.worker_image,
         "imagePullPolicy": "IfNotPresent",
         "command": list(settings.worker_command),
-        "args": worker_args(spec, name, settings),
+        "args": worker_args(spec, name, settings),  # --shards N is added below for an Indexed Job
         "env": env,
         "resources": resources,
         "securityContext": dict(CONTAINER_SECURITY_CONTEXT),
@@ -145,6 +192,17 @@ def build_job(crawljob: Mapping[str, Any], settings: OperatorSettings) -> Body:
         },
         "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
     }
+    shards = shard_count(spec, settings) if features.indexed else 1
+    if shards > 1:
+        # The shard index reaches the worker as $JOB_COMPLETION_INDEX; Kubernetes retries a failed
+        # index alone, and with backoffLimitPerIndex one shard's failures do not use up the others'.
+        container["args"] = [*container["args"], "--shards", str(shards)]
+        job_spec["completionMode"] = "Indexed"
+        job_spec["completions"] = shards
+        job_spec["parallelism"] = min(shards, settings.shard_parallelism)
+        if features.backoff_limit_per_index:
+            job_spec["backoffLimitPerIndex"] = job_spec["backoffLimit"]
+            job_spec["backoffLimit"] = job_spec["backoffLimit"] * shards + shards
     deadline = spec.get("activeDeadlineSeconds") or settings.active_deadline_seconds
     if deadline:
         job_spec["activeDeadlineSeconds"] = int(deadline)

@@ -9,10 +9,13 @@ from collections import defaultdict
 
 from crawljob import kube, resource
 from crawljob.models import CrawlJob, Key, Meta, key_of
-from crawljob.operator import gc, sweep
+from crawljob.operator import gc, resilience, sweep
 from crawljob.operator.reconcile import reconcile
 from crawljob.operator.view import MANAGED, RetryLater, State, log
 from crawljob.operator.writes import delete_job
+
+# A failed resync is retried sooner than the period, with backoffs up to this (seconds).
+RESYNC_RETRY_CAP_SECONDS = 5.0
 
 
 async def resync(state: State) -> None:
@@ -113,12 +116,26 @@ async def collect_garbage(state: State) -> None:
 
 
 async def resync_loop(state: State) -> None:
-    """resync() every settings.resync_seconds; failures are logged and retried next period."""
+    """resync() every settings.resync_seconds; a failed one is retried after 1, 2, 4 s… (at most
+    RESYNC_RETRY_CAP_SECONDS, never more than the period), so the view and /healthz recover within
+    seconds of the API's return rather than a full period later."""
+    retry = resilience.CappedBackoffs(
+        first=min(1.0, state.settings.resync_seconds),
+        cap=min(RESYNC_RETRY_CAP_SECONDS, state.settings.resync_seconds),
+    )
+    failures = 0
     while True:
-        await asyncio.sleep(state.settings.resync_seconds)
+        await asyncio.sleep(retry.delay(failures) if failures else state.settings.resync_seconds)
         try:
             await resync(state)
         except kube.KubeError as exc:
-            log.warning("resync failed (will retry): %s", exc)
+            failures += 1
+            log.warning("resync failed (retry in %.0fs): %s", retry.delay(failures), exc)
+            continue
         except Exception:
-            log.exception("resync failed unexpectedly (will retry)")
+            failures += 1
+            log.exception("resync failed unexpectedly (retry in %.0fs)", retry.delay(failures))
+            continue
+        if failures:
+            log.info("resync succeeded again after %d failed attempts", failures)
+        failures = 0

@@ -32,6 +32,9 @@ class OperatorSettings:
     default_output_uri: str | None = None
     max_active: int = 8
     backoff_limit: int = 3
+    # Sharded crawls: the cap on a CrawlJob's shards, and how many of one CrawlJob's pods run at once.
+    max_shards: int = 64
+    shard_parallelism: int = 8
     active_deadline_seconds: int | None = None
     finished_ttl_seconds: int | None = None
     successful_history_limit: int | None = None
@@ -44,6 +47,12 @@ class OperatorSettings:
     resync_seconds: float = 30.0
     # Watch streams are re-established this often even when silent (kopf#698).
     watch_server_timeout: int = 300
+    # A watch stream that delivers nothing (not even a bookmark) this long is reopened: a frozen
+    # connection (a stuck load balancer) is noticed within this period. kopf >= 1.45 honours it.
+    watch_inactivity_seconds: float = 70.0
+    # /healthz fails after this long without progress (resync or peering read): well past a
+    # control-plane outage the operator rides out by itself. See docs/operator.md, "Faults".
+    liveness_seconds: float = 300.0
     # Active/standby (kopf peering): None runs standalone (one replica, Recreate). See peering.py.
     peering: str | None = None
     priority: int = 0
@@ -84,6 +93,16 @@ def _optional_int(name: str, value: str | None, minimum: int = 0) -> int | None:
         raise ValueError(f"--{name} must be an integer, got {value!r}") from exc
     if number < minimum:
         raise ValueError(f"--{name} must be at least {minimum}, got {number}")
+    return number
+
+
+def _positive_float(name: str, value: object) -> float:
+    try:
+        number = float(str(value))
+    except ValueError as exc:
+        raise ValueError(f"--{name} must be a number, got {value!r}") from exc
+    if not number > 0:
+        raise ValueError(f"--{name} must be positive, got {value!r}")
     return number
 
 
@@ -168,6 +187,16 @@ def operator_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         default=env("JOB_TTL_SECONDS", defaults.job_ttl_seconds),
         help="ttlSecondsAfterFinished of Jobs (CRAWLJOB_JOB_TTL_SECONDS)",
     )
+    worker.add_argument(
+        "--max-shards",
+        default=env("MAX_SHARDS", defaults.max_shards),
+        help="cap on the shards of one CrawlJob, from spec.shards or spec.shardSizeMb (CRAWLJOB_MAX_SHARDS)",
+    )
+    worker.add_argument(
+        "--shard-parallelism",
+        default=env("SHARD_PARALLELISM", defaults.shard_parallelism),
+        help="pods of one sharded CrawlJob running at once (the Job's parallelism) (CRAWLJOB_SHARD_PARALLELISM)",
+    )
     notify = parser.add_argument_group("completion signal (CloudEvents over HTTP)")
     notify.add_argument(
         "--notify-sinks",
@@ -230,7 +259,20 @@ def operator_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     ops.add_argument(
         "--health-port",
         default=env("HEALTH_PORT", defaults.health_port),
-        help="port of /healthz and /metrics (CRAWLJOB_HEALTH_PORT; 0 disables)",
+        help="port of /healthz, /readyz and /metrics (CRAWLJOB_HEALTH_PORT; 0 disables)",
+    )
+    ops.add_argument(
+        "--liveness-seconds",
+        default=env("LIVENESS_SECONDS", defaults.liveness_seconds),
+        help="/healthz answers 503 after this long without reaching the API (a resync, or a read of "
+        "the peering object on a standby); keep it well past the control-plane outages the operator "
+        "should ride out (CRAWLJOB_LIVENESS_SECONDS)",
+    )
+    ops.add_argument(
+        "--watch-inactivity-seconds",
+        default=env("WATCH_INACTIVITY_SECONDS", defaults.watch_inactivity_seconds),
+        help="reopen a watch stream that delivered nothing (not even a bookmark) for this long: a "
+        "frozen connection is noticed within one period (CRAWLJOB_WATCH_INACTIVITY_SECONDS)",
     )
     ops.add_argument(
         "--peering",
@@ -294,6 +336,12 @@ def operator_settings(args: argparse.Namespace) -> OperatorSettings:
         raise ValueError(f"--resync-seconds must be a number, got {args.resync_seconds!r}") from exc
     if resync <= 0:
         raise ValueError("--resync-seconds must be positive")
+    liveness = _positive_float("liveness-seconds", args.liveness_seconds)
+    if liveness <= resync:
+        raise ValueError(
+            f"--liveness-seconds ({liveness:g}) must be longer than --resync-seconds ({resync:g})"
+        )
+    inactivity = _positive_float("watch-inactivity-seconds", args.watch_inactivity_seconds)
     identity = args.peering_identity or peering.default_identity()
     priority = peering.parse_priority(str(args.priority), identity)
     lifetime = _optional_int("peering-lifetime", str(args.peering_lifetime), minimum=1)
@@ -346,6 +394,8 @@ def operator_settings(args: argparse.Namespace) -> OperatorSettings:
         default_output_uri=uri or None,
         max_active=max_active or 1,
         backoff_limit=backoff or 0,
+        max_shards=_optional_int("max-shards", str(args.max_shards), minimum=1) or 1,
+        shard_parallelism=_optional_int("shard-parallelism", str(args.shard_parallelism), minimum=1) or 1,
         active_deadline_seconds=_optional_int("active-deadline-seconds", args.active_deadline_seconds, 1),
         finished_ttl_seconds=finished_ttl,
         successful_history_limit=_optional_int("successful-history-limit", args.successful_history_limit),
@@ -354,6 +404,8 @@ def operator_settings(args: argparse.Namespace) -> OperatorSettings:
         health_port=health_port or 0,
         log_format=args.log_format,
         resync_seconds=resync,
+        liveness_seconds=liveness,
+        watch_inactivity_seconds=inactivity,
         peering=args.peering or None,
         priority=priority,
         peering_identity=identity,

@@ -59,6 +59,7 @@ class Gate:
 
     async def activate(self) -> None:
         """Prime the view from the API (resync), then start the loops. Raises kube.KubeError."""
+        await admission.detect_job_features(self.state)
         await resync.resync(self.state)
         for loop in (
             admission.scheduler_loop,

@@ -16,6 +16,7 @@ from crawljob.models import Body, JobStatus, PodStatus
 from crawljob.operator import conditions
 from crawljob.operator.workload import (
     STUCK_WAITING_REASONS,
+    TerminationMessage,
     describe_pod_failure,
     failed_condition,
     parse_termination_message,
@@ -23,6 +24,7 @@ from crawljob.operator.workload import (
     pod_order,
     succeeded_condition,
 )
+from crawljob_worker.contract import SHARD_KEY
 
 OPERATOR_FIELDS = (
     "phase",
@@ -53,6 +55,17 @@ class Observation:
     extra: Body = field(default_factory=dict)
 
 
+def result_pod(winners: Sequence[PodStatus]) -> PodStatus:
+    """The succeeded pod whose termination message is the crawl's result: of a sharded crawl, the
+    one that finalized (it carries the whole object's counts); else the last to end."""
+    for pod in reversed(winners):
+        terminated = pod.worker.terminated
+        shard = parse_termination_message(terminated.message if terminated else None).data.get(SHARD_KEY)
+        if isinstance(shard, dict) and shard.get("finalized"):
+            return pod
+    return winners[-1]
+
+
 def observe(job: JobStatus, pods: Sequence[PodStatus], now: str) -> Observation:
     """The crawl's state from its Job and the Job's Pods."""
     ordered = sorted(pods, key=pod_order)
@@ -62,8 +75,13 @@ def observe(job: JobStatus, pods: Sequence[PodStatus], now: str) -> Observation:
     failed = failed_condition(job)
     if complete is not None and failed is None:
         winners = [pod for pod in ordered if pod.exit_code == 0]
-        terminated = winners[-1].worker.terminated if winners else None
+        terminated = result_pod(winners).worker.terminated if winners else None
         parsed = parse_termination_message(terminated.message if terminated is not None else None)
+        shard = parsed.data.get(SHARD_KEY)
+        if isinstance(shard, dict) and not shard.get("finalized"):
+            parsed = TerminationMessage(
+                parsed.data, None, "no shard's pod finalized the sharded crawl (no whole-object result)"
+            )
         finished = job.completion_time or complete.last_transition_time or now
         if parsed.problem is not None:
             return Observation(

@@ -15,6 +15,7 @@ from typing import Any
 from crawljob import kube, resource
 from crawljob.models import Body, CrawlJob, Job, Key, Meta, Pod, PodStatus
 from crawljob.operator import queue
+from crawljob.operator.jobs import JobFeatures
 from crawljob.operator.metrics import OperatorMetrics
 from crawljob.operator.settings import OperatorSettings
 
@@ -41,6 +42,7 @@ class State:
 
     settings: OperatorSettings
     client: kube.KubeClient
+    job_features: JobFeatures = field(default_factory=JobFeatures)  # from the server's version at start
     metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
     crawljobs: dict[Key, CrawlJob] = field(default_factory=dict)
     jobs: dict[Key, Job] = field(default_factory=dict)

@@ -27,6 +27,7 @@ from crawljob import events, flags, kube, resource
 from crawljob.logs import configure_logging
 from crawljob.receiver import auth, routing, sns, versions
 from crawljob.receiver.metrics import ReceiverMetrics
+from crawljob.receiver.readiness import check_writable
 from crawljob.receiver.settings import ReceiverSettings, receiver_parser, receiver_settings
 from crawljob.resource import crawljob_manifest
 
@@ -72,6 +73,7 @@ class Readiness:
     ok: bool = False
     message: str = "not checked yet"
     checked_at: float = float("-inf")
+    created_at: float = float("-inf")  # the last CrawlJob actually created (proves writes work)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -147,9 +149,36 @@ def create_app(
     app.router.add_post(TRIGGER_PATH, trigger)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics_endpoint)
+    if settings.metrics_port:
+        app.cleanup_ctx.append(_metrics_server(settings.host, settings.metrics_port))
+    else:
+        app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_get("/openapi.json", openapi)
     return app
+
+
+def create_metrics_app(metrics: ReceiverMetrics) -> web.Application:
+    """The app of the metrics port: /metrics and nothing else."""
+    app = web.Application()
+    app[METRICS] = metrics
+    app.router.add_get("/metrics", metrics_endpoint)
+    return app
+
+
+def _metrics_server(host: str, port: int) -> Callable[[web.Application], AsyncIterator[None]]:
+    """Serve the receiver's metrics on *port* for as long as the receiver app runs."""
+
+    async def serve(app: web.Application) -> AsyncIterator[None]:
+        runner = web.AppRunner(create_metrics_app(app[METRICS]), access_log=None)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host, port).start()
+            log.info("metrics listening", extra={"fields": {"host": host, "port": port}})
+            yield
+        finally:
+            await runner.cleanup()
+
+    return serve
 
 
 def _clients(connection: kube.Connection) -> Callable[[web.Application], AsyncIterator[None]]:
@@ -364,6 +393,7 @@ async def _create_named(app: web.Application, target: events.Target, attempt: in
         app[METRICS].api_errors.labels("other").inc()
         log.error("the Kubernetes API refused to create CrawlJob %s: %s", name, exc)
         return Outcome(target, name, "failed", f"the Kubernetes API answered {exc.status}")
+    state.readiness.created_at = asyncio.get_running_loop().time()
     return Outcome(target, name, "created")
 
 
@@ -424,15 +454,21 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """GET /readyz: the Kubernetes API answers (the last answer is reused for a short while)."""
+    """GET /readyz: CrawlJobs can be stored (see readiness.py; the answer is reused for a short while)."""
     state = request.app[STATE]
     readiness = state.readiness
     loop = asyncio.get_running_loop()
     async with readiness.lock:
-        if loop.time() - readiness.checked_at >= state.settings.ready_cache_seconds:
+        fresh = state.settings.ready_cache_seconds
+        if loop.time() - readiness.created_at < fresh:
+            readiness.ok, readiness.message = True, "a CrawlJob was created just now"
+            readiness.checked_at = loop.time()
+        elif loop.time() - readiness.checked_at >= fresh:
             try:
-                await request.app[KUBE].ping()
-                readiness.ok, readiness.message = True, "the Kubernetes API answers"
+                readiness.message = await check_writable(
+                    request.app[KUBE], state.namespace, timeout=min(state.settings.kube_timeout, 3.0)
+                )
+                readiness.ok = True
             except kube.KubeError as exc:
                 readiness.ok, readiness.message = False, str(exc)
             readiness.checked_at = loop.time()

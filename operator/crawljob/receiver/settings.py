@@ -21,6 +21,9 @@ class ReceiverSettings:
 
     host: str = "0.0.0.0"
     port: int = 8080
+    # /metrics on a port of its own (0: on the webhook port), so what reaches the webhook (an
+    # Ingress, a load balancer) never reaches the metrics; the chart sets 9090.
+    metrics_port: int = 0
     namespace: str | None = None
     kube_server: str | None = None
     kubeconfig: str | None = None
@@ -64,6 +67,13 @@ def receiver_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
 
     parser.add_argument("--host", default=env("HOST", defaults.host), help="listen address (CRAWLJOB_HOST)")
     parser.add_argument("--port", type=int, default=env("PORT", defaults.port), help="port (CRAWLJOB_PORT)")
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=env("METRICS_PORT", defaults.metrics_port),
+        help="serve /metrics on this port only, not on the webhook port; 0 serves it on the webhook "
+        "port (CRAWLJOB_METRICS_PORT)",
+    )
     parser.add_argument(
         "--default-bucket",
         default=env("DEFAULT_BUCKET"),
@@ -202,6 +212,7 @@ def receiver_settings(args: argparse.Namespace) -> ReceiverSettings:
     return ReceiverSettings(
         host=args.host,
         port=int(args.port),
+        metrics_port=_metrics_port(int(args.metrics_port), int(args.port)),
         namespace=args.namespace,
         kube_server=args.kube_server,
         kubeconfig=args.kubeconfig,
@@ -224,3 +235,11 @@ def receiver_settings(args: argparse.Namespace) -> ReceiverSettings:
         default_output_uri=args.default_output_uri,
         resolve_versions=args.resolve_versions == "true",
     )
+
+
+def _metrics_port(metrics_port: int, port: int) -> int:
+    if not 0 <= metrics_port <= 65535:
+        raise ValueError(f"--metrics-port must be 0 to 65535, got {metrics_port}")
+    if metrics_port and metrics_port == port:
+        raise ValueError("--metrics-port must differ from --port (0 serves /metrics on the webhook port)")
+    return metrics_port

@@ -7,6 +7,7 @@ documents exactly what X takes. Imports are lazy: the worker never loads kopf or
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 from collections.abc import Callable, Sequence
 
@@ -19,6 +20,13 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 ALIASES = {"dev": "run"}
 # The extra of the distribution each command needs (each image installs one: see the Dockerfiles).
 EXTRAS = {"receiver": "operator", "operator": "operator", "worker": "worker", "run": "local"}
+# The packages of that extra a command cannot run without.
+NEEDS = {
+    "receiver": ("aiohttp",),
+    "operator": ("kopf", "aiohttp"),
+    "worker": ("pandas", "pyarrow", "botocore"),
+    "run": ("kmock", "moto"),
+}
 
 
 def usage() -> str:
@@ -43,7 +51,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command not in SUBCOMMANDS:
         print(f"crawljob: unknown command {args[0]!r}\n\n{usage()}", file=sys.stderr)
         return 2
+    # Checked before the command runs: the worker imports pandas only once it reads data, so a
+    # missing extra would otherwise fail mid-run instead of at once.
+    missing = [name for name in NEEDS[command] if importlib.util.find_spec(name) is None]
     try:
+        if missing:
+            raise ModuleNotFoundError(name=missing[0])
         module = importlib.import_module(SUBCOMMANDS[command][0])
     except ModuleNotFoundError as error:
         if (error.name or "").split(".")[0] in {"crawljob", "crawljob_worker"}:

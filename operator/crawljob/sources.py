@@ -32,6 +32,7 @@ TEMPLATE_FIELDS = (
     "csv",
     "maxRejectRatio",
     "shards",
+    "shardSizeMb",
     "backoffLimit",
     "activeDeadlineSeconds",
     "notify",

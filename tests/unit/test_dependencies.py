@@ -93,3 +93,26 @@ def test_each_image_code_imports_only_what_its_extra_installs() -> None:
     # numpy and urllib3 come with pandas and boto3 (and kubernetes); attrs, yarl with aiohttp.
     assert (imported_modules(USERS["worker"]) & known) <= worker_has
     assert (imported_modules(USERS["operator"]) & known) <= operator_has
+
+
+def installed_modules(extra: str) -> set[str]:
+    """Top-level modules the extra installs (with the base dependencies and the extras it names)."""
+    found: set[str] = set()
+    for requirement in [*PROJECT["dependencies"], *PROJECT["optional-dependencies"][extra]]:
+        nested = re.match(r"crawljob\[([^\]]+)\]", requirement)
+        if nested:
+            for other in nested.group(1).split(","):
+                found |= installed_modules(other.strip())
+            continue
+        module = MODULES[next(iter(names([requirement])))]
+        found |= {module, "botocore"} if module == "boto3" else {module}
+    return found
+
+
+def test_each_command_checks_for_packages_its_extra_installs() -> None:
+    """`crawljob X` refuses to start without X's packages, naming the extra that installs them."""
+    from crawljob import cli
+
+    assert set(cli.NEEDS) == set(cli.SUBCOMMANDS) == set(cli.EXTRAS)
+    for command, needed in cli.NEEDS.items():
+        assert set(needed) <= installed_modules(cli.EXTRAS[command]), command

@@ -77,6 +77,8 @@ class Source:
     suspend: bool = False
     template: Mapping[str, Any] = field(default_factory=dict)
     generation: int | None = None
+    # spec.sqs.queueUrl: the operator long-polls this queue for S3 events (operator/sqs.py).
+    queue_url: str | None = None
 
     @property
     def sweeps(self) -> bool:
@@ -138,6 +140,7 @@ def source_from_body(body: Mapping[str, Any]) -> Source:
             "template", f"unknown CrawlJob spec fields {unknown} (allowed: {TEMPLATE_FIELDS})"
         )
     generation = metadata.get("generation")
+    queue_url = _queue_url(spec.get("sqs"))
     return Source(
         namespace=str(metadata.get("namespace") or "default"),
         name=str(metadata.get("name") or ""),
@@ -150,7 +153,21 @@ def source_from_body(body: Mapping[str, Any]) -> Source:
         suspend=bool(spec.get("suspend", False)),
         template=copy.deepcopy(dict(template)),
         generation=int(generation) if isinstance(generation, int) else None,
+        queue_url=queue_url,
     )
+
+
+def _queue_url(sqs: Any) -> str | None:
+    if sqs is None:
+        return None
+    if not isinstance(sqs, Mapping):
+        raise InvalidSource("sqs", "must be an object with a queueUrl")
+    url = sqs.get("queueUrl")
+    if not isinstance(url, str) or not url.startswith(("https://", "http://")):
+        raise InvalidSource(
+            "sqs.queueUrl", f"must be an SQS queue URL (https://sqs.…/account/name), got {url!r}"
+        )
+    return url
 
 
 def _strings(value: Any, name: str) -> tuple[str, ...]:

@@ -65,3 +65,26 @@ def test_the_interval_pattern_and_the_parser_agree() -> None:
         except ValueError:
             parsed = False
         assert bool(pattern.match(text)) is parsed, text
+
+
+def test_the_queue_url_pattern_and_the_parser_agree_and_sqs_is_explained() -> None:
+    import re
+
+    spec = load()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+    sqs = spec["sqs"]
+    assert sqs["required"] == ["queueUrl"] and "ingress" in sqs["description"]
+    assert sqs["properties"]["queueUrl"]["description"]
+    pattern = re.compile(sqs["properties"]["queueUrl"]["pattern"])
+    for url in (
+        "https://sqs.eu-west-1.amazonaws.com/1/q",
+        "http://127.0.0.1:5000/1/q",
+        "landing-events",
+        "sqs://q",
+    ):
+        body = {"metadata": {"name": "s"}, "spec": {"bucket": "landing", "sqs": {"queueUrl": url}}}
+        try:
+            sources.source_from_body(body)
+            parsed = True
+        except sources.InvalidSource:
+            parsed = False
+        assert bool(pattern.match(url)) is parsed, url

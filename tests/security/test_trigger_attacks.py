@@ -17,9 +17,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from crawljob import kube
+from crawljob import events, kube
 from crawljob.local.emulator import Emulator
-from crawljob.receiver import events
 from crawljob.receiver.app import create_app
 from crawljob.receiver.settings import ReceiverSettings
 from crawljob.resource import ObjectRef, crawljob_manifest, crawljob_name

@@ -6,11 +6,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from crawljob import resource
+from crawljob import events, resource
 from crawljob.models import PodStatus
 from crawljob.operator import jobs, workload
 from crawljob.operator.settings import OperatorSettings
-from crawljob.receiver import events
 from crawljob_worker import __main__ as worker_main
 from crawljob_worker import errors
 from crawljob_worker.contract import RESULT_KEYS, ExitCode

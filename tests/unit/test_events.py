@@ -9,8 +9,8 @@ from urllib.parse import quote, quote_plus
 
 import pytest
 
-from crawljob.receiver import events
-from crawljob.receiver.events import EventError, Filters, Parsed, SnsEnvelope
+from crawljob import events
+from crawljob.events import EventError, Filters, Parsed, SnsEnvelope
 
 EVENTS = Path(__file__).parent.parent / "data" / "events"
 

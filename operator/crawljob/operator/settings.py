@@ -62,6 +62,8 @@ class OperatorSettings:
     # this much (late-listed objects, clock skew); at most this many CrawlJobs per pass and source.
     sweep_lookback_seconds: float = 3600.0
     sweep_max_create: int = 500
+    # SQS long polls (spec.sqs.queueUrl) wait at most this long for messages (SQS allows 0-20).
+    sqs_wait_seconds: int = 20
     # Completion signal: a CloudEvent per terminal phase to each sink (and each CrawlJob's own).
     notify_sinks: tuple[str, ...] = ()
     # First retry delay of an undelivered CloudEvent (doubles each time, at most 5 minutes).
@@ -247,6 +249,12 @@ def operator_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         help="a sweep pass creates at most this many CrawlJobs, less the source's unfinished ones; "
         "a backfill continues on the next pass (CRAWLJOB_SWEEP_MAX_CREATE)",
     )
+    sweeps.add_argument(
+        "--sqs-wait-seconds",
+        default=env("SQS_WAIT_SECONDS", defaults.sqs_wait_seconds),
+        help="an SQS long poll of a CrawlSource's queue waits at most this long, 0 to 20 "
+        "(CRAWLJOB_SQS_WAIT_SECONDS)",
+    )
     ops = parser.add_argument_group("operations")
     ops.add_argument(
         "--health-port",
@@ -346,6 +354,9 @@ def operator_settings(args: argparse.Namespace) -> OperatorSettings:
     finished_ttl = _optional_int("finished-ttl-seconds", args.finished_ttl_seconds)
     sweep.check_lookback(lookback, finished_ttl)
     max_create = _optional_int("sweep-max-create", str(args.sweep_max_create), minimum=1)
+    sqs_wait = _optional_int("sqs-wait-seconds", str(args.sqs_wait_seconds), minimum=0)
+    if sqs_wait is not None and sqs_wait > 20:
+        raise ValueError(f"--sqs-wait-seconds must be from 0 to 20 (SQS's limit), got {sqs_wait}")
     uri = args.default_output_uri
     if uri and not (uri.startswith("s3://") or uri.startswith("file://")):
         raise ValueError(f"--default-output-uri must be s3://bucket/prefix or file://path, got {uri!r}")
@@ -401,4 +412,5 @@ def operator_settings(args: argparse.Namespace) -> OperatorSettings:
         peering_lifetime=lifetime or OperatorSettings.peering_lifetime,
         sweep_lookback_seconds=lookback,
         sweep_max_create=max_create or OperatorSettings.sweep_max_create,
+        sqs_wait_seconds=OperatorSettings.sqs_wait_seconds if sqs_wait is None else sqs_wait,
     )

@@ -16,7 +16,7 @@ import logging
 from typing import Any
 
 from crawljob import kube
-from crawljob.operator import admission, notify, peering, resync, sweeper, view
+from crawljob.operator import admission, notify, peering, resync, sqs, sweeper, view
 from crawljob.operator.settings import OperatorSettings
 from crawljob.operator.supervise import Supervisor
 
@@ -69,6 +69,7 @@ class Gate:
         ):
             self.supervisor.start(loop.__name__, loop(self.state))
         self.supervisor.start("sweep_loop", self.sweeper.run())
+        self.supervisor.start("sqs_loop", sqs.Poller(self.state).run())
         self.active = True
 
     async def deactivate(self) -> None:

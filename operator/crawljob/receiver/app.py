@@ -23,9 +23,9 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from crawljob import flags, kube, resource
+from crawljob import events, flags, kube, resource
 from crawljob.logs import configure_logging
-from crawljob.receiver import auth, events, routing, sns, versions
+from crawljob.receiver import auth, routing, sns, versions
 from crawljob.receiver.metrics import ReceiverMetrics
 from crawljob.receiver.readiness import check_writable
 from crawljob.receiver.settings import ReceiverSettings, receiver_parser, receiver_settings

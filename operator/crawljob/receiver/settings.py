@@ -6,8 +6,8 @@ import argparse
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from crawljob.events import DEFAULT_MAX_RECORDS
 from crawljob.flags import add_kube_flags, env_default, read_secret, split_list
-from crawljob.receiver.events import DEFAULT_MAX_RECORDS
 from crawljob.receiver.sns import (
     DEFAULT_CERT_HOST_PATTERN,
     DEFAULT_CERT_SUBJECT_PATTERN,
@@ -182,8 +182,8 @@ def receiver_settings(args: argparse.Namespace) -> ReceiverSettings:
     """Validated settings from parsed flags; ValueError with a readable message when inconsistent."""
     import re
 
+    from crawljob.events import bucket_name_problem, output_location
     from crawljob.receiver.auth import AuthSettings
-    from crawljob.receiver.events import bucket_name_problem, output_location
 
     token = read_secret(args.auth_token, args.auth_token_file)
     hmac_key = read_secret(args.hmac_key, args.hmac_key_file)

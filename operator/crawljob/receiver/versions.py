@@ -13,7 +13,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-from crawljob.receiver import events
+from crawljob import events
 from crawljob.resource import ObjectRef
 
 NAMED_BY_KEY = (

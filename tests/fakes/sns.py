@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import trustme
 from aiohttp import web
@@ -27,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 
 from crawljob.receiver import sns
+from crawljob.receiver.settings import ReceiverSettings
 
 
 def sns_timestamp(when: datetime.datetime | None = None) -> str:
@@ -130,3 +132,20 @@ async def serve_fake_sns(directory: Path) -> AsyncIterator[FakeSns]:
     finally:
         holder["sns"].release_slow.set()
         await runner.cleanup()
+
+
+def sns_receiver_settings(
+    fake: FakeSns, kube_server: str, namespace: str, topic: str, token: str, **overrides: Any
+) -> ReceiverSettings:
+    """Receiver settings that trust *fake*'s certificates, list *topic* and require *token*."""
+    options: dict[str, Any] = {
+        "kube_server": kube_server,
+        "namespace": namespace,
+        "sns_cert_host_pattern": r"^localhost$",
+        "sns_cert_subject_pattern": r"^localhost$",
+        "sns_ca_file": fake.ca_file,
+        "sns_topic_arns": (topic,),
+        "auth_mode": "token",
+        "auth_token": token,
+    }
+    return ReceiverSettings(**(options | overrides))

@@ -19,7 +19,7 @@ from crawljob import kube
 from crawljob.local.emulator import Emulator
 from crawljob.receiver.app import create_app
 from crawljob.receiver.settings import ReceiverSettings
-from fakes.sns import FakeSns, serve_fake_sns
+from fakes.sns import FakeSns, serve_fake_sns, sns_receiver_settings
 
 EVENTS = Path(__file__).parent.parent / "data" / "events"
 NAMESPACE = "crawl"
@@ -45,19 +45,8 @@ MakeReceiver = Callable[..., Awaitable[TestClient[Any, Any]]]
 @pytest.fixture
 def make_receiver(emulator: tuple[Emulator, str], aiohttp_client: Any, fake_sns: FakeSns) -> MakeReceiver:
     async def make(**overrides: Any) -> TestClient[Any, Any]:
-        options: dict[str, Any] = {
-            "kube_server": emulator[1],
-            "namespace": NAMESPACE,
-            "sns_cert_host_pattern": r"^localhost$",
-            "sns_cert_subject_pattern": r"^localhost$",
-            "sns_ca_file": fake_sns.ca_file,
-            "sns_topic_arns": (TOPIC,),
-            "auth_mode": "token",
-            "auth_token": TOKEN,
-        }
-        client: TestClient[Any, Any] = await aiohttp_client(
-            create_app(ReceiverSettings(**(options | overrides)))
-        )
+        settings = sns_receiver_settings(fake_sns, emulator[1], NAMESPACE, TOPIC, TOKEN, **overrides)
+        client: TestClient[Any, Any] = await aiohttp_client(create_app(settings))
         return client
 
     return make

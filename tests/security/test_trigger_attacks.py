@@ -20,9 +20,8 @@ from aiohttp.test_utils import TestClient
 from crawljob import events, kube
 from crawljob.local.emulator import Emulator
 from crawljob.receiver.app import create_app
-from crawljob.receiver.settings import ReceiverSettings
 from crawljob.resource import ObjectRef, crawljob_manifest, crawljob_name
-from fakes.sns import FakeSns, serve_fake_sns, sns_timestamp
+from fakes.sns import FakeSns, serve_fake_sns, sns_receiver_settings, sns_timestamp
 
 EVENTS = Path(__file__).parent.parent / "data" / "events"
 NAMESPACE = "attacks"
@@ -42,19 +41,8 @@ async def fake_sns(tmp_path: Path) -> AsyncIterator[FakeSns]:
 @pytest.fixture
 def make_receiver(emulator: tuple[Emulator, str], aiohttp_client: Any, fake_sns: FakeSns) -> MakeReceiver:
     async def make(**overrides: Any) -> TestClient[Any, Any]:
-        options: dict[str, Any] = {
-            "kube_server": emulator[1],
-            "namespace": NAMESPACE,
-            "sns_cert_host_pattern": r"^localhost$",
-            "sns_cert_subject_pattern": r"^localhost$",
-            "sns_ca_file": fake_sns.ca_file,
-            "sns_topic_arns": (TOPIC,),
-            "auth_mode": "token",
-            "auth_token": TOKEN,
-        }
-        client: TestClient[Any, Any] = await aiohttp_client(
-            create_app(ReceiverSettings(**(options | overrides)))
-        )
+        settings = sns_receiver_settings(fake_sns, emulator[1], NAMESPACE, TOPIC, TOKEN, **overrides)
+        client: TestClient[Any, Any] = await aiohttp_client(create_app(settings))
         return client
 
     return make

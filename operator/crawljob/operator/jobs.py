@@ -43,7 +43,9 @@ class JobFeatures:
     backoff_limit_per_index: bool = False  # GA in 1.33, beta (on by default) from 1.29
 
     def describe(self) -> str:
-        return "Indexed Jobs" if self.indexed else "no Indexed Jobs (a sharded CrawlJob runs one Job per shard)"
+        return (
+            "Indexed Jobs" if self.indexed else "no Indexed Jobs (a sharded CrawlJob runs one Job per shard)"
+        )
 
 
 def features_of(version: Mapping[str, Any]) -> JobFeatures:
@@ -59,7 +61,8 @@ def features_of(version: Mapping[str, Any]) -> JobFeatures:
 
 def shard_count(spec: Mapping[str, Any], settings: OperatorSettings) -> int:
     """How many shards a CrawlJob runs: spec.shards, else ceil(spec.source.size / spec.shardSizeMb MiB)
-    (the size comes from the S3 event; without it, one shard), capped by --max-shards."""
+    (the size comes from the S3 event; without it, one shard), capped by --max-shards (and by
+    MAX_SHARD_INDEXES, the Indexed Job's own limit)."""
     shards = spec.get("shards")
     size_mb = spec.get("shardSizeMb")
     size = (spec.get("source") or {}).get("size")
@@ -69,7 +72,7 @@ def shard_count(spec: Mapping[str, Any], settings: OperatorSettings) -> int:
         wanted = math.ceil(size / (size_mb * MIB))
     else:
         wanted = 1
-    return max(1, min(wanted, settings.max_shards))
+    return max(1, min(wanted, settings.max_shards, MAX_SHARD_INDEXES))
 
 
 def job_name(crawljob_name: str, run: int) -> str:

@@ -283,3 +283,46 @@ async def test_cancel_deletion_of_a_shard_job_and_of_the_crawljob_reach_every_sh
     assert status["message"].startswith(
         f"shard 2 of 3: the Job {jobs.shard_job_name(broken, 1, 2)} was deleted"
     )
+
+
+async def test_admission_after_a_restart_adopts_shard_jobs_on_409_and_refuses_a_stranger(
+    kube_client: kube.KubeClient,
+) -> None:
+    """The operator's admission (in process, against the emulator) for a CrawlJob whose first shard
+    Jobs exist but are not in its view yet (a restart, the Job watch not caught up): the creates
+    answer 409, the Jobs are ours and adopted, the rest made. A shard Job name held by a Job that
+    is not the CrawlJob's fails it as InvalidSpec, naming the Job."""
+    from crawljob.operator import admission
+    from crawljob.operator.view import State
+
+    settings = OperatorSettings(namespace=NAMESPACE, worker_command=(sys.executable, str(FAKE_WORKER)))
+    state = State(settings=settings, client=kube_client, job_features=jobs.JobFeatures(indexed=False))
+    owner = await kube_client.create(kube.CRAWLJOBS, NAMESPACE, crawljob("adopt/a.csv", shards=3))
+    stranger = await kube_client.create(kube.CRAWLJOBS, NAMESPACE, crawljob("adopt/b.csv", shards=3))
+    for index in (0, 1):
+        await kube_client.create(kube.JOBS, NAMESPACE, jobs.build_shard_job(owner, settings, index, 3))
+    # A Job named as b's shard 1 but owned by a: not b's.
+    squatter = jobs.build_shard_job(owner, settings, 2, 3)
+    squatter["metadata"]["name"] = jobs.shard_job_name(stranger["metadata"]["name"], 1, 1)
+    await kube_client.create(kube.JOBS, NAMESPACE, squatter)
+
+    for body in (owner, stranger):
+        state.remember_crawljob(body)
+        await admission.create_job(state, (NAMESPACE, body["metadata"]["name"]))
+    await asyncio.gather(*state.tasks)
+
+    made = await _shard_jobs(kube_client, owner["metadata"]["name"])
+    assert {job["metadata"]["name"] for job in made.values()} == {
+        jobs.shard_job_name(owner["metadata"]["name"], 1, index) for index in range(3)
+    }
+    assert all(
+        job["metadata"]["ownerReferences"][0]["uid"] == owner["metadata"]["uid"] for job in made.values()
+    )
+    assert state.metrics.registry.get_sample_value("crawljob_jobs_adopted_total") == 2  # 0 and 1
+    refused = await kube_client.get(kube.CRAWLJOBS, NAMESPACE, stranger["metadata"]["name"])
+    assert (refused["status"]["phase"], refused["status"]["reason"]) == ("Failed", "InvalidSpec")
+    assert (
+        f"a Job named {squatter['metadata']['name']} exists and is not owned" in refused["status"]["message"]
+    )
+    # b's shard 0, made before the conflict, does not run on: its run ended.
+    assert not await _shard_jobs(kube_client, stranger["metadata"]["name"])

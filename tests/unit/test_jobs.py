@@ -300,7 +300,7 @@ def test_shard_job_names_are_deterministic_distinct_and_fit_the_job_name_label()
         (5, {0: False, 1: True}, 2, [2]),  # one finished: the next
         (5, {0: False, 1: False, 2: True, 3: True}, 8, [4]),
         (3, {0: False, 1: False, 2: False}, 2, []),  # all made
-        (3, {1: True}, 2, [0]),  # a gap (restart) is filled first
+        (3, {1: True}, 2, [0]),  # the lowest missing first
     ],
 )
 def test_shards_start_in_index_order_under_the_parallelism(

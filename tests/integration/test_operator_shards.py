@@ -24,6 +24,7 @@ from crawljob.operator.settings import OperatorSettings
 from fakes.stack import (
     FAKE_WORKER,
     NAMESPACE,
+    OperatorProcess,
     count_job_creations,
     crawljob,
     running_operator,
@@ -326,3 +327,31 @@ async def test_admission_after_a_restart_adopts_shard_jobs_on_409_and_refuses_a_
     )
     # b's shard 0, made before the conflict, does not run on: its run ended.
     assert not await _shard_jobs(kube_client, stranger["metadata"]["name"])
+
+
+async def test_shard_jobs_of_a_crawljob_deleted_while_the_operator_was_down_are_deleted_on_restart(
+    old_server: str, kube_client: kube.KubeClient, tmp_path: Path
+) -> None:
+    body = crawljob("shards/orphan_sleep-60.csv", shards=3)
+    name = body["metadata"]["name"]
+    operator = OperatorProcess(old_server, tmp_path / "op.log", **{"shard-parallelism": 3})
+    async with running_runner(kube_client, max_parallel=8):
+        await operator.start()
+        await kube_client.create(kube.CRAWLJOBS, NAMESPACE, body)
+        await wait_phase(kube_client, name, {"Running"})
+        await wait_until(lambda: _count(kube_client, name, 3), 20, "three shard Jobs")
+        await operator.kill()
+        await kube_client.delete(kube.CRAWLJOBS, NAMESPACE, name)  # the emulator has no garbage collector
+        assert len(await _shard_jobs(kube_client, name)) == 3
+        await operator.start()
+
+        async def orphans_gone() -> bool:
+            pods = await kube_client.list(kube.PODS, NAMESPACE, {resource.LABEL_CRAWLJOB: name})
+            return not await _shard_jobs(kube_client, name) and not pods
+
+        await wait_until(orphans_gone, 30, "the orphaned shard Jobs and their pods deleted")
+        await operator.stop()
+
+
+async def _count(client: kube.KubeClient, name: str, count: int) -> bool:
+    return len(await _shard_jobs(client, name)) == count

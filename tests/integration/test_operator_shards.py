@@ -329,28 +329,40 @@ async def test_admission_after_a_restart_adopts_shard_jobs_on_409_and_refuses_a_
     assert not await _shard_jobs(kube_client, stranger["metadata"]["name"])
 
 
-async def test_shard_jobs_of_a_crawljob_deleted_while_the_operator_was_down_are_deleted_on_restart(
+async def test_while_the_operator_is_down_a_deleted_crawljob_and_deleted_shard_jobs_are_seen_on_restart(
     old_server: str, kube_client: kube.KubeClient, tmp_path: Path
 ) -> None:
-    body = crawljob("shards/orphan_sleep-60.csv", shards=3)
-    name = body["metadata"]["name"]
+    orphan_body = crawljob("shards/orphan_sleep-60.csv", shards=3)
+    robbed_body = crawljob("shards/robbed_sleep-60.csv", shards=3)
+    orphan, robbed = orphan_body["metadata"]["name"], robbed_body["metadata"]["name"]
     operator = OperatorProcess(old_server, tmp_path / "op.log", **{"shard-parallelism": 3})
     async with running_runner(kube_client, max_parallel=8):
         await operator.start()
-        await kube_client.create(kube.CRAWLJOBS, NAMESPACE, body)
-        await wait_phase(kube_client, name, {"Running"})
-        await wait_until(lambda: _count(kube_client, name, 3), 20, "three shard Jobs")
+        for body in (orphan_body, robbed_body):
+            await kube_client.create(kube.CRAWLJOBS, NAMESPACE, body)
+        for name in (orphan, robbed):
+            await wait_phase(kube_client, name, {"Running"})
+            await wait_until(lambda name=name: _count(kube_client, name, 3), 20, f"{name}: three shard Jobs")
         await operator.kill()
-        await kube_client.delete(kube.CRAWLJOBS, NAMESPACE, name)  # the emulator has no garbage collector
-        assert len(await _shard_jobs(kube_client, name)) == 3
+        await kube_client.delete(kube.CRAWLJOBS, NAMESPACE, orphan)  # the emulator has no garbage collector
+        for index in range(3):
+            await kube_client.delete(kube.JOBS, NAMESPACE, jobs.shard_job_name(robbed, 1, index))
+        assert len(await _shard_jobs(kube_client, orphan)) == 3
         await operator.start()
 
         async def orphans_gone() -> bool:
-            pods = await kube_client.list(kube.PODS, NAMESPACE, {resource.LABEL_CRAWLJOB: name})
-            return not await _shard_jobs(kube_client, name) and not pods
+            pods = await kube_client.list(kube.PODS, NAMESPACE, {resource.LABEL_CRAWLJOB: orphan})
+            return not await _shard_jobs(kube_client, orphan) and not pods
 
         await wait_until(orphans_gone, 30, "the orphaned shard Jobs and their pods deleted")
+        failed = await wait_phase(kube_client, robbed, FINISHED)
         await operator.stop()
+
+    status = failed["status"]
+    assert (status["phase"], status["reason"]) == ("Failed", "JobDeleted"), status
+    assert status["message"].startswith(
+        f"the Jobs of its 3 shards ({jobs.shard_job_stem(robbed, 1)}-s*) were deleted"
+    )
 
 
 async def _count(client: kube.KubeClient, name: str, count: int) -> bool:

@@ -19,7 +19,7 @@ from crawljob.operator.writes import delete_job, list_quietly, write_status
 from crawljob.times import utc_now
 
 
-@dataclass(frozen=True)
+@dataclass
 class ShardRun:
     """The current run of a CrawlJob as one Job per shard."""
 
@@ -138,16 +138,19 @@ async def reconcile_run(state: State, crawljob: CrawlJob, run: ShardRun) -> None
             raise RetryLater(f"cannot read Job {job_name}: {exc}") from exc
         run.jobs[index] = state.remember_job(found)
     if not run.jobs:
-        # Admitted (status.jobName is the stem), nothing in view: made and deleted while this process
-        # was not watching, or never seen yet. Ask the API before failing it.
-        listed = await list_quietly(state, kube.JOBS, namespace, {resource.LABEL_CRAWLJOB: name})
-        if not any(Job.parse(body).meta.name.startswith(f"{run.stem}-s") for body in listed):
-            await _end(state, crawljob, run, status.shard_jobs_deleted(run.stem, run.shards, now))
-            return
+        # Admitted (status.jobName is the stem) and nothing in view: the Job watch may not have caught
+        # up after a restart, or they were deleted while this process was not watching. Ask the API.
+        try:
+            listed = await state.client.list(kube.JOBS, namespace, {resource.LABEL_CRAWLJOB: name})
+        except kube.KubeError as exc:
+            raise RetryLater(f"cannot list the shard Jobs of {name}: {exc}") from exc
         for body in listed:
             state.remember_job(body)
-        state.kick()
-        return
+        refreshed = shard_run(state, crawljob)
+        if refreshed is None or not refreshed.jobs:
+            await _end(state, crawljob, run, status.shard_jobs_deleted(run.stem, run.shards, now))
+            return
+        run = refreshed
     observed: dict[int, tuple[JobStatus, list[PodStatus]]] = {}
     for index, job in sorted(run.jobs.items()):
         pods = state.pods_of(namespace, job.meta.name)

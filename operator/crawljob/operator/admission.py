@@ -306,6 +306,6 @@ async def detect_job_features(state: State) -> None:
     try:
         state.job_features = jobs.features_of(await state.client.request("GET", "/version"))
     except kube.KubeError as exc:
-        log.warning("cannot read the server version (%s): sharded CrawlJobs run as one pod", exc)
+        log.warning("cannot read the server version (%s): sharded CrawlJobs run one Job per shard", exc)
         state.job_features = jobs.JobFeatures(indexed=False)
     log.info("Job features of the API server: %s", state.job_features.describe())

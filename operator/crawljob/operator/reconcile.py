@@ -99,11 +99,12 @@ async def _maybe_cancel(state: State, crawljob: CrawlJob) -> CrawlJob:
         return kept
     uid = crawljob.meta.uid
     job_names = {job.meta.name for job in state.jobs_of(namespace, name) if not uid or job.is_owned_by(uid)}
-    if current.job_name:
-        job_names.add(current.job_name)
-    # What the Job had got to (start time, attempts), before it goes.
+    # What the Job (or the shard Jobs) had got to (start time, attempts), before they go.
     seen_job = state.jobs.get((namespace, current.job_name)) if current.job_name else None
     run = shardjobs.shard_run(state, crawljob) if seen_job is None else None
+    sharded = run is not None and bool(run.jobs or run.seen or current.job_name == run.stem)
+    if current.job_name and not sharded:
+        job_names.add(current.job_name)
     so_far = None
     if seen_job is not None:
         so_far = status.observe(seen_job.status, state.pods_of(namespace, seen_job.meta.name), utc_now())
@@ -116,13 +117,18 @@ async def _maybe_cancel(state: State, crawljob: CrawlJob) -> CrawlJob:
         await delete_job(state, namespace, job_name)
         state.jobs.pop((namespace, job_name), None)
     state.position_written.pop(crawljob.key, None)
+    shown: str | None
+    if run is not None and sharded:
+        shown, shards = run.stem, run.shards
+    else:
+        shown, shards = current.job_name or (sorted(job_names)[-1] if job_names else None), 0
     observation = status.cancelled(
         token,
-        current.job_name or (sorted(job_names)[-1] if job_names else None),
+        shown,
         utc_now(),
         max(current.attempts, so_far.attempts if so_far else 0),
         current.start_time or (so_far.start_time if so_far else None),
-        shards=run.shards if run is not None and (run.jobs or current.job_name == run.stem) else 0,
+        shards=shards,
     )
     written = await write_status(state, crawljob, observation, current.job_name)
     state.kick(urgent=True)

@@ -276,6 +276,7 @@ def finalize(
         "rowsWritten": totals.rows_written,
         "rowsRejected": totals.rows_rejected,
         "bytesRead": totals.bytes_read,
+        "resumes": sum(int(manifest.get("resumes") or 0) for manifest in manifests),
         "parts": [part for manifest in manifests for part in manifest.get("parts") or []],
         "rejects": {"uri": totals.rejects_uri, "rows": totals.rows_rejected} if totals.rejects_uri else None,
         "shards": [

@@ -144,9 +144,10 @@ class ShardStream(io.RawIOBase):
                 self._ended = True
                 return 0
             chunk = self._raw.read(READ_BYTES)
-            if not chunk:
+            if not chunk:  # the object's end: the bytes the cutter held to speculate are cut now
                 self._ended = True
-                return 0
+                self._pending.extend(self._cutter.flush())
+                continue
             self.offset += len(chunk)
             self._pending.extend(self._cutter.feed(chunk))
         piece = self._pending[0]

@@ -80,6 +80,8 @@ def main() -> int:
                                 str(shards),
                                 "--shard-index",
                                 str(index),
+                                "--run-id",
+                                f"bench-{case}-{shards}",
                             ]
                         )
                         for index in range(shards)

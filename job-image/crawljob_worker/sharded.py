@@ -3,9 +3,10 @@ finalize: check the speculation chain, re-run a shard that assumed the wrong quo
 the one `_manifest.json` and `_rejects.csv` of the whole object (docs/worker.md, "Shards").
 
 Shard I writes its parts under `<output>/shard-0000I/` and, last, `shard-0000I/_shard.json` (its
-edges and counts). The shard that finds all N reports finalizes; S3 is read-after-write consistent,
-so the last shard to write its report always sees every report (two shards finishing together may
-both finalize: they write the same documents).
+edges, counts and the run id). Only reports of this run (`--run-id`) count: an earlier run's reports
+under the same prefix are ignored. S3 is read-after-write consistent, so the last shard to write its
+report always finds all N; every shard that finds them claims the finalize (`claim.py`), and only
+the one that creates the claim (or a retry of its index) finalizes.
 """
 
 from __future__ import annotations
@@ -15,10 +16,14 @@ import dataclasses
 import io
 import json
 import logging
+import re
+import shutil
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, cast
 
+from crawljob_worker.claim import CLAIM_NAME, Outcome, claim_finalize, claim_name
 from crawljob_worker.counters import Counters
 from crawljob_worker.errors import ExitCode, WorkerError, bad_input
 from crawljob_worker.opening import SourceStream
@@ -37,6 +42,7 @@ from crawljob_worker.shard import (
 from crawljob_worker.shardstream import ObjectAccess, ShardStream
 from crawljob_worker.sink import (
     MANIFEST_NAME,
+    OWNED_NAME,
     REJECTS_NAME,
     LocalTarget,
     S3Target,
@@ -50,6 +56,7 @@ from crawljob_worker.uri import Location, parse_location
 
 log = logging.getLogger("crawljob_worker")
 REPORT_NAME = "_shard.json"
+SHARD_DIR = re.compile(r"^shard-(\d{5})/$")
 
 
 def shard_prefix(index: int) -> str:
@@ -86,6 +93,31 @@ class Outputs:
             raise output_error(error, location.uri()) from error
         except network_errors() as error:
             raise output_error(error, location.uri()) from error
+
+    def shard_indexes(self) -> set[int]:
+        """The indexes of the `shard-NNNNN/` sub-prefixes under the prefix (of this or earlier runs)."""
+        if not self.location.is_s3:
+            path = Path(self.location.path)
+            names = {f"{item.name}/" for item in path.iterdir() if item.is_dir()} if path.is_dir() else set()
+        else:
+            names = set()
+            try:
+                pages = self._client.get_paginator("list_objects_v2").paginate(
+                    Bucket=self.location.bucket, Prefix=self.location.path, Delimiter="/"
+                )
+                for page in pages:
+                    for item in page.get("CommonPrefixes", []):
+                        names.add(item["Prefix"][len(self.location.path) :])
+            except (client_error(), *network_errors()) as error:
+                raise output_error(error, self.location.uri()) from error
+        return {int(found.group(1)) for found in map(SHARD_DIR.match, names) if found}
+
+    def remove_shard(self, index: int) -> None:
+        """Delete what a shard of an earlier run with more shards left (parts, manifest, report)."""
+        target = self.target(shard_prefix(index))
+        target.delete(target.names())
+        if not self.location.is_s3:
+            shutil.rmtree(self.location.child(shard_prefix(index)).path, ignore_errors=True)
 
 
 def _shard_settings(settings: Settings, outputs: Outputs, index: int) -> Settings:
@@ -127,7 +159,7 @@ def convert_shard(
         opening=cast("Pending[SourceStream]", Pending(lambda: stream, name="crawljob-shard-open")),
     )
     edges = stream.edges()
-    report = {"edges": edges.to_json(), "counters": counters.as_json()}
+    report = {"runId": settings.run_id, "edges": edges.to_json(), "counters": counters.as_json()}
     outputs.target(shard_prefix(index)).put_bytes(manifest_bytes(report), REPORT_NAME)
     log.info(
         "shard %d of %d: bytes [%d, %d), %d rows read",
@@ -169,12 +201,22 @@ def run_sharded(
         settings, environ, access, outputs, header, index, assumed_in_quotes=False, client=client
     )
     _fill(counters, report["counters"])
-    reports = _reports(outputs, settings.shards)
+    reports = _reports(outputs, settings.shards, settings.run_id)
     if len(reports) < settings.shards:
         log.info(
-            "shard %d: %d of %d shards done; the last one finalizes", index, len(reports), settings.shards
+            "shard %d: %d of %d shards of run %s done; the last one finalizes",
+            index,
+            len(reports),
+            settings.shards,
+            settings.run_id,
         )
         return
+    claim = claim_finalize(client, outputs.location, str(settings.run_id), index)
+    if not claim.outcome.finalizes:
+        log.info("shard %d: every shard is done; shard %s claimed the finalize", index, claim.holder)
+        return
+    if claim.outcome is Outcome.TAKEN_OVER:
+        log.warning("shard %d: finalizing again (this index claimed it; an earlier attempt ended)", index)
     try:
         finalize(
             settings, environ, access, outputs, header, reports, counters, client=client, started=started
@@ -183,12 +225,14 @@ def run_sharded(
         counters.shard["finalized"] = True
 
 
-def _reports(outputs: Outputs, shards: int) -> dict[int, dict[str, Any]]:
+def _reports(outputs: Outputs, shards: int, run_id: str | None) -> dict[int, dict[str, Any]]:
+    """The shard reports of run *run_id* (an earlier run's, under the same prefix, do not count)."""
     found: dict[int, dict[str, Any]] = {}
     for index in range(shards):
         data = outputs.read(shard_prefix(index) + REPORT_NAME)
-        if data is not None:
-            found[index] = json.loads(data)
+        report = json.loads(data) if data is not None else None
+        if isinstance(report, dict) and report.get("runId") == run_id:
+            found[index] = report
     return found
 
 
@@ -250,9 +294,12 @@ def finalize(
         totals.rows_rejected += int(values.get("rowsRejected") or 0)
         totals.bytes_read += int(values.get("bytesRead") or 0)
         totals.output_objects += int(values.get("outputObjects") or 0)
+    written = {MANIFEST_NAME, claim_name(str(settings.run_id))}
     if totals.rows_rejected:
         outputs.top.put_bytes(_global_rejects(settings, outputs, bases), REJECTS_NAME)
         totals.rejects_uri = outputs.top.uri_of(REJECTS_NAME)
+        written.add(REJECTS_NAME)
+    _remove_stale(outputs, written, settings.shards)
     failure: WorkerError | None = None
     if len(schemas) > 1:
         failure = bad_input(
@@ -267,6 +314,8 @@ def finalize(
     manifest = {
         "manifestVersion": 1,
         "outcome": "Failed" if failure else "Succeeded",
+        "runId": settings.run_id,
+        "finalizedBy": settings.shard_index,
         "source": manifests[0].get("source"),
         "output": {**(manifests[0].get("output") or {}), "uri": totals.output_uri},
         "schema": manifests[0].get("schema"),
@@ -297,6 +346,20 @@ def finalize(
     _fill(counters, totals.as_json())
     if failure is not None:
         raise failure
+
+
+def _remove_stale(outputs: Outputs, written: set[str], shards: int) -> None:
+    """Before the manifest: delete what earlier runs left that this run did not write: a 1-shard
+    run's parts and rejects, other runs' claims, shards beyond this run's count."""
+    names = outputs.top.names()
+    stale = {
+        name for name in names if (OWNED_NAME.match(name) or CLAIM_NAME.match(name)) and name not in written
+    }
+    if stale:
+        outputs.top.delete(stale)
+    for index in sorted(outputs.shard_indexes()):
+        if index >= shards:
+            outputs.remove_shard(index)
 
 
 def _manifest_of(outputs: Outputs, index: int) -> dict[str, Any]:

@@ -71,7 +71,7 @@ def test_shards_give_the_rows_rejects_and_line_numbers_of_one_worker(
     for index in range(shards):
         code, message = run_worker(
             tmp_path, f"shard-{index}", f"s3://{bucket}/in/data.csv", "--output", f"s3://{bucket}/many/",
-            "--shards", str(shards), "--shard-index", str(index), *common,
+            "--shards", str(shards), "--shard-index", str(index), "--run-id", "run-1", *common,
         )  # fmt: skip
         assert code == 0, message
         messages.append(message)
@@ -113,6 +113,8 @@ def test_a_quoted_field_across_a_boundary_makes_the_finalizer_re_run_that_shard(
             "2",
             "--shard-index",
             str(index),
+            "--run-id",
+            "run-1",
         )
         assert code == 0, message
     manifest = json.loads((out / "_manifest.json").read_text())
@@ -133,6 +135,8 @@ def test_a_retried_shard_after_the_others_finished_finalizes_the_same_result(tmp
         str(out),
         "--shards",
         "3",
+        "--run-id",
+        "run-1",
         "--dtypes",
         DTYPES,
         "--max-reject-ratio",
@@ -152,7 +156,7 @@ def test_gzip_is_refused_for_sharding_with_a_clear_reason(tmp_path: Path) -> Non
     source = tmp_path / "data.csv.gz"
     source.write_bytes(gzip.compress(sample(50)))
     code, message = run_worker(
-        tmp_path, "gz", str(source), "--output", str(tmp_path / "out"), "--shards", "2"
+        tmp_path, "gz", str(source), "--output", str(tmp_path / "out"), "--shards", "2", "--run-id", "r"
     )
     assert code == 3
     assert message["reason"] == "BadInput" and "gzip object cannot be sharded" in message["message"]
@@ -169,6 +173,8 @@ def test_the_reject_ratio_applies_to_the_whole_object(tmp_path: Path) -> None:
         str(out),
         "--shards",
         "2",
+        "--run-id",
+        "run-1",
         "--dtypes",
         DTYPES,
         "--max-reject-ratio",
@@ -183,5 +189,5 @@ def test_the_reject_ratio_applies_to_the_whole_object(tmp_path: Path) -> None:
 def test_a_shard_index_outside_the_shards_is_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = main(["x.csv", "--output", str(tmp_path), "--shards", "2", "--shard-index", "2"])
+    code = main(["x.csv", "--output", str(tmp_path), "--shards", "2", "--shard-index", "2", "--run-id", "r"])
     assert code == 2 and "--shard-index must be below --shards (2)" in capsys.readouterr().out

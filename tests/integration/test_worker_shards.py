@@ -6,6 +6,11 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import os
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -191,3 +196,136 @@ def test_a_shard_index_outside_the_shards_is_refused(
 ) -> None:
     code = main(["x.csv", "--output", str(tmp_path), "--shards", "2", "--shard-index", "2", "--run-id", "r"])
     assert code == 2 and "--shard-index must be below --shards (2)" in capsys.readouterr().out
+
+
+def plain(rows: int, start: int = 0) -> bytes:
+    """A CSV without rejects: `id,amount` rows."""
+    return ("id,amount\n" + "".join(f"{n},{n / 2}\n" for n in range(start, start + rows))).encode()
+
+
+def s3_names(s3_client: Any, bucket: str, prefix: str) -> set[str]:
+    listed = s3_client.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
+    return {item["Key"][len(prefix) :] for item in listed}
+
+
+def shard_args(bucket: str, key: str, prefix: str, shards: int, index: int, run_id: str) -> list[str]:
+    return [
+        f"s3://{bucket}/{key}", "--output", f"s3://{bucket}/{prefix}", "--shards", str(shards),
+        "--shard-index", str(index), "--run-id", run_id, "--chunk-size-mb", "0.05",
+    ]  # fmt: skip
+
+
+@pytest.mark.usefixtures("s3_env")
+def test_a_rerun_over_a_previous_runs_prefix_gives_exactly_the_new_runs_result(
+    tmp_path: Path, s3_client: Any, bucket: str
+) -> None:
+    # Run 1: 3 shards of a file with rejects; every shard's report stays under the prefix.
+    s3_client.put_object(Bucket=bucket, Key="in/data.csv", Body=sample(600))
+    for index in range(3):
+        code, message = run_worker(
+            tmp_path, f"r1-{index}", *shard_args(bucket, "in/data.csv", "out/", 3, index, "uid-1"),
+            "--dtypes", DTYPES, "--max-reject-ratio", "0.5",
+        )  # fmt: skip
+        assert code == 0, message
+    assert json.loads(s3_read(s3_client, bucket, "out/_manifest.json"))["rowsRejected"] > 0
+    # Run 2 (a re-run: new data, 2 shards). Its first shard finds run 1's reports of shards 1 and 2
+    # and must not count them.
+    s3_client.put_object(Bucket=bucket, Key="in/data.csv", Body=plain(800))
+    code, first = run_worker(tmp_path, "r2-0", *shard_args(bucket, "in/data.csv", "out/", 2, 0, "uid-2"))
+    assert code == 0 and first["shard"]["finalized"] is False, first
+    assert json.loads(s3_read(s3_client, bucket, "out/_manifest.json"))["runId"] == "uid-1"
+    code, last = run_worker(tmp_path, "r2-1", *shard_args(bucket, "in/data.csv", "out/", 2, 1, "uid-2"))
+    assert code == 0 and last["shard"]["finalized"] is True, last
+    rows, manifest, rejects = s3_result(s3_client, bucket, "out/")
+    assert rows == [(n, n / 2) for n in range(800)] and rejects == b""
+    assert (manifest["runId"], manifest["rowsRead"], manifest["rowsRejected"]) == ("uid-2", 800, 0)
+    assert (last["rowsRead"], last["rejectsUri"]) == (800, None)
+    # Exactly the new run's objects: no run-1 shard 2, rejects or claim.
+    names = s3_names(s3_client, bucket, "out/")
+    assert {name.split("/")[0] for name in names} == {
+        "_manifest.json", "_finalize-uid-2.json", "shard-00000", "shard-00001",
+    }  # fmt: skip
+    listed_parts = {name for name in names if "/part-" in name}
+    assert listed_parts == {part["uri"].split("/out/", 1)[1] for part in manifest["parts"]}
+
+
+@pytest.mark.usefixtures("s3_env")
+def test_only_the_claiming_shard_finalizes_and_a_retry_of_it_finalizes_again(
+    tmp_path: Path, s3_client: Any, bucket: str
+) -> None:
+    s3_client.put_object(Bucket=bucket, Key="in/data.csv", Body=plain(500))
+    for index in (0, 1):
+        assert (
+            run_worker(tmp_path, f"s{index}", *shard_args(bucket, "in/data.csv", "o/", 2, index, "r"))[0] == 0
+        )
+    claim = json.loads(s3_read(s3_client, bucket, "o/_finalize-r.json"))
+    assert (claim["runId"], claim["shardIndex"]) == ("r", 1)
+    etag = s3_client.head_object(Bucket=bucket, Key="o/_manifest.json")["ETag"]
+    # A second pod of shard 0 (it finds every report, as a shard finishing with the claimer does):
+    # the claim names shard 1, so it leaves the finalize alone.
+    code, loser = run_worker(tmp_path, "again-0", *shard_args(bucket, "in/data.csv", "o/", 2, 0, "r"))
+    assert code == 0 and loser["shard"] == {"index": 0, "count": 2, "finalized": False}
+    assert loser["rowsRead"] < 500 and loser["manifestUri"] != f"s3://{bucket}/o/_manifest.json"
+    assert s3_client.head_object(Bucket=bucket, Key="o/_manifest.json")["ETag"] == etag
+    # Shard 1's pod died mid-finalize and Kubernetes retried index 1: the retry takes the claim over.
+    s3_client.delete_object(Bucket=bucket, Key="o/_manifest.json")
+    code, retry = run_worker(tmp_path, "again-1", *shard_args(bucket, "in/data.csv", "o/", 2, 1, "r"))
+    assert code == 0 and retry["shard"] == {"index": 1, "count": 2, "finalized": True}
+    rows, manifest, _ = s3_result(s3_client, bucket, "o/")
+    assert rows == [(n, n / 2) for n in range(500)]
+    assert (manifest["finalizedBy"], manifest["rowsRead"], retry["rowsRead"]) == (1, 500, 500)
+
+
+@pytest.mark.parametrize("where", ["s3", "local"])
+def test_concurrent_claims_of_one_run_make_exactly_one_finalizer(
+    where: str, tmp_path: Path, s3_client: Any, bucket: str
+) -> None:
+    from crawljob_worker.claim import Outcome, claim_finalize
+    from crawljob_worker.uri import parse_location
+
+    location = parse_location(f"s3://{bucket}/c/" if where == "s3" else str(tmp_path / "c"), what="out")
+    shards = 8
+    barrier = threading.Barrier(shards)
+
+    def claim(index: int) -> Any:
+        barrier.wait()
+        return claim_finalize(s3_client, location, "run-7", index)
+
+    with ThreadPoolExecutor(shards) as pool:
+        claims = list(pool.map(claim, range(shards)))
+    winners = [index for index, item in enumerate(claims) if item.outcome is Outcome.CLAIMED]
+    assert len(winners) == 1
+    assert all(item.holder == winners[0] for item in claims)
+    assert sum(item.outcome is Outcome.LOST for item in claims) == shards - 1
+
+
+@pytest.mark.usefixtures("s3_env")
+def test_two_shard_processes_finishing_together_finalize_once(
+    tmp_path: Path, s3_client: Any, bucket: str, s3_env: dict[str, str]
+) -> None:
+    s3_client.put_object(Bucket=bucket, Key="in/tiny.csv", Body=plain(40))
+    for round_ in range(3):
+        run_id, prefix = f"together-{round_}", f"t{round_}/"
+        processes = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "crawljob_worker",
+                    *shard_args(bucket, "in/tiny.csv", prefix, 2, index, run_id),
+                    "--termination-log",
+                    str(tmp_path / f"{run_id}-{index}"),
+                ],
+                env={**os.environ, **s3_env},
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for index in range(2)
+        ]
+        assert [process.wait(timeout=120) for process in processes] == [0, 0]
+        messages = [json.loads((tmp_path / f"{run_id}-{index}").read_text()) for index in range(2)]
+        finalizers = [message["shard"]["index"] for message in messages if message["shard"]["finalized"]]
+        assert len(finalizers) == 1, messages
+        rows, manifest, _ = s3_result(s3_client, bucket, prefix)
+        assert rows == [(n, n / 2) for n in range(40)] and manifest["finalizedBy"] == finalizers[0]
+        assert messages[finalizers[0]]["rowsRead"] == 40

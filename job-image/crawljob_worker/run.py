@@ -20,7 +20,7 @@ from crawljob_worker.mapped import mapped_blocks
 from crawljob_worker.opening import SourceStream, open_settings_source
 from crawljob_worker.parse import BlockParser, Dialect
 from crawljob_worker.pipeline import Drain, Pending, prefetch
-from crawljob_worker.report import Progress
+from crawljob_worker.report import Progress, StatusSink
 from crawljob_worker.settings import Settings
 from crawljob_worker.sink import (
     MANIFEST_NAME,
@@ -120,10 +120,12 @@ def run(
     counters: Counters,
     client: Any = None,
     opening: Pending[SourceStream] | None = None,
+    status: StatusSink | None = None,
 ) -> None:
     """Convert the source; fills *counters*; raises WorkerError on failure (after writing rejects).
 
-    *opening* is the source already being opened in the background (`opening.start_opening`)."""
+    *opening* is the source already being opened in the background (`opening.start_opening`);
+    *status* receives progress instead of the CrawlJob named in *settings* (a shard's, `sharded`)."""
     started = time.time()
     source_location = settings.source_location()
     output_location = parse_location(settings.output, what="--output")
@@ -145,6 +147,7 @@ def run(
         stream.info.size,
         settings.progress_interval,
         kube_target(settings.crawljob_name, settings.namespace, settings.kube_server, environ),
+        sink=status,
     )
     log.info(
         "reading %s (%s bytes) into %s as %s",

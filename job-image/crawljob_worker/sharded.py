@@ -26,8 +26,10 @@ from typing import Any, cast
 from crawljob_worker.claim import CLAIM_NAME, Outcome, claim_finalize, claim_name
 from crawljob_worker.counters import Counters
 from crawljob_worker.errors import ExitCode, WorkerError, bad_input
+from crawljob_worker.kubeapi import StatusWriter, kube_target
 from crawljob_worker.opening import SourceStream
 from crawljob_worker.pipeline import Pending
+from crawljob_worker.report import now_iso
 from crawljob_worker.run import reject_threshold_error, run
 from crawljob_worker.settings import Settings
 from crawljob_worker.shard import (
@@ -39,6 +41,7 @@ from crawljob_worker.shard import (
     line_bases,
     refusal,
 )
+from crawljob_worker.shardprogress import ShardStatus
 from crawljob_worker.shardstream import ObjectAccess, ShardStream
 from crawljob_worker.sink import (
     MANIFEST_NAME,
@@ -122,7 +125,7 @@ class Outputs:
 
 def _shard_settings(settings: Settings, outputs: Outputs, index: int) -> Settings:
     """A shard converts like a 1-shard run into its own sub-prefix; the reject ratio is applied to the
-    whole object at finalize; shards patch no progress (N partial figures would overwrite each other)."""
+    whole object at finalize; its progress goes through `shard_status`, not a whole-object patch."""
     return dataclasses.replace(
         settings,
         output=outputs.location.child(shard_prefix(index)).uri(),
@@ -141,8 +144,10 @@ def convert_shard(
     *,
     assumed_in_quotes: bool,
     client: Any,
+    report_progress: bool = True,
 ) -> dict[str, Any]:
-    """Convert shard *index* and write its report; returns the report."""
+    """Convert shard *index* and write its report; returns the report. The finalizer's re-run of a
+    shard reports no progress (that shard's entry already says it read its range)."""
     plan = ShardPlan(access.size, settings.shards)
     quote = settings.quote.encode(settings.encoding) if settings.quote else None
     cutter = ShardCutter(plan, index, quote, assumed_in_quotes=assumed_in_quotes)
@@ -157,6 +162,7 @@ def convert_shard(
         client=client,
         # A ShardStream has every attribute run() reads of a source (info, offset, reconnects, close).
         opening=cast("Pending[SourceStream]", Pending(lambda: stream, name="crawljob-shard-open")),
+        status=shard_status(settings, environ, index, access.size) if report_progress else None,
     )
     edges = stream.edges()
     report = {"runId": settings.run_id, "edges": edges.to_json(), "counters": counters.as_json()}
@@ -170,6 +176,17 @@ def convert_shard(
         counters.rows_read,
     )
     return report
+
+
+def shard_status(settings: Settings, environ: Mapping[str, str], index: int, size: int) -> ShardStatus | None:
+    """Where shard *index* reports progress: its entry in the CrawlJob's status.progress, or nowhere
+    outside a CrawlJob."""
+    target = kube_target(settings.crawljob_name, settings.namespace, settings.kube_server, environ)
+    if target is None:
+        return None
+    return ShardStatus(
+        StatusWriter(target), index=index, run_id=settings.run_id, bytes_total=size, now=now_iso
+    )
 
 
 def run_sharded(
@@ -280,7 +297,15 @@ def finalize(
             index,
         )
         reports[index] = convert_shard(
-            settings, environ, access, outputs, header, index, assumed_in_quotes=state, client=client
+            settings,
+            environ,
+            access,
+            outputs,
+            header,
+            index,
+            assumed_in_quotes=state,
+            client=client,
+            report_progress=False,
         )
         reruns.append(index)
     manifests = [_manifest_of(outputs, index) for index in range(settings.shards)]

@@ -3,6 +3,7 @@ the same rows, rejects and line numbers as one worker, one manifest, gzip refuse
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import io
 import json
@@ -18,6 +19,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from crawljob import kube, resource
+from crawljob.local.emulator import Emulator
 from crawljob_worker.__main__ import main
 from crawljob_worker.shard import ShardPlan
 
@@ -86,6 +89,7 @@ def test_shards_give_the_rows_rejects_and_line_numbers_of_one_worker(
     assert rejects == expected_rejects  # the same line numbers, reasons and records
     assert manifest["rowsRead"] == single["rowsRead"] == 3000
     assert manifest["rowsRejected"] == single["rowsRejected"] == 31
+    assert manifest["bytesRead"] == single["bytesRead"]  # the shards' owned bytes add up to the object
     assert [item["index"] for item in manifest["shards"]] == list(range(shards))
     assert sum(item["rowsRead"] for item in manifest["shards"]) == 3000
     # The last shard finalized: its termination message carries the whole object's counts.
@@ -329,3 +333,31 @@ def test_two_shard_processes_finishing_together_finalize_once(
         rows, manifest, _ = s3_result(s3_client, bucket, prefix)
         assert rows == [(n, n / 2) for n in range(40)] and manifest["finalizedBy"] == finalizers[0]
         assert messages[finalizers[0]]["rowsRead"] == 40
+
+
+@pytest.mark.usefixtures("s3_env")
+async def test_shards_sum_their_progress_into_the_crawljobs_status(
+    tmp_path: Path, s3_client: Any, bucket: str, emulator: tuple[Emulator, str], kube_client: kube.KubeClient
+) -> None:
+    await kube_client.create(
+        kube.CRAWLJOBS, "default",
+        {"apiVersion": resource.API_VERSION, "kind": resource.KIND, "metadata": {"name": "sharded"},
+         "spec": {"source": {"bucket": bucket, "key": "in/data.csv"}}},
+    )  # fmt: skip
+    data = plain(3000)
+    s3_client.put_object(Bucket=bucket, Key="in/data.csv", Body=data)
+    report = ["--name", "sharded", "--namespace", "default", "--kube-server", emulator[1]]
+    seen = []
+    for index in range(3):
+        args = shard_args(bucket, "in/data.csv", "p/", 3, index, "uid-1")
+        code, message = await asyncio.to_thread(run_worker, tmp_path, f"s{index}", *args, *report)
+        assert code == 0, message
+        seen.append((await kube_client.get(kube.CRAWLJOBS, "default", "sharded"))["status"]["progress"])
+    # While the crawl runs (after shard 0 alone) the CrawlJob already shows a share of the object.
+    assert seen[0]["bytesTotal"] == len(data) and 30 <= int(seen[0]["percent"].rstrip("%")) < 40
+    assert seen[0]["rowsRead"] == seen[0]["shards"]["0"]["rowsRead"] > 0
+    progress = seen[-1]
+    assert (progress["bytesRead"], progress["rowsRead"], progress["percent"]) == (len(data), 3000, "100%")
+    assert sorted(progress["shards"]) == ["0", "1", "2"]
+    assert {entry["runId"] for entry in progress["shards"].values()} == {"uid-1"}
+    assert sum(entry["rowsRead"] for entry in progress["shards"].values()) == 3000

@@ -161,7 +161,9 @@ def build_job(
         "image": template.get("image") or settings.worker_image,
         "imagePullPolicy": "IfNotPresent",
         "command": list(settings.worker_command),
-        "args": worker_args(spec, name, settings, run_id(crawljob)),  # --shards N is added below for an Indexed Job
+        "args": worker_args(
+            spec, name, settings, run_id(crawljob)
+        ),  # --shards N is added below for an Indexed Job
         "env": env,
         "resources": resources,
         "securityContext": dict(CONTAINER_SECURITY_CONTEXT),

@@ -23,6 +23,7 @@ from crawljob import kube, resource
 from crawljob.local.emulator import Emulator
 from crawljob_worker.__main__ import main
 from crawljob_worker.shard import ShardPlan
+from fakes.s3proxy import NoConditionalWritesProxy
 
 DTYPES = '{"id": "int64", "amount": "float64"}'
 
@@ -361,3 +362,29 @@ async def test_shards_sum_their_progress_into_the_crawljobs_status(
     assert sorted(progress["shards"]) == ["0", "1", "2"]
     assert {entry["runId"] for entry in progress["shards"].values()} == {"uid-1"}
     assert sum(entry["rowsRead"] for entry in progress["shards"].values()) == 3000
+
+
+def test_a_store_without_conditional_writes_falls_back_to_finalizing_without_a_claim(
+    tmp_path: Path, s3_client: Any, bucket: str, local_s3: Any, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    proxy = NoConditionalWritesProxy(local_s3.endpoint)
+    for name, value in {**local_s3.environment(), "AWS_ENDPOINT_URL_S3": proxy.start()}.items():
+        monkeypatch.setenv(name, value)
+    try:
+        s3_client.put_object(Bucket=bucket, Key="in/data.csv", Body=plain(300))
+        messages = []
+        for name, index in (("s0", 0), ("s1", 1), ("again-0", 0)):
+            code, message = run_worker(
+                tmp_path, name, *shard_args(bucket, "in/data.csv", "nc/", 2, index, "r")
+            )
+            assert code == 0, message
+            messages.append(message)
+    finally:
+        proxy.stop()
+    # Every shard that found both reports finalized (the old behaviour), with the same result.
+    assert [message["shard"]["finalized"] for message in messages] == [False, True, True]
+    assert proxy.refused == 2 and "does not implement conditional writes" in caplog.text
+    rows, manifest, _ = s3_result(s3_client, bucket, "nc/")
+    assert rows == [(n, n / 2) for n in range(300)] and manifest["finalizedBy"] == 0
+    assert not any(name.startswith("_finalize-") for name in s3_names(s3_client, bucket, "nc/"))

@@ -81,6 +81,7 @@ def build_manifest(
     return {
         "manifestVersion": 1,
         "outcome": outcome,
+        "runId": settings.run_id,
         "source": {
             "uri": source.uri,
             "size": source.size,

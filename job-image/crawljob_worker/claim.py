@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import tempfile
 import time
 from dataclasses import dataclass
@@ -28,7 +27,6 @@ from crawljob_worker.uri import Location
 
 log = logging.getLogger("crawljob_worker.claim")
 
-CLAIM_NAME = re.compile(r"^_finalize-[A-Za-z0-9._-]+\.json$")
 # S3 answers a conditional write racing another one on the same key with 409: try again.
 CONFLICT_RETRIES = 5
 # What a store says when it does not implement `If-None-Match` on PUT.

@@ -33,6 +33,7 @@ from crawljob_worker.sink import (
     Target,
     manifest_bytes,
     remove_stale,
+    remove_stale_shards,
 )
 from crawljob_worker.source import FileStream, SourceInfo, decompressed, s3_client
 from crawljob_worker.stats import TableStats
@@ -205,6 +206,8 @@ def run(
         else:
             rejects.discard()
         remove_stale(target, written)
+        if settings.shards == 1:  # the whole object (not a shard's sub-prefix): an earlier sharded run's
+            remove_stale_shards(target, 0)  # shard-NNNNN/ prefixes are stale too
         failure = reject_threshold_error(
             counters.rows_rejected, counters.rows_read, settings.max_reject_ratio, counters.rejects_uri
         )

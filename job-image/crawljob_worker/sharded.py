@@ -16,14 +16,11 @@ import dataclasses
 import io
 import json
 import logging
-import re
-import shutil
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, cast
 
-from crawljob_worker.claim import CLAIM_NAME, Outcome, claim_finalize, claim_name
+from crawljob_worker.claim import Outcome, claim_finalize, claim_name
 from crawljob_worker.counters import Counters
 from crawljob_worker.errors import ExitCode, WorkerError, bad_input
 from crawljob_worker.kubeapi import StatusWriter, kube_target
@@ -45,7 +42,6 @@ from crawljob_worker.shardprogress import ShardStatus
 from crawljob_worker.shardstream import ObjectAccess, ShardStream
 from crawljob_worker.sink import (
     MANIFEST_NAME,
-    OWNED_NAME,
     REJECTS_NAME,
     LocalTarget,
     S3Target,
@@ -53,13 +49,14 @@ from crawljob_worker.sink import (
     client_error,
     manifest_bytes,
     output_error,
+    remove_stale,
+    remove_stale_shards,
 )
 from crawljob_worker.source import error_code, network_errors, s3_client
 from crawljob_worker.uri import Location, parse_location
 
 log = logging.getLogger("crawljob_worker")
 REPORT_NAME = "_shard.json"
-SHARD_DIR = re.compile(r"^shard-(\d{5})/$")
 
 
 def shard_prefix(index: int) -> str:
@@ -96,31 +93,6 @@ class Outputs:
             raise output_error(error, location.uri()) from error
         except network_errors() as error:
             raise output_error(error, location.uri()) from error
-
-    def shard_indexes(self) -> set[int]:
-        """The indexes of the `shard-NNNNN/` sub-prefixes under the prefix (of this or earlier runs)."""
-        if not self.location.is_s3:
-            path = Path(self.location.path)
-            names = {f"{item.name}/" for item in path.iterdir() if item.is_dir()} if path.is_dir() else set()
-        else:
-            names = set()
-            try:
-                pages = self._client.get_paginator("list_objects_v2").paginate(
-                    Bucket=self.location.bucket, Prefix=self.location.path, Delimiter="/"
-                )
-                for page in pages:
-                    for item in page.get("CommonPrefixes", []):
-                        names.add(item["Prefix"][len(self.location.path) :])
-            except (client_error(), *network_errors()) as error:
-                raise output_error(error, self.location.uri()) from error
-        return {int(found.group(1)) for found in map(SHARD_DIR.match, names) if found}
-
-    def remove_shard(self, index: int) -> None:
-        """Delete what a shard of an earlier run with more shards left (parts, manifest, report)."""
-        target = self.target(shard_prefix(index))
-        target.delete(target.names())
-        if not self.location.is_s3:
-            shutil.rmtree(self.location.child(shard_prefix(index)).path, ignore_errors=True)
 
 
 def _shard_settings(settings: Settings, outputs: Outputs, index: int) -> Settings:
@@ -324,7 +296,10 @@ def finalize(
         outputs.top.put_bytes(_global_rejects(settings, outputs, bases), REJECTS_NAME)
         totals.rejects_uri = outputs.top.uri_of(REJECTS_NAME)
         written.add(REJECTS_NAME)
-    _remove_stale(outputs, written, settings.shards)
+    # Before the manifest: what earlier runs left and this run did not write goes (a 1-shard run's
+    # parts and rejects, other runs' claims, shard prefixes beyond this run's N).
+    remove_stale(outputs.top, written)
+    remove_stale_shards(outputs.top, settings.shards)
     failure: WorkerError | None = None
     if len(schemas) > 1:
         failure = bad_input(
@@ -371,20 +346,6 @@ def finalize(
     _fill(counters, totals.as_json())
     if failure is not None:
         raise failure
-
-
-def _remove_stale(outputs: Outputs, written: set[str], shards: int) -> None:
-    """Before the manifest: delete what earlier runs left that this run did not write: a 1-shard
-    run's parts and rejects, other runs' claims, shards beyond this run's count."""
-    names = outputs.top.names()
-    stale = {
-        name for name in names if (OWNED_NAME.match(name) or CLAIM_NAME.match(name)) and name not in written
-    }
-    if stale:
-        outputs.top.delete(stale)
-    for index in sorted(outputs.shard_indexes()):
-        if index >= shards:
-            outputs.remove_shard(index)
 
 
 def _manifest_of(outputs: Outputs, index: int) -> dict[str, Any]:

@@ -388,3 +388,26 @@ def test_a_store_without_conditional_writes_falls_back_to_finalizing_without_a_c
     rows, manifest, _ = s3_result(s3_client, bucket, "nc/")
     assert rows == [(n, n / 2) for n in range(300)] and manifest["finalizedBy"] == 0
     assert not any(name.startswith("_finalize-") for name in s3_names(s3_client, bucket, "nc/"))
+
+
+def test_a_one_shard_run_over_a_sharded_runs_prefix_leaves_only_its_own_objects(tmp_path: Path) -> None:
+    source = tmp_path / "data.csv"
+    source.write_bytes(plain(400))
+    out = tmp_path / "out"
+    for index in range(3):
+        args = [
+            str(source),
+            "--output",
+            str(out),
+            "--shards",
+            "3",
+            "--shard-index",
+            str(index),
+            "--run-id",
+            "a",
+        ]
+        assert run_worker(tmp_path, f"s{index}", *args)[0] == 0
+    assert {path.name for path in out.iterdir()} >= {"shard-00002", "_finalize-a.json", "_manifest.json"}
+    code, message = run_worker(tmp_path, "one", str(source), "--output", str(out))  # spec.shards back to 1
+    assert code == 0 and message["rowsRead"] == 400
+    assert sorted(path.name for path in out.iterdir()) == ["_manifest.json", "part-00000.parquet"]

@@ -63,7 +63,7 @@ bench-kube-client: $(STAMP) ## crawljob.kube vs kubernetes_asyncio: import CPU/R
 bench-s3-ranges: $(STAMP) ## Worker reading S3 with 1, 2, 4, 8 ranged GETs when each connection is capped (SIZE_MB=100 THROTTLE=20 MB/s)
 	$(BIN)/python bench/s3_ranges.py
 
-bench-shards: $(STAMP) ## One CSV through 1, 2, 4 shards from S3, per-connection throttle and unthrottled: wall, speedup, CPU s, row checksum (SIZE_MB=1600 THROTTLE=40)
+bench-shards: $(STAMP) ## One CSV through 1, 2, 4 shards from loopback S3 (s3rver via npm, and moto), per-connection caps: wall, speedup, CPU s, row checksum (SIZE_MB=1600 THROTTLES=20,40,0 SERVERS=s3rver,moto)
 	$(BIN)/python bench/shards.py
 
 bench: bench-receiver bench-operator bench-worker bench-s3-ranges bench-worker-startup bench-kube-client bench-shards bench-sweep ## All benchmarks, each printing its table (slow: the worker's uses 400, 800 and 1,600 MB files)

@@ -1,29 +1,43 @@
 """`make bench-shards`: one CSV through 1, 2 and 4 shards (worker processes at once), from S3.
 
-The same generated CSV (SIZE_MB, 1600 by default) on moto's loopback S3 is converted by one worker
-(`--shards 1`, the contender: today's path) and by N workers `--shards N --shard-index i` started
-together, as an Indexed Job's pods would be. First with every S3 connection capped at THROTTLE MB/s
-by the proxy of `bench/s3_ranges.py` (real S3 gives one GET stream ~50-100 MB/s: the I/O-bound case),
-then unthrottled (CPU-bound on these 2 shared cores). Wall time, speedup over 1 shard, total
-CPU-seconds of all processes (wait4 of a driver that waits for every worker), and an order-independent
-checksum of the output rows (the sum of pandas' per-row hashes, mod 2^64: equal for equal multisets
-of rows, i.e. for equal sorted rows), which must match the 1-shard run's.
+The same generated CSV (SIZE_MB, 1600 by default) is converted by one worker (`--shards 1`, the
+contender: today's path) and by N workers `--shards N --shard-index i` started together, as an
+Indexed Job's pods would be. Each S3 connection goes through the proxy of `bench/s3_ranges.py` capped
+at each of THROTTLES MB/s (real S3 gives one GET stream ~50-100 MB/s; 0 = unthrottled, CPU-bound on
+these 2 shared cores). Wall time, speedup over 1 shard, total CPU-seconds of all worker processes
+(wait4 of a driver that waits for every worker), and an order-independent checksum of the output
+rows (the sum of pandas' per-row hashes, mod 2^64: equal for equal multisets of rows, i.e. for equal
+sorted rows), which must match the 1-shard run's.
+
+Two loopback S3 servers (SERVERS): s3rver (npm; objects are files, a ranged GET streams its range:
+S3's cost model) and moto (reads the whole object into memory for every GET, ranged or not: ~1 s of
+its CPU per GET of a 1.6 GB object, which N shards pay N times over on the same 2 cores).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 import pyarrow.parquet as pq
 from s3_ranges import throttled  # bench/: this script's directory is on sys.path
 from worker import MB, generate, loopback_s3, measure
+
+from crawljob.local.s3 import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
 
 DRIVER = """
 import json, subprocess, sys
@@ -45,68 +59,118 @@ def checksum(output: Path) -> tuple[int, int]:
     return rows, total
 
 
+@contextlib.contextmanager
+def loopback_s3rver(source: Path, workdir: Path) -> Iterator[dict[str, str]]:
+    """s3rver on loopback holding the file as s3://bench/iot.csv (installed by tools/s3rver.sh)."""
+    import boto3
+
+    program = subprocess.run(
+        [str(ROOT / "tools" / "s3rver.sh")], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    port = free_port()
+    data = workdir / "s3rver-data"
+    data.mkdir()
+    server = subprocess.Popen(
+        [program, "-d", str(data), "-a", "127.0.0.1", "-p", str(port), "-s", "--configure-bucket", "bench"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(endpoint + "/bench", timeout=1):
+                    break
+            except (urllib.error.URLError, OSError):
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"s3rver did not start on {endpoint}") from None
+                time.sleep(0.2)
+        env = {**os.environ, "AWS_ENDPOINT_URL_S3": endpoint, "AWS_ACCESS_KEY_ID": "S3RVER",
+               "AWS_SECRET_ACCESS_KEY": "S3RVER", "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
+        client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                              aws_access_key_id="S3RVER", aws_secret_access_key="S3RVER")  # fmt: skip
+        client.upload_file(str(source), "bench", "iot.csv")
+        yield env
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def run_case(
+    env: dict[str, str], workdir: Path, output: Path, shards: int
+) -> tuple[float, float, int, str, str]:
+    """(wall s, CPU s, rows, checksum, failure note) of N shard processes started together."""
+    commands = [
+        [sys.executable, "-m", "crawljob_worker", "s3://bench/iot.csv", "--output", str(output),
+         "--termination-log", str(workdir / f"t-{index}"), "--shards", str(shards), "--shard-index", str(index),
+         "--run-id", f"bench-{output.name}"]
+        for index in range(shards)
+    ]  # fmt: skip
+    result = measure(f"{shards}", [sys.executable, "-c", DRIVER, json.dumps(commands)], env=env)
+    count, digest = checksum(output) if not result.note else (0, 0)
+    shutil.rmtree(output, ignore_errors=True)
+    return result.seconds, result.cpu_seconds, count, f"{digest:016x}", result.note
+
+
+def startup_cpu(env: dict[str, str], workdir: Path) -> float:
+    """Median CPU-seconds of one worker process converting a header-only CSV object from the same S3
+    (its fixed cost: interpreter, imports, S3 client, the output's first write)."""
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL_S3"], region_name="us-east-1",
+                          aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                          aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])  # fmt: skip
+    client.put_object(Bucket="bench", Key="empty.csv", Body=b"ts,device_id,value\n")
+    command = [sys.executable, "-m", "crawljob_worker", "s3://bench/empty.csv", "--output",
+               str(workdir / "out-empty"), "--termination-log", str(workdir / "t-empty")]  # fmt: skip
+    runs = sorted(measure("startup", command, env=env).cpu_seconds for _ in range(3))
+    return runs[1]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size-mb", type=int, default=int(os.environ.get("SIZE_MB", "1600")))
-    parser.add_argument("--throttle", type=float, default=float(os.environ.get("THROTTLE", "40")),
-                        help="MB/s per connection")  # fmt: skip
+    parser.add_argument("--throttles", default=os.environ.get("THROTTLES", "20,40,0"),
+                        help="MB/s per connection, comma-separated; 0 = unthrottled")  # fmt: skip
     parser.add_argument("--shards", default=os.environ.get("SHARDS", "1,2,4"))
-    parser.add_argument("--cases", default=os.environ.get("CASES", "throttled,unthrottled"))
+    parser.add_argument("--servers", default=os.environ.get("SERVERS", "s3rver,moto"))
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="crawljob-bench-shards-"))
     source = workdir / "iot.csv"
     size = generate(source, args.size_mb)
     counts = [int(item) for item in args.shards.split(",")]
-    rows: list[tuple[str, int, float, float, int, str, str]] = []
-    with loopback_s3(source) as environment:
-        for case in args.cases.split(","):
-            context = throttled(environment, args.throttle * MB) if case == "throttled" else None
-            env = context.__enter__() if context is not None else environment
-            try:
-                for shards in counts:
-                    output = workdir / f"out-{case}-{shards}"
-                    commands = [
-                        (
-                            [
-                                sys.executable,
-                                "-m",
-                                "crawljob_worker",
-                                "s3://bench/iot.csv",
-                                "--output",
-                                str(output),
-                                "--termination-log",
-                                str(workdir / f"t-{index}"),
-                                "--shards",
-                                str(shards),
-                                "--shard-index",
-                                str(index),
-                                "--run-id",
-                                f"bench-{case}-{shards}",
-                            ]
-                        )
-                        for index in range(shards)
-                    ]
-                    result = measure(
-                        f"{shards}", [sys.executable, "-c", DRIVER, json.dumps(commands)], env=env
-                    )
-                    count, digest = checksum(output) if not result.note else (0, 0)
-                    rows.append((case, shards, result.seconds, result.cpu_seconds, count, f"{digest:016x}",
-                                 result.note))  # fmt: skip
-                    shutil.rmtree(output, ignore_errors=True)
-                    print(rows[-1], flush=True)
-            finally:
-                if context is not None:
-                    context.__exit__(None, None, None)
+    rows: list[tuple[str, str, int, float, float, int, str, str]] = []
+    startup: float | None = None
+    for server in args.servers.split(","):
+        opened = loopback_s3rver(source, workdir) if server == "s3rver" else loopback_s3(source)
+        with opened as environment:
+            startup = startup if startup is not None else startup_cpu(environment, workdir)
+            for throttle in [float(item) for item in args.throttles.split(",")]:
+                case = f"{throttle:g} MB/s" if throttle else "unthrottled"
+                context = (
+                    throttled(environment, throttle * MB) if throttle else contextlib.nullcontext(environment)
+                )
+                with context as env:
+                    for shards in counts:
+                        output = workdir / f"out-{server}-{throttle:g}-{shards}"
+                        rows.append((server, case, shards, *run_case(env, workdir, output, shards)))
+                        print(rows[-1], flush=True)
     shutil.rmtree(workdir, ignore_errors=True)
-    print(f"\n{size / MB:,.0f} MB CSV from moto on loopback; throttled: each connection capped at "
-          f"{args.throttle:g} MB/s; {os.cpu_count()} cores, shared")  # fmt: skip
-    print("| case | shards | wall s | speedup | CPU s | CPU vs 1 shard | rows | row checksum | same rows |")
-    print("|---|---:|---:|---:|---:|---:|---:|---|---|")
-    for case, shards, seconds, cpu, count, digest, note in rows:
-        base = next(row for row in rows if row[0] == case and row[1] == counts[0])
-        same = "yes" if (count, digest) == (base[4], base[5]) and not note else f"NO {note}"
-        print(f"| {case} | {shards} | {seconds:.1f} | {base[2] / seconds:.2f}x | {cpu:.1f} | "
-              f"{cpu / base[3] - 1:+.1%} | {count:,} | {digest} | {same} |")  # fmt: skip
+    print(f"\n{size / MB:,.0f} MB CSV from loopback S3 through a proxy capping each connection (or not); "
+          f"{os.cpu_count()} cores, shared by the workers, the S3 server and the proxy")  # fmt: skip
+    print(f"one worker process's fixed cost (start-up, imports, an empty CSV object): {startup or 0:.2f} CPU-s; "
+          "'less start-ups' is the extra CPU once N-1 of those are taken off")  # fmt: skip
+    print("| S3 server | per connection | shards | wall s | speedup | CPU s | CPU vs 1 shard | less start-ups "
+          "| rows | row checksum | same rows |")  # fmt: skip
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|")
+    first = rows[0]
+    for server, case, shards, seconds, cpu, count, digest, note in rows:
+        base = next(row for row in rows if row[:2] == (server, case) and row[2] == counts[0])
+        same = "yes" if (count, digest) == (first[5], first[6]) and not note else f"NO {note}"
+        net = (cpu - (shards - base[2]) * (startup or 0)) / base[4] - 1
+        print(f"| {server} | {case} | {shards} | {seconds:.1f} | {base[3] / seconds:.2f}x | {cpu:.1f} | "
+              f"{cpu / base[4] - 1:+.1%} | {net:+.1%} | {count:,} | {digest} | {same} |")  # fmt: skip
     return 0
 
 

@@ -6,8 +6,11 @@ end, owns everything from the byte after it, and reads past (i+1)*S - 1 to finis
 
 A newline ends a record unless it is inside a quoted field, and whether byte i*S - 1 is inside quotes
 depends on every quote before it, which shard i does not read. So each shard *assumes* a state at its
-scan point (outside quotes, the usual case) and reports the state its own bytes lead to at the next
-shard's scan point. Shard 0's assumption is exact (byte 0 is outside quotes); if every shard's
+scan point and reports the state its own bytes lead to at the next shard's scan point. The assumption
+is speculated from the shard's first 64 KiB (`speculate_quote_state`, as DuckDB's parallel reader
+checks a candidate start from both states): under the wrong state every quote swaps its role, and an
+opening quote lands after field text or a closing quote before it, which well-formed CSV never has;
+the state with fewer such quotes wins, "outside" on a tie (no quotes in the window). Shard 0's assumption is exact (byte 0 is outside quotes); if every shard's
 assumption equals its left neighbour's reported end state, every assumption is right by induction.
 A disagreement names the shard to re-run with the right state (`first_mismatch`): never silently wrong
 (Ge et al., "Speculative Distributed CSV Data Parsing for Big Data Analytics", SIGMOD 2019).
@@ -28,6 +31,8 @@ import numpy as np
 from crawljob_worker.blocks import UTF8_BOM, first_record_end
 
 GZIP_MAGIC = b"\x1f\x8b"
+# How much of a shard's first bytes the quote state is speculated from.
+PROBE_BYTES = 64 * 1024
 GZIP_REFUSAL = (
     "a gzip object cannot be sharded: a deflate stream can only be decoded from its first byte, so no "
     "shard can start in the middle; run it with shards: 1 (or store the object uncompressed)"
@@ -120,14 +125,20 @@ class ShardCutter:
     """
 
     def __init__(
-        self, plan: ShardPlan, index: int, quote: bytes | None, *, assumed_in_quotes: bool = False
+        self,
+        plan: ShardPlan,
+        index: int,
+        quote: bytes | None,
+        *,
+        assumed_in_quotes: bool | None = None,
+        delimiter: bytes = b",",
     ) -> None:
+        """*assumed_in_quotes*: the quote state at the scan point; None speculates it from the bytes."""
         self.plan = plan
         self.index = index
         self._quote = quote
-        self._assumed = assumed_in_quotes if index > 0 else False
+        self._delimiter = delimiter
         self._offset = plan.scan_from(index)
-        self._in_quotes = self._assumed
         self._last = index == plan.shards - 1
         # The next shard's scan point: the quote state there is this shard's report.
         self._watch = plan.scan_from(index + 1) if not self._last else None
@@ -135,6 +146,16 @@ class ShardCutter:
         self._end: int | None = None
         self._end_in_quotes: bool | None = None
         self._newlines = 0
+        # None: speculate the state from the first PROBE_BYTES (held in _probe until then).
+        self._speculating = assumed_in_quotes is None and index > 0 and quote is not None
+        self._probe = bytearray()
+        self._assumed = False
+        self._in_quotes = False
+        if not self._speculating:
+            self._settle(bool(assumed_in_quotes) and index > 0)
+
+    def _settle(self, assumed_in_quotes: bool) -> None:
+        self._assumed = self._in_quotes = assumed_in_quotes
         if self._watch is not None and self._watch <= self._offset:  # an empty range (tiny object)
             self._end_in_quotes = self._in_quotes
 
@@ -142,8 +163,33 @@ class ShardCutter:
     def done(self) -> bool:
         return self._end is not None
 
+    @property
+    def assumed_in_quotes(self) -> bool | None:
+        """The state assumed at the scan point; None while it is still being speculated."""
+        return None if self._speculating else self._assumed
+
     def feed(self, chunk: bytes | bytearray | memoryview) -> list[memoryview]:
-        """The owned parts of *chunk* (which continues the bytes fed so far)."""
+        """The owned parts of *chunk* (which continues the bytes fed so far); while the quote state is
+        speculated, nothing until PROBE_BYTES arrived (or `flush` at the end of the object)."""
+        if self._speculating:
+            self._probe += chunk
+            return self._decide() if len(self._probe) >= PROBE_BYTES else []
+        return self._scan(chunk)
+
+    def flush(self) -> list[memoryview]:
+        """The owned parts of the bytes held back for speculation: call at the end of the object."""
+        return self._decide() if self._speculating else []
+
+    def _decide(self) -> list[memoryview]:
+        window = bytes(self._probe)
+        self._probe = bytearray()
+        self._speculating = False
+        assert self._quote is not None  # speculation is only on with a quote character
+        probe = window[:PROBE_BYTES]  # the same evidence whatever the chunk sizes
+        self._settle(bool(speculate_quote_state(probe, self._quote, self._delimiter)))
+        return self._scan(window)
+
+    def _scan(self, chunk: bytes | bytearray | memoryview) -> list[memoryview]:
         owned: list[memoryview] = []
         view = memoryview(chunk).cast("B")
         position = 0
@@ -179,7 +225,9 @@ class ShardCutter:
         return owned
 
     def finish(self) -> ShardEdges:
-        """The shard's edges, once `done` or at the end of the object."""
+        """The shard's edges, once `done` or at the end of the object (after `flush`)."""
+        if self._speculating:
+            raise RuntimeError("ShardCutter.finish() before flush(): bytes held for speculation were not cut")
         if self._start is None:
             self._start = self._offset
         if self._end is None:
@@ -236,17 +284,49 @@ def cut(
     index: int,
     quote: bytes | None,
     *,
-    assumed_in_quotes: bool = False,
+    assumed_in_quotes: bool | None = False,
     chunk_bytes: int = 1 << 20,
+    delimiter: bytes = b",",
 ) -> tuple[bytes, ShardEdges]:
-    """Shard *index* of a whole object held in memory: its owned bytes and edges (tests, small files)."""
-    cutter = ShardCutter(plan, index, quote, assumed_in_quotes=assumed_in_quotes)
+    """Shard *index* of a whole object held in memory: its owned bytes and edges (tests, small files).
+    *assumed_in_quotes* None speculates the state, as a shard's first run does."""
+    cutter = ShardCutter(plan, index, quote, assumed_in_quotes=assumed_in_quotes, delimiter=delimiter)
     owned: list[bytes] = []
     position = plan.scan_from(index)
     while position < len(data) and not cutter.done:
         owned.extend(bytes(piece) for piece in cutter.feed(data[position : position + chunk_bytes]))
         position += chunk_bytes
+    owned.extend(bytes(piece) for piece in cutter.flush())
     return b"".join(owned), cutter.finish()
+
+
+def speculate_quote_state(window: bytes, quote: bytes, delimiter: bytes) -> bool | None:
+    """Whether the first byte of *window* (bytes from the middle of a CSV object) is inside a quoted
+    field: True, False, or None when the window cannot tell (no quotes, or as many misplaced quotes
+    either way). Under the right state an opening quote follows a delimiter, a line end, a quote (an
+    escaped `""`) or nothing, and a closing quote is followed by one of them; under the wrong state
+    every quote swaps role, so text around quoted fields shows up as misplaced quotes."""
+    if len(quote) != 1 or len(delimiter) != 1:
+        return None
+    data = np.frombuffer(window, dtype=np.uint8)
+    quotes = np.flatnonzero(data == quote[0])
+    if not len(quotes):
+        return None
+    allowed = np.zeros(256, dtype=bool)
+    allowed[[delimiter[0], ord("\n"), ord("\r"), quote[0]]] = True
+    before = np.ones(len(quotes), dtype=bool)  # the window's first byte: nothing before it to check
+    inner = quotes > 0
+    before[inner] = allowed[data[quotes[inner] - 1]]
+    after = np.ones(len(quotes), dtype=bool)  # the window's last byte: its follower is unseen
+    inner = quotes < len(data) - 1
+    after[inner] = allowed[data[quotes[inner] + 1]]
+    even = np.arange(len(quotes)) % 2 == 0
+    # Outside quotes at the start: the 1st, 3rd, ... quote opens a field, the 2nd, 4th, ... closes it.
+    misplaced_outside = int(np.count_nonzero(~before[even]) + np.count_nonzero(~after[~even]))
+    misplaced_inside = int(np.count_nonzero(~before[~even]) + np.count_nonzero(~after[even]))
+    if misplaced_outside == misplaced_inside:
+        return None
+    return misplaced_inside < misplaced_outside
 
 
 def first_mismatch(edges: Sequence[ShardEdges]) -> tuple[int, bool] | None:

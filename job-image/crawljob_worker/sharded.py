@@ -114,15 +114,18 @@ def convert_shard(
     header: bytes,
     index: int,
     *,
-    assumed_in_quotes: bool,
+    assumed_in_quotes: bool | None,
     client: Any,
     report_progress: bool = True,
 ) -> dict[str, Any]:
-    """Convert shard *index* and write its report; returns the report. The finalizer's re-run of a
-    shard reports no progress (that shard's entry already says it read its range)."""
+    """Convert shard *index* and write its report; returns the report. *assumed_in_quotes* None
+    speculates the quote state at the shard's scan point from its first bytes (a first run). The
+    finalizer's re-run of a shard reports no progress (that shard's entry already says it read its
+    range)."""
     plan = ShardPlan(access.size, settings.shards)
     quote = settings.quote.encode(settings.encoding) if settings.quote else None
-    cutter = ShardCutter(plan, index, quote, assumed_in_quotes=assumed_in_quotes)
+    delimiter = settings.delimiter.encode(settings.encoding)
+    cutter = ShardCutter(plan, index, quote, assumed_in_quotes=assumed_in_quotes, delimiter=delimiter)
     stream = ShardStream(
         access.open_from(plan.scan_from(index)), access.info, cutter, header if index > 0 else b""
     )
@@ -187,7 +190,7 @@ def run_sharded(
     header = access.header(quote) if settings.header else b""
     index = settings.shard_index
     report = convert_shard(
-        settings, environ, access, outputs, header, index, assumed_in_quotes=False, client=client
+        settings, environ, access, outputs, header, index, assumed_in_quotes=None, client=client
     )
     _fill(counters, report["counters"])
     reports = _reports(outputs, settings.shards, settings.run_id)
@@ -323,6 +326,7 @@ def finalize(
         "rowsWritten": totals.rows_written,
         "rowsRejected": totals.rows_rejected,
         "bytesRead": totals.bytes_read,
+        "resumes": sum(int(manifest.get("resumes") or 0) for manifest in manifests),
         "parts": [part for manifest in manifests for part in manifest.get("parts") or []],
         "rejects": {"uri": totals.rejects_uri, "rows": totals.rows_rejected} if totals.rejects_uri else None,
         "shards": [

@@ -148,11 +148,12 @@ class ShardStream(io.RawIOBase):
                 self._ended = True
                 return 0
             chunk = self._raw.read(READ_BYTES)
-            if not chunk:
+            if not chunk:  # the object's end: the bytes the cutter held to speculate are cut now
                 self._ended = True
-                return 0
-            self.fetched += len(chunk)
-            owned = self._cutter.feed(chunk)
+                owned = self._cutter.flush()
+            else:
+                self.fetched += len(chunk)
+                owned = self._cutter.feed(chunk)
             self.offset += sum(len(piece) for piece in owned)
             self._pending.extend(owned)
         piece = self._pending[0]

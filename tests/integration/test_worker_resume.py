@@ -162,6 +162,54 @@ def test_cut_connections_resume_to_the_same_output(
     assert total_resumes >= 3
 
 
+def test_shards_resume_cut_connections_to_the_output_of_one_clean_worker(
+    tmp_path: Path,
+    s3_client: Any,
+    bucket: str,
+    s3_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each shard's ranged read resumes after a drop as a 1-shard run's does (issue 15, "Resume stays")."""
+    rows = [f'{n},device-{n % 17},{n * 0.25},"text {n}, with comma"' for n in range(30000)]
+    body = ("id,device,value,text\n" + "\n".join(rows) + "\n").encode()
+    s3_client.put_object(Bucket=bucket, Key="sharded.csv", Body=body)
+    source = f"s3://{bucket}/sharded.csv"
+    _, clean_digest, _ = convert(tmp_path, "clean", source)
+    endpoint = urlparse(s3_env["AWS_ENDPOINT_URL_S3"])
+    proxy = CuttingProxy((endpoint.hostname or "127.0.0.1", endpoint.port or 80), 100_000, 250_000, seed=7)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{proxy.port}")
+    try:
+        for index in range(3):
+            message, digest, resumes = convert_shard(tmp_path, "cut", source, index, 3)
+    finally:
+        proxy.close()
+    assert message["shard"] == {"index": 2, "count": 3, "finalized": True}
+    assert message["rowsRead"] == message["rowsWritten"] == 30000
+    assert message["bytesRead"] >= len(body)  # each shard also reads its last record's tail
+    assert digest == clean_digest
+    assert proxy.cuts >= 3 and resumes >= 3  # every shard's read (~450 KB) was cut at least once
+
+
+def convert_shard(
+    tmp_path: Path, name: str, source: str, index: int, shards: int
+) -> tuple[dict[str, Any], str, int]:
+    """One shard of *source* into tmp_path/name; after the last one, what convert() returns."""
+    out = tmp_path / name
+    termination = tmp_path / f"{name}-{index}.termination"
+    code = main([source, "--output", str(out), "--termination-log", str(termination), "--retries", "60",
+                 "--shards", str(shards), "--shard-index", str(index), "--run-id", name])  # fmt: skip
+    message = json.loads(termination.read_text())
+    assert code == 0, message
+    if not message["shard"]["finalized"]:
+        return message, "", 0
+    manifest = json.loads((out / "_manifest.json").read_text())
+    digest = hashlib.sha256()
+    for part in manifest["parts"]:
+        for row in pq.read_table(part["uri"]).to_pylist():
+            digest.update(json.dumps(row, default=str, sort_keys=True).encode())
+    return message, digest.hexdigest(), int(manifest["resumes"])
+
+
 def test_a_spent_retry_budget_exits_75_for_the_job_to_retry(
     tmp_path: Path, s3_client: Any, bucket: str, s3_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -22,7 +22,7 @@ import pytest
 from crawljob import kube, resource
 from crawljob.local.emulator import Emulator
 from crawljob_worker.__main__ import main
-from crawljob_worker.shard import ShardPlan
+from crawljob_worker.shard import PROBE_BYTES, ShardPlan
 from fakes.s3proxy import NoConditionalWritesProxy
 
 DTYPES = '{"id": "int64", "amount": "float64"}'
@@ -104,11 +104,26 @@ def test_shards_give_the_rows_rejects_and_line_numbers_of_one_worker(
     ]
 
 
-def test_a_quoted_field_across_a_boundary_makes_the_finalizer_re_run_that_shard(tmp_path: Path) -> None:
-    note = "\\n".join(f"x{number},y" for number in range(400)).replace("\\n", "\n")
+@pytest.mark.parametrize(
+    ("lines", "rerun"),
+    [
+        # Shard 1's first 64 KiB hold the end of the field: speculation sees its closing quote and
+        # starts the shard inside quotes, right the first time.
+        (400, False),
+        # Shard 1's first 64 KiB lie inside the field and hold no quote: nothing tells the state, the
+        # shard speculates "outside" (wrong), shard 0 reports "inside", the finalizer re-runs shard 1.
+        (30_000, True),
+    ],
+)
+def test_a_quoted_field_across_a_boundary_is_speculated_or_re_run_by_the_finalizer(
+    tmp_path: Path, lines: int, rerun: bool
+) -> None:
+    note = "\n".join(f"x{number},y" for number in range(lines))
     data = ('id,note\n1,"' + note + '"\n2,plain\n3,end\n').encode()
     plan = ShardPlan(len(data), 2)
     assert data[: plan.scan_from(1)].count(b'"') % 2 == 1  # shard 1 starts inside the quoted field
+    window = data[plan.scan_from(1) : plan.scan_from(1) + PROBE_BYTES]
+    assert (b'"' not in window) is rerun
     source = tmp_path / "data.csv"
     source.write_bytes(data)
     out = tmp_path / "out"
@@ -128,7 +143,7 @@ def test_a_quoted_field_across_a_boundary_makes_the_finalizer_re_run_that_shard(
         )
         assert code == 0, message
     manifest = json.loads((out / "_manifest.json").read_text())
-    assert [item["rerun"] for item in manifest["shards"]] == [False, True]
+    assert [item["rerun"] for item in manifest["shards"]] == [False, rerun]
     assert manifest["shards"][1]["assumedInQuotes"] is True
     parts = [Path(part["uri"]).read_bytes() for part in manifest["parts"]]
     assert sorted(row[0] for row in rows_of(parts)) == [1, 2, 3]

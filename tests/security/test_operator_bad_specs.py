@@ -27,6 +27,9 @@ BAD_SPECS: list[tuple[str, dict[str, Any]]] = [
     ("backoff-word", {"backoffLimit": "many"}),
     ("deadline-word", {"activeDeadlineSeconds": "soon"}),
     ("source-string", {"source": "s3://bucket/key.csv"}),
+    ("shards-word", {"shards": "four"}),
+    ("shards-zero", {"shards": 0}),
+    ("shard-size-negative", {"shardSizeMb": -64}),
 ]
 OVERRIDES: list[tuple[str, dict[str, Any]]] = [
     ("image", {"jobTemplate": {"image": "attacker/miner:latest"}}),

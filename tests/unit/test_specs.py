@@ -39,6 +39,17 @@ SOURCE = {"source": {"bucket": "in", "key": "data.csv"}}
         (SOURCE | {"backoffLimit": "many"}, "spec.backoffLimit"),
         (SOURCE | {"backoffLimit": 10**40}, "spec.backoffLimit"),
         (SOURCE | {"activeDeadlineSeconds": 0}, "spec.activeDeadlineSeconds"),
+        (SOURCE | {"shards": 0}, "spec.shards"),
+        (SOURCE | {"shards": -4}, "spec.shards"),
+        (SOURCE | {"shards": "4"}, "spec.shards"),
+        (SOURCE | {"shards": 4.5}, "spec.shards"),
+        (SOURCE | {"shards": True}, "spec.shards"),
+        (SOURCE | {"shards": 1001}, "spec.shards"),
+        (SOURCE | {"shardSizeMb": 0}, "spec.shardSizeMb"),
+        (SOURCE | {"shardSizeMb": "64"}, "spec.shardSizeMb"),
+        ({"source": {"bucket": "b", "key": "k", "size": -1}}, "spec.source.size"),
+        ({"source": {"bucket": "b", "key": "k", "size": "12"}}, "spec.source.size"),
+        ({"source": {"bucket": "b", "key": "k", "size": 10**30}}, "spec.source.size"),
     ],
 )
 def test_bad_spec_is_named(spec: Any, field: str) -> None:
@@ -54,6 +65,8 @@ def test_bad_spec_is_named(spec: Any, field: str) -> None:
         | {"output": {"uri": "s3://out/p/", "format": "csv"}, "csv": {"delimiter": ";", "header": False}},
         SOURCE | {"jobTemplate": {"env": [{"name": "A", "value": "1"}], "resources": {}}, "backoffLimit": 0},
         SOURCE | {"maxRejectRatio": 0, "activeDeadlineSeconds": 3600, "shards": 1},
+        SOURCE | {"shards": 1000},
+        {"source": {"bucket": "b", "key": "k", "size": 0}, "shardSizeMb": 64},
     ],
 )
 def test_good_spec_passes_and_builds(spec: dict[str, Any]) -> None:

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from crawljob_worker.shard import (
     GZIP_REFUSAL,
+    PROBE_BYTES,
     ShardEdges,
     ShardPlan,
     cut,
@@ -19,6 +20,7 @@ from crawljob_worker.shard import (
     header_record,
     line_bases,
     refusal,
+    speculate_quote_state,
 )
 
 QUOTE = b'"'
@@ -37,11 +39,18 @@ def parse(data: bytes) -> list[list[str]]:
     return list(csv.reader(io.StringIO(text.removeprefix("\ufeff"), newline="")))
 
 
-def run_shards(data: bytes, shards: int, chunk_bytes: int) -> tuple[list[bytes], list[ShardEdges], int]:
-    """Every shard speculates "outside quotes"; mismatched shards are re-run with the state their left
+def run_shards(
+    data: bytes, shards: int, chunk_bytes: int, *, speculate: bool = False
+) -> tuple[list[bytes], list[ShardEdges], int]:
+    """Every shard assumes "outside quotes" (or, with *speculate*, guesses the state from its first
+    bytes, as a shard's first run does); mismatched shards are re-run with the state their left
     neighbour reported, as the finalize step does. Returns the owned bytes, edges and re-runs."""
     plan = ShardPlan(len(data), shards)
-    results = [cut(data, plan, index, QUOTE, chunk_bytes=chunk_bytes) for index in range(shards)]
+    first: bool | None = None if speculate else False
+    results = [
+        cut(data, plan, index, QUOTE, assumed_in_quotes=first, chunk_bytes=chunk_bytes)
+        for index in range(shards)
+    ]
     reruns = 0
     while (mismatch := first_mismatch([edges for _, edges in results])) is not None:
         index, state = mismatch
@@ -71,12 +80,13 @@ TABLES = st.lists(st.lists(FIELD, min_size=3, max_size=3), min_size=1, max_size=
     crlf=st.booleans(),
     bom=st.booleans(),
     chunk_bytes=st.integers(min_value=1, max_value=64),
+    speculate=st.booleans(),
 )
 def test_union_of_shards_is_the_one_shard_file(
-    rows: list[list[str]], shards: int, crlf: bool, bom: bool, chunk_bytes: int
+    rows: list[list[str]], shards: int, crlf: bool, bom: bool, chunk_bytes: int, speculate: bool
 ) -> None:
     data = render([["id", "name", "note"], *rows], crlf=crlf, bom=bom)
-    owned, edges, _ = run_shards(data, shards, chunk_bytes)
+    owned, edges, _ = run_shards(data, shards, chunk_bytes, speculate=speculate)
     assert b"".join(owned) == data  # the shards partition the object, in order, no byte twice
     assert sharded_rows(data, owned) == parse(data)[1:]
     plan = ShardPlan(len(data), shards)
@@ -173,3 +183,51 @@ def test_plan_ranges_cover_the_object() -> None:
     assert [plan.scan_from(i) for i in range(4)] == [0, 2, 5, 8]
     with pytest.raises(ValueError, match="shards"):
         ShardPlan(10, 0)
+
+
+def iot_rows(count: int) -> bytes:
+    """Rows shaped like an IoT export (and the benchmarks' files): a third of the bytes are quoted."""
+    lines = ['"ts","device_id","site","note"']
+    for number in range(count):
+        lines.append(f'2024-05-01 00:00:{number % 60:02d},"dev-{number * 7919 % 50000}","north",'
+                     f'"reading ok, sensor {number % 997}"')  # fmt: skip
+    return ("\n".join(lines) + "\n").encode()
+
+
+def test_speculation_finds_the_quote_state_where_assuming_outside_would_be_wrong() -> None:
+    data = iot_rows(20_000)
+    plan = ShardPlan(len(data), 16)
+    inside = [data[: plan.scan_from(index)].count(QUOTE) % 2 == 1 for index in range(1, 16)]
+    assert any(inside) and not all(inside)  # some scan points really fall inside a quoted field
+    speculated = [cut(data, plan, index, QUOTE, assumed_in_quotes=None)[1] for index in range(16)]
+    assert [edges.assumed_in_quotes for edges in speculated[1:]] == inside
+    assert first_mismatch(speculated) is None  # right first time: no shard is re-run
+    _, _, reruns = run_shards(data, 16, chunk_bytes=1 << 20)
+    assert reruns == inside.count(True)  # assuming "outside" re-runs every such shard
+
+
+@pytest.mark.parametrize(
+    ("window", "expected"),
+    [
+        (b"no quotes at all,1,2\n3,4,5\n", None),
+        (b'x","b"\n"c","d"\n', True),  # the first quote closes a field ("x"), then b, c, d are whole
+        (b'1,"b","c"\n2,"d","e"\n', False),
+        (b'ok, sensor 7"\n2,"dev-1","north"\n', True),
+        (b'say ""hi"" there",1\n2,"x"\n', True),  # escaped quotes inside the field the window starts in
+        (b'",', None),  # one quote between a delimiter and nothing: no evidence either way
+    ],
+)
+def test_speculate_quote_state(window: bytes, expected: bool | None) -> None:
+    assert speculate_quote_state(window, QUOTE, b",") is expected
+
+
+def test_a_wrong_speculation_is_still_caught_by_the_chain() -> None:
+    # Shard 1's first 64 KiB lie inside one long quoted field holding no quote at all: nothing tells
+    # the state, so it speculates "outside" (wrong); shard 0 reports "inside"; the chain re-runs it. (Shard 2 sees the field close: right first time.)
+    data = render([["id", "note"], ["1", "x,y\n" * 30_000], ["2", "tail, end"]], crlf=False, bom=False)
+    plan = ShardPlan(len(data), 3)
+    assert QUOTE not in data[plan.scan_from(1) : plan.scan_from(1) + PROBE_BYTES]
+    owned, edges, reruns = run_shards(data, 3, chunk_bytes=1 << 16, speculate=True)
+    assert reruns == 1 and edges[1].assumed_in_quotes is True and edges[2].assumed_in_quotes is True
+    assert sharded_rows(data, owned) == parse(data)[1:]
+    assert b"".join(owned) == data

@@ -13,6 +13,7 @@ from typing import Any
 
 OUTPUT_FORMATS = ("parquet", "csv", "jsonl")
 COMPRESSIONS = ("auto", "gzip", "none")
+MAX_SHARDS = 1000  # the CRD's maximum of spec.shards (the operator's --max-shards caps it further)
 
 
 def _kind(value: Any) -> str:
@@ -35,12 +36,12 @@ def _text(spec: Mapping[str, Any], name: str, where: str, *, required: bool = Fa
     return None
 
 
-def _integer(spec: Mapping[str, Any], name: str, minimum: int) -> str | None:
+def _integer(spec: Mapping[str, Any], name: str, minimum: int, maximum: int = 2**31 - 1) -> str | None:
     value = spec.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= 2**31 - 1:
-        return f"spec.{name} must be an integer from {minimum} to {2**31 - 1}, got {str(value)[:40]!r}"
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+        return f"spec.{name} must be an integer from {minimum} to {maximum}, got {str(value)[:40]!r}"
     return None
 
 
@@ -52,7 +53,13 @@ def _source(spec: Mapping[str, Any]) -> str | None:
         problem = _text(source, name, "spec.source", required=True)
         if problem:
             return problem
-    return _text(source, "versionId", "spec.source")
+    problem = _text(source, "versionId", "spec.source")
+    if problem:
+        return problem
+    size = source.get("size")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or not 0 <= size < 2**63):
+        return f"spec.source.size must be a byte count from 0 to {2**63 - 1}, got {str(size)[:40]!r}"
+    return None
 
 
 def _output(spec: Mapping[str, Any]) -> str | None:
@@ -126,4 +133,9 @@ def spec_problem(spec: Any) -> str | None:
         isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 <= ratio <= 1
     ):
         return f"spec.maxRejectRatio must be a number from 0 to 1, got {str(ratio)[:40]!r}"
-    return _integer(spec, "backoffLimit", 0) or _integer(spec, "activeDeadlineSeconds", 1)
+    return (
+        _integer(spec, "backoffLimit", 0)
+        or _integer(spec, "activeDeadlineSeconds", 1)
+        or _integer(spec, "shards", 1, maximum=MAX_SHARDS)
+        or _integer(spec, "shardSizeMb", 1)
+    )

@@ -1,6 +1,8 @@
-"""An HTTP proxy in front of the local S3 that plays a store without conditional writes: a PUT
-carrying `If-None-Match` is answered 501 NotImplemented (S3's XML error), everything else is
-forwarded. It runs its own event loop in a thread, so blocking callers never stall it."""
+"""An HTTP proxy in front of the local S3 that refuses conditional writes: a PUT carrying
+`If-None-Match` is answered 501 NotImplemented (a store without them), or, with `conflicts=K`, 409
+ConditionalRequestConflict for the first K such PUTs (S3's answer to a write racing another one) and
+forwarded after that. Everything else is forwarded. It runs its own event loop in a thread, so
+blocking callers never stall it."""
 
 from __future__ import annotations
 
@@ -11,15 +13,20 @@ import aiohttp
 from aiohttp import web
 
 HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection", "keep-alive"}
+CONFLICT = (
+    '<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>ConditionalRequestConflict</Code><Message>A '
+    "conflicting operation occurred. If using PutObject you can retry the request.</Message></Error>"
+)
 NOT_IMPLEMENTED = (
     '<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>NotImplemented</Code><Message>A header you '
     "provided implies functionality that is not implemented</Message><Header>If-None-Match</Header></Error>"
 )
 
 
-class NoConditionalWritesProxy:
-    def __init__(self, upstream: str) -> None:
+class ConditionalWritesProxy:
+    def __init__(self, upstream: str, conflicts: int | None = None) -> None:
         self.upstream = upstream.rstrip("/")
+        self.conflicts = conflicts
         self.refused = 0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="s3-proxy", daemon=True)
@@ -55,8 +62,12 @@ class NoConditionalWritesProxy:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         if request.method == "PUT" and "If-None-Match" in request.headers:
-            self.refused += 1
-            return web.Response(status=501, text=NOT_IMPLEMENTED, content_type="application/xml")
+            if self.conflicts is None:
+                self.refused += 1
+                return web.Response(status=501, text=NOT_IMPLEMENTED, content_type="application/xml")
+            if self.refused < self.conflicts:
+                self.refused += 1
+                return web.Response(status=409, text=CONFLICT, content_type="application/xml")
         assert self._session is not None
         headers = {key: value for key, value in request.headers.items() if key.lower() not in HOP_HEADERS}
         async with self._session.request(

@@ -23,7 +23,7 @@ from crawljob import kube, resource
 from crawljob.local.emulator import Emulator
 from crawljob_worker.__main__ import main
 from crawljob_worker.shard import PROBE_BYTES, ShardPlan
-from fakes.s3proxy import NoConditionalWritesProxy
+from fakes.s3proxy import ConditionalWritesProxy
 
 DTYPES = '{"id": "int64", "amount": "float64"}'
 
@@ -383,7 +383,7 @@ def test_a_store_without_conditional_writes_falls_back_to_finalizing_without_a_c
     tmp_path: Path, s3_client: Any, bucket: str, local_s3: Any, monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:  # fmt: skip
-    proxy = NoConditionalWritesProxy(local_s3.endpoint)
+    proxy = ConditionalWritesProxy(local_s3.endpoint)
     for name, value in {**local_s3.environment(), "AWS_ENDPOINT_URL_S3": proxy.start()}.items():
         monkeypatch.setenv(name, value)
     try:
@@ -426,3 +426,29 @@ def test_a_one_shard_run_over_a_sharded_runs_prefix_leaves_only_its_own_objects(
     code, message = run_worker(tmp_path, "one", str(source), "--output", str(out))  # spec.shards back to 1
     assert code == 0 and message["rowsRead"] == 400
     assert sorted(path.name for path in out.iterdir()) == ["_manifest.json", "part-00000.parquet"]
+
+
+def test_a_claim_racing_another_write_is_retried_until_s3_decides(
+    tmp_path: Path, bucket: str, local_s3: Any
+) -> None:
+    from crawljob_worker.claim import CONFLICT_RETRIES, Outcome, claim_finalize
+    from crawljob_worker.errors import WorkerError
+    from crawljob_worker.source import s3_client as worker_s3_client
+    from crawljob_worker.uri import parse_location
+
+    location = parse_location(f"s3://{bucket}/race/", what="out")
+    proxy = ConditionalWritesProxy(local_s3.endpoint, conflicts=2)
+    environment = {**local_s3.environment(), "AWS_ENDPOINT_URL_S3": proxy.start()}
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            for name, value in environment.items():
+                patch.setenv(name, value)
+            client = worker_s3_client(connections=1)
+            claim = claim_finalize(client, location, "r", 3)  # 409, 409, then created
+            assert (claim.outcome, claim.holder, proxy.refused) == (Outcome.CLAIMED, 3, 2)
+            proxy.conflicts, proxy.refused = CONFLICT_RETRIES + 1, 0
+            with pytest.raises(WorkerError) as failed:  # a conflict that never settles: retryable
+                claim_finalize(client, location, "other", 1)
+            assert failed.value.reason == "Transient" and proxy.refused == CONFLICT_RETRIES + 1
+    finally:
+        proxy.stop()

@@ -103,7 +103,8 @@ def run_case(
     """(wall s, CPU s, rows, checksum, failure note) of N shard processes started together."""
     commands = [
         [sys.executable, "-m", "crawljob_worker", "s3://bench/iot.csv", "--output", str(output),
-         "--termination-log", str(workdir / f"t-{index}"), "--shards", str(shards), "--shard-index", str(index)]
+         "--termination-log", str(workdir / f"t-{index}"), "--shards", str(shards), "--shard-index", str(index),
+         "--run-id", f"bench-{output.name}"]
         for index in range(shards)
     ]  # fmt: skip
     result = measure(f"{shards}", [sys.executable, "-c", DRIVER, json.dumps(commands)], env=env)

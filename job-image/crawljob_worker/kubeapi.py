@@ -1,4 +1,5 @@
-"""The worker's one Kubernetes call: merge patches of its CrawlJob's status, through the kubernetes package.
+"""The worker's Kubernetes calls: merge patches of its CrawlJob's status (and, for a shard, reads of it:
+`shardprogress`), through the kubernetes package.
 
 `import kubernetes` costs ~0.4 s of CPU (its package imports every API model), as much as pandas and
 pyarrow together, on the worker's critical path if imported at start. So nothing on the start-up path imports it: `StatusWriter` imports it on its first
@@ -27,6 +28,10 @@ GROUP, VERSION, PLURAL = "crawljob.io", "v1alpha1", "crawljobs"
 
 class PatchFailed(Exception):
     """A status patch did not land (API error, unreachable server, unusable in-cluster credentials)."""
+
+
+class Conflict(PatchFailed):
+    """409: the patch carried a metadata.resourceVersion the CrawlJob no longer has (read it again)."""
 
 
 @dataclass(frozen=True)
@@ -90,14 +95,22 @@ def api_configuration(target: KubeTarget) -> Any:
 
 
 class StatusWriter:
-    """Merge patches of one CrawlJob's status subresource; the client is made on the first patch."""
+    """Merge patches (and reads) of one CrawlJob's status subresource; the client is made on first use."""
 
     def __init__(self, target: KubeTarget) -> None:
         self.target = target
         self._api: Any = None
 
-    def patch(self, body: Mapping[str, Any], timeout: float = 5.0) -> None:
-        """One merge patch (`application/merge-patch+json`); raises PatchFailed."""
+    def patch(self, body: Mapping[str, Any], timeout: float = 5.0) -> dict[str, Any]:
+        """One merge patch (`application/merge-patch+json`); the CrawlJob as stored after it. Raises
+        Conflict when the body's metadata.resourceVersion is stale, PatchFailed on other failures."""
+        return self._call("patch_namespaced_custom_object_status", dict(body), timeout=timeout)
+
+    def get(self, timeout: float = 5.0) -> dict[str, Any]:
+        """The CrawlJob as stored (GET of its status subresource; RBAC: get crawljobs/status)."""
+        return self._call("get_namespaced_custom_object_status", timeout=timeout)
+
+    def _call(self, method: str, *body: Any, timeout: float) -> dict[str, Any]:
         from kubernetes.client.exceptions import ApiException
         from kubernetes.config.config_exception import ConfigException
         from urllib3.exceptions import HTTPError
@@ -107,11 +120,13 @@ class StatusWriter:
                 from kubernetes import client
 
                 self._api = client.CustomObjectsApi(client.ApiClient(api_configuration(self.target)))
-            self._api.patch_namespaced_custom_object_status(
-                GROUP, VERSION, self.target.namespace, PLURAL, self.target.name, dict(body),
+            answer = getattr(self._api, method)(
+                GROUP, VERSION, self.target.namespace, PLURAL, self.target.name, *body,
                 _request_timeout=timeout,
             )  # fmt: skip
         except ApiException as error:
-            raise PatchFailed(f"HTTP {error.status} {error.reason}: {str(error.body or '')[:300]}") from error
+            failed = Conflict if error.status == 409 else PatchFailed
+            raise failed(f"HTTP {error.status} {error.reason}: {str(error.body or '')[:300]}") from error
         except (ConfigException, HTTPError, OSError, ValueError) as error:
             raise PatchFailed(f"{type(error).__name__}: {error}") from error
+        return answer if isinstance(answer, dict) else {}

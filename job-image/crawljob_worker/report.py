@@ -2,7 +2,7 @@
 
 Progress goes to the CrawlJob's `status.progress` (a merge patch through the kubernetes package, see
 `kubeapi`, at most every few seconds, never fatal) when a CrawlJob name is known, and to the log (a bar
-on a terminal) otherwise.
+on a terminal) otherwise. A shard of a sharded crawl reports through `shardprogress.ShardStatus`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 from crawljob_worker.contract import SHARD_KEY, SUMMARY_KEYS
 from crawljob_worker.kubeapi import KubeTarget, PatchFailed, StatusWriter
@@ -63,6 +63,26 @@ def now_iso() -> str:
     return datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+class StatusSink(Protocol):
+    """Where progress reports go: `send` raises PatchFailed when a report did not land."""
+
+    name: str
+
+    def send(self, bytes_read: int, rows_read: int, *, final: bool) -> None: ...
+
+
+class WholeStatus:
+    """The whole object's progress from its one worker: a plain merge patch of status.progress."""
+
+    def __init__(self, writer: StatusWriter, total: int | None) -> None:
+        self.writer = writer
+        self.name = writer.target.name
+        self.total = total
+
+    def send(self, bytes_read: int, rows_read: int, *, final: bool) -> None:
+        self.writer.patch(progress_patch(bytes_read, self.total, rows_read, now_iso()))
+
+
 def progress_patch(
     bytes_read: int, bytes_total: int | None, rows_read: int, update_time: str
 ) -> dict[str, Any]:
@@ -88,11 +108,11 @@ class Progress:
         target: KubeTarget | None,
         stream: TextIO | None = None,
         clock: Callable[[], float] = time.monotonic,
+        sink: StatusSink | None = None,
     ) -> None:
         self.total = total
         self.interval = interval
-        self.target = target
-        self.writer = StatusWriter(target) if target is not None else None
+        self.sink = sink or (WholeStatus(StatusWriter(target), total) if target is not None else None)
         self.stream = stream if stream is not None else sys.stderr
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self.clock = clock
@@ -107,29 +127,32 @@ class Progress:
         if not final and now - self._last < self.interval:
             return
         self._last = now
-        if self.writer is not None:
-            self._send(progress_patch(bytes_read, self.total, rows_read, now_iso()), wait=final)
+        if self.sink is not None:
+            self._send(bytes_read, rows_read, final=final)
         self._show(bytes_read, rows_read, now, final)
 
-    def _send(self, patch: dict[str, Any], wait: bool) -> None:
+    def _send(self, bytes_read: int, rows_read: int, *, final: bool) -> None:
         if self._inflight is not None and self._inflight.is_alive():
-            if not wait:
+            if not final:
                 return
             self._inflight.join(timeout=10)
-        thread = threading.Thread(target=self._patch, args=(patch,), name="crawljob-progress", daemon=True)
+        thread = threading.Thread(
+            target=self._patch, args=(bytes_read, rows_read, final), name="crawljob-progress", daemon=True
+        )
         self._inflight = thread
         thread.start()
-        if wait:
-            thread.join(timeout=10)
+        if final:
+            # Long enough for a shard's final report to outlast its peers' conflicting ones.
+            thread.join(timeout=30)
 
-    def _patch(self, patch: dict[str, Any]) -> None:
-        assert self.writer is not None
+    def _patch(self, bytes_read: int, rows_read: int, final: bool) -> None:
+        assert self.sink is not None
         try:
-            self.writer.patch(patch)
+            self.sink.send(bytes_read, rows_read, final=final)
             self.patches_sent += 1
         except PatchFailed as error:
             self.patch_errors += 1
-            log.warning("progress patch of crawljob %s failed: %s", self.writer.target.name, error)
+            log.warning("progress patch of crawljob %s failed: %s", self.sink.name, error)
 
     def _show(self, bytes_read: int, rows_read: int, now: float, final: bool) -> None:
         elapsed = max(now - self.started, 1e-9)
@@ -143,5 +166,5 @@ class Progress:
                 f"\r[{bar}] {share:>4} {bytes_read / 1e6:,.1f} MB {rows_read:,} rows {rate:,.1f} MB/s{end}"
             )
             self.stream.flush()
-        elif self.target is None or final:
+        elif self.sink is None or final:
             log.info("progress %s: %d bytes, %d rows, %.1f MB/s", share, bytes_read, rows_read, rate)

@@ -20,7 +20,7 @@ from crawljob_worker.mapped import mapped_blocks
 from crawljob_worker.opening import SourceStream, open_settings_source
 from crawljob_worker.parse import BlockParser, Dialect
 from crawljob_worker.pipeline import Drain, Pending, prefetch
-from crawljob_worker.report import Progress
+from crawljob_worker.report import Progress, StatusSink
 from crawljob_worker.settings import Settings
 from crawljob_worker.sink import (
     MANIFEST_NAME,
@@ -33,6 +33,7 @@ from crawljob_worker.sink import (
     Target,
     manifest_bytes,
     remove_stale,
+    remove_stale_shards,
 )
 from crawljob_worker.source import FileStream, SourceInfo, decompressed, s3_client
 from crawljob_worker.stats import TableStats
@@ -81,6 +82,7 @@ def build_manifest(
     return {
         "manifestVersion": 1,
         "outcome": outcome,
+        "runId": settings.run_id,
         "source": {
             "uri": source.uri,
             "size": source.size,
@@ -120,10 +122,12 @@ def run(
     counters: Counters,
     client: Any = None,
     opening: Pending[SourceStream] | None = None,
+    status: StatusSink | None = None,
 ) -> None:
     """Convert the source; fills *counters*; raises WorkerError on failure (after writing rejects).
 
-    *opening* is the source already being opened in the background (`opening.start_opening`)."""
+    *opening* is the source already being opened in the background (`opening.start_opening`);
+    *status* receives progress instead of the CrawlJob named in *settings* (a shard's, `sharded`)."""
     started = time.time()
     source_location = settings.source_location()
     output_location = parse_location(settings.output, what="--output")
@@ -145,6 +149,7 @@ def run(
         stream.info.size,
         settings.progress_interval,
         kube_target(settings.crawljob_name, settings.namespace, settings.kube_server, environ),
+        sink=status,
     )
     log.info(
         "reading %s (%s bytes) into %s as %s",
@@ -201,6 +206,8 @@ def run(
         else:
             rejects.discard()
         remove_stale(target, written)
+        if settings.shards == 1:  # the whole object (not a shard's sub-prefix): an earlier sharded run's
+            remove_stale_shards(target, 0)  # shard-NNNNN/ prefixes are stale too
         failure = reject_threshold_error(
             counters.rows_rejected, counters.rows_read, settings.max_reject_ratio, counters.rejects_uri
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import codecs
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -20,6 +21,7 @@ FORMATS = ("parquet", "csv", "jsonl")
 PARQUET_COMPRESSIONS = ("snappy", "zstd", "gzip", "none")
 MIB = 1024 * 1024
 MAX_CONNECTIONS = 32
+RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,9 @@ class Settings:
     kube_server: str | None = None
     shards: int = 1
     shard_index: int = 0
+    # Which run of the crawl this is (the operator passes `<CrawlJob uid>-<run>`): every shard of one
+    # run gets the same id, and only shard reports carrying it count (docs/worker.md, "Shards").
+    run_id: str | None = None
     # An S3 source given as two uninterpreted values (what the operator passes): the key is
     # read exactly as given, with any `#`, `?`, `%`, tab or newline in it. `source` is then
     # only the display form `s3://bucket/key`.
@@ -188,6 +193,12 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         default=_env(e, "SHARD_INDEX", e.get("JOB_COMPLETION_INDEX") or "0"),
         help="which shard this worker converts, 0-based (default: $JOB_COMPLETION_INDEX of an Indexed Job)",
     )
+    parser.add_argument(
+        "--run-id",
+        default=_env(e, "RUN_ID"),
+        help="id of this run of the crawl, the same for all its shards and new for every run "
+        "(letters, digits, '.', '_', '-'); required with --shards above 1",
+    )
     parser.add_argument("--name", default=_env(e, "NAME"), help="CrawlJob whose status.progress is patched")
     parser.add_argument("--namespace", default=_env(e, "NAMESPACE"), help="namespace of the CrawlJob")
     parser.add_argument(
@@ -233,6 +244,26 @@ def _encoding(text: str) -> str:
             f"--encoding {text!r} is not ASCII-compatible (e.g. UTF-16); transcode the file first"
         )
     return name
+
+
+def _run_id(text: str | None, shards: int) -> str | None:
+    """`--run-id`, checked: it names objects under the output prefix. A sharded run needs one: its
+    shards are separate processes, and only an id given to all of them tells this run's shard reports
+    from those an earlier run left under the same prefix."""
+    if not text:
+        if shards > 1:
+            raise invalid_arguments(
+                "--run-id is required with --shards above 1: give every shard of one run the same id, "
+                "and each new run a new one (e.g. --run-id $(date +%s)); the operator passes "
+                "<CrawlJob uid>-<run>"
+            )
+        return None
+    if not RUN_ID.fullmatch(text):
+        raise invalid_arguments(
+            f"--run-id must be 1-128 letters, digits, '.', '_' or '-' (starting with a letter or digit), "
+            f"got {text!r}"
+        )
+    return text
 
 
 def _dtypes(spec: Mapping[str, str] | None) -> dict[str, pa.DataType]:
@@ -285,9 +316,11 @@ def settings_from_args(argv: Sequence[str], environ: Mapping[str, str]) -> Setti
     shard_index = int(_number(args.shard_index, "--shard-index", minimum=0, integer=True))
     if shard_index >= shards:
         raise invalid_arguments(f"--shard-index must be below --shards ({shards}), got {shard_index}")
+    run_id = _run_id(args.run_id, shards)
     return Settings(
         shards=shards,
         shard_index=shard_index,
+        run_id=run_id,
         source=args.source,
         output=args.output,
         format=args.format,

@@ -3,9 +3,10 @@ finalize: check the speculation chain, re-run a shard that assumed the wrong quo
 the one `_manifest.json` and `_rejects.csv` of the whole object (docs/worker.md, "Shards").
 
 Shard I writes its parts under `<output>/shard-0000I/` and, last, `shard-0000I/_shard.json` (its
-edges and counts). The shard that finds all N reports finalizes; S3 is read-after-write consistent,
-so the last shard to write its report always sees every report (two shards finishing together may
-both finalize: they write the same documents).
+edges, counts and the run id). Only reports of this run (`--run-id`) count: an earlier run's reports
+under the same prefix are ignored. S3 is read-after-write consistent, so the last shard to write its
+report always finds all N; every shard that finds them claims the finalize (`claim.py`), and only
+the one that creates the claim (or a retry of its index) finalizes.
 """
 
 from __future__ import annotations
@@ -19,10 +20,13 @@ import time
 from collections.abc import Mapping
 from typing import Any, cast
 
+from crawljob_worker.claim import Outcome, claim_finalize, claim_name
 from crawljob_worker.counters import Counters
 from crawljob_worker.errors import ExitCode, WorkerError, bad_input
+from crawljob_worker.kubeapi import StatusWriter, kube_target
 from crawljob_worker.opening import SourceStream
 from crawljob_worker.pipeline import Pending
+from crawljob_worker.report import now_iso
 from crawljob_worker.run import reject_threshold_error, run
 from crawljob_worker.settings import Settings
 from crawljob_worker.shard import (
@@ -34,6 +38,7 @@ from crawljob_worker.shard import (
     line_bases,
     refusal,
 )
+from crawljob_worker.shardprogress import ShardStatus
 from crawljob_worker.shardstream import ObjectAccess, ShardStream
 from crawljob_worker.sink import (
     MANIFEST_NAME,
@@ -44,6 +49,8 @@ from crawljob_worker.sink import (
     client_error,
     manifest_bytes,
     output_error,
+    remove_stale,
+    remove_stale_shards,
 )
 from crawljob_worker.source import error_code, network_errors, s3_client
 from crawljob_worker.uri import Location, parse_location
@@ -90,7 +97,7 @@ class Outputs:
 
 def _shard_settings(settings: Settings, outputs: Outputs, index: int) -> Settings:
     """A shard converts like a 1-shard run into its own sub-prefix; the reject ratio is applied to the
-    whole object at finalize; shards patch no progress (N partial figures would overwrite each other)."""
+    whole object at finalize; its progress goes through `shard_status`, not a whole-object patch."""
     return dataclasses.replace(
         settings,
         output=outputs.location.child(shard_prefix(index)).uri(),
@@ -109,9 +116,12 @@ def convert_shard(
     *,
     assumed_in_quotes: bool | None,
     client: Any,
+    report_progress: bool = True,
 ) -> dict[str, Any]:
     """Convert shard *index* and write its report; returns the report. *assumed_in_quotes* None
-    speculates the quote state at the shard's scan point from its first bytes (a first run)."""
+    speculates the quote state at the shard's scan point from its first bytes (a first run). The
+    finalizer's re-run of a shard reports no progress (that shard's entry already says it read its
+    range)."""
     plan = ShardPlan(access.size, settings.shards)
     quote = settings.quote.encode(settings.encoding) if settings.quote else None
     delimiter = settings.delimiter.encode(settings.encoding)
@@ -127,9 +137,10 @@ def convert_shard(
         client=client,
         # A ShardStream has every attribute run() reads of a source (info, offset, reconnects, close).
         opening=cast("Pending[SourceStream]", Pending(lambda: stream, name="crawljob-shard-open")),
+        status=shard_status(settings, environ, index, access.size) if report_progress else None,
     )
     edges = stream.edges()
-    report = {"edges": edges.to_json(), "counters": counters.as_json()}
+    report = {"runId": settings.run_id, "edges": edges.to_json(), "counters": counters.as_json()}
     outputs.target(shard_prefix(index)).put_bytes(manifest_bytes(report), REPORT_NAME)
     log.info(
         "shard %d of %d: bytes [%d, %d), %d rows read",
@@ -140,6 +151,17 @@ def convert_shard(
         counters.rows_read,
     )
     return report
+
+
+def shard_status(settings: Settings, environ: Mapping[str, str], index: int, size: int) -> ShardStatus | None:
+    """Where shard *index* reports progress: its entry in the CrawlJob's status.progress, or nowhere
+    outside a CrawlJob."""
+    target = kube_target(settings.crawljob_name, settings.namespace, settings.kube_server, environ)
+    if target is None:
+        return None
+    return ShardStatus(
+        StatusWriter(target), index=index, run_id=settings.run_id, bytes_total=size, now=now_iso
+    )
 
 
 def run_sharded(
@@ -171,12 +193,22 @@ def run_sharded(
         settings, environ, access, outputs, header, index, assumed_in_quotes=None, client=client
     )
     _fill(counters, report["counters"])
-    reports = _reports(outputs, settings.shards)
+    reports = _reports(outputs, settings.shards, settings.run_id)
     if len(reports) < settings.shards:
         log.info(
-            "shard %d: %d of %d shards done; the last one finalizes", index, len(reports), settings.shards
+            "shard %d: %d of %d shards of run %s done; the last one finalizes",
+            index,
+            len(reports),
+            settings.shards,
+            settings.run_id,
         )
         return
+    claim = claim_finalize(client, outputs.location, str(settings.run_id), index)
+    if not claim.outcome.finalizes:
+        log.info("shard %d: every shard is done; shard %s claimed the finalize", index, claim.holder)
+        return
+    if claim.outcome is Outcome.TAKEN_OVER:
+        log.warning("shard %d: finalizing again (this index claimed it; an earlier attempt ended)", index)
     try:
         finalize(
             settings, environ, access, outputs, header, reports, counters, client=client, started=started
@@ -185,12 +217,14 @@ def run_sharded(
         counters.shard["finalized"] = True
 
 
-def _reports(outputs: Outputs, shards: int) -> dict[int, dict[str, Any]]:
+def _reports(outputs: Outputs, shards: int, run_id: str | None) -> dict[int, dict[str, Any]]:
+    """The shard reports of run *run_id* (an earlier run's, under the same prefix, do not count)."""
     found: dict[int, dict[str, Any]] = {}
     for index in range(shards):
         data = outputs.read(shard_prefix(index) + REPORT_NAME)
-        if data is not None:
-            found[index] = json.loads(data)
+        report = json.loads(data) if data is not None else None
+        if isinstance(report, dict) and report.get("runId") == run_id:
+            found[index] = report
     return found
 
 
@@ -238,7 +272,15 @@ def finalize(
             index,
         )
         reports[index] = convert_shard(
-            settings, environ, access, outputs, header, index, assumed_in_quotes=state, client=client
+            settings,
+            environ,
+            access,
+            outputs,
+            header,
+            index,
+            assumed_in_quotes=state,
+            client=client,
+            report_progress=False,
         )
         reruns.append(index)
     manifests = [_manifest_of(outputs, index) for index in range(settings.shards)]
@@ -252,9 +294,15 @@ def finalize(
         totals.rows_rejected += int(values.get("rowsRejected") or 0)
         totals.bytes_read += int(values.get("bytesRead") or 0)
         totals.output_objects += int(values.get("outputObjects") or 0)
+    written = {MANIFEST_NAME, claim_name(str(settings.run_id))}
     if totals.rows_rejected:
         outputs.top.put_bytes(_global_rejects(settings, outputs, bases), REJECTS_NAME)
         totals.rejects_uri = outputs.top.uri_of(REJECTS_NAME)
+        written.add(REJECTS_NAME)
+    # Before the manifest: what earlier runs left and this run did not write goes (a 1-shard run's
+    # parts and rejects, other runs' claims, shard prefixes beyond this run's N).
+    remove_stale(outputs.top, written)
+    remove_stale_shards(outputs.top, settings.shards)
     failure: WorkerError | None = None
     if len(schemas) > 1:
         failure = bad_input(
@@ -269,6 +317,8 @@ def finalize(
     manifest = {
         "manifestVersion": 1,
         "outcome": "Failed" if failure else "Succeeded",
+        "runId": settings.run_id,
+        "finalizedBy": settings.shard_index,
         "source": manifests[0].get("source"),
         "output": {**(manifests[0].get("output") or {}), "uri": totals.output_uri},
         "schema": manifests[0].get("schema"),

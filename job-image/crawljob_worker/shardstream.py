@@ -121,7 +121,11 @@ class ShardStream(io.RawIOBase):
     def __init__(self, raw: io.RawIOBase, info: SourceInfo, cutter: ShardCutter, header: bytes) -> None:
         super().__init__()
         self.info = info
-        self.offset = 0  # bytes of the object read so far
+        # Bytes of the object this shard owns, handed on so far: the shards' figures add up to the
+        # object's size (what a 1-shard run reads), without the scan before the shard's first record
+        # and the read-ahead past its last. `fetched` counts every byte the GET returned.
+        self.offset = 0
+        self.fetched = 0
         self._raw = raw
         self._cutter = cutter
         self._pending: deque[memoryview] = deque([memoryview(header)] if header else [])
@@ -146,10 +150,12 @@ class ShardStream(io.RawIOBase):
             chunk = self._raw.read(READ_BYTES)
             if not chunk:  # the object's end: the bytes the cutter held to speculate are cut now
                 self._ended = True
-                self._pending.extend(self._cutter.flush())
-                continue
-            self.offset += len(chunk)
-            self._pending.extend(self._cutter.feed(chunk))
+                owned = self._cutter.flush()
+            else:
+                self.fetched += len(chunk)
+                owned = self._cutter.feed(chunk)
+            self.offset += sum(len(piece) for piece in owned)
+            self._pending.extend(owned)
         piece = self._pending[0]
         with memoryview(buffer) as whole, whole.cast("B") as view:
             count = min(len(view), len(piece))

@@ -37,7 +37,11 @@ log = logging.getLogger("crawljob_worker.sink")
 
 MANIFEST_NAME = "_manifest.json"
 REJECTS_NAME = "_rejects.csv"
-OWNED_NAME = re.compile(r"^(part-\d{5}\.(parquet|csv|jsonl)(\.gz)?|_rejects\.csv|_manifest\.json)$")
+# Objects the worker writes (a sharded run's finalize claims too), and a sharded run's sub-prefixes.
+OWNED_NAME = re.compile(
+    r"^(part-\d{5}\.(parquet|csv|jsonl)(\.gz)?|_rejects\.csv|_manifest\.json|_finalize-[A-Za-z0-9._-]+\.json)$"
+)
+SHARD_PREFIX = re.compile(r"^shard-(\d{5})/$")
 MIB = 1024 * 1024
 FORBIDDEN_OUTPUT_CODES = {"AccessDenied", "NoSuchBucket", "AllAccessDisabled", "InvalidAccessKeyId"}
 TRANSFER = {"multipart_threshold": 16 * MIB, "multipart_chunksize": 16 * MIB, "max_concurrency": 4}
@@ -107,6 +111,8 @@ class Target(Protocol):
     def put_bytes(self, data: bytes, name: str) -> None: ...
     def names(self) -> set[str]: ...
     def delete(self, names: set[str]) -> None: ...
+    def prefixes(self) -> set[str]: ...
+    def delete_prefix(self, prefix: str) -> None: ...
     def scratch_dir(self) -> str | None: ...
 
 
@@ -166,6 +172,26 @@ class S3Target:
             except (client_error(), *network_errors()) as error:
                 raise output_error(error, self._location.uri()) from error
 
+    def prefixes(self) -> set[str]:
+        """The sub-prefixes directly under the prefix (`shard-00000/`, …)."""
+        found: set[str] = set()
+        try:
+            pages = self._client.get_paginator("list_objects_v2").paginate(
+                Bucket=self._location.bucket, Prefix=self._location.path, Delimiter="/"
+            )
+            for page in pages:
+                found.update(
+                    item["Prefix"][len(self._location.path) :] for item in page.get("CommonPrefixes", [])
+                )
+        except (client_error(), *network_errors()) as error:
+            raise output_error(error, self._location.uri()) from error
+        return found
+
+    def delete_prefix(self, prefix: str) -> None:
+        """Delete the objects directly under the sub-prefix *prefix* (a shard's are all there)."""
+        child = S3Target(self._client, self._location.child(prefix))
+        child.delete(child.names())
+
     def scratch_dir(self) -> str | None:
         return None
 
@@ -206,6 +232,12 @@ class LocalTarget:
         for name in names:
             with suppress(FileNotFoundError):
                 (self._directory / name).unlink()
+
+    def prefixes(self) -> set[str]:
+        return {f"{path.name}/" for path in self._directory.iterdir() if path.is_dir()}
+
+    def delete_prefix(self, prefix: str) -> None:
+        shutil.rmtree(self._directory / prefix, ignore_errors=True)
 
     def scratch_dir(self) -> str | None:
         return str(self._directory)
@@ -486,6 +518,19 @@ def remove_stale(target: Target, written: set[str]) -> set[str]:
     stale = {name for name in target.names() if OWNED_NAME.match(name) and name not in written}
     if stale:
         target.delete(stale)
+    return stale
+
+
+def remove_stale_shards(target: Target, shards: int) -> set[str]:
+    """Delete the `shard-NNNNN/` sub-prefixes of an earlier sharded run with index *shards* or more
+    (all of them for a 1-shard run)."""
+    stale = {
+        prefix
+        for prefix in target.prefixes()
+        if (found := SHARD_PREFIX.match(prefix)) and int(found.group(1)) >= shards
+    }
+    for prefix in sorted(stale):
+        target.delete_prefix(prefix)
     return stale
 
 

@@ -48,7 +48,8 @@ PEERING_CALLS_IN_CODE = {
     ("kopf.dev", "clusterkopfpeerings"): {"get", "watch", "create"},
 }
 WORKER_CALLS = {
-    ("crawljob.io", "crawljobs/status"): {"patch"},  # progress, merge patch
+    # progress, merge patch; a shard reads the status to sum every shard's progress
+    ("crawljob.io", "crawljobs/status"): {"get", "patch"},
 }
 EXPECTED = {"receiver": RECEIVER_CALLS, "operator": OPERATOR_CALLS, "worker": WORKER_CALLS}
 

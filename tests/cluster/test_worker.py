@@ -137,3 +137,35 @@ async def test_worker_bad_input_fails_the_job_with_its_exit_code_and_summary(
     summary = json.loads(terminated["message"])
     assert terminated["exitCode"] == 3 == summary["exitCode"]
     assert summary["outcome"] == "Failed" and summary["reason"] == "BadInput"
+
+
+@requires_modules(WORKER)
+async def test_shard_progress_conflicts_on_a_stale_read_and_sums_through_the_real_status_schema(
+    client: kube.KubeClient, namespace: str, api_proxy: str
+) -> None:
+    import asyncio
+
+    from crawljob_worker.kubeapi import KubeTarget, StatusWriter
+    from crawljob_worker.shardprogress import ShardStatus
+
+    ref = resource.ObjectRef(bucket="b", key="worker/sharded.csv", etag="e", size=4000)
+    crawljob = await client.create(kube.CRAWLJOBS, namespace, resource.crawljob_manifest(ref, namespace))
+    name = crawljob["metadata"]["name"]
+
+    def shard(index: int) -> ShardStatus:
+        writer = StatusWriter(KubeTarget(namespace, name, server=api_proxy))
+        return ShardStatus(
+            writer, index=index, run_id="uid-1", bytes_total=4000, now=lambda: "2026-01-01T00:00:00Z"
+        )
+
+    first, second = shard(0), shard(1)
+    await asyncio.to_thread(first.send, 500, 5, final=False)
+    await asyncio.to_thread(second.send, 700, 7, final=False)
+    await asyncio.to_thread(first.send, 2000, 20, final=True)  # based on a read older than second's patch
+    assert (first.conflicts, second.conflicts) == (1, 0)  # the real server refused the stale patch (409)
+    progress = (await client.get(kube.CRAWLJOBS, namespace, name))["status"]["progress"]
+    assert (progress["bytesRead"], progress["rowsRead"], progress["percent"]) == (2700, 27, "67%")
+    # The structural schema keeps the per-shard entries (nothing pruned).
+    assert progress["shards"]["1"] == {
+        "runId": "uid-1", "bytesRead": 700, "rowsRead": 7, "updateTime": "2026-01-01T00:00:00Z",
+    }  # fmt: skip

@@ -147,3 +147,12 @@ async def test_a_sharded_crawljob_runs_an_indexed_job_with_one_result(stack: Sta
     assert status["result"]["rowsRead"] == status["result"]["rowsWritten"] == sample.rows, (status, messages)
     assert status["result"]["manifestUri"].endswith(f"{name}/_manifest.json")
     assert _parquet_rows(stack, status["result"]["outputUri"]) == sample.rows
+    # Both shards reported into one status.progress, tagged with the run the operator passed.
+    run_id = f"{crawljob['metadata']['uid']}-1"
+    progress = status["progress"]
+    assert {key: entry["runId"] for key, entry in progress["shards"].items()} == {"0": run_id, "1": run_id}
+    assert (progress["bytesRead"], progress["rowsRead"], progress["percent"]) == (
+        sample.size,
+        sample.rows,
+        "100%",
+    )

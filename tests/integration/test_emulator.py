@@ -5,6 +5,7 @@ import json
 import sys
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from crawljob import kube
@@ -58,6 +59,38 @@ async def test_status_patch_merges_and_list_filters_by_label(
     raw = await kube_client.request("GET", kube.JOBS.path("default"), params={"labelSelector": "a=c"})
     assert raw["kind"] == "JobList"
     assert [item["metadata"]["name"] for item in raw["items"]] == ["k"]
+
+
+async def test_a_patch_with_a_stale_resource_version_is_a_conflict_like_the_api_server(
+    kube_client: kube.KubeClient, emulator: tuple[Emulator, str]
+) -> None:
+    created = await kube_client.create(kube.CRAWLJOBS, "default", _crawljob("rv"))
+    version = created["metadata"]["resourceVersion"]
+    fresh = {"metadata": {"resourceVersion": version}, "status": {"progress": {"rowsRead": 1}}}
+    patched = await kube_client.patch(kube.CRAWLJOBS, "default", "rv", fresh, "status")
+    assert patched["metadata"]["resourceVersion"] != version
+    stale = {"metadata": {"resourceVersion": version}, "status": {"progress": {"rowsRead": 2}}}
+    with pytest.raises(kube.Conflict) as refused:
+        await kube_client.patch(kube.CRAWLJOBS, "default", "rv", stale, "status")
+    assert "the object has been modified" in str(refused.value)
+    async with (
+        aiohttp.ClientSession() as session,
+        session.patch(
+            emulator[1] + kube.CRAWLJOBS.path("default", "rv"),
+            data=json.dumps({**stale, "spec": {"shards": 2}}),
+            headers={"Content-Type": "application/merge-patch+json"},
+        ) as answer,
+    ):
+        assert answer.status == 409
+        raw = await answer.json()
+    assert (raw["kind"], raw["reason"], raw["code"]) == ("Status", "Conflict", 409)
+    got = await kube_client.get(kube.CRAWLJOBS, "default", "rv")
+    assert got["status"]["progress"]["rowsRead"] == 1 and "shards" not in got["spec"]
+    # Without a resourceVersion a patch is unconditional, as on a real server.
+    await kube_client.patch(
+        kube.CRAWLJOBS, "default", "rv", {"status": {"progress": {"rowsRead": 3}}}, "status"
+    )
+    assert (await kube_client.get(kube.CRAWLJOBS, "default", "rv"))["status"]["progress"]["rowsRead"] == 3
 
 
 async def test_missing_object_is_not_found(kube_client: kube.KubeClient) -> None:

@@ -8,7 +8,9 @@ a throwaway CA (trustme), and that directory is a temporary one holding the CA, 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,7 @@ from crawljob import kube, resource
 from crawljob.local.emulator import Emulator
 from crawljob_worker.kubeapi import KubeTarget, PatchFailed, StatusWriter, kube_target
 from crawljob_worker.report import Progress
+from crawljob_worker.shardprogress import ShardStatus
 
 TOKEN = "service-account-token-1"
 
@@ -113,3 +116,47 @@ async def test_a_missing_crawljob_is_a_patch_failure_naming_the_status(
 async def test_without_service_account_credentials_the_worker_does_not_report(tmp_path: Path) -> None:
     environ = {"KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": "443"}
     assert kube_target("cj", None, None, environ, service_account_dir=str(tmp_path)) is None
+
+
+def shard_status(server: str, name: str, index: int, total: int = 4000) -> ShardStatus:
+    writer = StatusWriter(KubeTarget("jobs", name, server=server))
+    return ShardStatus(
+        writer, index=index, run_id="uid-1", bytes_total=total, now=lambda: "2026-01-01T00:00:00Z"
+    )
+
+
+async def test_a_shard_report_based_on_a_stale_read_conflicts_and_is_recomputed(
+    emulator: tuple[Emulator, str], kube_client: kube.KubeClient
+) -> None:
+    await create_crawljob(kube_client, "jobs", "sharded")
+    first, second = shard_status(emulator[1], "sharded", 0), shard_status(emulator[1], "sharded", 1)
+    await asyncio.to_thread(first.send, 500, 5, final=False)
+    await asyncio.to_thread(second.send, 700, 7, final=False)  # the CrawlJob changed since first's patch
+    await asyncio.to_thread(first.send, 2000, 20, final=True)
+    assert (first.conflicts, second.conflicts) == (1, 0)
+    progress = (await kube_client.get(kube.CRAWLJOBS, "jobs", "sharded"))["status"]["progress"]
+    # Without the precondition, first's patch would have summed 2000 + its stale view of shard 1 (none).
+    assert (progress["bytesRead"], progress["rowsRead"], progress["percent"]) == (2700, 27, "67%")
+    assert {key: item["bytesRead"] for key, item in progress["shards"].items()} == {"0": 2000, "1": 700}
+
+
+async def test_shards_reporting_at_once_end_with_every_entry_and_the_sums(
+    emulator: tuple[Emulator, str], kube_client: kube.KubeClient
+) -> None:
+    await create_crawljob(kube_client, "jobs", "together")
+    shards = 4
+    senders = [shard_status(emulator[1], "together", index) for index in range(shards)]
+    barrier = threading.Barrier(shards)
+
+    def report(sender: ShardStatus) -> None:
+        for step in range(1, 5):
+            barrier.wait()
+            with contextlib.suppress(PatchFailed):  # a periodic report may give up: the next comes later
+                sender.send(250 * step, 10 * step, final=False)
+        barrier.wait()
+        sender.send(1000, 40, final=True)  # the final one must land
+
+    await asyncio.gather(*(asyncio.to_thread(report, sender) for sender in senders))
+    progress = (await kube_client.get(kube.CRAWLJOBS, "jobs", "together"))["status"]["progress"]
+    assert (progress["bytesRead"], progress["rowsRead"], progress["bytesTotal"]) == (4000, 160, 4000)
+    assert progress["percent"] == "100%" and sorted(progress["shards"]) == ["0", "1", "2", "3"]

@@ -197,7 +197,7 @@ def convert_shard(
     out = tmp_path / name
     termination = tmp_path / f"{name}-{index}.termination"
     code = main([source, "--output", str(out), "--termination-log", str(termination), "--retries", "60",
-                 "--shards", str(shards), "--shard-index", str(index)])  # fmt: skip
+                 "--shards", str(shards), "--shard-index", str(index), "--run-id", name])  # fmt: skip
     message = json.loads(termination.read_text())
     assert code == 0, message
     if not message["shard"]["finalized"]:

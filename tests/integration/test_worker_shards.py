@@ -3,9 +3,15 @@ the same rows, rejects and line numbers as one worker, one manifest, gzip refuse
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import io
 import json
+import os
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +19,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from crawljob import kube, resource
+from crawljob.local.emulator import Emulator
 from crawljob_worker.__main__ import main
 from crawljob_worker.shard import PROBE_BYTES, ShardPlan
+from fakes.s3proxy import ConditionalWritesProxy
 
 DTYPES = '{"id": "int64", "amount": "float64"}'
 
@@ -71,7 +80,7 @@ def test_shards_give_the_rows_rejects_and_line_numbers_of_one_worker(
     for index in range(shards):
         code, message = run_worker(
             tmp_path, f"shard-{index}", f"s3://{bucket}/in/data.csv", "--output", f"s3://{bucket}/many/",
-            "--shards", str(shards), "--shard-index", str(index), *common,
+            "--shards", str(shards), "--shard-index", str(index), "--run-id", "run-1", *common,
         )  # fmt: skip
         assert code == 0, message
         messages.append(message)
@@ -81,6 +90,7 @@ def test_shards_give_the_rows_rejects_and_line_numbers_of_one_worker(
     assert rejects == expected_rejects  # the same line numbers, reasons and records
     assert manifest["rowsRead"] == single["rowsRead"] == 3000
     assert manifest["rowsRejected"] == single["rowsRejected"] == 31
+    assert manifest["bytesRead"] == single["bytesRead"]  # the shards' owned bytes add up to the object
     assert [item["index"] for item in manifest["shards"]] == list(range(shards))
     assert sum(item["rowsRead"] for item in manifest["shards"]) == 3000
     # The last shard finalized: its termination message carries the whole object's counts.
@@ -128,6 +138,8 @@ def test_a_quoted_field_across_a_boundary_is_speculated_or_re_run_by_the_finaliz
             "2",
             "--shard-index",
             str(index),
+            "--run-id",
+            "run-1",
         )
         assert code == 0, message
     manifest = json.loads((out / "_manifest.json").read_text())
@@ -148,6 +160,8 @@ def test_a_retried_shard_after_the_others_finished_finalizes_the_same_result(tmp
         str(out),
         "--shards",
         "3",
+        "--run-id",
+        "run-1",
         "--dtypes",
         DTYPES,
         "--max-reject-ratio",
@@ -167,7 +181,7 @@ def test_gzip_is_refused_for_sharding_with_a_clear_reason(tmp_path: Path) -> Non
     source = tmp_path / "data.csv.gz"
     source.write_bytes(gzip.compress(sample(50)))
     code, message = run_worker(
-        tmp_path, "gz", str(source), "--output", str(tmp_path / "out"), "--shards", "2"
+        tmp_path, "gz", str(source), "--output", str(tmp_path / "out"), "--shards", "2", "--run-id", "r"
     )
     assert code == 3
     assert message["reason"] == "BadInput" and "gzip object cannot be sharded" in message["message"]
@@ -184,6 +198,8 @@ def test_the_reject_ratio_applies_to_the_whole_object(tmp_path: Path) -> None:
         str(out),
         "--shards",
         "2",
+        "--run-id",
+        "run-1",
         "--dtypes",
         DTYPES,
         "--max-reject-ratio",
@@ -198,5 +214,241 @@ def test_the_reject_ratio_applies_to_the_whole_object(tmp_path: Path) -> None:
 def test_a_shard_index_outside_the_shards_is_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = main(["x.csv", "--output", str(tmp_path), "--shards", "2", "--shard-index", "2"])
+    code = main(["x.csv", "--output", str(tmp_path), "--shards", "2", "--shard-index", "2", "--run-id", "r"])
     assert code == 2 and "--shard-index must be below --shards (2)" in capsys.readouterr().out
+
+
+def plain(rows: int, start: int = 0) -> bytes:
+    """A CSV without rejects: `id,amount` rows."""
+    return ("id,amount\n" + "".join(f"{n},{n / 2}\n" for n in range(start, start + rows))).encode()
+
+
+def s3_names(s3_client: Any, bucket: str, prefix: str) -> set[str]:
+    listed = s3_client.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
+    return {item["Key"][len(prefix) :] for item in listed}
+
+
+def shard_args(bucket: str, key: str, prefix: str, shards: int, index: int, run_id: str) -> list[str]:
+    return [
+        f"s3://{bucket}/{key}", "--output", f"s3://{bucket}/{prefix}", "--shards", str(shards),
+        "--shard-index", str(index), "--run-id", run_id, "--chunk-size-mb", "0.05",
+    ]  # fmt: skip
+
+
+@pytest.mark.usefixtures("s3_env")
+def test_a_rerun_over_a_previous_runs_prefix_gives_exactly_the_new_runs_result(
+    tmp_path: Path, s3_client: Any, bucket: str
+) -> None:
+    # Run 1: 3 shards of a file with rejects; every shard's report stays under the prefix.
+    s3_client.put_object(Bucket=bucket, Key="in/data.csv", Body=sample(600))
+    for index in range(3):
+        code, message = run_worker(
+            tmp_path, f"r1-{index}", *shard_args(bucket, "in/data.csv", "out/", 3, index, "uid-1"),
+            "--dtypes", DTYPES, "--max-reject-ratio", "0.5",
+        )  # fmt: skip
+        assert code == 0, message
+    assert json.loads(s3_read(s3_client, bucket, "out/_manifest.json"))["rowsRejected"] > 0
+    # Run 2 (a re-run: new data, 2 shards). Its first shard finds run 1's reports of shards 1 and 2
+    # and must not count them.
+    s3_client.put_object(Bucket=bucket, Key="in/data.csv", Body=plain(800))
+    code, first = run_worker(tmp_path, "r2-0", *shard_args(bucket, "in/data.csv", "out/", 2, 0, "uid-2"))
+    assert code == 0 and first["shard"]["finalized"] is False, first
+    assert json.loads(s3_read(s3_client, bucket, "out/_manifest.json"))["runId"] == "uid-1"
+    code, last = run_worker(tmp_path, "r2-1", *shard_args(bucket, "in/data.csv", "out/", 2, 1, "uid-2"))
+    assert code == 0 and last["shard"]["finalized"] is True, last
+    rows, manifest, rejects = s3_result(s3_client, bucket, "out/")
+    assert rows == [(n, n / 2) for n in range(800)] and rejects == b""
+    assert (manifest["runId"], manifest["rowsRead"], manifest["rowsRejected"]) == ("uid-2", 800, 0)
+    assert (last["rowsRead"], last["rejectsUri"]) == (800, None)
+    # Exactly the new run's objects: no run-1 shard 2, rejects or claim.
+    names = s3_names(s3_client, bucket, "out/")
+    assert {name.split("/")[0] for name in names} == {
+        "_manifest.json", "_finalize-uid-2.json", "shard-00000", "shard-00001",
+    }  # fmt: skip
+    listed_parts = {name for name in names if "/part-" in name}
+    assert listed_parts == {part["uri"].split("/out/", 1)[1] for part in manifest["parts"]}
+
+
+@pytest.mark.usefixtures("s3_env")
+def test_only_the_claiming_shard_finalizes_and_a_retry_of_it_finalizes_again(
+    tmp_path: Path, s3_client: Any, bucket: str
+) -> None:
+    s3_client.put_object(Bucket=bucket, Key="in/data.csv", Body=plain(500))
+    for index in (0, 1):
+        assert (
+            run_worker(tmp_path, f"s{index}", *shard_args(bucket, "in/data.csv", "o/", 2, index, "r"))[0] == 0
+        )
+    claim = json.loads(s3_read(s3_client, bucket, "o/_finalize-r.json"))
+    assert (claim["runId"], claim["shardIndex"]) == ("r", 1)
+    etag = s3_client.head_object(Bucket=bucket, Key="o/_manifest.json")["ETag"]
+    # A second pod of shard 0 (it finds every report, as a shard finishing with the claimer does):
+    # the claim names shard 1, so it leaves the finalize alone.
+    code, loser = run_worker(tmp_path, "again-0", *shard_args(bucket, "in/data.csv", "o/", 2, 0, "r"))
+    assert code == 0 and loser["shard"] == {"index": 0, "count": 2, "finalized": False}
+    assert loser["rowsRead"] < 500 and loser["manifestUri"] != f"s3://{bucket}/o/_manifest.json"
+    assert s3_client.head_object(Bucket=bucket, Key="o/_manifest.json")["ETag"] == etag
+    # Shard 1's pod died mid-finalize and Kubernetes retried index 1: the retry takes the claim over.
+    s3_client.delete_object(Bucket=bucket, Key="o/_manifest.json")
+    code, retry = run_worker(tmp_path, "again-1", *shard_args(bucket, "in/data.csv", "o/", 2, 1, "r"))
+    assert code == 0 and retry["shard"] == {"index": 1, "count": 2, "finalized": True}
+    rows, manifest, _ = s3_result(s3_client, bucket, "o/")
+    assert rows == [(n, n / 2) for n in range(500)]
+    assert (manifest["finalizedBy"], manifest["rowsRead"], retry["rowsRead"]) == (1, 500, 500)
+
+
+@pytest.mark.parametrize("where", ["s3", "local"])
+def test_concurrent_claims_of_one_run_make_exactly_one_finalizer(
+    where: str, tmp_path: Path, s3_client: Any, bucket: str
+) -> None:
+    from crawljob_worker.claim import Outcome, claim_finalize
+    from crawljob_worker.uri import parse_location
+
+    location = parse_location(f"s3://{bucket}/c/" if where == "s3" else str(tmp_path / "c"), what="out")
+    shards = 8
+    barrier = threading.Barrier(shards)
+
+    def claim(index: int) -> Any:
+        barrier.wait()
+        return claim_finalize(s3_client, location, "run-7", index)
+
+    with ThreadPoolExecutor(shards) as pool:
+        claims = list(pool.map(claim, range(shards)))
+    winners = [index for index, item in enumerate(claims) if item.outcome is Outcome.CLAIMED]
+    assert len(winners) == 1
+    assert all(item.holder == winners[0] for item in claims)
+    assert sum(item.outcome is Outcome.LOST for item in claims) == shards - 1
+
+
+@pytest.mark.usefixtures("s3_env")
+def test_two_shard_processes_finishing_together_finalize_once(
+    tmp_path: Path, s3_client: Any, bucket: str, s3_env: dict[str, str]
+) -> None:
+    s3_client.put_object(Bucket=bucket, Key="in/tiny.csv", Body=plain(40))
+    for round_ in range(3):
+        run_id, prefix = f"together-{round_}", f"t{round_}/"
+        processes = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "crawljob_worker",
+                    *shard_args(bucket, "in/tiny.csv", prefix, 2, index, run_id),
+                    "--termination-log",
+                    str(tmp_path / f"{run_id}-{index}"),
+                ],
+                env={**os.environ, **s3_env},
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for index in range(2)
+        ]
+        assert [process.wait(timeout=120) for process in processes] == [0, 0]
+        messages = [json.loads((tmp_path / f"{run_id}-{index}").read_text()) for index in range(2)]
+        finalizers = [message["shard"]["index"] for message in messages if message["shard"]["finalized"]]
+        assert len(finalizers) == 1, messages
+        rows, manifest, _ = s3_result(s3_client, bucket, prefix)
+        assert rows == [(n, n / 2) for n in range(40)] and manifest["finalizedBy"] == finalizers[0]
+        assert messages[finalizers[0]]["rowsRead"] == 40
+
+
+@pytest.mark.usefixtures("s3_env")
+async def test_shards_sum_their_progress_into_the_crawljobs_status(
+    tmp_path: Path, s3_client: Any, bucket: str, emulator: tuple[Emulator, str], kube_client: kube.KubeClient
+) -> None:
+    await kube_client.create(
+        kube.CRAWLJOBS, "default",
+        {"apiVersion": resource.API_VERSION, "kind": resource.KIND, "metadata": {"name": "sharded"},
+         "spec": {"source": {"bucket": bucket, "key": "in/data.csv"}}},
+    )  # fmt: skip
+    data = plain(3000)
+    s3_client.put_object(Bucket=bucket, Key="in/data.csv", Body=data)
+    report = ["--name", "sharded", "--namespace", "default", "--kube-server", emulator[1]]
+    seen = []
+    for index in range(3):
+        args = shard_args(bucket, "in/data.csv", "p/", 3, index, "uid-1")
+        code, message = await asyncio.to_thread(run_worker, tmp_path, f"s{index}", *args, *report)
+        assert code == 0, message
+        seen.append((await kube_client.get(kube.CRAWLJOBS, "default", "sharded"))["status"]["progress"])
+    # While the crawl runs (after shard 0 alone) the CrawlJob already shows a share of the object.
+    assert seen[0]["bytesTotal"] == len(data) and 30 <= int(seen[0]["percent"].rstrip("%")) < 40
+    assert seen[0]["rowsRead"] == seen[0]["shards"]["0"]["rowsRead"] > 0
+    progress = seen[-1]
+    assert (progress["bytesRead"], progress["rowsRead"], progress["percent"]) == (len(data), 3000, "100%")
+    assert sorted(progress["shards"]) == ["0", "1", "2"]
+    assert {entry["runId"] for entry in progress["shards"].values()} == {"uid-1"}
+    assert sum(entry["rowsRead"] for entry in progress["shards"].values()) == 3000
+
+
+def test_a_store_without_conditional_writes_falls_back_to_finalizing_without_a_claim(
+    tmp_path: Path, s3_client: Any, bucket: str, local_s3: Any, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    proxy = ConditionalWritesProxy(local_s3.endpoint)
+    for name, value in {**local_s3.environment(), "AWS_ENDPOINT_URL_S3": proxy.start()}.items():
+        monkeypatch.setenv(name, value)
+    try:
+        s3_client.put_object(Bucket=bucket, Key="in/data.csv", Body=plain(300))
+        messages = []
+        for name, index in (("s0", 0), ("s1", 1), ("again-0", 0)):
+            code, message = run_worker(
+                tmp_path, name, *shard_args(bucket, "in/data.csv", "nc/", 2, index, "r")
+            )
+            assert code == 0, message
+            messages.append(message)
+    finally:
+        proxy.stop()
+    # Every shard that found both reports finalized (the old behaviour), with the same result.
+    assert [message["shard"]["finalized"] for message in messages] == [False, True, True]
+    assert proxy.refused == 2 and "does not implement conditional writes" in caplog.text
+    rows, manifest, _ = s3_result(s3_client, bucket, "nc/")
+    assert rows == [(n, n / 2) for n in range(300)] and manifest["finalizedBy"] == 0
+    assert not any(name.startswith("_finalize-") for name in s3_names(s3_client, bucket, "nc/"))
+
+
+def test_a_one_shard_run_over_a_sharded_runs_prefix_leaves_only_its_own_objects(tmp_path: Path) -> None:
+    source = tmp_path / "data.csv"
+    source.write_bytes(plain(400))
+    out = tmp_path / "out"
+    for index in range(3):
+        args = [
+            str(source),
+            "--output",
+            str(out),
+            "--shards",
+            "3",
+            "--shard-index",
+            str(index),
+            "--run-id",
+            "a",
+        ]
+        assert run_worker(tmp_path, f"s{index}", *args)[0] == 0
+    assert {path.name for path in out.iterdir()} >= {"shard-00002", "_finalize-a.json", "_manifest.json"}
+    code, message = run_worker(tmp_path, "one", str(source), "--output", str(out))  # spec.shards back to 1
+    assert code == 0 and message["rowsRead"] == 400
+    assert sorted(path.name for path in out.iterdir()) == ["_manifest.json", "part-00000.parquet"]
+
+
+def test_a_claim_racing_another_write_is_retried_until_s3_decides(
+    tmp_path: Path, bucket: str, local_s3: Any
+) -> None:
+    from crawljob_worker.claim import CONFLICT_RETRIES, Outcome, claim_finalize
+    from crawljob_worker.errors import WorkerError
+    from crawljob_worker.source import s3_client as worker_s3_client
+    from crawljob_worker.uri import parse_location
+
+    location = parse_location(f"s3://{bucket}/race/", what="out")
+    proxy = ConditionalWritesProxy(local_s3.endpoint, conflicts=2)
+    environment = {**local_s3.environment(), "AWS_ENDPOINT_URL_S3": proxy.start()}
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            for name, value in environment.items():
+                patch.setenv(name, value)
+            client = worker_s3_client(connections=1)
+            claim = claim_finalize(client, location, "r", 3)  # 409, 409, then created
+            assert (claim.outcome, claim.holder, proxy.refused) == (Outcome.CLAIMED, 3, 2)
+            proxy.conflicts, proxy.refused = CONFLICT_RETRIES + 1, 0
+            with pytest.raises(WorkerError) as failed:  # a conflict that never settles: retryable
+                claim_finalize(client, location, "other", 1)
+            assert failed.value.reason == "Transient" and proxy.refused == CONFLICT_RETRIES + 1
+    finally:
+        proxy.stop()

@@ -101,6 +101,8 @@ def test_container_command_args_env_and_security() -> None:
         "--source-key=dir/data file.csv",
         "--output",
         "s3://out/p/",
+        "--run-id",
+        "uid-1-1",
         "--format",
         "jsonl",
         "--delimiter",
@@ -151,6 +153,21 @@ def test_rerun_gets_its_own_job_name_within_dns_limits() -> None:
     body["status"] = {"run": 3}
     assert jobs.build_job(body, SETTINGS)["metadata"]["name"] == "data-csv-0123456789-r3"
     assert len(jobs.job_name("x" * 52, 99)) + 6 <= 63
+
+
+def test_every_run_passes_its_own_run_id_the_same_for_all_its_shards() -> None:
+    from crawljob_worker.settings import settings_from_args
+
+    body = _crawljob(shards=3)
+    first = jobs.build_job(body, SETTINGS, jobs.JobFeatures(indexed=True))
+    body["status"] = {"run": 2}
+    second = jobs.build_job(body, SETTINGS, jobs.JobFeatures(indexed=True))
+    ids = [
+        settings_from_args(job["spec"]["template"]["spec"]["containers"][0]["args"], {}).run_id
+        for job in (first, second)
+    ]
+    assert ids == ["uid-1-1", "uid-1-2"]  # one Job's pods (every shard, every retry) share the first
+    assert "--run-id" not in jobs.worker_args(body["spec"], "n", SETTINGS)
 
 
 def test_settings_from_flags_and_env() -> None:
@@ -261,7 +278,8 @@ def test_without_indexed_jobs_a_sharded_crawljob_is_one_job_per_shard() -> None:
     assert "ttlSecondsAfterFinished" not in spec  # a finished shard's Job stays while the others run
     args = spec["template"]["spec"]["containers"][0]["args"]
     assert args[-4:] == ["--shards", "5", "--shard-index", "3"]
-    assert args[:-4] == jobs.worker_args(body["spec"], "data-csv-0123456789", SETTINGS)
+    assert args[:-4] == jobs.worker_args(body["spec"], "data-csv-0123456789", SETTINGS, jobs.run_id(body))
+    assert "--run-id" in args  # the same id for every shard of the run
     parsed = Job.parse(job)
     assert (parsed.run, parsed.shard, parsed.shards) == (2, 3, 5)
     with pytest.raises(ValueError, match="shard index 5"):

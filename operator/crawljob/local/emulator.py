@@ -1,12 +1,15 @@
 """kmock's KubernetesEmulator with the few API-server behaviours crawljob and kubectl rely on.
 
 Kept in one small subclass (used by the tests and the local stack): uid, creationTimestamp,
-resourceVersion and generation on objects, kind/apiVersion on lists, label selectors on lists.
+resourceVersion and generation on objects, kind/apiVersion on lists, label selectors on lists, and
+optimistic concurrency: a PATCH carrying `metadata.resourceVersion` is refused with 409 Conflict
+when the object has changed since (kmock serves no PUT).
 Product code never depends on these without handling them client-side too.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import itertools
 import re
@@ -170,6 +173,9 @@ class Emulator(kmock.KubernetesEmulator):
     # (for tests asserting on it).
     trim_request_log: bool = True
     _finished_requests: set[int] = attrs.field(factory=set)
+    # Writes to named objects, one at a time: a resourceVersion precondition is checked and the
+    # patch applied with no other write in between.
+    _write_lock: asyncio.Lock = attrs.field(factory=asyncio.Lock, init=False)
 
     def _trim_finished_requests(self) -> None:
         finished = self._finished_requests
@@ -205,6 +211,38 @@ class Emulator(kmock.KubernetesEmulator):
             return refused
         if request.params.get("dryRun") == "All" and request.resource is not None:
             return await self._dry_run(request)
+        if (
+            request.resource is not None
+            and request.action == kmock.action.UPDATE
+            and request.name is not None
+        ):
+            async with self._write_lock:
+                conflict = self._stale_write(request)
+                return conflict if conflict is not None else await self._stored(request)
+        return await self._stored(request)
+
+    def _stale_write(self, request: kmock.Request) -> aiohttp.web.StreamResponse | None:
+        """409 Conflict when the write names a resourceVersion the object no longer has, as the API
+        server answers it (a precondition, not a field: the emulator stores its own version)."""
+        data = request.data
+        expected = (data.get("metadata") or {}).get("resourceVersion") if isinstance(data, dict) else None
+        current = self._current(request)
+        if expected is None or current is None:
+            return None
+        if str((current.get("metadata") or {}).get("resourceVersion")) == str(expected):
+            return None
+        requested = request.resource
+        assert requested is not None
+        qualified = f"{requested.plural}.{requested.group}" if requested.group else requested.plural
+        return _status(
+            409,
+            "Conflict",
+            f'Operation cannot be fulfilled on {qualified} "{request.name}": the object has been '
+            "modified; please apply your changes to the latest version and try again",
+        )
+
+    async def _stored(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        """The request served by kmock, with the object metadata an API server keeps."""
         data = request.data
         if request.resource is not None and isinstance(data, dict):
             metadata = data.setdefault("metadata", {})

@@ -152,9 +152,21 @@ def output_uri(spec: Mapping[str, Any], name: str, settings: OperatorSettings) -
     return f"s3://{spec['source']['bucket']}/{resource.DEFAULT_OUTPUT_PREFIX}{name}/"
 
 
-def worker_args(spec: Mapping[str, Any], name: str, settings: OperatorSettings) -> list[str]:
-    """Command-line arguments of the worker, per its CLI contract."""
+def run_id(crawljob: Mapping[str, Any]) -> str:
+    """The id of the CrawlJob's current run, `<uid>-<run>`: the same for every shard (and every retry)
+    of one run, new for each re-run, so a re-run's shards never count reports an earlier run left
+    under the same output prefix (docs/worker.md, "Shards")."""
+    run = CrawlJobStatus.parse(crawljob.get("status") or {}).run
+    return f"{crawljob['metadata']['uid']}-{run}"
+
+
+def worker_args(
+    spec: Mapping[str, Any], name: str, settings: OperatorSettings, run: str | None = None
+) -> list[str]:
+    """Command-line arguments of the worker, per its CLI contract; *run* is the run id (`run_id`)."""
     args = [*source_args(spec), "--output", output_uri(spec, name, settings)]
+    if run:
+        args += ["--run-id", run]
     output_format = (spec.get("output") or {}).get("format")
     if output_format:
         args += ["--format", str(output_format)]
@@ -258,7 +270,7 @@ def _job(
         "image": template.get("image") or settings.worker_image,
         "imagePullPolicy": "IfNotPresent",
         "command": list(settings.worker_command),
-        "args": worker_args(spec, name, settings),
+        "args": worker_args(spec, name, settings, run_id(crawljob)),  # the callers add shards
         "env": env,
         "resources": resources,
         "securityContext": dict(CONTAINER_SECURITY_CONTEXT),

@@ -15,6 +15,8 @@ from crawljob import resource
 
 Body = dict[str, Any]
 Key = tuple[str, str]  # (namespace, name)
+# Set by the Job controller on each Pod of an Indexed Job.
+COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 
 
 def _mapping(value: Any) -> Mapping[str, Any]:
@@ -200,6 +202,8 @@ class JobStatus:
     # Exit codes the Job's podFailurePolicy fails the whole Job for (FailJob, operator In): such a
     # pod failure is never retried. Empty on servers older than podFailurePolicy (they drop it).
     fail_job_exit_codes: frozenset[int] = frozenset()
+    completions: int = 1
+    indexed: bool = False  # completionMode: Indexed (one completion per shard)
 
     def true_condition(self, *types: str) -> Condition | None:
         """The first of *types* present with status "True" (in the order given), or None."""
@@ -222,6 +226,8 @@ class JobStatus:
             backoff_limit=_integer(spec.get("backoffLimit")),
             active_deadline_seconds=_integer(spec.get("activeDeadlineSeconds")),
             fail_job_exit_codes=_fail_job_exit_codes(_mapping(spec.get("podFailurePolicy"))),
+            completions=_integer(spec.get("completions"), 1) or 1,
+            indexed=spec.get("completionMode") == "Indexed",
         )
 
 
@@ -289,6 +295,7 @@ class PodStatus:
     reason: str | None = None
     message: str | None = None
     worker: Container = field(default_factory=Container)
+    completion_index: int | None = None  # the pod of an Indexed Job: its index (= shard)
 
     @property
     def exit_code(self) -> int | None:
@@ -305,6 +312,9 @@ class PodStatus:
             reason=_text(status.get("reason")),
             message=_text(status.get("message")),
             worker=Container.parse(status),
+            completion_index=_integer(
+                _mapping(metadata.get("annotations")).get(COMPLETION_INDEX_ANNOTATION) or "-", None
+            ),
         )
 
 
@@ -324,6 +334,21 @@ class Job:
     def crawljob(self) -> str | None:
         """The name of its CrawlJob (label), if it has one."""
         return self.meta.labels.get(resource.LABEL_CRAWLJOB)
+
+    @property
+    def run(self) -> int:
+        """Which run of its CrawlJob it belongs to (annotation; 1 when absent)."""
+        return max(1, _integer(self.meta.annotations.get(resource.ANNOTATION_RUN), 1) or 1)
+
+    @property
+    def shard(self) -> int | None:
+        """The shard of a per-shard run's Job (label), None for a run's only Job."""
+        return _integer(self.meta.labels.get(resource.LABEL_SHARD) or "-", None)
+
+    @property
+    def shards(self) -> int | None:
+        """How many shards the per-shard run of this Job has (annotation), None for a run's only Job."""
+        return _integer(self.meta.annotations.get(resource.ANNOTATION_SHARDS) or "-", None)
 
     def is_owned_by(self, owner_uid: str) -> bool:
         return owner_uid in self.meta.owner_uids

@@ -33,6 +33,10 @@ _LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
 ANNOTATION_RERUN = "crawljob.io/rerun"
 ANNOTATION_CANCEL = "crawljob.io/cancel"
 ANNOTATION_RUN = "crawljob.io/run"  # on a Job: which run of its CrawlJob it is
+# A per-shard run (servers without Indexed Jobs) has one Job per shard: the label says which shard
+# (also on its Pods), the annotation how many shards the run has.
+LABEL_SHARD = "crawljob.io/shard"
+ANNOTATION_SHARDS = "crawljob.io/shards"
 ANNOTATION_RAW_KEY = "crawljob.io/raw-key"  # the key as the event spelled it, when decoding changed it
 
 # The worker's container in every Job's Pod (the operator reads its state and termination message).

@@ -16,9 +16,10 @@ from collections.abc import Callable
 from typing import Any
 
 from crawljob import kube, resource
+from crawljob.operator import jobs
 from fakes.waiting import wait_for
 
-from .conftest import Child, requires_modules
+from .conftest import BIN, Child, requires_modules
 from .test_jobs import condition, job_pods, processes_with
 
 ROWS = 250
@@ -210,25 +211,132 @@ async def test_operator_restart_adopts_the_job_despite_concurrent_writes(
     assert done["metadata"]["annotations"]["example.com/touched"] == "yes"
 
 
-@requires_modules(OPERATOR)
-async def test_a_sharded_crawljob_runs_as_one_pod_on_a_server_without_indexed_jobs(
+# The worker, wrapped: a shard named in KILL_ONCE is SIGKILLed mid-way on its first attempt (the
+# real worker has started on it), a shard named in FAIL always exits 3 (bad input); every other run
+# is the real worker.
+WORKER_WRAPPER = """
+import os, signal, subprocess, sys, time
+args = sys.argv[1:]
+shard = args[args.index("--shard-index") + 1] if "--shard-index" in args else ""
+run = os.environ["CRAWLJOB_NAME"] + "#" + shard
+if run in FAIL:
+    sys.exit(3)
+if run in KILL_ONCE and not os.path.exists(os.path.join(STATE, run)):
+    open(os.path.join(STATE, run), "w").close()
+    worker = subprocess.Popen([WORKER, *args])
+    time.sleep(1.5)
+    worker.kill()
+    os.kill(os.getpid(), signal.SIGKILL)
+os.execv(WORKER, [WORKER, *args])
+"""
+
+
+def quoted_csv(rows: int) -> bytes:
+    """A few MB with quoted fields holding commas and line ends (a shard boundary may fall in one)."""
+    lines = ["id,amount,note"]
+    for number in range(rows):
+        note = f'"first line, {number}\nsecond ""line"""' if number % 3 == 0 else f"plain {number}"
+        lines.append(f"{number},{number / 4},{note}")
+    return ("\n".join(lines) + "\n").encode()
+
+
+def output_of(s3_client: Any, uri: str) -> tuple[dict[str, Any], list[tuple[Any, ...]]]:
+    """The `_manifest.json` under *uri* and the sorted rows of the Parquet parts it lists."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+    manifest = json.loads(s3_client.get_object(Bucket=bucket, Key=prefix + "_manifest.json")["Body"].read())
+    tables = [
+        pq.read_table(
+            io.BytesIO(
+                s3_client.get_object(Bucket=bucket, Key=part["uri"].split(f"s3://{bucket}/", 1)[1])[
+                    "Body"
+                ].read()
+            )
+        )
+        for part in manifest["parts"]
+    ]
+    table = pa.concat_tables(tables)
+    return manifest, sorted(
+        zip(*(table.column(name).to_pylist() for name in table.column_names), strict=True)
+    )
+
+
+@requires_modules(OPERATOR, WORKER)
+async def test_a_sharded_crawljob_runs_one_job_per_shard_on_a_server_without_indexed_jobs(
     client: kube.KubeClient,
     namespace: str,
     operator: Callable[..., Child],
     kubelet: Child,
     s3_client: Any,
     bucket: str,
+    tmp_path: Any,
 ) -> None:
-    etag = upload_csv(s3_client, bucket, "in/sharded.csv")
+    data = quoted_csv(60_000)  # ~2.3 MB
+    s3_client.put_object(Bucket=bucket, Key="in/big.csv", Body=data)
+    wrapper = tmp_path / "worker.py"
+    wrapper.write_text(
+        f"FAIL = {{'fail-shards#2'}}\nKILL_ONCE = {{'three-shards#1'}}\nSTATE = {str(tmp_path)!r}\n"
+        f"WORKER = {str(BIN / 'crawljob-worker')!r}\n" + WORKER_WRAPPER
+    )
     kubelet.start()
-    operator()
-    name, body = crawljob_for(bucket, "in/sharded.csv", etag, namespace)
-    body["spec"]["shards"] = 3  # type: ignore[index]
-    await client.create(kube.CRAWLJOBS, namespace, body)
+    operator(CRAWLJOB_WORKER_COMMAND=json.dumps([sys.executable, str(wrapper)]))
 
-    done = await wait_phase(client, namespace, name, "Succeeded")
-    assert done["status"]["result"]["rowsRead"] == ROWS
-    job = await client.get(kube.JOBS, namespace, name)
-    assert job["spec"]["completions"] == 1 and job["spec"].get("completionMode", "NonIndexed") == "NonIndexed"
-    assert "--shards" not in job["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert len(await job_pods(client, namespace, name)) == 1
+    def body(name: str, **spec: Any) -> dict[str, Any]:
+        ref = resource.ObjectRef(bucket=bucket, key="in/big.csv", etag=name)
+        manifest: dict[str, Any] = resource.crawljob_manifest(ref, namespace)
+        manifest["metadata"]["name"] = name
+        manifest["spec"].update(output={"uri": f"s3://{bucket}/out/{name}/"}, **spec)
+        return manifest
+
+    for item in (
+        body("one-shard"),
+        body("three-shards", shards=3),
+        body("fail-shards", shards=3, backoffLimit=0),
+    ):
+        await client.create(kube.CRAWLJOBS, namespace, item)
+    one = await wait_phase(client, namespace, "one-shard", "Succeeded")
+    three = await wait_phase(client, namespace, "three-shards", "Succeeded", timeout=180)
+    failed = await wait_phase(client, namespace, "fail-shards", "Failed")
+
+    # Three Jobs, one per shard, made by the operator and run by the real 1.20 Job controller.
+    made = await client.list(kube.JOBS, namespace, labels={resource.LABEL_CRAWLJOB: "three-shards"})
+    assert sorted(job["metadata"]["name"] for job in made) == [
+        jobs.shard_job_name("three-shards", 1, index) for index in range(3)
+    ]
+    assert all(condition(job, "Complete") and job["spec"]["completions"] == 1 for job in made)
+    assert three["status"]["jobName"] == jobs.shard_job_stem("three-shards", 1)
+    # The killed shard was retried alone: shard 1's Job made a second pod, the others one each.
+    pods = {
+        index: await job_pods(client, namespace, jobs.shard_job_name("three-shards", 1, index))
+        for index in range(3)
+    }
+    assert [len(pods[index]) for index in range(3)] == [1, 2, 1], pods
+    killed = [pod["status"]["containerStatuses"][0]["state"]["terminated"] for pod in pods[1]]
+    assert sorted(item["exitCode"] for item in killed) == [0, 137]
+    assert three["status"]["attempts"] == 4
+
+    # The same output as the 1-shard run: rows, and the whole object's manifest.
+    one_manifest, one_rows = output_of(s3_client, one["status"]["result"]["outputUri"])
+    three_manifest, three_rows = output_of(s3_client, three["status"]["result"]["outputUri"])
+    assert len(one_rows) == 60_000 and three_rows == one_rows
+    same = ("outcome", "source", "schema", "rowsRead", "rowsWritten", "rowsRejected")
+    assert {key: three_manifest[key] for key in same} == {key: one_manifest[key] for key in same}
+    assert len(three_manifest["shards"]) == 3 and "shards" not in one_manifest
+    assert three["status"]["result"]["rowsWritten"] == one["status"]["result"]["rowsWritten"] == 60_000
+
+    # A permanently failing shard fails the CrawlJob, named; no shard Job is left running.
+    status = failed["status"]
+    assert status["reason"] == "BackoffLimitExceeded" and status["message"].startswith("shard 2 of 3: "), (
+        status
+    )
+    assert "exit code 3" in status["message"]
+
+    async def none_running() -> bool:
+        left = await client.list(kube.JOBS, namespace, labels={resource.LABEL_CRAWLJOB: "fail-shards"})
+        return all(condition(job, "Complete") or condition(job, "Failed") for job in left)
+
+    await wait_for(none_running, timeout=60, what="the failed run's other shard Jobs finished or deleted")

@@ -254,10 +254,98 @@ def test_a_sharded_crawljob_is_an_indexed_job_with_bounded_parallelism() -> None
     assert newer["spec"]["backoffLimitPerIndex"] == 2 and newer["spec"]["backoffLimit"] == 15
 
 
-def test_without_indexed_jobs_a_sharded_crawljob_is_one_pod() -> None:
-    job = jobs.build_job(_crawljob(shards=5), SETTINGS, jobs.JobFeatures(indexed=False))
-    assert job["spec"]["completions"] == 1 and "completionMode" not in job["spec"]
-    assert "--shards" not in job["spec"]["template"]["spec"]["containers"][0]["args"]
+def test_without_indexed_jobs_a_sharded_crawljob_is_one_job_per_shard() -> None:
+    old_server = jobs.JobFeatures(indexed=False)
+    assert jobs.per_shard_jobs(_crawljob(shards=5)["spec"], SETTINGS, old_server) == 5
+    assert jobs.per_shard_jobs(_crawljob()["spec"], SETTINGS, old_server) == 0  # one shard: one Job
+    assert jobs.per_shard_jobs(_crawljob(shards=5)["spec"], SETTINGS, jobs.JobFeatures(True)) == 0  # Indexed
+    body = _crawljob(shards=5, backoffLimit=2)
+    body["status"] = {"run": 2}
+    job = jobs.build_shard_job(body, SETTINGS, 3, 5)
+    metadata, spec = job["metadata"], job["spec"]
+    assert metadata["name"] == jobs.shard_job_name("data-csv-0123456789", 2, 3)
+    assert metadata["labels"] == {
+        "app.kubernetes.io/name": "crawljob",
+        "app.kubernetes.io/managed-by": "crawljob-operator",
+        "crawljob.io/crawljob": "data-csv-0123456789",
+        "crawljob.io/shard": "3",
+    }
+    assert spec["template"]["metadata"]["labels"] == metadata["labels"]  # the pods say their shard too
+    assert metadata["annotations"] == {"crawljob.io/run": "2", "crawljob.io/shards": "5"}
+    assert metadata["ownerReferences"][0]["uid"] == "uid-1" and metadata["ownerReferences"][0]["controller"]
+    assert (spec["completions"], spec["parallelism"], spec["backoffLimit"]) == (1, 1, 2)
+    assert "completionMode" not in spec
+    assert "ttlSecondsAfterFinished" not in spec  # a finished shard's Job stays while the others run
+    args = spec["template"]["spec"]["containers"][0]["args"]
+    assert args[-4:] == ["--shards", "5", "--shard-index", "3"]
+    assert args[:-4] == jobs.worker_args(body["spec"], "data-csv-0123456789", SETTINGS, jobs.run_id(body))
+    assert "--run-id" in args  # the same id for every shard of the run
+    parsed = Job.parse(job)
+    assert (parsed.run, parsed.shard, parsed.shards) == (2, 3, 5)
+    with pytest.raises(ValueError, match="shard index 5"):
+        jobs.build_shard_job(body, SETTINGS, 5, 5)
+
+
+def test_shard_job_names_are_deterministic_distinct_and_fit_the_job_name_label() -> None:
+    from crawljob import resource
+
+    generated = resource.crawljob_name(resource.ObjectRef("bucket", "x" * 300 + ".csv", etag="e"))
+    assert len(generated) == resource.MAX_NAME_LENGTH
+    names = [generated, "a", "data.v2.csv", "z" * 253, "z" * 253 + "-", "z" * 252 + "y"]
+    made = {
+        (name, run, index): jobs.shard_job_name(name, run, index)
+        for name in names
+        for run in (1, 2, 10)
+        for index in (0, 1, 7, jobs.MAX_SHARD_INDEXES - 1)
+    }
+    assert len(set(made.values())) == len(made)  # no two CrawlJobs, runs or shards share a Job
+    for (name, run, index), job_name in made.items():
+        assert len(job_name) <= 63 and resource.label_value(job_name) == job_name
+        assert job_name == jobs.shard_job_name(name, run, index)  # deterministic
+        assert job_name.startswith(jobs.shard_job_stem(name, run) + "-s")
+        # Never the name of another CrawlJob's (or run's) only Job.
+        assert job_name not in {jobs.job_name(other, r) for other in names for r in (1, 2, 10)}
+    assert jobs.shard_job_name("data-csv", 1, 0).startswith("data-csv-")  # readable
+    with pytest.raises(ValueError, match="outside"):
+        jobs.shard_job_name("a", 1, jobs.MAX_SHARD_INDEXES)
+
+
+@pytest.mark.parametrize(
+    ("shards", "unfinished", "parallelism", "expected"),
+    [
+        (5, {}, 2, [0, 1]),  # admitted: the first ones
+        (5, {0: True, 1: True}, 2, []),  # full
+        (5, {0: False, 1: True}, 2, [2]),  # one finished: the next
+        (5, {0: False, 1: False, 2: True, 3: True}, 8, [4]),
+        (3, {0: False, 1: False, 2: False}, 2, []),  # all made
+        (3, {1: True}, 2, [0]),  # the lowest missing first
+    ],
+)
+def test_shards_start_in_index_order_under_the_parallelism(
+    shards: int, unfinished: dict[int, bool], parallelism: int, expected: list[int]
+) -> None:
+    assert jobs.shards_to_start(shards, unfinished, parallelism) == expected
+
+
+@pytest.mark.parametrize(
+    ("present", "seen", "expected"),
+    [
+        ({0, 1, 2}, set(), []),
+        ({0, 1}, set(), []),  # 2 not made yet
+        ({0, 2}, set(), [1]),  # made in index order: 1 existed
+        ({0, 1}, {2}, [2]),  # seen, then gone
+        (set(), {0, 1}, [0, 1]),
+    ],
+)
+def test_a_vanished_shard_job_is_told_from_one_not_made_yet(
+    present: set[int], seen: set[int], expected: list[int]
+) -> None:
+    assert jobs.vanished_shards(3, present, seen) == expected
+
+
+def test_shard_job_manifest_is_valid_against_the_kubernetes_schema() -> None:
+    validate = pytest.importorskip("kubernetes_validate")
+    validate.validate(jobs.build_shard_job(_crawljob(shards=4), SETTINGS, 3, 4), "1.33", strict=True)
 
 
 def test_indexed_job_manifest_is_valid_against_the_kubernetes_schema() -> None:

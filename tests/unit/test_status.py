@@ -366,3 +366,105 @@ def test_a_permanent_failure_before_the_jobs_verdict_is_not_called_retrying() ->
     transient = _pod("p", "Failed", _terminated(75, "", reason="Error"))
     assert _observe(job, [transient], NOW).reason == "Retrying"
     assert _observe(_job(active=0, failed=1), [bad_input], NOW).reason == "Retrying"
+
+
+def _shards(
+    *jobs: tuple[dict[str, Any], list[dict[str, Any]]],
+) -> dict[int, tuple[JobStatus, list[PodStatus]]]:
+    """Per-shard Jobs (index = position; None for a shard whose Job is not made yet)."""
+    return {
+        index: (JobStatus.parse(job), [PodStatus.parse(pod) for pod in pods])
+        for index, (job, pods) in enumerate(jobs)
+        if job
+    }
+
+
+def _shard_done(
+    index: int, rows: int, finalized: bool, finished: str, start: str
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    message = _summary(
+        rowsRead=rows, rowsWritten=rows, shard={"index": index, "count": 3, "finalized": finalized}
+    )
+    job = _job("Complete", succeeded=1, completionTime=finished)
+    job["status"]["startTime"] = start
+    return job, [_pod(f"s{index}", "Succeeded", _terminated(0, message, "Completed", finished))]
+
+
+def test_per_shard_jobs_succeed_together_with_the_finalizers_result_summed_attempts_and_outer_times() -> None:
+    first = _shard_done(0, 10, False, "2026-01-01T00:04:00Z", "2026-01-01T00:00:30Z")
+    last = _shard_done(1, 30, True, "2026-01-01T00:07:00Z", "2026-01-01T00:00:10Z")
+    middle_job, middle_pods = _shard_done(2, 10, False, "2026-01-01T00:05:00Z", "2026-01-01T00:01:00Z")
+    retried = [_pod("s2-a", "Failed", _terminated(137, "", "Error", "2026-01-01T00:02:00Z")), *middle_pods]
+    observed = status.observe_shards(3, _shards(first, last, (middle_job, retried)), NOW)
+    assert (observed.phase, observed.reason) == ("Succeeded", "Completed")
+    assert observed.result is not None and observed.result["rowsRead"] == 30
+    assert observed.attempts == 4
+    assert observed.start_time == "2026-01-01T00:00:10Z"
+    assert observed.completion_time == "2026-01-01T00:07:00Z"
+
+
+def test_per_shard_jobs_fail_as_soon_as_one_fails_naming_the_shard() -> None:
+    bad = json.dumps(
+        {"outcome": "Failed", "exitCode": 3, "reason": "BadInput", "message": "shard 2 of 3: binary data"}
+    )
+    running = (_job(active=1), [_pod("r", "Running", {"running": {"startedAt": "T"}})])
+    failed = (_job("Failed", "PodFailurePolicy", failed=1), [_pod("f", "Failed", _terminated(3, bad))])
+    observed = status.observe_shards(3, _shards(running, _shard_done(1, 5, False, "T", "T"), failed), NOW)
+    assert (observed.phase, observed.reason) == ("Failed", "BadInput")
+    assert observed.message.startswith("shard 2 of 3: ") and observed.message.count("shard 2 of 3") == 1
+    assert "binary data" in observed.message and observed.warning
+    assert observed.completion_time == "2026-01-01T00:05:00Z"
+    # Two failed: the earlier failure is the one named.
+    later = _job("Failed", "BackoffLimitExceeded", failed=3)
+    later["status"]["conditions"][0]["lastTransitionTime"] = "2026-01-01T00:09:00Z"
+    both = status.observe_shards(3, _shards((later, []), running, failed), NOW)
+    assert both.message.startswith("shard 2 of 3: ") and both.reason == "BadInput"
+
+
+def test_per_shard_jobs_run_while_any_runs_and_name_a_retrying_or_stuck_shard() -> None:
+    running = (_job(active=1), [_pod("r", "Running", {"running": {"startedAt": "T"}})])
+    done = _shard_done(0, 5, False, "T", "T")
+    observed = status.observe_shards(4, _shards(done, running), NOW)
+    assert (observed.phase, observed.reason) == ("Running", "WorkerRunning")
+    assert observed.message == "the shards are running: 1 of 4 done, 1 running, 2 not started"
+    retrying = (_job(active=0, failed=1), [_pod("x", "Failed", _terminated(137, "", "Error"))])
+    observed = status.observe_shards(3, _shards(done, running, retrying), NOW)
+    assert (observed.phase, observed.reason) == ("Running", "Retrying") and observed.warning
+    assert observed.message.startswith("shard 2 of 3: attempt 1 failed")
+    stuck = (_job(active=1), [_pod("p", "Pending", {"waiting": {"reason": "ErrImagePull", "message": "no"}})])
+    observed = status.observe_shards(2, _shards(stuck, (_job(active=1), [])), NOW)
+    assert (observed.phase, observed.reason) == ("Pending", "ErrImagePull")
+    assert observed.message.startswith("shard 0 of 2: waiting: the worker image cannot be pulled")
+    waiting = status.observe_shards(2, _shards((_job(active=1), []), (_job(active=1), [])), NOW)
+    assert (waiting.phase, waiting.reason) == ("Pending", "JobCreated")
+    # All made shards succeeded but one is not made yet: still running, never Succeeded early.
+    early = status.observe_shards(3, _shards(done, _shard_done(1, 5, False, "T", "T")), NOW)
+    assert early.phase == "Running" and "2 of 3 done" in early.message
+
+
+def test_an_indexed_jobs_failure_names_the_shard_of_the_failed_pod() -> None:
+    job = _job("Failed", "BackoffLimitExceeded", failed=2)
+    job["spec"].update(completionMode="Indexed", completions=4)
+
+    def indexed(name: str, index: int, finished: str) -> dict[str, Any]:
+        pod = _pod(name, "Failed", _terminated(137, "", "OOMKilled", finished))
+        pod["metadata"]["annotations"] = {"batch.kubernetes.io/job-completion-index": str(index)}
+        return pod
+
+    observed = _observe(job, [indexed("a", 1, "T1"), indexed("b", 3, "T2")], NOW)
+    assert observed.reason == "OOMKilled"
+    assert observed.message.startswith("shard 3 of 4: the worker failed 2 times")
+    # The worker's own message already names its shard: said once.
+    worker = json.dumps(
+        {"outcome": "Failed", "exitCode": 3, "reason": "BadInput", "message": "shard 1 of 4: bad"}
+    )
+    policy = _job("Failed", "PodFailurePolicy", failed=1)
+    policy["spec"].update(completionMode="Indexed", completions=4)
+    pod = _pod("c", "Failed", _terminated(3, worker))
+    pod["metadata"]["annotations"] = {"batch.kubernetes.io/job-completion-index": "1"}
+    named = _observe(policy, [pod], NOW)
+    assert named.message.startswith("shard 1 of 4: ") and named.message.count("shard 1 of 4") == 1
+    # A deadline is the whole Job's, not a shard's.
+    deadline = _job("Failed", "DeadlineExceeded", failed=1)
+    deadline["spec"].update(completionMode="Indexed", completions=4)
+    assert not _observe(deadline, [indexed("d", 2, "T3")], NOW).message.startswith("shard")

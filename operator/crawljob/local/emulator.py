@@ -163,6 +163,9 @@ class Emulator(kmock.KubernetesEmulator):
     pod_log_dir: Path | None = None
     # Their schemas by "group/version/plural", for strict field validation (`?fieldValidation=Strict`).
     schemas: dict[str, dict[str, Any]] = attrs.field(factory=dict)
+    # What GET /version answers as (major, minor); None: kmock's own (1.26). ("1", "20") makes the
+    # operator take the path of servers without Indexed Jobs (one Job per shard).
+    server_version: tuple[str, str] | None = None
 
     # kmock matches every request against its whole request log (O(log length) per request, ~1 ms
     # per logged request), so long runs slow to a crawl. Finished requests are dropped from the log
@@ -358,6 +361,13 @@ class Emulator(kmock.KubernetesEmulator):
                 status=404,
             )
         return aiohttp.web.json_response(current)
+
+    async def _serve_server_version(self, request: kmock.Request) -> Any:
+        answer = dict(await super()._serve_server_version(request))  # type: ignore[arg-type]
+        if self.server_version is not None:
+            major, minor = self.server_version
+            answer.update(major=major, minor=minor, gitVersion=f"v{major}.{minor}.0")
+        return answer
 
     async def _serve_version(self, request: kmock.Request) -> Any:
         """APIResourceList as a real server lists it: a subresource (crawljobs/status) has no short

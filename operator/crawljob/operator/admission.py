@@ -10,7 +10,7 @@ from typing import Any
 
 from crawljob import kube
 from crawljob.models import CrawlJob, Job, Key
-from crawljob.operator import jobs, overrides, queue, specs, status, workload
+from crawljob.operator import jobs, overrides, queue, shardjobs, specs, status, workload
 from crawljob.operator.reconcile import reconcile_quietly
 from crawljob.operator.view import RetryLater, State, log
 from crawljob.operator.writes import write_status
@@ -33,6 +33,9 @@ def needs_job(state: State, crawljob: CrawlJob) -> tuple[bool, bool]:
     job = state.jobs.get((namespace, expected))
     if job is not None:
         return not workload.job_finished(job.status), False
+    run = shardjobs.shard_run(state, crawljob)
+    if run is not None:
+        return shardjobs.holds_slot(run, crawljob.status.job_name)
     if crawljob.status.job_name == expected:
         return True, False  # its Job vanished: reconcile() fails it; count it until then
     return False, True
@@ -188,6 +191,10 @@ async def _create_job_locked(state: State, key: Key) -> None:
         if refusal is not None:
             await write_status(state, crawljob, refusal, None)
             return
+        run = shardjobs.shard_run(state, crawljob)
+        if run is not None:
+            await _create_shard_jobs(state, crawljob, run)
+            return
         try:
             manifest = jobs.build_job(crawljob.body, state.settings, state.job_features)
         except Exception as exc:  # specs.py checks what build_job reads; anything it missed fails this one
@@ -217,6 +224,20 @@ async def _create_job_locked(state: State, key: Key) -> None:
             )
             return
         state.remember_job(created)
+
+
+async def _create_shard_jobs(state: State, crawljob: CrawlJob, run: shardjobs.ShardRun) -> None:
+    """Create the first shard Jobs of an admitted per-shard run (the next ones follow as shards end)."""
+    had_jobs = bool(run.jobs)
+    problem = await shardjobs.start(state, crawljob, run)
+    if problem is not None:
+        await write_status(state, crawljob, status.invalid_spec(problem, utc_now()), run.stem)
+        await shardjobs.stop_unfinished(state, crawljob)
+        return
+    event_time = parse_time(crawljob.source.event_time)
+    if event_time is not None and not had_jobs:
+        lag = (datetime.datetime.now(tz=datetime.UTC) - event_time).total_seconds()
+        state.metrics.start_lag.observe(max(0.0, lag))
 
 
 def _refusal(state: State, crawljob: CrawlJob) -> status.Observation | None:
@@ -285,6 +306,6 @@ async def detect_job_features(state: State) -> None:
     try:
         state.job_features = jobs.features_of(await state.client.request("GET", "/version"))
     except kube.KubeError as exc:
-        log.warning("cannot read the server version (%s): sharded CrawlJobs run as one pod", exc)
+        log.warning("cannot read the server version (%s): sharded CrawlJobs run one Job per shard", exc)
         state.job_features = jobs.JobFeatures(indexed=False)
     log.info("Job features of the API server: %s", state.job_features.describe())

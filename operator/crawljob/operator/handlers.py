@@ -30,6 +30,7 @@ async def on_crawljob_event(event: Mapping[str, Any], memo: Any, **_: Any) -> No
         state.crawljobs.pop(gone.key, None)
         state.position_written.pop(gone.key, None)
         await cancel(state, gone)
+        state.shard_jobs_seen.pop(gone.key, None)
         state.kick(urgent=True)
         return
     new = key_of(body) not in state.crawljobs

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import math
 import re
@@ -41,7 +43,9 @@ class JobFeatures:
     backoff_limit_per_index: bool = False  # GA in 1.33, beta (on by default) from 1.29
 
     def describe(self) -> str:
-        return "Indexed Jobs" if self.indexed else "no Indexed Jobs (one pod per CrawlJob)"
+        return (
+            "Indexed Jobs" if self.indexed else "no Indexed Jobs (a sharded CrawlJob runs one Job per shard)"
+        )
 
 
 def features_of(version: Mapping[str, Any]) -> JobFeatures:
@@ -57,7 +61,8 @@ def features_of(version: Mapping[str, Any]) -> JobFeatures:
 
 def shard_count(spec: Mapping[str, Any], settings: OperatorSettings) -> int:
     """How many shards a CrawlJob runs: spec.shards, else ceil(spec.source.size / spec.shardSizeMb MiB)
-    (the size comes from the S3 event; without it, one shard), capped by --max-shards."""
+    (the size comes from the S3 event; without it, one shard), capped by --max-shards (and by
+    MAX_SHARD_INDEXES, the Indexed Job's own limit)."""
     shards = spec.get("shards")
     size_mb = spec.get("shardSizeMb")
     size = (spec.get("source") or {}).get("size")
@@ -67,12 +72,67 @@ def shard_count(spec: Mapping[str, Any], settings: OperatorSettings) -> int:
         wanted = math.ceil(size / (size_mb * MIB))
     else:
         wanted = 1
-    return max(1, min(wanted, settings.max_shards))
+    return max(1, min(wanted, settings.max_shards, MAX_SHARD_INDEXES))
 
 
 def job_name(crawljob_name: str, run: int) -> str:
     """The Job of the *run*-th run of a CrawlJob: its own name first, then `<name>-r<run>` on re-runs."""
     return crawljob_name if run <= 1 else f"{crawljob_name}-r{run}"
+
+
+# Per-shard Jobs are `<stem>-s<index>`, stem = `<name, cut>-<digest of (name, run)>`. Pods carry the
+# Job's name as the `job-name` label (at most 63 characters), so the name cut leaves room for the
+# digest and a shard index below MAX_SHARD_INDEXES (the Indexed Job's own limit of completions).
+LABEL_VALUE_LIMIT = 63
+SHARD_DIGEST_LENGTH = 10
+MAX_SHARD_INDEXES = 100_000
+_SHARD_SUFFIX_LIMIT = len("-s") + len(str(MAX_SHARD_INDEXES - 1))
+_STEM_PREFIX_LIMIT = LABEL_VALUE_LIMIT - _SHARD_SUFFIX_LIMIT - 1 - SHARD_DIGEST_LENGTH
+
+
+def shard_job_stem(crawljob_name: str, run: int) -> str:
+    """The common part of the names of a per-shard run's Jobs (status.jobName of such a run).
+
+    Deterministic per (CrawlJob, run); the digest covers the whole name and the run, so two CrawlJobs
+    sharing a long prefix, or two runs of one, never share a stem, and no Job the operator names
+    after a CrawlJob (`<name>`, `<name>-r<run>`) ends like a shard Job (`-<10 chars>-s<digits>`)
+    unless a CrawlJob is deliberately named so (then the owner check refuses the Job).
+    """
+    raw = hashlib.sha256(f"{crawljob_name}\0{run}".encode("utf-8", "surrogatepass")).digest()
+    digest = base64.b32encode(raw).decode("ascii").lower()[:SHARD_DIGEST_LENGTH]
+    prefix = crawljob_name[:_STEM_PREFIX_LIMIT].rstrip("-.")
+    return f"{prefix}-{digest}" if prefix else digest
+
+
+def shard_job_name(crawljob_name: str, run: int, index: int) -> str:
+    """The Job of shard *index* of the *run*-th run of a CrawlJob, on a server without Indexed Jobs."""
+    if not 0 <= index < MAX_SHARD_INDEXES:
+        raise ValueError(f"shard index {index} is outside 0..{MAX_SHARD_INDEXES - 1}")
+    return f"{shard_job_stem(crawljob_name, run)}-s{index}"
+
+
+def per_shard_jobs(spec: Mapping[str, Any], settings: OperatorSettings, features: JobFeatures) -> int:
+    """How many Jobs a new run of this spec makes, one per shard: shard_count() on a server without
+    Indexed Jobs, else 0 (the run is one Job, Indexed when sharded)."""
+    if features.indexed:
+        return 0
+    shards = shard_count(spec, settings)
+    return shards if shards > 1 else 0
+
+
+def shards_to_start(shards: int, unfinished: Mapping[int, bool], parallelism: int) -> list[int]:
+    """Which shard Jobs to create now: the lowest indexes not made yet, so that at most *parallelism*
+    are unfinished (*unfinished*: index → whether that shard's Job is still unfinished)."""
+    room = parallelism - sum(1 for running in unfinished.values() if running)
+    missing = [index for index in range(shards) if index not in unfinished]
+    return missing[: max(0, room)]
+
+
+def vanished_shards(shards: int, present: set[int], seen: set[int]) -> list[int]:
+    """Shards whose Job existed and is gone: seen before, or below a shard whose Job exists (shard
+    Jobs are made in index order, so a gap below an existing one was made and then deleted)."""
+    highest = max(present, default=-1)
+    return [index for index in range(shards) if index not in present and (index in seen or index < highest)]
 
 
 def source_args(spec: Mapping[str, Any]) -> list[str]:
@@ -141,14 +201,63 @@ def build_job(
     crawljob: Mapping[str, Any], settings: OperatorSettings, features: JobFeatures | None = None
 ) -> Body:
     """The Job manifest for the current run of *crawljob* (which must have metadata.uid). A sharded
-    CrawlJob is an Indexed Job (one completion per shard) where the server has them, else one pod."""
+    CrawlJob is an Indexed Job (one completion per shard) where the server has them, else one pod
+    (the operator then makes one Job per shard instead: build_shard_job)."""
     features = features or JobFeatures()
     metadata = crawljob["metadata"]
     name = str(metadata["name"])
     spec = crawljob.get("spec") or {}
-    template = spec.get("jobTemplate") or {}
     run = CrawlJobStatus.parse(crawljob.get("status") or {}).run
-    labels = _labels(name)
+    job = _job(crawljob, settings, job_name(name, run), _labels(name), {resource.ANNOTATION_RUN: str(run)})
+    job_spec, container = job["spec"], job["spec"]["template"]["spec"]["containers"][0]
+    shards = shard_count(spec, settings) if features.indexed else 1
+    if shards > 1:
+        # The shard index reaches the worker as $JOB_COMPLETION_INDEX; Kubernetes retries a failed
+        # index alone, and with backoffLimitPerIndex one shard's failures do not use up the others'.
+        container["args"] = [*container["args"], "--shards", str(shards)]
+        job_spec["completionMode"] = "Indexed"
+        job_spec["completions"] = shards
+        job_spec["parallelism"] = min(shards, settings.shard_parallelism)
+        if features.backoff_limit_per_index:
+            job_spec["backoffLimitPerIndex"] = job_spec["backoffLimit"]
+            job_spec["backoffLimit"] = job_spec["backoffLimit"] * shards + shards
+    if settings.job_ttl_seconds is not None:
+        job_spec["ttlSecondsAfterFinished"] = int(settings.job_ttl_seconds)
+    return job
+
+
+def build_shard_job(crawljob: Mapping[str, Any], settings: OperatorSettings, index: int, shards: int) -> Body:
+    """The Job of shard *index* of *shards* of the current run of *crawljob*, for a server without
+    Indexed Jobs: one completion, the worker told its shard (`--shards N --shard-index I`), the
+    shard on a label (Job and Pods) and the shard count on an annotation.
+
+    No ttlSecondsAfterFinished: a finished shard Job must stay while the other shards run, or it
+    could not be told from one deleted behind the operator's back; the Jobs go with their CrawlJob
+    (owner reference) or its next run."""
+    if not 0 <= index < shards:
+        raise ValueError(f"shard index {index} is outside 0..{shards - 1}")
+    name = str(crawljob["metadata"]["name"])
+    run = CrawlJobStatus.parse(crawljob.get("status") or {}).run
+    labels = {**_labels(name), resource.LABEL_SHARD: str(index)}
+    annotations = {resource.ANNOTATION_RUN: str(run), resource.ANNOTATION_SHARDS: str(shards)}
+    job = _job(crawljob, settings, shard_job_name(name, run, index), labels, annotations)
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    container["args"] = [*container["args"], "--shards", str(shards), "--shard-index", str(index)]
+    return job
+
+
+def _job(
+    crawljob: Mapping[str, Any],
+    settings: OperatorSettings,
+    name_of_job: str,
+    labels: Mapping[str, str],
+    annotations: Mapping[str, str],
+) -> Body:
+    """A one-completion Job running the worker on the whole object (the callers add shards)."""
+    metadata = crawljob["metadata"]
+    name = str(metadata["name"])
+    spec = crawljob.get("spec") or {}
+    template = spec.get("jobTemplate") or {}
     env: list[dict[str, Any]] = [
         {"name": "CRAWLJOB_NAME", "value": name},
         {"name": "CRAWLJOB_NAMESPACE", "value": str(metadata.get("namespace") or "default")},
@@ -161,9 +270,7 @@ def build_job(
         "image": template.get("image") or settings.worker_image,
         "imagePullPolicy": "IfNotPresent",
         "command": list(settings.worker_command),
-        "args": worker_args(
-            spec, name, settings, run_id(crawljob)
-        ),  # --shards N is added below for an Indexed Job
+        "args": worker_args(spec, name, settings, run_id(crawljob)),  # the callers add shards
         "env": env,
         "resources": resources,
         "securityContext": dict(CONTAINER_SECURITY_CONTEXT),
@@ -206,30 +313,17 @@ def build_job(
         },
         "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
     }
-    shards = shard_count(spec, settings) if features.indexed else 1
-    if shards > 1:
-        # The shard index reaches the worker as $JOB_COMPLETION_INDEX; Kubernetes retries a failed
-        # index alone, and with backoffLimitPerIndex one shard's failures do not use up the others'.
-        container["args"] = [*container["args"], "--shards", str(shards)]
-        job_spec["completionMode"] = "Indexed"
-        job_spec["completions"] = shards
-        job_spec["parallelism"] = min(shards, settings.shard_parallelism)
-        if features.backoff_limit_per_index:
-            job_spec["backoffLimitPerIndex"] = job_spec["backoffLimit"]
-            job_spec["backoffLimit"] = job_spec["backoffLimit"] * shards + shards
     deadline = spec.get("activeDeadlineSeconds") or settings.active_deadline_seconds
     if deadline:
         job_spec["activeDeadlineSeconds"] = int(deadline)
-    if settings.job_ttl_seconds is not None:
-        job_spec["ttlSecondsAfterFinished"] = int(settings.job_ttl_seconds)
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
-            "name": job_name(name, run),
+            "name": name_of_job,
             "namespace": metadata.get("namespace"),
-            "labels": labels,
-            "annotations": {resource.ANNOTATION_RUN: str(run)},
+            "labels": dict(labels),
+            "annotations": dict(annotations),
             "ownerReferences": [owner_reference(crawljob)],
         },
         "spec": job_spec,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from crawljob import kube, resource
 from crawljob.models import Body, CrawlJob, Job, Key
-from crawljob.operator import jobs, status, workload
+from crawljob.operator import jobs, shardjobs, status, workload
 from crawljob.operator.view import RetryLater, State, log
 from crawljob.operator.writes import delete_job, list_quietly, post_event, write_status
 from crawljob.times import utc_now
@@ -28,8 +28,17 @@ async def reconcile(state: State, key: Key) -> None:
             await delete_job(state, namespace, expected)
             return
         if crawljob.status.terminal:
+            # A per-shard run that ended: its shard Jobs still running go (retried until they are gone).
+            await shardjobs.stop_unfinished(state, crawljob)
             return
         if job is None:
+            run = shardjobs.shard_run(state, crawljob)
+            if run is not None:
+                if (
+                    run.jobs or run.seen or crawljob.status.job_name == run.stem
+                ) and key not in state.creating:
+                    await shardjobs.reconcile_run(state, crawljob, run)
+                return  # else waiting for a slot: the scheduler writes Queued and creates the Jobs
             if crawljob.status.job_name == expected and key not in state.creating:
                 # We made it before: is it really gone (deleted behind our back)?
                 try:
@@ -90,25 +99,36 @@ async def _maybe_cancel(state: State, crawljob: CrawlJob) -> CrawlJob:
         return kept
     uid = crawljob.meta.uid
     job_names = {job.meta.name for job in state.jobs_of(namespace, name) if not uid or job.is_owned_by(uid)}
-    if current.job_name:
-        job_names.add(current.job_name)
-    # What the Job had got to (start time, attempts), before it goes.
+    # What the Job (or the shard Jobs) had got to (start time, attempts), before they go.
     seen_job = state.jobs.get((namespace, current.job_name)) if current.job_name else None
-    so_far = (
-        status.observe(seen_job.status, state.pods_of(namespace, seen_job.meta.name), utc_now())
-        if seen_job is not None
-        else None
-    )
+    run = shardjobs.shard_run(state, crawljob) if seen_job is None else None
+    sharded = run is not None and bool(run.jobs or run.seen or current.job_name == run.stem)
+    if current.job_name and not sharded:
+        job_names.add(current.job_name)
+    so_far = None
+    if seen_job is not None:
+        so_far = status.observe(seen_job.status, state.pods_of(namespace, seen_job.meta.name), utc_now())
+    elif run is not None and run.jobs:
+        shard_jobs = {
+            index: (job.status, state.pods_of(namespace, job.meta.name)) for index, job in run.jobs.items()
+        }
+        so_far = status.observe_shards(run.shards, shard_jobs, utc_now())
     for job_name in sorted(job_names):
         await delete_job(state, namespace, job_name)
         state.jobs.pop((namespace, job_name), None)
     state.position_written.pop(crawljob.key, None)
+    shown: str | None
+    if run is not None and sharded:
+        shown, shards = run.stem, run.shards
+    else:
+        shown, shards = current.job_name or (sorted(job_names)[-1] if job_names else None), 0
     observation = status.cancelled(
         token,
-        current.job_name or (sorted(job_names)[-1] if job_names else None),
+        shown,
         utc_now(),
         max(current.attempts, so_far.attempts if so_far else 0),
         current.start_time or (so_far.start_time if so_far else None),
+        shards=shards,
     )
     written = await write_status(state, crawljob, observation, current.job_name)
     state.kick(urgent=True)
@@ -129,8 +149,17 @@ async def _maybe_rerun(state: State, crawljob: CrawlJob) -> CrawlJob:
     else:
         patch = status.rerun_patch(token, current.run + 1)
         message, reason, warning = str(patch["message"]), "Rerun", False
-        if current.job_name:
-            state.spawn(delete_job(state, namespace, current.job_name))
+        # The finished run's Jobs go: its Job, or the Jobs of its shards.
+        uid = crawljob.meta.uid
+        old = {
+            job.meta.name
+            for job in state.shard_jobs_of(namespace, name)
+            if job.run <= current.run and (not uid or job.is_owned_by(uid))
+        }
+        if current.job_name and current.job_name != jobs.shard_job_stem(name, current.run):
+            old.add(current.job_name)
+        for job_name in sorted(old):
+            state.spawn(delete_job(state, namespace, job_name))
     try:
         updated = await state.client.patch(kube.CRAWLJOBS, namespace, name, {"status": patch}, "status")
     except kube.KubeError as exc:

@@ -32,7 +32,8 @@ class OperatorSettings:
     default_output_uri: str | None = None
     max_active: int = 8
     backoff_limit: int = 3
-    # Sharded crawls: the cap on a CrawlJob's shards, and how many of one CrawlJob's pods run at once.
+    # Sharded crawls: the cap on a CrawlJob's shards, and how many of one CrawlJob's pods (Indexed Job)
+    # or shard Jobs (servers without Indexed Jobs) run at once.
     max_shards: int = 64
     shard_parallelism: int = 8
     active_deadline_seconds: int | None = None
@@ -195,7 +196,8 @@ def operator_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     worker.add_argument(
         "--shard-parallelism",
         default=env("SHARD_PARALLELISM", defaults.shard_parallelism),
-        help="pods of one sharded CrawlJob running at once (the Job's parallelism) (CRAWLJOB_SHARD_PARALLELISM)",
+        help="pods of one sharded CrawlJob running at once: the Indexed Job's parallelism, or on servers "
+        "without Indexed Jobs the most unfinished shard Jobs at once (CRAWLJOB_SHARD_PARALLELISM)",
     )
     notify = parser.add_argument_group("completion signal (CloudEvents over HTTP)")
     notify.add_argument(

@@ -66,6 +66,43 @@ def result_pod(winners: Sequence[PodStatus]) -> PodStatus:
     return winners[-1]
 
 
+def _succeeded(winners: Sequence[PodStatus], attempts: int, start: str | None, finished: str) -> Observation:
+    """Succeeded, with the result of the pod that finalized (else the last winner): *winners* are the
+    pods whose worker exited 0, in pod_order."""
+    terminated = result_pod(winners).worker.terminated if winners else None
+    parsed = parse_termination_message(terminated.message if terminated is not None else None)
+    shard = parsed.data.get(SHARD_KEY)
+    if isinstance(shard, dict) and not shard.get("finalized"):
+        parsed = TerminationMessage(
+            parsed.data, None, "no shard's pod finalized the sharded crawl (no whole-object result)"
+        )
+    if parsed.problem is not None:
+        return Observation(
+            "Succeeded",
+            "ResultUnavailable",
+            f"the worker succeeded but its result is unknown: {parsed.problem}",
+            attempts,
+            start,
+            finished,
+            None,
+            warning=True,
+        )
+    result = parsed.result or {}
+    message = (
+        f"processed {result.get('rowsRead', '?')} rows: {result.get('rowsWritten', '?')} written, "
+        f"{result.get('rowsRejected', 0)} rejected"
+    )
+    if result.get("outputUri"):
+        message += f", output in {result['outputUri']}"
+    return Observation("Succeeded", "Completed", message, attempts, start, finished, result)
+
+
+def name_shard(message: str, index: int, shards: int) -> str:
+    """*message* starting with `shard I of N: ` (once: the worker's own message may start so too)."""
+    prefix = f"shard {index} of {shards}: "
+    return prefix + message.replace(prefix, "", 1)
+
+
 def observe(job: JobStatus, pods: Sequence[PodStatus], now: str) -> Observation:
     """The crawl's state from its Job and the Job's Pods."""
     ordered = sorted(pods, key=pod_order)
@@ -75,33 +112,9 @@ def observe(job: JobStatus, pods: Sequence[PodStatus], now: str) -> Observation:
     failed = failed_condition(job)
     if complete is not None and failed is None:
         winners = [pod for pod in ordered if pod.exit_code == 0]
-        terminated = result_pod(winners).worker.terminated if winners else None
-        parsed = parse_termination_message(terminated.message if terminated is not None else None)
-        shard = parsed.data.get(SHARD_KEY)
-        if isinstance(shard, dict) and not shard.get("finalized"):
-            parsed = TerminationMessage(
-                parsed.data, None, "no shard's pod finalized the sharded crawl (no whole-object result)"
-            )
-        finished = job.completion_time or complete.last_transition_time or now
-        if parsed.problem is not None:
-            return Observation(
-                "Succeeded",
-                "ResultUnavailable",
-                f"the worker succeeded but its result is unknown: {parsed.problem}",
-                attempts,
-                start,
-                finished,
-                None,
-                warning=True,
-            )
-        result = parsed.result or {}
-        message = (
-            f"processed {result.get('rowsRead', '?')} rows: {result.get('rowsWritten', '?')} written, "
-            f"{result.get('rowsRejected', 0)} rejected"
+        return _succeeded(
+            winners, attempts, start, job.completion_time or complete.last_transition_time or now
         )
-        if result.get("outputUri"):
-            message += f", output in {result['outputUri']}"
-        return Observation("Succeeded", "Completed", message, attempts, start, finished, result)
     if failed is not None:
         finished = failed.last_transition_time or now
         job_reason = failed.reason or "JobFailed"
@@ -126,6 +139,9 @@ def observe(job: JobStatus, pods: Sequence[PodStatus], now: str) -> Observation:
             message = failed.message or f"the Job failed ({job_reason})"
             if pod_message:
                 message += f"; last failure: {pod_message}"
+        index = failed_pods[-1].completion_index if failed_pods else None
+        if job.indexed and job.completions > 1 and index is not None and job_reason != "DeadlineExceeded":
+            message = name_shard(message, index, job.completions)  # the shard whose pod failed last
         return Observation("Failed", reason, message, attempts, start, finished, None, warning=True)
     # Not finished: running, or waiting for a pod (and possibly stuck while waiting).
     for pod in reversed(ordered):
@@ -181,6 +197,51 @@ def observe(job: JobStatus, pods: Sequence[PodStatus], now: str) -> Observation:
     )
 
 
+def observe_shards(
+    shards: int, jobs: Mapping[int, tuple[JobStatus, Sequence[PodStatus]]], now: str
+) -> Observation:
+    """The crawl's state from the Jobs of a per-shard run (*jobs*: shard index → its Job and Pods; a
+    shard not in it has no Job yet). Failed as soon as one shard's Job failed (its reason, the message
+    naming the shard; the earliest failure if several); Succeeded when all *shards* succeeded, with
+    the result of the pod that finalized; else Running while any shard runs or is done. Attempts are
+    summed, startTime is the earliest, completionTime the latest."""
+    seen = {index: observe(job, pods, now) for index, (job, pods) in sorted(jobs.items())}
+    attempts = sum(item.attempts for item in seen.values())
+    start = min((item.start_time for item in seen.values() if item.start_time), default=None)
+    failed = [
+        (item.completion_time or now, index, item) for index, item in seen.items() if item.phase == "Failed"
+    ]
+    if failed:
+        finished, index, first = min(failed, key=lambda entry: (entry[0], entry[1]))
+        message = name_shard(first.message, index, shards)
+        return Observation("Failed", first.reason, message, attempts, start, finished, None, warning=True)
+    done = [index for index, item in seen.items() if item.phase == "Succeeded"]
+    if len(done) == shards:
+        winners = sorted(
+            (pod for _, pods in jobs.values() for pod in pods if pod.exit_code == 0), key=pod_order
+        )
+        finished = max(item.completion_time or now for item in seen.values())
+        return _succeeded(winners, attempts, start, finished)
+    for index, item in seen.items():
+        # A shard retrying, stuck waiting for its pod, or failed and about to be failed by its Job.
+        if item.phase != "Succeeded" and (item.warning or item.reason == "WorkerFailed"):
+            message = name_shard(item.message, index, shards)
+            return Observation(item.phase, item.reason, message, attempts, start, warning=item.warning)
+    running = sum(1 for item in seen.values() if item.phase == "Running")
+    if running or done:
+        message = f"the shards are running: {len(done)} of {shards} done, {running} running"
+        if shards - len(seen):
+            message += f", {shards - len(seen)} not started"
+        return Observation("Running", "WorkerRunning", message, attempts, start)
+    return Observation(
+        "Pending",
+        "JobCreated",
+        f"the Jobs of the {shards} shards are being created; waiting for their worker pods to start",
+        attempts,
+        start,
+    )
+
+
 def queued(position: int, queue_length: int, max_active: int) -> Observation:
     """A CrawlJob waiting for a free slot under the concurrency cap."""
     return Observation(
@@ -197,6 +258,18 @@ def job_deleted(job_name: str, now: str) -> Observation:
         "Failed",
         "JobDeleted",
         f"the Job {job_name} was deleted before it finished; re-run with the crawljob.io/rerun annotation",
+        completion_time=now,
+        warning=True,
+    )
+
+
+def shard_jobs_deleted(stem: str, shards: int, now: str) -> Observation:
+    """Every Job of a per-shard run disappeared before the run finished."""
+    return Observation(
+        "Failed",
+        "JobDeleted",
+        f"the Jobs of its {shards} shards ({stem}-s*) were deleted before they finished; "
+        "re-run with the crawljob.io/rerun annotation",
         completion_time=now,
         warning=True,
     )
@@ -230,17 +303,26 @@ def rerun_patch(token: str, run: int) -> Body:
 
 
 def cancelled(
-    token: str, job_name: str | None, now: str, attempts: int = 0, start: str | None = None
+    token: str,
+    job_name: str | None,
+    now: str,
+    attempts: int = 0,
+    start: str | None = None,
+    shards: int = 0,
 ) -> Observation:
-    """The crawl was cancelled with the crawljob.io/cancel annotation (value *token*)."""
+    """The crawl was cancelled with the crawljob.io/cancel annotation (value *token*); *shards* > 0:
+    its run was one Job per shard, *job_name* their stem."""
     why = (
         "cancelled with the crawljob.io/cancel annotation"
         if token.strip().lower() in CANCEL_PLAIN_VALUES
         else f"cancelled: {token.strip()}"
     )
-    done = (
-        f"its Job {job_name} and its pods were deleted" if job_name else "it had not started; no Job was made"
-    )
+    if shards and job_name:
+        done = f"the Jobs of its {shards} shards ({job_name}-s*) and their pods were deleted"
+    elif job_name:
+        done = f"its Job {job_name} and its pods were deleted"
+    else:
+        done = "it had not started; no Job was made"
     return Observation(
         "Cancelled",
         "Cancelled",

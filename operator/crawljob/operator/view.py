@@ -48,6 +48,9 @@ class State:
     jobs: dict[Key, Job] = field(default_factory=dict)
     pods: dict[Key, Pod] = field(default_factory=dict)
     pods_by_job: defaultdict[Key, set[Key]] = field(default_factory=lambda: defaultdict(set))
+    # CrawlJob → every per-shard Job of it this process has seen (gone ones too: a shard Job seen
+    # and gone while its run is unfinished was deleted behind the operator's back).
+    shard_jobs_seen: defaultdict[Key, set[Key]] = field(default_factory=lambda: defaultdict(set))
     creating: set[Key] = field(default_factory=set)
     locks: defaultdict[Key, asyncio.Lock] = field(default_factory=lambda: defaultdict(asyncio.Lock))
     wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -104,6 +107,8 @@ class State:
             assert known is not None
             return known
         self.jobs[job.key] = job
+        if job.shard is not None and job.crawljob:
+            self.shard_jobs_seen[(job.meta.namespace, job.crawljob)].add(job.key)
         return job
 
     def note_newest(self, crawljob: CrawlJob) -> None:
@@ -151,6 +156,11 @@ class State:
         """What the Pods of one Job say (for the status rules)."""
         keys = self.pods_by_job.get((namespace, job_name)) or set()
         return [self.pods[key].status for key in keys if key in self.pods]
+
+    def shard_jobs_of(self, namespace: str, crawljob_name: str) -> list[Job]:
+        """The per-shard Jobs of a CrawlJob in view (any run, any owner)."""
+        seen = self.shard_jobs_seen.get((namespace, crawljob_name)) or set()
+        return [self.jobs[key] for key in sorted(seen) if key in self.jobs]
 
     def jobs_of(self, namespace: str, crawljob_name: str) -> list[Job]:
         return [

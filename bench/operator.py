@@ -30,21 +30,22 @@ from realcluster import RealCluster
 from crawljob import kube, resource
 from crawljob.local.emulator import serve_emulator
 from crawljob.local.runner import JobRunner
+from crawljob.models import Body
 
 NAMESPACE = "default"
 
 
-def manifests(count: int, namespace: str, prefix: str = "in") -> list[kube.Body]:
+def manifests(count: int, namespace: str, prefix: str = "in") -> list[Body]:
     return [
         resource.crawljob_manifest(resource.ObjectRef("bench", f"{prefix}/file-{index:05d}.csv"), namespace)
         for index in range(count)
     ]
 
 
-async def create_all(client: kube.KubeClient, bodies: list[kube.Body], namespace: str) -> None:
+async def create_all(client: kube.KubeClient, bodies: list[Body], namespace: str) -> None:
     slots = asyncio.Semaphore(32)
 
-    async def create(body: kube.Body) -> None:
+    async def create(body: Body) -> None:
         async with slots:
             await client.create(kube.CRAWLJOBS, namespace, body)
 

@@ -21,6 +21,7 @@ import contextlib
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -42,8 +43,11 @@ ROOT = Path(__file__).resolve().parent.parent
 DRIVER = """
 import json, subprocess, sys
 commands = json.loads(sys.argv[1])
-processes = [subprocess.Popen(command, stdout=subprocess.DEVNULL) for command in commands]
-codes = [process.wait() for process in processes]
+if sys.argv[2] == "together":
+    processes = [subprocess.Popen(command, stdout=subprocess.DEVNULL) for command in commands]
+    codes = [process.wait() for process in processes]
+else:  # one after another: no shard competes with another for the cores
+    codes = [subprocess.run(command, stdout=subprocess.DEVNULL).returncode for command in commands]
 sys.exit(max(codes))
 """
 
@@ -98,16 +102,17 @@ def loopback_s3rver(source: Path, workdir: Path) -> Iterator[dict[str, str]]:
 
 
 def run_case(
-    env: dict[str, str], workdir: Path, output: Path, shards: int
+    env: dict[str, str], workdir: Path, output: Path, shards: int, mode: str = "together"
 ) -> tuple[float, float, int, str, str]:
-    """(wall s, CPU s, rows, checksum, failure note) of N shard processes started together."""
+    """(wall s, CPU s, rows, checksum, failure note) of N shard processes started together (or run
+    one after another: *mode* "sequential")."""
     commands = [
         [sys.executable, "-m", "crawljob_worker", "s3://bench/iot.csv", "--output", str(output),
          "--termination-log", str(workdir / f"t-{index}"), "--shards", str(shards), "--shard-index", str(index),
          "--run-id", f"bench-{output.name}"]
         for index in range(shards)
     ]  # fmt: skip
-    result = measure(f"{shards}", [sys.executable, "-c", DRIVER, json.dumps(commands)], env=env)
+    result = measure(f"{shards}", [sys.executable, "-c", DRIVER, json.dumps(commands), mode], env=env)
     count, digest = checksum(output) if not result.note else (0, 0)
     shutil.rmtree(output, ignore_errors=True)
     return result.seconds, result.cpu_seconds, count, f"{digest:016x}", result.note
@@ -135,6 +140,8 @@ def main() -> int:
                         help="MB/s per connection, comma-separated; 0 = unthrottled")  # fmt: skip
     parser.add_argument("--shards", default=os.environ.get("SHARDS", "1,2,4"))
     parser.add_argument("--servers", default=os.environ.get("SERVERS", "s3rver,moto"))
+    parser.add_argument("--repeat", type=int, default=int(os.environ.get("REPEAT", "3")),
+                        help="runs of the CPU cost measurement (shards one after another); 0 skips it")  # fmt: skip
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="crawljob-bench-shards-"))
     source = workdir / "iot.csv"
@@ -142,10 +149,22 @@ def main() -> int:
     counts = [int(item) for item in args.shards.split(",")]
     rows: list[tuple[str, str, int, float, float, int, str, str]] = []
     startup: float | None = None
+    costs: list[tuple[int, float, str]] = []
     for server in args.servers.split(","):
         opened = loopback_s3rver(source, workdir) if server == "s3rver" else loopback_s3(source)
         with opened as environment:
-            startup = startup if startup is not None else startup_cpu(environment, workdir)
+            if startup is None:  # the CPU cost, once, on the first server, shards one after another
+                startup = startup_cpu(environment, workdir)
+                for shards in counts if args.repeat else []:
+                    output = workdir / f"out-sequential-{shards}"
+                    runs = [
+                        run_case(environment, workdir, output, shards, "sequential")
+                        for _ in range(args.repeat)
+                    ]
+                    costs.append(
+                        (shards, statistics.median(run[1] for run in runs), max(run[4] for run in runs))
+                    )
+                    print(costs[-1], flush=True)
             for throttle in [float(item) for item in args.throttles.split(",")]:
                 case = f"{throttle:g} MB/s" if throttle else "unthrottled"
                 context = (
@@ -171,6 +190,17 @@ def main() -> int:
         net = (cpu - (shards - base[2]) * (startup or 0)) / base[4] - 1
         print(f"| {server} | {case} | {shards} | {seconds:.1f} | {base[3] / seconds:.2f}x | {cpu:.1f} | "
               f"{cpu / base[4] - 1:+.1%} | {net:+.1%} | {count:,} | {digest} | {same} |")  # fmt: skip
+    if costs:
+        print(f"\nCPU cost of sharding on {args.servers.split(',')[0]}, unthrottled, the N shards run one after "
+              f"another (no competition for the cores; median of {args.repeat} runs)")  # fmt: skip
+        print("| shards | CPU s | vs 1 shard | less start-ups |")
+        print("|---:|---:|---:|---:|")
+        for shards, cpu, note in costs:
+            alone = costs[0][1]
+            net = (cpu - (shards - costs[0][0]) * (startup or 0)) / alone - 1
+            print(
+                f"| {shards}{' ' + note if note else ''} | {cpu:.2f} | {cpu / alone - 1:+.1%} | {net:+.1%} |"
+            )
     return 0
 
 

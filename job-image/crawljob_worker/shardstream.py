@@ -143,21 +143,31 @@ class ShardStream(io.RawIOBase):
         return True
 
     def readinto(self, buffer: Any) -> int:
-        while not self._pending:
-            if self._ended or self._cutter.done:
-                self._ended = True
-                return 0
-            chunk = self._raw.read(READ_BYTES)
-            if not chunk:  # the object's end: the bytes the cutter held to speculate are cut now
-                self._ended = True
-                owned = self._cutter.flush()
-            else:
-                self.fetched += len(chunk)
-                owned = self._cutter.feed(chunk)
-            self.offset += sum(len(piece) for piece in owned)
-            self._pending.extend(owned)
-        piece = self._pending[0]
         with memoryview(buffer) as whole, whole.cast("B") as view:
+            while not self._pending:
+                if self._ended or self._cutter.done:
+                    self._ended = True
+                    return 0
+                count = self._raw.readinto(view[:READ_BYTES])
+                if not count:  # the object's end: the bytes the cutter held to speculate are cut now
+                    self._ended = True
+                    owned = self._cutter.flush()
+                    self.offset += sum(len(piece) for piece in owned)
+                    self._pending.extend(owned)
+                    continue
+                self.fetched += count
+                owned = self._cutter.feed(view[:count])
+                self.offset += sum(len(piece) for piece in owned)
+                if len(owned) == 1 and owned[0].obj is view.obj and len(owned[0]) == count:
+                    # Inside its range a shard owns every byte it reads: they stay where they were
+                    # read, in the caller's buffer, with no copy (a 1-shard run's cost).
+                    return count
+                # The shard's start, its end, the speculation window: keep copies of the owned parts
+                # (those in the caller's buffer are gone when it reuses it).
+                self._pending.extend(
+                    memoryview(bytes(piece)) if piece.obj is view.obj else piece for piece in owned
+                )
+            piece = self._pending[0]
             count = min(len(view), len(piece))
             view[:count] = piece[:count]
         if count == len(piece):

@@ -34,7 +34,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 from s3_ranges import throttled  # bench/: this script's directory is on sys.path
-from worker import MB, generate, loopback_s3, measure
+from worker import MB, bench_client, generate, loopback_s3, measure
 
 from crawljob.local.s3 import free_port
 
@@ -66,8 +66,6 @@ def checksum(output: Path) -> tuple[int, int]:
 @contextlib.contextmanager
 def loopback_s3rver(source: Path, workdir: Path) -> Iterator[dict[str, str]]:
     """s3rver on loopback holding the file as s3://bench/iot.csv (installed by tools/s3rver.sh)."""
-    import boto3
-
     program = subprocess.run(
         [str(ROOT / "tools" / "s3rver.sh")], check=True, capture_output=True, text=True
     ).stdout.strip()
@@ -92,9 +90,7 @@ def loopback_s3rver(source: Path, workdir: Path) -> Iterator[dict[str, str]]:
                 time.sleep(0.2)
         env = {**os.environ, "AWS_ENDPOINT_URL_S3": endpoint, "AWS_ACCESS_KEY_ID": "S3RVER",
                "AWS_SECRET_ACCESS_KEY": "S3RVER", "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
-        client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                              aws_access_key_id="S3RVER", aws_secret_access_key="S3RVER")  # fmt: skip
-        client.upload_file(str(source), "bench", "iot.csv")
+        bench_client(env).upload_file(str(source), "bench", "iot.csv")
         yield env
     finally:
         server.terminate()
@@ -121,12 +117,7 @@ def run_case(
 def startup_cpu(env: dict[str, str], workdir: Path) -> float:
     """Median CPU-seconds of one worker process converting a header-only CSV object from the same S3
     (its fixed cost: interpreter, imports, S3 client, the output's first write)."""
-    import boto3
-
-    client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL_S3"], region_name="us-east-1",
-                          aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-                          aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])  # fmt: skip
-    client.put_object(Bucket="bench", Key="empty.csv", Body=b"ts,device_id,value\n")
+    bench_client(env).put_object(Bucket="bench", Key="empty.csv", Body=b"ts,device_id,value\n")
     command = [sys.executable, "-m", "crawljob_worker", "s3://bench/empty.csv", "--output",
                str(workdir / "out-empty"), "--termination-log", str(workdir / "t-empty")]  # fmt: skip
     runs = sorted(measure("startup", command, env=env).cpu_seconds for _ in range(3))

@@ -26,6 +26,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -268,19 +269,24 @@ def parse_stage(source: Path, chunk_bytes: int = 8 << 20) -> str:
     )
 
 
+def bench_client(env: dict[str, str]) -> Any:
+    """A boto3 S3 client for the loopback server *env* names (AWS_ENDPOINT_URL_S3 and its keys)."""
+    import boto3
+
+    return boto3.client(
+        "s3", endpoint_url=env["AWS_ENDPOINT_URL_S3"], region_name="us-east-1",
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+    )  # fmt: skip
+
+
 @contextlib.contextmanager
 def loopback_s3(source: Path) -> Iterator[dict[str, str]]:
     """moto's S3 server on loopback holding the file as s3://bench/iot.csv (upload not timed)."""
-    import boto3
-
     from crawljob.local.s3 import run_local_s3
 
     with run_local_s3() as s3:
         env = {**os.environ, **s3.environment()}
-        client = boto3.client(
-            "s3", endpoint_url=s3.endpoint, region_name="us-east-1",
-            aws_access_key_id=env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-        )  # fmt: skip
+        client = bench_client(env)
         client.create_bucket(Bucket="bench")
         client.upload_file(str(source), "bench", "iot.csv")
         yield env

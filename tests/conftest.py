@@ -12,6 +12,7 @@ import pytest
 from crawljob import kube
 from crawljob.local.emulator import Emulator, serve_emulator
 from crawljob.local.s3 import LocalS3, run_local_s3
+from fakes.receiver import MakeReceiver, receiver_factory
 
 
 @pytest.fixture
@@ -19,6 +20,13 @@ async def emulator() -> AsyncIterator[tuple[Emulator, str]]:
     """A fresh Kubernetes API emulator (built-ins + the CrawlJob CRD) and its URL."""
     async with serve_emulator() as served:
         yield served
+
+
+@pytest.fixture
+def make_receiver(emulator: tuple[Emulator, str], aiohttp_client: Any) -> MakeReceiver:
+    """make(**overrides): a receiver on the emulator, in namespace fakes.receiver.RECEIVER_NAMESPACE
+    (the SNS tests define their own, with the fake SNS's certificates)."""
+    return receiver_factory(emulator[1], aiohttp_client)
 
 
 @pytest.fixture

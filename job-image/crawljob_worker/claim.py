@@ -21,7 +21,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from crawljob_worker.sink import client_error, output_error
+from crawljob_worker.sink import client_error, output_error, read_object
 from crawljob_worker.source import error_code, network_errors
 from crawljob_worker.uri import Location
 
@@ -89,7 +89,7 @@ def claim_finalize(client: Any, location: Location, run_id: str, index: int) -> 
             code = error_code(error)
             status = _status(error)
             if code == "PreconditionFailed" or status == 412:
-                return decide(holder_of(_read_s3(client, target)), index)
+                return decide(holder_of(read_object(client, target)), index)
             if code in UNSUPPORTED_CODES or status == 501:
                 log.warning(
                     "the output store does not implement conditional writes (%s): shard %d finalizes "
@@ -111,17 +111,6 @@ def _status(error: Exception) -> int:
     response = getattr(error, "response", None)
     metadata = response.get("ResponseMetadata", {}) if isinstance(response, dict) else {}
     return int(metadata.get("HTTPStatusCode") or 0)
-
-
-def _read_s3(client: Any, target: Location) -> bytes | None:
-    try:
-        return bytes(client.get_object(Bucket=target.bucket, Key=target.path)["Body"].read())
-    except client_error() as error:
-        if error_code(error) in ("NoSuchKey", "404"):
-            return None
-        raise output_error(error, target.uri()) from error
-    except network_errors() as error:
-        raise output_error(error, target.uri()) from error
 
 
 def _claim_local(path: Path, body: bytes, index: int) -> Claim:

@@ -46,13 +46,12 @@ from crawljob_worker.sink import (
     LocalTarget,
     S3Target,
     Target,
-    client_error,
     manifest_bytes,
-    output_error,
+    read_object,
     remove_stale,
     remove_stale_shards,
 )
-from crawljob_worker.source import error_code, network_errors, s3_client
+from crawljob_worker.source import s3_client
 from crawljob_worker.uri import Location, parse_location
 
 log = logging.getLogger("crawljob_worker")
@@ -77,22 +76,7 @@ class Outputs:
 
     def read(self, name: str) -> bytes | None:
         """The object *name* under the prefix, or None if it does not exist."""
-        location = self.location.child(name)
-        if not location.is_s3:
-            try:
-                with open(location.path, "rb") as handle:  # noqa: PTH123 - a plain read
-                    return handle.read()
-            except FileNotFoundError:
-                return None
-        try:
-            body = self._client.get_object(Bucket=location.bucket, Key=location.path)["Body"]
-            return bytes(body.read())
-        except client_error() as error:
-            if error_code(error) in ("NoSuchKey", "404"):
-                return None
-            raise output_error(error, location.uri()) from error
-        except network_errors() as error:
-            raise output_error(error, location.uri()) from error
+        return read_object(self._client, self.location.child(name))
 
 
 def _shard_settings(settings: Settings, outputs: Outputs, index: int) -> Settings:

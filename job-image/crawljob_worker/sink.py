@@ -90,6 +90,24 @@ def output_error(error: BaseException, uri: str) -> WorkerError:
     return transient(f"writing {uri} failed: {error}")
 
 
+def read_object(client: Any, location: Location) -> bytes | None:
+    """The object (or local file) at *location*, or None if it does not exist; other failures as
+    `output_error` (the output prefix's own documents: shard reports, manifests, claims)."""
+    if not location.is_s3:
+        try:
+            return Path(location.path).read_bytes()
+        except FileNotFoundError:
+            return None
+    try:
+        return bytes(client.get_object(Bucket=location.bucket, Key=location.path)["Body"].read())
+    except client_error() as error:
+        if error_code(error) in ("NoSuchKey", "404"):
+            return None
+        raise output_error(error, location.uri()) from error
+    except network_errors() as error:
+        raise output_error(error, location.uri()) from error
+
+
 def client_error() -> type[Exception]:
     from botocore.exceptions import ClientError
 

@@ -150,6 +150,14 @@ def detect_format(document: Any) -> str:
     return "minimal"
 
 
+def _test_event(format_name: str, document: Mapping[str, Any]) -> Parsed:
+    """S3's s3:TestEvent (sent when notifications are configured): nothing to crawl."""
+    ignored = Ignored(
+        "s3:TestEvent: test notification, nothing to crawl", bucket=_str_or_none(document.get("Bucket"))
+    )
+    return Parsed(format_name, ignored=[ignored])
+
+
 def parse_document(
     document: Any, default_bucket: str | None = None, max_records: int = DEFAULT_MAX_RECORDS
 ) -> Parsed | SnsEnvelope:
@@ -158,15 +166,7 @@ def parse_document(
     if kind == "sns":
         return parse_sns_envelope(document)
     if kind == "s3-test":
-        return Parsed(
-            "s3",
-            ignored=[
-                Ignored(
-                    "s3:TestEvent: test notification, nothing to crawl",
-                    bucket=_str_or_none(document.get("Bucket")),
-                )
-            ],
-        )
+        return _test_event("s3", document)
     if kind in ("s3", "minio"):
         return parse_records(document, kind, max_records)
     if kind == "eventbridge":
@@ -302,15 +302,7 @@ def parse_sns_message(message: str, max_records: int = DEFAULT_MAX_RECORDS) -> P
         raise EventError(f"SNS Message is not an S3 event (not JSON: {exc})", "Message") from exc
     kind = detect_format(document) if isinstance(document, dict) else "invalid"
     if kind == "s3-test":
-        return Parsed(
-            "sns",
-            ignored=[
-                Ignored(
-                    "s3:TestEvent: test notification, nothing to crawl",
-                    bucket=_str_or_none(document.get("Bucket")),
-                )
-            ],
-        )
+        return _test_event("sns", document)
     if kind not in ("s3", "minio"):
         raise EventError("SNS Message is not an S3 event notification (no Records)", "Message")
     inner = parse_records(document, "s3", max_records)

@@ -156,6 +156,21 @@ async def test_receiver_with_the_charts_service_account_creates_crawljobs_and_no
         assert refused.value.status == 403
 
 
+async def s3_secret_values(client: kube.KubeClient, namespace: str, local_s3: Any) -> list[str]:
+    """Static S3 credentials the way a user gives them to the chart: an existing Secret (made here),
+    named in values; the `helm install` flags that say so."""
+    credentials = local_s3.environment()
+    await client.create(SECRETS, namespace, {
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-credentials"},
+        "stringData": {key: credentials[key] for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")},
+    })  # fmt: skip
+    return [
+        "--set", f"s3.endpointUrl={local_s3.endpoint}",
+        "--set", f"s3.region={credentials['AWS_DEFAULT_REGION']}",
+        "--set", "s3.existingSecret=s3-credentials",
+    ]  # fmt: skip
+
+
 @requires_modules(OPERATOR, WORKER)
 async def test_operator_configured_and_authorized_by_the_chart_completes_a_crawljob(
     helm_install: Callable[..., dict[str, Any]],
@@ -170,17 +185,7 @@ async def test_operator_configured_and_authorized_by_the_chart_completes_a_crawl
     bucket: str,
     tmp_path: Path,
 ) -> None:
-    # Static S3 credentials the way a user gives them to the chart: an existing Secret, named in values.
-    credentials = local_s3.environment()
-    await client.create(SECRETS, namespace, {
-        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-credentials"},
-        "stringData": {key: credentials[key] for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")},
-    })  # fmt: skip
-    helm_install(
-        "--set", f"s3.endpointUrl={local_s3.endpoint}",
-        "--set", f"s3.region={credentials['AWS_DEFAULT_REGION']}",
-        "--set", "s3.existingSecret=s3-credentials",
-    )  # fmt: skip
+    helm_install(*await s3_secret_values(client, namespace, local_s3))
     pod_spec = deployments_by_component(kubectl)["operator"]["spec"]["template"]["spec"]
     kubeconfig, chart_env = await operator_identity_and_env(client, cluster, namespace, pod_spec, tmp_path)
     assert chart_env["CRAWLJOB_NAMESPACE"] == namespace

@@ -23,7 +23,13 @@ from crawljob import kube
 from crawljob.local.s3 import free_port
 
 from .conftest import ROOT, Child, Cluster, requires_modules, wait_http
-from .test_helm import SECRETS, deployments_by_component, helm_install, operator_identity_and_env
+from .test_helm import (
+    SECRETS,
+    deployments_by_component,
+    helm_install,
+    operator_identity_and_env,
+    s3_secret_values,
+)
 from .test_jobs import job_pods
 from .test_pipeline import OPERATOR, RECEIVER, ROWS, crawljob_for, post_json, s3_event, upload_csv, wait_phase
 
@@ -82,15 +88,8 @@ async def _chart_operator(
 ) -> dict[str, str]:
     """Install the chart (worker image: the built one; S3 credentials from a Secret) and start its
     operator with the chart's environment and its ServiceAccount's token; the chart's env."""
-    credentials = local_s3.environment()
-    await client.create(SECRETS, namespace, {
-        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-credentials"},
-        "stringData": {key: credentials[key] for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")},
-    })  # fmt: skip
     helm_install(
-        "--set", f"s3.endpointUrl={local_s3.endpoint}",
-        "--set", f"s3.region={credentials['AWS_DEFAULT_REGION']}",
-        "--set", "s3.existingSecret=s3-credentials",
+        *await s3_secret_values(client, namespace, local_s3),
         "--set", "worker.image.repository=localhost/crawljob-worker",
         "--set", f"worker.image.tag={VERSION}",
     )  # fmt: skip
@@ -222,17 +221,11 @@ async def test_the_charts_receiver_and_operator_images_run_as_pods_and_complete_
     bucket: str,
     tmp_path: Path,
 ) -> None:
-    credentials = local_s3.environment()
-    await client.create(SECRETS, namespace, {
-        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-credentials"},
-        "stringData": {key: credentials[key] for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")},
-    })  # fmt: skip
+    s3_values = await s3_secret_values(client, namespace, local_s3)
     # The host network: no fixed ports.
     receiver_port, metrics_port, health_port = free_port(), free_port(), free_port()
     helm_install(
-        "--set", f"s3.endpointUrl={local_s3.endpoint}",
-        "--set", f"s3.region={credentials['AWS_DEFAULT_REGION']}",
-        "--set", "s3.existingSecret=s3-credentials",
+        *s3_values,
         "--set", "image.repository=localhost/crawljob-operator", "--set", f"image.tag={VERSION}",
         "--set", "worker.image.repository=localhost/crawljob-worker", "--set", f"worker.image.tag={VERSION}",
         "--set", f"receiver.port={receiver_port}", "--set", f"operator.healthPort={health_port}",

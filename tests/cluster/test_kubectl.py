@@ -11,7 +11,14 @@ from typing import Any
 import yaml
 
 from crawljob import kube, resource
-from fakes.readme_kubectl import README_BUCKET, README_KEY, manifest, prepare, readme_commands
+from fakes.readme_kubectl import (
+    README_BUCKET,
+    README_KEY,
+    failed_crawljob,
+    manifest,
+    prepare,
+    readme_commands,
+)
 
 from .conftest import Cluster
 
@@ -46,18 +53,6 @@ async def test_get_crawljobs_shows_the_printer_columns(
     assert kubectl("get", "crawljob").splitlines()[1].split()[0] == name
     wide = kubectl("get", "crawljobs", "-o", "wide")
     assert wide.splitlines()[0].split()[-1] == "MESSAGE" and "the worker is running" in wide
-
-
-async def _failed_crawljob(client: kube.KubeClient, namespace: str) -> str:
-    ref = resource.ObjectRef(bucket=README_BUCKET, key="daily/2024-05-01.csv", etag="abc")
-    created = await client.create(kube.CRAWLJOBS, namespace, resource.crawljob_manifest(ref, namespace))
-    name = str(created["metadata"]["name"])
-    status = {"phase": "Failed", "reason": "BadInput", "message": "the source is not readable CSV"}
-    updated = await client.patch(kube.CRAWLJOBS, namespace, name, {"status": status}, "status")
-    await client.patch(
-        kube.CRAWLJOBS, namespace, name, {"metadata": {"labels": resource.labels_patch(updated)}}
-    )
-    return name
 
 
 def _run(argv: list[str], env: dict[str, str]) -> str:
@@ -95,7 +90,7 @@ async def test_every_readme_kubectl_command_works_against_the_real_server(
     if README_BUCKET not in {item["Name"] for item in s3_client.list_buckets()["Buckets"]}:
         s3_client.create_bucket(Bucket=README_BUCKET)
     s3_client.put_object(Bucket=README_BUCKET, Key=README_KEY, Body=b"t,v\n1,2\n")
-    name = await _failed_crawljob(client, namespace)
+    name = await failed_crawljob(client, namespace)
     plugin_env = cluster.env(**local_s3.environment())
     by_hand = tmp_path / "crawljob.yaml"
     by_hand.write_text(manifest("by-hand"))

@@ -12,6 +12,8 @@ import shlex
 import time
 from pathlib import Path
 
+from crawljob import kube, resource
+
 README = Path(__file__).resolve().parents[2] / "README.md"
 PLUGIN = "crawljob"  # `kubectl crawljob ...` runs the kubectl-crawljob plugin
 # The README's own bucket and key (its curl example, `kubectl crawljob submit`): tests upload it.
@@ -61,3 +63,17 @@ def prepare(command: str, name: str, namespace: str, kubeconfig: Path, manifest:
     if argv[-3:-1] == ["delete", "crd"]:
         argv.append("--dry-run=server")
     return argv
+
+
+async def failed_crawljob(client: kube.KubeClient, namespace: str) -> str:
+    """A CrawlJob the operator has failed, for the README's `-l crawljob.io/phase=Failed` and
+    `rerun --failed`: its status and the labels the operator keeps (resource.labels_patch)."""
+    ref = resource.ObjectRef(bucket=README_BUCKET, key="daily/2024-05-01.csv", etag="abc")
+    created = await client.create(kube.CRAWLJOBS, namespace, resource.crawljob_manifest(ref, namespace))
+    name = str(created["metadata"]["name"])
+    status = {"phase": "Failed", "reason": "BadInput", "message": "the source is not readable CSV"}
+    updated = await client.patch(kube.CRAWLJOBS, namespace, name, {"status": status}, "status")
+    await client.patch(
+        kube.CRAWLJOBS, namespace, name, {"metadata": {"labels": resource.labels_patch(updated)}}
+    )
+    return name

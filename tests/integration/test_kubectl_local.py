@@ -16,7 +16,14 @@ import pytest
 from crawljob import kube, resource
 from crawljob.local import runner
 from crawljob.local.emulator import Emulator
-from fakes.readme_kubectl import README_BUCKET, README_KEY, manifest, prepare, readme_commands
+from fakes.readme_kubectl import (
+    README_BUCKET,
+    README_KEY,
+    failed_crawljob,
+    manifest,
+    prepare,
+    readme_commands,
+)
 
 NAMESPACE = "default"
 BIN = Path(sys.executable).parent
@@ -83,19 +90,6 @@ async def kubectl(
     return text
 
 
-async def _failed_crawljob(client: kube.KubeClient) -> str:
-    """A CrawlJob the operator has failed: status and the labels it keeps (resource.labels_patch)."""
-    ref = resource.ObjectRef(bucket=README_BUCKET, key="daily/2024-05-01.csv", etag="abc")
-    created = await client.create(kube.CRAWLJOBS, NAMESPACE, resource.crawljob_manifest(ref, NAMESPACE))
-    name = str(created["metadata"]["name"])
-    status = {"phase": "Failed", "reason": "BadInput", "message": "the source is not readable CSV"}
-    updated = await client.patch(kube.CRAWLJOBS, NAMESPACE, name, {"status": status}, "status")
-    await client.patch(
-        kube.CRAWLJOBS, NAMESPACE, name, {"metadata": {"labels": resource.labels_patch(updated)}}
-    )
-    return name
-
-
 async def _worker_pod_with_log(client: kube.KubeClient, emulator: Emulator, name: str, log_dir: Path) -> None:
     """The worker pod of *name* as the job runner leaves it: the pod, and its output kept where the
     emulator serves `pods/NAME/log` from (tests/integration/test_plugin.py runs the real runner)."""
@@ -121,7 +115,7 @@ async def test_every_readme_kubectl_command_works_against_the_local_stack(
     if README_BUCKET not in {item["Name"] for item in s3_client.list_buckets()["Buckets"]}:
         s3_client.create_bucket(Bucket=README_BUCKET)
     s3_client.put_object(Bucket=README_BUCKET, Key=README_KEY, Body=b"t,v\n1,2\n")
-    name = await _failed_crawljob(kube_client)
+    name = await failed_crawljob(kube_client, NAMESPACE)
     await _worker_pod_with_log(kube_client, emulator[0], name, tmp_path / "pods")
     by_hand = tmp_path / "crawljob.yaml"
     by_hand.write_text(manifest("by-hand"))
@@ -150,7 +144,7 @@ async def test_every_readme_kubectl_command_works_against_the_local_stack(
 async def test_get_shows_reason_and_wide_shows_message_and_labels_select_failed(
     kube_client: kube.KubeClient, kubectl_binary: Path, kubeconfig: Path
 ) -> None:
-    name = await _failed_crawljob(kube_client)
+    name = await failed_crawljob(kube_client, NAMESPACE)
     other = resource.crawljob_manifest(resource.ObjectRef(README_BUCKET, "ok.csv", etag="e"), NAMESPACE)
     await kube_client.create(kube.CRAWLJOBS, NAMESPACE, other)
     table = (await kubectl(kubectl_binary, kubeconfig, "get", "cjob")).splitlines()
@@ -173,7 +167,7 @@ async def test_get_shows_reason_and_wide_shows_message_and_labels_select_failed(
 async def test_describe_shows_only_the_crawljobs_own_events(
     kube_client: kube.KubeClient, kubectl_binary: Path, kubeconfig: Path
 ) -> None:
-    name = await _failed_crawljob(kube_client)
+    name = await failed_crawljob(kube_client, NAMESPACE)
     uid = (await kube_client.get(kube.CRAWLJOBS, NAMESPACE, name))["metadata"]["uid"]
     for involved, reason in ((name, "BadInput"), ("someone-else", "Unrelated")):
         event = {

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestClient
 from receiver_faults import NO_FAULT, Fault, serve_faulty_emulator
 
 from crawljob import kube
@@ -17,27 +15,16 @@ from crawljob.local.emulator import Emulator
 from crawljob.local.s3 import free_port
 from crawljob.receiver.app import create_app
 from crawljob.receiver.settings import ReceiverSettings
+from fakes.receiver import RECEIVER_NAMESPACE, MakeReceiver
 from fakes.waiting import wait_for
 
 EVENTS = Path(__file__).parent.parent / "data" / "events"
-NAMESPACE = "crawl"
-
-MakeReceiver = Callable[..., Awaitable[TestClient[Any, Any]]]
+NAMESPACE = RECEIVER_NAMESPACE
 
 
 def event(name: str) -> dict[str, Any]:
     result: dict[str, Any] = json.loads((EVENTS / name).read_text())
     return result
-
-
-@pytest.fixture
-def make_receiver(emulator: tuple[Emulator, str], aiohttp_client: Any) -> MakeReceiver:
-    async def make(**overrides: Any) -> TestClient[Any, Any]:
-        settings = ReceiverSettings(kube_server=emulator[1], namespace=NAMESPACE, **overrides)
-        client: TestClient[Any, Any] = await aiohttp_client(create_app(settings))
-        return client
-
-    return make
 
 
 async def crawljobs(kube_client: kube.KubeClient) -> list[dict[str, Any]]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import re
 import shlex
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,24 +13,11 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from crawljob import kube, resource
-from crawljob.local.emulator import Emulator
 from crawljob.receiver import versions
-from crawljob.receiver.app import create_app
-from crawljob.receiver.settings import ReceiverSettings
+from fakes.receiver import RECEIVER_NAMESPACE, MakeReceiver
 
-NAMESPACE = "crawl"
+NAMESPACE = RECEIVER_NAMESPACE
 README = Path(__file__).resolve().parents[2] / "README.md"
-MakeReceiver = Callable[..., Awaitable[TestClient[Any, Any]]]
-
-
-@pytest.fixture
-def make_receiver(emulator: tuple[Emulator, str], aiohttp_client: Any) -> MakeReceiver:
-    async def make(**overrides: Any) -> TestClient[Any, Any]:
-        settings = ReceiverSettings(kube_server=emulator[1], namespace=NAMESPACE, **overrides)
-        client: TestClient[Any, Any] = await aiohttp_client(create_app(settings))
-        return client
-
-    return make
 
 
 async def post(client: TestClient[Any, Any], body: Any, status: int = 202) -> dict[str, Any]:

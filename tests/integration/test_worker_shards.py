@@ -39,6 +39,11 @@ def sample(rows: int, *, crlf: bool = False, bom: bool = False) -> bytes:
     return (b"\xef\xbb\xbf" if bom else b"") + (end.join(lines) + end).encode()
 
 
+def sharded(source: str, output: str, shards: int, run_id: str, *extra: str) -> list[str]:
+    """The worker's argv for a shard of run *run_id* (the shard index, if any, among *extra*)."""
+    return [source, "--output", output, "--shards", str(shards), "--run-id", run_id, *extra]
+
+
 def run_worker(tmp_path: Path, name: str, *argv: str) -> tuple[int, dict[str, Any]]:
     termination = tmp_path / f"termination-{name}"
     code = main([*argv, "--termination-log", str(termination)])
@@ -129,17 +134,7 @@ def test_a_quoted_field_across_a_boundary_is_speculated_or_re_run_by_the_finaliz
     out = tmp_path / "out"
     for index in range(2):
         code, message = run_worker(
-            tmp_path,
-            f"s{index}",
-            str(source),
-            "--output",
-            str(out),
-            "--shards",
-            "2",
-            "--shard-index",
-            str(index),
-            "--run-id",
-            "run-1",
+            tmp_path, f"s{index}", *sharded(str(source), str(out), 2, "run-1", "--shard-index", str(index))
         )
         assert code == 0, message
     manifest = json.loads((out / "_manifest.json").read_text())
@@ -154,19 +149,7 @@ def test_a_retried_shard_after_the_others_finished_finalizes_the_same_result(tmp
     source = tmp_path / "data.csv"
     source.write_bytes(sample(500))
     out = tmp_path / "out"
-    args = [
-        str(source),
-        "--output",
-        str(out),
-        "--shards",
-        "3",
-        "--run-id",
-        "run-1",
-        "--dtypes",
-        DTYPES,
-        "--max-reject-ratio",
-        "0.5",
-    ]
+    args = sharded(str(source), str(out), 3, "run-1", "--dtypes", DTYPES, "--max-reject-ratio", "0.5")
     for index in (0, 2, 1):
         assert run_worker(tmp_path, f"s{index}", *args, "--shard-index", str(index))[0] == 0
     first = json.loads((out / "_manifest.json").read_text())
@@ -192,19 +175,7 @@ def test_the_reject_ratio_applies_to_the_whole_object(tmp_path: Path) -> None:
     source = tmp_path / "data.csv"
     source.write_bytes(sample(500))  # 6 of 500 rows rejected: 1.2 %
     out = tmp_path / "out"
-    args = [
-        str(source),
-        "--output",
-        str(out),
-        "--shards",
-        "2",
-        "--run-id",
-        "run-1",
-        "--dtypes",
-        DTYPES,
-        "--max-reject-ratio",
-        "0.01",
-    ]
+    args = sharded(str(source), str(out), 2, "run-1", "--dtypes", DTYPES, "--max-reject-ratio", "0.01")
     assert run_worker(tmp_path, "s0", *args, "--shard-index", "0")[0] == 0  # a shard alone never fails on it
     code, message = run_worker(tmp_path, "s1", *args, "--shard-index", "1")
     assert code == 5 and message["reason"] == "RejectThresholdExceeded", message
@@ -229,10 +200,8 @@ def s3_names(s3_client: Any, bucket: str, prefix: str) -> set[str]:
 
 
 def shard_args(bucket: str, key: str, prefix: str, shards: int, index: int, run_id: str) -> list[str]:
-    return [
-        f"s3://{bucket}/{key}", "--output", f"s3://{bucket}/{prefix}", "--shards", str(shards),
-        "--shard-index", str(index), "--run-id", run_id, "--chunk-size-mb", "0.05",
-    ]  # fmt: skip
+    return sharded(f"s3://{bucket}/{key}", f"s3://{bucket}/{prefix}", shards, run_id,
+                   "--shard-index", str(index), "--chunk-size-mb", "0.05")  # fmt: skip
 
 
 @pytest.mark.usefixtures("s3_env")
@@ -410,17 +379,7 @@ def test_a_one_shard_run_over_a_sharded_runs_prefix_leaves_only_its_own_objects(
     source.write_bytes(plain(400))
     out = tmp_path / "out"
     for index in range(3):
-        args = [
-            str(source),
-            "--output",
-            str(out),
-            "--shards",
-            "3",
-            "--shard-index",
-            str(index),
-            "--run-id",
-            "a",
-        ]
+        args = sharded(str(source), str(out), 3, "a", "--shard-index", str(index))
         assert run_worker(tmp_path, f"s{index}", *args)[0] == 0
     assert {path.name for path in out.iterdir()} >= {"shard-00002", "_finalize-a.json", "_manifest.json"}
     code, message = run_worker(tmp_path, "one", str(source), "--output", str(out))  # spec.shards back to 1

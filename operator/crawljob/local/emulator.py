@@ -270,9 +270,7 @@ class Emulator(kmock.KubernetesEmulator):
         async with self._lock:
             existing = self._lookup(request.resource, namespace, metadata.get("name"))
         if existing is not None and not existing.deleted:
-            status = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "AlreadyExists",
-                      "message": f"{metadata.get('name')} already exists", "code": 409}  # fmt: skip
-            return aiohttp.web.json_response(status, status=409)
+            return _status(409, "AlreadyExists", f"{metadata.get('name')} already exists")
         metadata.update(uid=str(uuid.uuid4()), creationTimestamp=_now(), generation=1, namespace=namespace)
         return aiohttp.web.json_response({**data, "metadata": metadata}, status=201)
 
@@ -287,16 +285,7 @@ class Emulator(kmock.KubernetesEmulator):
             group, version = path.split("/")[4:6]
             document = openapi.v3_group_document(self.crds, group, version)
         if document is None:
-            return aiohttp.web.json_response(
-                {
-                    "kind": "Status",
-                    "apiVersion": "v1",
-                    "status": "Failure",
-                    "reason": "NotFound",
-                    "code": 404,
-                },
-                status=404,
-            )
+            return _status(404, "NotFound", f"no OpenAPI document at {path}")
         return aiohttp.web.json_response(document)
 
     def _serve_pod_log(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
@@ -340,9 +329,7 @@ class Emulator(kmock.KubernetesEmulator):
             f'{kind} in version "{requested.version}" cannot be handled as a {kind}: strict decoding '
             "error: " + ", ".join(f'unknown field "{field.lstrip(".")}"' for field in unknown)
         )
-        status = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": message,
-                  "reason": "BadRequest", "code": 400}  # fmt: skip
-        return aiohttp.web.json_response(status, status=400)
+        return _status(400, "BadRequest", message)
 
     async def _dry_run(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         """A write with ?dryRun=All answers what it would store and changes nothing."""
@@ -350,16 +337,7 @@ class Emulator(kmock.KubernetesEmulator):
         if request.action == kmock.action.CREATE:
             return aiohttp.web.json_response(request.data, status=201)
         if current is None:
-            return aiohttp.web.json_response(
-                {
-                    "kind": "Status",
-                    "apiVersion": "v1",
-                    "status": "Failure",
-                    "reason": "NotFound",
-                    "code": 404,
-                },
-                status=404,
-            )
+            return _status(404, "NotFound", f"{request.name} not found")
         return aiohttp.web.json_response(current)
 
     async def _serve_server_version(self, request: kmock.Request) -> Any:

@@ -7,7 +7,9 @@ at a gate until the fault is over and the API takes writes again (so the local k
 status write never meets the outage), then the gate opens and the crawl finishes. Meanwhile the receiver is sent a new event.
 
 Each test asserts: the CrawlJob ends Succeeded with its result, one Job and one worker run per
-CrawlJob, the operator process alive throughout and its kopf run never restarted, the operator's
+CrawlJob, the operator process alive throughout and its kopf run never restarted (but once, after
+an apiserver restart, if kopf's re-list met the 404 a new apiserver answers before it has registered
+the CRDs: docs/operator.md, "Faults"), the operator's
 /healthz 200 throughout (or, with a liveness limit shorter than the outage, 503 only after the limit
 and 200 again within seconds of the API's return), the receiver's /readyz 503 while CrawlJobs
 cannot be written and 200 once they can, the event sent during the fault refused with 503 +
@@ -23,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
+import re
 import sys
 import threading
 import time
@@ -279,6 +282,11 @@ async def writable_again(client: kube.KubeClient, namespace: str, timeout: float
             await asyncio.sleep(0.2)
 
 
+def kopf_run_failures(log: str) -> list[str]:
+    """The causes of the failed kopf runs the operator logged (each one restarted in-process)."""
+    return re.findall(r"the kopf run failed \((.*?)\); restarting", log)
+
+
 @dataclass
 class Outcome:
     api_back: float  # fault end → the API accepts writes again (the apiserver's own recovery)
@@ -298,6 +306,7 @@ async def run_fault(
     begin: Callable[[], None],
     end: Callable[[], None],
     writable: bool,
+    apiserver_restarted: bool = False,
 ) -> Outcome:
     """Start a crawl, hold its worker, inject the fault for *duration* s, release, and check it all."""
     etag = upload_csv(crawl.s3_client, crawl.bucket, f"in/{name}.csv")
@@ -341,15 +350,19 @@ async def run_fault(
     for finished in (done, late_done):
         result = finished["status"]["result"]
         assert result["rowsRead"] == ROWS and result["rowsWritten"] == ROWS, result
-    # One Job and one worker run per CrawlJob; the operator never restarted, nor its kopf run.
+    # One Job and one worker run per CrawlJob; the operator never restarted. Its kopf run neither,
+    # but for one case: a restarted apiserver serves for a moment before it has registered the
+    # CRDs, and kopf's re-list of CrawlJobs meeting that 404 is not retried (it ends the run).
     jobs = await crawl.client.list(kube.JOBS, crawl.namespace)
     assert sorted(job["metadata"]["name"] for job in jobs) == sorted([crawljob, late])
     assert sorted(crawl.runs.read_text().split()) == sorted([crawljob, late])
     assert crawl.operator.process is not None and crawl.operator.process.poll() is None
     log = crawl.operator.log_text()
-    assert log.count("operator started:") == 1, log[-3000:]
-    assert "the kopf run failed" not in log
-    assert metric(crawl.health_url + "/metrics", "crawljob_kopf_run_restarts_total") == 0
+    failures = kopf_run_failures(log)
+    assert len(failures) <= (1 if apiserver_restarted else 0), failures
+    assert all("APINotFoundError" in failure for failure in failures), failures
+    assert log.count("operator started:") == 1 + len(failures), log[-3000:]
+    assert metric(crawl.health_url + "/metrics", "crawljob_kopf_run_restarts_total") == len(failures)
     if writable:
         assert mid_status == 202, mid_status
     else:
@@ -426,6 +439,7 @@ async def test_apiserver_stopped_mid_crawl(crawl: Callable[..., Any], plane: Any
         pause_component(plane, "kube-apiserver"),
         restart_component(plane, "kube-apiserver"),
         writable=False,
+        apiserver_restarted=True,
     )
     if seconds > limit:
         failed = [s[0] for s in outcome.samples_during if s[1] == 503]

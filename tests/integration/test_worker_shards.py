@@ -164,7 +164,7 @@ def test_gzip_is_refused_for_sharding_with_a_clear_reason(tmp_path: Path) -> Non
     source = tmp_path / "data.csv.gz"
     source.write_bytes(gzip.compress(sample(50)))
     code, message = run_worker(
-        tmp_path, "gz", str(source), "--output", str(tmp_path / "out"), "--shards", "2", "--run-id", "r"
+        tmp_path, "gz", *sharded(str(source), str(tmp_path / "out"), 2, "r", "--shard-index", "0")
     )
     assert code == 3
     assert message["reason"] == "BadInput" and "gzip object cannot be sharded" in message["message"]

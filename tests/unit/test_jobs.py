@@ -163,7 +163,10 @@ def test_every_run_passes_its_own_run_id_the_same_for_all_its_shards() -> None:
     body["status"] = {"run": 2}
     second = jobs.build_job(body, SETTINGS, jobs.JobFeatures(indexed=True))
     ids = [
-        settings_from_args(job["spec"]["template"]["spec"]["containers"][0]["args"], {}).run_id
+        # As an Indexed Job's pod reads them (its index from $JOB_COMPLETION_INDEX).
+        settings_from_args(
+            job["spec"]["template"]["spec"]["containers"][0]["args"], {"JOB_COMPLETION_INDEX": "1"}
+        ).run_id
         for job in (first, second)
     ]
     assert ids == ["uid-1-1", "uid-1-2"]  # one Job's pods (every shard, every retry) share the first

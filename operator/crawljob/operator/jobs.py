@@ -86,7 +86,7 @@ def job_name(crawljob_name: str, run: int) -> str:
 # digest and a shard index below MAX_SHARD_INDEXES (the Indexed Job's own limit of completions).
 LABEL_VALUE_LIMIT = 63
 SHARD_DIGEST_LENGTH = 10
-MAX_SHARD_INDEXES = 100_000
+MAX_SHARD_INDEXES = contract.MAX_SHARDS
 _SHARD_SUFFIX_LIMIT = len("-s") + len(str(MAX_SHARD_INDEXES - 1))
 _STEM_PREFIX_LIMIT = LABEL_VALUE_LIMIT - _SHARD_SUFFIX_LIMIT - 1 - SHARD_DIGEST_LENGTH
 

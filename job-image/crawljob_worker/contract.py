@@ -51,3 +51,6 @@ SUMMARY_KEYS = ("outcome", "exitCode", "reason", "message", *RESULT_KEYS)
 # A sharded run adds {"index": I, "count": N, "finalized": bool} under this key: the pod that finalized
 # carries the whole object's result; the others their shard's.
 SHARD_KEY = "shard"
+# The most shards one object can be split into: the Indexed Job's own limit of completions (the
+# operator caps spec.shards by it, and the worker refuses more).
+MAX_SHARDS = 100_000

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from crawljob_worker.contract import TERMINATION_LOG
+from crawljob_worker.contract import MAX_SHARDS, TERMINATION_LOG
 from crawljob_worker.errors import invalid_arguments
 from crawljob_worker.uri import Location, parse_location
 
@@ -190,8 +190,9 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--shard-index",
-        default=_env(e, "SHARD_INDEX", e.get("JOB_COMPLETION_INDEX") or "0"),
-        help="which shard this worker converts, 0-based (default: $JOB_COMPLETION_INDEX of an Indexed Job)",
+        default=_env(e, "SHARD_INDEX", e.get("JOB_COMPLETION_INDEX") or None),
+        help="which shard this worker converts, 0-based (default: $JOB_COMPLETION_INDEX of an Indexed Job; "
+        "required with --shards above 1)",
     )
     parser.add_argument(
         "--run-id",
@@ -214,13 +215,17 @@ def _connections(text: str) -> int:
     return connections
 
 
-def _number(text: str, flag: str, *, minimum: float, integer: bool = False) -> float:
+def _number(
+    text: str, flag: str, *, minimum: float, maximum: float | None = None, integer: bool = False
+) -> float:
     try:
         value = int(text) if integer else float(text)
     except ValueError:
         raise invalid_arguments(f"{flag} must be a number, got {text!r}") from None
     if value < minimum:
         raise invalid_arguments(f"{flag} must be at least {minimum}, got {text!r}")
+    if maximum is not None and value > maximum:
+        raise invalid_arguments(f"{flag} must be at most {maximum}, got {text!r}")
     return value
 
 
@@ -312,8 +317,13 @@ def settings_from_args(argv: Sequence[str], environ: Mapping[str, str]) -> Setti
     delimiter = _delimiter(args.delimiter)
     if quote == delimiter:
         raise invalid_arguments("--quote and --delimiter must differ")
-    shards = int(_number(args.shards, "--shards", minimum=1, integer=True))
-    shard_index = int(_number(args.shard_index, "--shard-index", minimum=0, integer=True))
+    shards = int(_number(args.shards, "--shards", minimum=1, maximum=MAX_SHARDS, integer=True))
+    if args.shard_index is None and shards > 1:
+        raise invalid_arguments(
+            "--shards above 1 needs the shard's index: --shard-index I, or $JOB_COMPLETION_INDEX "
+            "(set by an Indexed Job)"
+        )
+    shard_index = int(_number(args.shard_index or "0", "--shard-index", minimum=0, integer=True))
     if shard_index >= shards:
         raise invalid_arguments(f"--shard-index must be below --shards ({shards}), got {shard_index}")
     run_id = _run_id(args.run_id, shards)

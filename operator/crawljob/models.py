@@ -198,6 +198,8 @@ class JobStatus:
     succeeded: int = 0
     failed: int = 0
     backoff_limit: int | None = None
+    # The crawl's deadline: a per-shard run's Job has what is left of it as its activeDeadlineSeconds
+    # and the whole one on the annotation crawljob.io/deadline.
     active_deadline_seconds: int | None = None
     # Exit codes the Job's podFailurePolicy fails the whole Job for (FailJob, operator In): such a
     # pod failure is never retried. Empty on servers older than podFailurePolicy (they drop it).
@@ -224,7 +226,10 @@ class JobStatus:
             succeeded=_integer(status.get("succeeded"), 0) or 0,
             failed=_integer(status.get("failed"), 0) or 0,
             backoff_limit=_integer(spec.get("backoffLimit")),
-            active_deadline_seconds=_integer(spec.get("activeDeadlineSeconds")),
+            active_deadline_seconds=_integer(
+                _mapping(_mapping(body.get("metadata")).get("annotations")).get(resource.ANNOTATION_DEADLINE)
+                or spec.get("activeDeadlineSeconds")
+            ),
             fail_job_exit_codes=_fail_job_exit_codes(_mapping(spec.get("podFailurePolicy"))),
             completions=_integer(spec.get("completions"), 1) or 1,
             indexed=spec.get("completionMode") == "Indexed",

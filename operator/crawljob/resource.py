@@ -37,6 +37,9 @@ ANNOTATION_RUN = "crawljob.io/run"  # on a Job: which run of its CrawlJob it is
 # (also on its Pods), the annotation how many shards the run has.
 LABEL_SHARD = "crawljob.io/shard"
 ANNOTATION_SHARDS = "crawljob.io/shards"
+# On a per-shard run's Jobs: the whole run's deadline (each Job's activeDeadlineSeconds is what is
+# left of it when the Job is made).
+ANNOTATION_DEADLINE = "crawljob.io/deadline"
 ANNOTATION_RAW_KEY = "crawljob.io/raw-key"  # the key as the event spelled it, when decoding changed it
 
 # The worker's container in every Job's Pod (the operator reads its state and termination message).

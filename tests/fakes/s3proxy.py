@@ -1,7 +1,7 @@
 """An HTTP proxy in front of the local S3 that refuses conditional writes: a PUT carrying
 `If-None-Match` is answered 501 NotImplemented (a store without them), or, with `conflicts=K`, 409
 ConditionalRequestConflict for the first K such PUTs (S3's answer to a write racing another one) and
-forwarded after that. Everything else is forwarded. It runs its own event loop in a thread, so
+forwarded after that. Everything else is forwarded; every request is logged. It runs its own event loop in a thread, so
 blocking callers never stall it."""
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ class ConditionalWritesProxy:
         self.upstream = upstream.rstrip("/")
         self.conflicts = conflicts
         self.refused = 0
+        self.requests: list[tuple[str, str]] = []  # (method, path) of every request, in order
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="s3-proxy", daemon=True)
         self._runner: web.AppRunner | None = None
@@ -61,6 +62,7 @@ class ConditionalWritesProxy:
             await self._session.close()
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        self.requests.append((request.method, request.path))
         if request.method == "PUT" and "If-None-Match" in request.headers:
             if self.conflicts is None:
                 self.refused += 1

@@ -208,6 +208,61 @@ async def test_a_permanently_failing_shard_fails_the_crawljob_naming_it_and_stop
     assert _finished(left[1])  # the failed shard's Job stays, with its pod's log
 
 
+async def test_the_deadline_is_the_whole_runs_not_each_shards(
+    old_server: str, kube_client: kube.KubeClient, tmp_path: Path
+) -> None:
+    # Three shards of ~2 s each, one at a time, under a 4 s deadline: each shard alone would make it,
+    # the run cannot. The later shard Jobs get what is left of it; the run fails at its deadline.
+    body = crawljob("shards/slow_sleep-2_ok-1.csv", shards=3, activeDeadlineSeconds=4)
+    name = body["metadata"]["name"]
+    async with (
+        running_runner(kube_client, {"FAKE_WORKER_STATE": str(tmp_path)}),
+        running_operator(old_server, tmp_path / "op.log", **{"shard-parallelism": 1}),
+    ):
+        await kube_client.create(kube.CRAWLJOBS, NAMESPACE, body)
+        failed = await wait_phase(kube_client, name, FINISHED)
+        made = await _shard_jobs(kube_client, name)
+
+    status = failed["status"]
+    assert (status["phase"], status["reason"]) == ("Failed", "DeadlineExceeded"), status
+    assert "activeDeadlineSeconds=4" in status["message"], status["message"]
+    assert 2 not in made  # never started: the deadline had passed
+    deadlines = [made[index]["spec"]["activeDeadlineSeconds"] for index in sorted(made)]
+    assert deadlines[0] == 4 and all(left < 4 for left in deadlines[1:]), deadlines
+    assert all(job["metadata"]["annotations"]["crawljob.io/deadline"] == "4" for job in made.values())
+
+
+async def test_a_shard_due_after_the_runs_deadline_is_not_started_and_the_run_fails(
+    old_server: str, kube_client: kube.KubeClient, tmp_path: Path
+) -> None:
+    # The run's first shard Job was made an hour ago (as an operator restarted after a long outage
+    # finds it) and finished; the next shards are due, the 10-minute deadline has passed.
+    body = await kube_client.create(
+        kube.CRAWLJOBS, NAMESPACE, crawljob("shards/late_ok-1.csv", shards=3, activeDeadlineSeconds=600)
+    )
+    name = body["metadata"]["name"]
+    settings = OperatorSettings(namespace=NAMESPACE, worker_command=(sys.executable, str(FAKE_WORKER)))
+    first = jobs.build_shard_job(body, settings, 0, 3, deadline=600)
+    first["metadata"]["creationTimestamp"] = "2020-01-01T00:00:00Z"
+    await kube_client.create(kube.JOBS, NAMESPACE, first)
+    done = {"type": "Complete", "status": "True", "lastTransitionTime": "2020-01-01T00:00:05Z"}
+    await kube_client.patch(
+        kube.JOBS, NAMESPACE, first["metadata"]["name"],
+        {"status": {"succeeded": 1, "startTime": "2020-01-01T00:00:00Z", "conditions": [done]}}, "status",
+    )  # fmt: skip
+    async with running_operator(old_server, tmp_path / "op.log", **{"shard-parallelism": 1}):
+        failed = await wait_phase(kube_client, name, FINISHED)
+        made = await _shard_jobs(kube_client, name)
+
+    status = failed["status"]
+    assert (status["phase"], status["reason"]) == ("Failed", "DeadlineExceeded"), status
+    assert status["message"] == (
+        "the crawl ran longer than its deadline (activeDeadlineSeconds=600) and was stopped: "
+        "2 of its 3 shards had not started"
+    )
+    assert set(made) == {0}
+
+
 async def test_an_operator_restart_between_shard_jobs_adopts_the_made_ones_and_creates_the_rest(
     old_server: str, kube_client: kube.KubeClient, tmp_path: Path
 ) -> None:

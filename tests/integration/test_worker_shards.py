@@ -164,7 +164,7 @@ def test_gzip_is_refused_for_sharding_with_a_clear_reason(tmp_path: Path) -> Non
     source = tmp_path / "data.csv.gz"
     source.write_bytes(gzip.compress(sample(50)))
     code, message = run_worker(
-        tmp_path, "gz", str(source), "--output", str(tmp_path / "out"), "--shards", "2", "--run-id", "r"
+        tmp_path, "gz", *sharded(str(source), str(tmp_path / "out"), 2, "r", "--shard-index", "0")
     )
     assert code == 3
     assert message["reason"] == "BadInput" and "gzip object cannot be sharded" in message["message"]
@@ -372,6 +372,34 @@ def test_a_store_without_conditional_writes_falls_back_to_finalizing_without_a_c
     rows, manifest, _ = s3_result(s3_client, bucket, "nc/")
     assert rows == [(n, n / 2) for n in range(300)] and manifest["finalizedBy"] == 0
     assert not any(name.startswith("_finalize-") for name in s3_names(s3_client, bucket, "nc/"))
+
+
+def test_shards_that_are_not_last_read_no_reports(
+    tmp_path: Path, s3_client: Any, bucket: str, local_s3: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 24 shards finishing in index order (as per-shard Jobs made in order tend to): each shard but
+    # the last sees a shard prefix missing in one LIST and reads no report; the last reads the 24.
+    # Before, every shard read all 24 reports (576 GETs here; ~10^6 for 1,000 shards).
+    shards = 24
+    proxy = ConditionalWritesProxy(local_s3.endpoint, conflicts=0)
+    for name, value in {**local_s3.environment(), "AWS_ENDPOINT_URL_S3": proxy.start()}.items():
+        monkeypatch.setenv(name, value)
+    try:
+        s3_client.put_object(Bucket=bucket, Key="in/data.csv", Body=plain(400))
+        messages = [
+            run_worker(tmp_path, f"s{index}", *shard_args(bucket, "in/data.csv", "many/", shards, index, "r"))
+            for index in range(shards)
+        ]
+    finally:
+        proxy.stop()
+    assert all(code == 0 for code, _ in messages), messages
+    assert [message["shard"]["finalized"] for _, message in messages] == [False] * (shards - 1) + [True]
+    rows, manifest, _ = s3_result(s3_client, bucket, "many/")
+    assert rows == [(n, n / 2) for n in range(400)] and manifest["rowsRead"] == 400
+    report_reads = [
+        path for method, path in proxy.requests if method == "GET" and path.endswith("/_shard.json")
+    ]
+    assert len(report_reads) == shards, len(report_reads)
 
 
 def test_a_one_shard_run_over_a_sharded_runs_prefix_leaves_only_its_own_objects(tmp_path: Path) -> None:

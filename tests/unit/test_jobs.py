@@ -163,7 +163,10 @@ def test_every_run_passes_its_own_run_id_the_same_for_all_its_shards() -> None:
     body["status"] = {"run": 2}
     second = jobs.build_job(body, SETTINGS, jobs.JobFeatures(indexed=True))
     ids = [
-        settings_from_args(job["spec"]["template"]["spec"]["containers"][0]["args"], {}).run_id
+        # As an Indexed Job's pod reads them (its index from $JOB_COMPLETION_INDEX).
+        settings_from_args(
+            job["spec"]["template"]["spec"]["containers"][0]["args"], {"JOB_COMPLETION_INDEX": "1"}
+        ).run_id
         for job in (first, second)
     ]
     assert ids == ["uid-1-1", "uid-1-2"]  # one Job's pods (every shard, every retry) share the first
@@ -284,6 +287,33 @@ def test_without_indexed_jobs_a_sharded_crawljob_is_one_job_per_shard() -> None:
     assert (parsed.run, parsed.shard, parsed.shards) == (2, 3, 5)
     with pytest.raises(ValueError, match="shard index 5"):
         jobs.build_shard_job(body, SETTINGS, 5, 5)
+
+
+def test_a_per_shard_runs_jobs_share_one_deadline_counted_from_its_first_job() -> None:
+    import datetime
+
+    start = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+    later = start + datetime.timedelta(seconds=41.5)
+    assert jobs.deadline_left(None, start, later) is None  # no deadline
+    assert jobs.deadline_left(60, None, later) == 60  # nothing made yet: the whole deadline
+    assert jobs.deadline_left(60, start, later) == 18  # rounded down: never past the deadline
+    assert jobs.deadline_left(60, start, start + datetime.timedelta(seconds=59.9)) == 0
+    assert jobs.deadline_left(60, start, start + datetime.timedelta(hours=1)) == 0
+    assert jobs.crawl_deadline({"activeDeadlineSeconds": 90}, SETTINGS) == 90
+    assert jobs.crawl_deadline({}, SETTINGS) is None
+    defaults = OperatorSettings(worker_image="w", active_deadline_seconds=600)
+    assert jobs.crawl_deadline({}, defaults) == 600
+    body = _crawljob(shards=3, activeDeadlineSeconds=60)
+    first = jobs.build_shard_job(body, SETTINGS, 0, 3, deadline=60)
+    next_one = jobs.build_shard_job(body, SETTINGS, 1, 3, deadline=18)
+    assert (first["spec"]["activeDeadlineSeconds"], next_one["spec"]["activeDeadlineSeconds"]) == (60, 18)
+    assert next_one["metadata"]["annotations"]["crawljob.io/deadline"] == "60"
+    assert Job.parse(next_one).status.active_deadline_seconds == 60  # what a DeadlineExceeded names
+    with pytest.raises(ValueError, match="deadline has passed"):
+        jobs.build_shard_job(body, SETTINGS, 2, 3, deadline=0)
+    no_deadline = jobs.build_shard_job(_crawljob(shards=3), SETTINGS, 1, 3)
+    assert "activeDeadlineSeconds" not in no_deadline["spec"]
+    assert "crawljob.io/deadline" not in no_deadline["metadata"]["annotations"]
 
 
 def test_shard_job_names_are_deterministic_distinct_and_fit_the_job_name_label() -> None:

@@ -168,6 +168,26 @@ def test_deadline_exceeded() -> None:
     assert observed.completion_time == "2026-01-01T00:05:00Z"
 
 
+def test_a_shard_jobs_deadline_is_reported_as_the_whole_runs() -> None:
+    # A per-shard run's Job has what was left of the run's deadline; the message names the run's.
+    body = _job("Failed", "DeadlineExceeded", failed=1)
+    body["spec"]["activeDeadlineSeconds"] = 7
+    body["metadata"]["annotations"] = {"crawljob.io/deadline": "60"}
+    observed = _observe(body, [], NOW)
+    assert observed.reason == "DeadlineExceeded"
+    assert "activeDeadlineSeconds=60" in observed.message
+
+
+def test_a_per_shard_run_past_its_deadline_with_shards_not_started() -> None:
+    observed = status.shard_deadline_exceeded(60, 5, 2, NOW)
+    assert (observed.phase, observed.reason, observed.warning) == ("Failed", "DeadlineExceeded", True)
+    assert observed.message == (
+        "the crawl ran longer than its deadline (activeDeadlineSeconds=60) and was stopped: "
+        "3 of its 5 shards had not started"
+    )
+    assert observed.completion_time == NOW
+
+
 @pytest.mark.parametrize(
     ("waiting", "words"),
     [

@@ -67,8 +67,10 @@ def test_flags_win_over_env_and_env_fills_the_rest() -> None:
         ["x.csv"], {**env, "CRAWLJOB_S3_CONNECTIONS": "6", "CRAWLJOB_S3_RANGE_MB": "16"}
     )
     assert (ranged.s3_connections, ranged.s3_range_bytes) == (6, 16 * 1024 * 1024)
-    sharded = settings_from_args(["x.csv", "--shards", "3"], {**env, "CRAWLJOB_RUN_ID": "0f3e-uid.2_b"})
-    assert (sharded.shards, sharded.run_id) == (3, "0f3e-uid.2_b")
+    indexed = {**env, "CRAWLJOB_RUN_ID": "0f3e-uid.2_b", "JOB_COMPLETION_INDEX": "2"}  # an Indexed Job's pod
+    sharded = settings_from_args(["x.csv", "--shards", "3"], indexed)
+    assert (sharded.shards, sharded.shard_index, sharded.run_id) == (3, 2, "0f3e-uid.2_b")
+    assert settings_from_args(["x.csv", "--shards", "3", "--shard-index", "1"], indexed).shard_index == 1
     assert settings_from_args(["x.csv"], env).run_id is None  # optional for one shard
 
 
@@ -84,8 +86,19 @@ def test_flags_win_over_env_and_env_fills_the_rest() -> None:
         (["x.csv", "--output", "o", "--s3-connections", "0"], "--s3-connections"),
         (["x.csv", "--output", "o", "--s3-connections", "33"], "at most 32"),
         (["x.csv", "--output", "o", "--s3-connections", "2.5"], "--s3-connections"),
-        (["x.csv", "--output", "o", "--shards", "2"], "--run-id is required with --shards above 1"),
-        (["x.csv", "--output", "o", "--shards", "2", "--run-id", "../up"], "--run-id must be"),
+        (
+            ["x.csv", "--output", "o", "--shards", "2", "--shard-index", "0"],
+            "--run-id is required with --shards",
+        ),
+        (
+            ["x.csv", "--output", "o", "--shards", "2", "--shard-index", "1", "--run-id", "../up"],
+            "--run-id must be",
+        ),
+        # Without an index every pod would convert shard 0.
+        (["x.csv", "--output", "o", "--shards", "2", "--run-id", "r"], "needs the shard's index"),
+        # More than an Indexed Job can have: refused at once, not a loop over 10^20 shard reports.
+        (["x.csv", "--output", "o", "--shards", "1" + "0" * 20, "--shard-index", "0"], "at most 100000"),
+        (["x.csv", "--output", "o", "--shards", "100001", "--shard-index", "0"], "at most 100000"),
         (["x.csv", "--output", "o", "--run-id", "a b"], "--run-id must be"),
         (["x.csv", "--output", "o", "--run-id", "x" * 129], "--run-id must be"),
     ],

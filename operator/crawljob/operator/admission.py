@@ -229,9 +229,9 @@ async def _create_job_locked(state: State, key: Key) -> None:
 async def _create_shard_jobs(state: State, crawljob: CrawlJob, run: shardjobs.ShardRun) -> None:
     """Create the first shard Jobs of an admitted per-shard run (the next ones follow as shards end)."""
     had_jobs = bool(run.jobs)
-    problem = await shardjobs.start(state, crawljob, run)
-    if problem is not None:
-        await write_status(state, crawljob, status.invalid_spec(problem, utc_now()), run.stem)
+    ended = await shardjobs.start(state, crawljob, run)
+    if ended is not None:
+        await write_status(state, crawljob, ended, run.stem)
         await shardjobs.stop_unfinished(state, crawljob)
         return
     event_time = parse_time(crawljob.source.event_time)

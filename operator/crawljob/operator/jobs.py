@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import datetime
 import hashlib
 import json
 import math
@@ -85,7 +86,7 @@ def job_name(crawljob_name: str, run: int) -> str:
 # digest and a shard index below MAX_SHARD_INDEXES (the Indexed Job's own limit of completions).
 LABEL_VALUE_LIMIT = 63
 SHARD_DIGEST_LENGTH = 10
-MAX_SHARD_INDEXES = 100_000
+MAX_SHARD_INDEXES = contract.MAX_SHARDS
 _SHARD_SUFFIX_LIMIT = len("-s") + len(str(MAX_SHARD_INDEXES - 1))
 _STEM_PREFIX_LIMIT = LABEL_VALUE_LIMIT - _SHARD_SUFFIX_LIMIT - 1 - SHARD_DIGEST_LENGTH
 
@@ -126,6 +127,26 @@ def shards_to_start(shards: int, unfinished: Mapping[int, bool], parallelism: in
     room = parallelism - sum(1 for running in unfinished.values() if running)
     missing = [index for index in range(shards) if index not in unfinished]
     return missing[: max(0, room)]
+
+
+def crawl_deadline(spec: Mapping[str, Any], settings: OperatorSettings) -> int | None:
+    """The crawl's wall-clock limit in seconds (spec.activeDeadlineSeconds, else the operator's
+    --active-deadline-seconds), or None for none."""
+    deadline = spec.get("activeDeadlineSeconds") or settings.active_deadline_seconds
+    return int(deadline) if deadline else None
+
+
+def deadline_left(
+    deadline: int | None, started: datetime.datetime | None, now: datetime.datetime
+) -> int | None:
+    """Whole seconds left of a per-shard run's *deadline*, counted from its first shard Job's
+    creation (*started*; None: nothing made yet, the whole deadline). 0 once it has passed. None
+    without a deadline. Rounded down, so the run ends at the deadline or up to a second before it."""
+    if deadline is None:
+        return None
+    if started is None:
+        return deadline
+    return max(0, math.floor(deadline - (now - started).total_seconds()))
 
 
 def vanished_shards(shards: int, present: set[int], seen: set[int]) -> list[int]:
@@ -226,10 +247,19 @@ def build_job(
     return job
 
 
-def build_shard_job(crawljob: Mapping[str, Any], settings: OperatorSettings, index: int, shards: int) -> Body:
+def build_shard_job(
+    crawljob: Mapping[str, Any],
+    settings: OperatorSettings,
+    index: int,
+    shards: int,
+    *,
+    deadline: int | None = None,
+) -> Body:
     """The Job of shard *index* of *shards* of the current run of *crawljob*, for a server without
     Indexed Jobs: one completion, the worker told its shard (`--shards N --shard-index I`), the
-    shard on a label (Job and Pods) and the shard count on an annotation.
+    shard on a label (Job and Pods) and the shard count on an annotation. *deadline*: the seconds
+    left of the whole run's deadline (`deadline_left`), its activeDeadlineSeconds; the run's
+    deadline is on the annotation `crawljob.io/deadline`.
 
     No ttlSecondsAfterFinished: a finished shard Job must stay while the other shards run, or it
     could not be told from one deleted behind the operator's back; the Jobs go with their CrawlJob
@@ -240,7 +270,14 @@ def build_shard_job(crawljob: Mapping[str, Any], settings: OperatorSettings, ind
     run = CrawlJobStatus.parse(crawljob.get("status") or {}).run
     labels = {**_labels(name), resource.LABEL_SHARD: str(index)}
     annotations = {resource.ANNOTATION_RUN: str(run), resource.ANNOTATION_SHARDS: str(shards)}
+    whole = crawl_deadline(crawljob.get("spec") or {}, settings)
+    if whole is not None:
+        annotations[resource.ANNOTATION_DEADLINE] = str(whole)
     job = _job(crawljob, settings, shard_job_name(name, run, index), labels, annotations)
+    if deadline is not None:
+        if deadline < 1:
+            raise ValueError(f"the run's deadline has passed: {deadline} s left")
+        job["spec"]["activeDeadlineSeconds"] = deadline
     container = job["spec"]["template"]["spec"]["containers"][0]
     container["args"] = [*container["args"], "--shards", str(shards), "--shard-index", str(index)]
     return job
@@ -313,9 +350,9 @@ def _job(
         },
         "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
     }
-    deadline = spec.get("activeDeadlineSeconds") or settings.active_deadline_seconds
-    if deadline:
-        job_spec["activeDeadlineSeconds"] = int(deadline)
+    deadline = crawl_deadline(spec, settings)
+    if deadline is not None:
+        job_spec["activeDeadlineSeconds"] = deadline
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",

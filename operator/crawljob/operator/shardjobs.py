@@ -9,6 +9,7 @@ pure `jobs.shards_to_start`, `jobs.vanished_shards` and `status.observe_shards`;
 from __future__ import annotations
 
 import dataclasses
+import datetime
 from dataclasses import dataclass
 
 from crawljob import kube, resource
@@ -16,7 +17,7 @@ from crawljob.models import CrawlJob, Job, JobStatus, PodStatus
 from crawljob.operator import jobs, status, workload
 from crawljob.operator.view import RetryLater, State, log
 from crawljob.operator.writes import delete_job, list_quietly, write_status
-from crawljob.times import utc_now
+from crawljob.times import parse_time, utc_now
 
 
 @dataclass
@@ -91,17 +92,29 @@ def holds_slot(run: ShardRun, job_name: str | None) -> tuple[bool, bool]:
     return False, True
 
 
-async def start(state: State, crawljob: CrawlJob, run: ShardRun) -> str | None:
+async def start(state: State, crawljob: CrawlJob, run: ShardRun) -> status.Observation | None:
     """Create the shard Jobs due now (`jobs.shards_to_start`); a 409 adopts a Job when it is ours
-    (restart safety). The problem, for an InvalidSpec failure, when a Job cannot be made."""
+    (restart safety). Each gets what is left of the run's deadline (`jobs.deadline_left`, counted
+    from the first shard Job's creation), so the whole run ends by it, as an Indexed Job would.
+    The run's failure when a Job cannot be made (InvalidSpec) or its deadline has passed."""
     namespace, name = crawljob.key
     unfinished = {index: not workload.job_finished(job.status) for index, job in run.jobs.items()}
-    for index in jobs.shards_to_start(run.shards, unfinished, state.settings.shard_parallelism):
+    due = jobs.shards_to_start(run.shards, unfinished, state.settings.shard_parallelism)
+    deadline = jobs.crawl_deadline(crawljob.body.get("spec") or {}, state.settings)
+    started = min(
+        (moment for job in run.jobs.values() if (moment := parse_time(job.meta.creation_timestamp))),
+        default=None,
+    )
+    left = jobs.deadline_left(deadline, started, datetime.datetime.now(tz=datetime.UTC))
+    if due and deadline is not None and left == 0:
+        return status.shard_deadline_exceeded(deadline, run.shards, len(run.jobs), utc_now())
+    for index in due:
         try:
-            manifest = jobs.build_shard_job(crawljob.body, state.settings, index, run.shards)
+            manifest = jobs.build_shard_job(crawljob.body, state.settings, index, run.shards, deadline=left)
         except Exception as exc:  # specs.py checks what the builder reads; anything it missed fails this one
             log.exception("%s: cannot build the Job of shard %d", name, index, extra={"crawljob": name})
-            return f"cannot build the Job of shard {index}: {type(exc).__name__}: {str(exc)[:200]}"
+            problem = f"cannot build the Job of shard {index}: {type(exc).__name__}: {str(exc)[:200]}"
+            return status.invalid_spec(problem, utc_now())
         job_name = manifest["metadata"]["name"]
         try:
             created = await state.client.create(kube.JOBS, namespace, manifest)
@@ -109,11 +122,12 @@ async def start(state: State, crawljob: CrawlJob, run: ShardRun) -> str | None:
         except kube.Conflict:
             created = await state.client.get(kube.JOBS, namespace, job_name)
             if not Job.parse(created).is_owned_by(crawljob.meta.uid):
-                return f"a Job named {job_name} exists and is not owned by this CrawlJob; delete it"
+                problem = f"a Job named {job_name} exists and is not owned by this CrawlJob; delete it"
+                return status.invalid_spec(problem, utc_now())
             state.metrics.jobs_adopted.inc()
             log.info("%s: adopted existing Job %s", name, job_name, extra={"crawljob": name})
         except kube.Invalid as exc:
-            return f"the Job {job_name} was refused: {exc}"
+            return status.invalid_spec(f"the Job {job_name} was refused: {exc}", utc_now())
         state.remember_job(created)
     return None
 
@@ -165,9 +179,9 @@ async def reconcile_run(state: State, crawljob: CrawlJob, run: ShardRun) -> None
         await _end(state, crawljob, run, observation)
         return
     await write_status(state, crawljob, observation, run.stem)
-    problem = await start(state, crawljob, run)
-    if problem is not None:
-        await _end(state, crawljob, run, status.invalid_spec(problem, utc_now()))
+    ended = await start(state, crawljob, run)
+    if ended is not None:
+        await _end(state, crawljob, run, ended)
 
 
 async def _end(state: State, crawljob: CrawlJob, run: ShardRun, observation: status.Observation) -> None:

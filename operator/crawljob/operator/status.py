@@ -275,6 +275,18 @@ def shard_jobs_deleted(stem: str, shards: int, now: str) -> Observation:
     )
 
 
+def shard_deadline_exceeded(deadline: int, shards: int, made: int, now: str) -> Observation:
+    """A per-shard run reached its deadline (counted from its first shard Job) with shards not started."""
+    return Observation(
+        "Failed",
+        "DeadlineExceeded",
+        f"the crawl ran longer than its deadline (activeDeadlineSeconds={deadline}) and was stopped: "
+        f"{shards - made} of its {shards} shards had not started",
+        completion_time=now,
+        warning=True,
+    )
+
+
 CANCEL_PLAIN_VALUES = frozenset({"", "true", "yes", "1"})
 
 

@@ -181,7 +181,7 @@ def operator_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     worker.add_argument(
         "--active-deadline-seconds",
         default=env("ACTIVE_DEADLINE_SECONDS"),
-        help="default wall-clock limit of a Job (CRAWLJOB_ACTIVE_DEADLINE_SECONDS)",
+        help="default wall-clock limit of a crawl, of a sharded one's whole run (CRAWLJOB_ACTIVE_DEADLINE_SECONDS)",
     )
     worker.add_argument(
         "--job-ttl-seconds",

@@ -29,6 +29,15 @@ def crawljob(key: str, bucket: str = "bucket", **spec: Any) -> dict[str, Any]:
     return body
 
 
+async def events_of(client: kube.KubeClient, name: str) -> list[dict[str, Any]]:
+    """The Events about the object *name* in the test namespace."""
+    return [
+        event
+        for event in await client.list(kube.EVENTS, NAMESPACE)
+        if (event.get("involvedObject") or {}).get("name") == name
+    ]
+
+
 class OperatorProcess:
     """`crawljob operator` as a child process (so that tests can SIGKILL it)."""
 

@@ -17,7 +17,15 @@ from crawljob.local.emulator import Emulator
 from crawljob.models import JobStatus
 from crawljob.operator import workload
 from fakes.recording import Call, recording_emulator
-from fakes.stack import NAMESPACE, crawljob, running_operator, running_runner, wait_phase, wait_until
+from fakes.stack import (
+    NAMESPACE,
+    crawljob,
+    events_of,
+    running_operator,
+    running_runner,
+    wait_phase,
+    wait_until,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -80,14 +88,6 @@ async def test_crawljob_runs_to_succeeded_with_the_workers_result(
     assert job["metadata"]["ownerReferences"][0]["uid"] == done["metadata"]["uid"]
 
 
-async def _events_of(client: kube.KubeClient, name: str) -> list[dict[str, Any]]:
-    return [
-        event
-        for event in await client.list(kube.EVENTS, NAMESPACE)
-        if (event.get("involvedObject") or {}).get("name") == name
-    ]
-
-
 async def test_every_failure_reason_of_a_running_worker_is_surfaced(
     emulator: tuple[Emulator, str], kube_client: kube.KubeClient, tmp_path: Path
 ) -> None:
@@ -118,7 +118,7 @@ async def test_every_failure_reason_of_a_running_worker_is_surfaced(
             for case, body in bodies.items()
         }
         events = {
-            case: await _events_of(kube_client, body["metadata"]["name"]) for case, body in bodies.items()
+            case: await events_of(kube_client, body["metadata"]["name"]) for case, body in bodies.items()
         }
 
         async def labelled() -> dict[str, dict[str, str]] | None:
@@ -178,7 +178,7 @@ async def test_retry_success_and_bad_termination_messages(
         assert body["status"]["reason"] == "ResultUnavailable"
         assert words in body["status"]["message"]
         assert "result" not in body["status"]
-    transitions = [event["reason"] for event in await _events_of(kube_client, retried["metadata"]["name"])]
+    transitions = [event["reason"] for event in await events_of(kube_client, retried["metadata"]["name"])]
     assert "JobCreated" in transitions and "Completed" in transitions
 
 
@@ -241,7 +241,7 @@ async def test_cluster_only_states_are_surfaced_while_pending_and_at_the_end(
             async def announced(name: str = job["metadata"]["name"], reason: str = reason) -> bool:
                 return any(
                     event["reason"] == reason and event["type"] == "Warning"
-                    for event in await _events_of(kube_client, name)
+                    for event in await events_of(kube_client, name)
                 )
 
             await wait_until(announced, 20, f"{reason} Event")
@@ -421,7 +421,7 @@ async def test_rerun_annotation_starts_a_new_run_of_a_finished_crawljob(
     assert second["status"]["rerunToken"] == "one"
     assert second["status"]["result"]["rowsRead"] == 5
     assert job_names == {f"{name}-r2"}  # the first run's Job was deleted
-    reasons = [event["reason"] for event in await _events_of(kube_client, name)]
+    reasons = [event["reason"] for event in await events_of(kube_client, name)]
     assert reasons.count("Completed") == 2 and "Rerun" in reasons
 
 

@@ -9,17 +9,17 @@ import pytest
 
 from crawljob import kube, resource
 from crawljob.local.emulator import Emulator
-from fakes.stack import NAMESPACE, crawljob, running_operator, running_runner, wait_phase, wait_until
+from fakes.stack import (
+    NAMESPACE,
+    crawljob,
+    events_of,
+    running_operator,
+    running_runner,
+    wait_phase,
+    wait_until,
+)
 
 pytestmark = pytest.mark.timeout(120)
-
-
-async def _events(client: kube.KubeClient, name: str) -> list[dict[str, Any]]:
-    return [
-        event
-        for event in await client.list(kube.EVENTS, NAMESPACE)
-        if (event.get("involvedObject") or {}).get("name") == name
-    ]
 
 
 async def _annotate(client: kube.KubeClient, name: str, key: str, value: str) -> None:
@@ -74,8 +74,8 @@ async def test_cancel_annotation_stops_a_running_and_a_queued_crawljob_and_rerun
             return got if status.get("run") == 2 and status.get("phase") in resource.TERMINAL_PHASES else None
 
         rerun = await wait_until(rerun_done, 30, "re-run of the cancelled CrawlJob finished")
-        running_events = await _events(kube_client, running)
-        queued_events = await _events(kube_client, queued)
+        running_events = await events_of(kube_client, running)
+        queued_events = await events_of(kube_client, queued)
         still_there = await kube_client.get(kube.CRAWLJOBS, NAMESPACE, running)
 
     status = cancelled_running["status"]
@@ -129,7 +129,7 @@ async def test_an_older_event_waiting_in_the_queue_is_superseded_while_a_running
         first_done = await wait_phase(kube_client, names["first"], {"Superseded", "Succeeded", "Failed"})
         new_done = await wait_phase(kube_client, names["new"], {"Superseded", "Succeeded", "Failed"})
         job_names = {job["metadata"]["name"] for job in await kube_client.list(kube.JOBS, NAMESPACE)}
-        old_events = await _events(kube_client, names["old"])
+        old_events = await events_of(kube_client, names["old"])
 
     status = old_done["status"]
     assert (status["phase"], status["reason"]) == ("Superseded", "Superseded"), status

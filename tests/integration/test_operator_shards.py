@@ -27,6 +27,7 @@ from fakes.stack import (
     OperatorProcess,
     count_job_creations,
     crawljob,
+    events_of,
     running_operator,
     running_runner,
     wait_phase,
@@ -206,6 +207,37 @@ async def test_a_permanently_failing_shard_fails_the_crawljob_naming_it_and_stop
     assert status["message"].count("shard 1 of 3") == 1, status["message"]
     assert "not retried" in status["message"]
     assert _finished(left[1])  # the failed shard's Job stays, with its pod's log
+
+
+async def test_a_shard_size_without_the_objects_size_runs_one_shard_and_says_so(
+    emulator: tuple[Emulator, str], kube_client: kube.KubeClient, tmp_path: Path
+) -> None:
+    # The minimal webhook carries no size: spec.shardSizeMb cannot be applied, and is not silently ignored.
+    body = crawljob("shards/nosize_ok-3.csv", shardSizeMb=1)
+    sized = crawljob("shards/sized_ok-3.csv", shardSizeMb=1)
+    sized["spec"]["source"]["size"] = 100  # one shard by its size: nothing to say
+    async with (
+        running_runner(kube_client, {"FAKE_WORKER_STATE": str(tmp_path)}),
+        running_operator(emulator[1], tmp_path / "op.log"),
+    ):
+        for item in (body, sized):
+            await kube_client.create(kube.CRAWLJOBS, NAMESPACE, item)
+        for item in (body, sized):
+            await wait_phase(kube_client, item["metadata"]["name"], {"Succeeded"})
+        warned = await wait_until(
+            lambda: _reasons(kube_client, body["metadata"]["name"], "ShardSizeUnknown"), 10, "the Warning"
+        )
+        quiet = await _reasons(kube_client, sized["metadata"]["name"], "ShardSizeUnknown")
+
+    [event] = warned
+    assert event["type"] == "Warning"
+    assert event["message"].startswith("spec.shardSizeMb is 1 but the object's size is unknown")
+    assert "set spec.shards, or spec.source.size" in event["message"]
+    assert not quiet
+
+
+async def _reasons(client: kube.KubeClient, name: str, reason: str) -> list[dict[str, Any]]:
+    return [event for event in await events_of(client, name) if event["reason"] == reason]
 
 
 async def test_the_deadline_is_the_whole_runs_not_each_shards(

@@ -289,6 +289,22 @@ def test_without_indexed_jobs_a_sharded_crawljob_is_one_job_per_shard() -> None:
         jobs.build_shard_job(body, SETTINGS, 5, 5)
 
 
+@pytest.mark.parametrize(
+    ("spec", "warned"),
+    [
+        ({"shardSizeMb": 64}, True),  # no size: one shard, said
+        ({"shardSizeMb": 64, "source": {"bucket": "b", "key": "k"}}, True),
+        ({"shardSizeMb": 64, "source": {"size": 10}}, False),  # its size says one shard
+        ({"shardSizeMb": 64, "source": {"size": 0}}, False),  # an empty object
+        ({"shardSizeMb": 64, "shards": 1}, False),  # spec.shards wins
+        ({}, False),
+    ],
+)
+def test_a_shard_size_without_the_objects_size_is_said(spec: dict[str, Any], warned: bool) -> None:
+    assert (jobs.unknown_size(spec) is not None) == warned
+    assert jobs.shard_count(spec, SETTINGS) == 1
+
+
 def test_a_per_shard_runs_jobs_share_one_deadline_counted_from_its_first_job() -> None:
     import datetime
 

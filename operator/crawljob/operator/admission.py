@@ -13,7 +13,7 @@ from crawljob.models import CrawlJob, Job, Key
 from crawljob.operator import jobs, overrides, queue, shardjobs, specs, status, workload
 from crawljob.operator.reconcile import reconcile_quietly
 from crawljob.operator.view import RetryLater, State, log
-from crawljob.operator.writes import write_status
+from crawljob.operator.writes import post_event, write_status
 from crawljob.times import parse_time, utc_now
 
 # A change that cannot open a slot (a status write, a progress patch) is coalesced with the others
@@ -206,6 +206,10 @@ async def _create_job_locked(state: State, key: Key) -> None:
         try:
             created = await state.client.create(kube.JOBS, namespace, manifest)
             state.metrics.jobs_created.inc()
+            unknown = jobs.unknown_size(crawljob.body.get("spec") or {})
+            if unknown is not None:
+                log.warning("%s: %s", name, unknown, extra={"crawljob": name})
+                state.spawn(post_event(state, crawljob.meta, "ShardSizeUnknown", unknown, warning=True))
             event_time = parse_time(crawljob.source.event_time)
             if event_time is not None:
                 lag = (datetime.datetime.now(tz=datetime.UTC) - event_time).total_seconds()

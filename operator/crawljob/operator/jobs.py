@@ -76,6 +76,20 @@ def shard_count(spec: Mapping[str, Any], settings: OperatorSettings) -> int:
     return max(1, min(wanted, settings.max_shards, MAX_SHARD_INDEXES))
 
 
+def unknown_size(spec: Mapping[str, Any]) -> str | None:
+    """Why spec.shardSizeMb cannot take effect (the object's size is unknown, so the crawl runs as
+    one shard), or None: said as a Warning Event, since a field that silently does nothing misleads."""
+    size_mb = spec.get("shardSizeMb")
+    size = (spec.get("source") or {}).get("size")
+    known = isinstance(size, int) and not isinstance(size, bool)
+    if spec.get("shards") is not None or not isinstance(size_mb, int) or known:
+        return None
+    return (
+        f"spec.shardSizeMb is {size_mb} but the object's size is unknown (its event carried none and "
+        "spec.source.size is not set): it runs as one shard; set spec.shards, or spec.source.size"
+    )
+
+
 def job_name(crawljob_name: str, run: int) -> str:
     """The Job of the *run*-th run of a CrawlJob: its own name first, then `<name>-r<run>` on re-runs."""
     return crawljob_name if run <= 1 else f"{crawljob_name}-r{run}"

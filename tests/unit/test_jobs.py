@@ -315,6 +315,7 @@ def test_a_per_shard_runs_jobs_share_one_deadline_counted_from_its_first_job() -
     assert jobs.deadline_left(60, start, later) == 18  # rounded down: never past the deadline
     assert jobs.deadline_left(60, start, start + datetime.timedelta(seconds=59.9)) == 0
     assert jobs.deadline_left(60, start, start + datetime.timedelta(hours=1)) == 0
+    assert jobs.deadline_left(60, later, start) == 60  # a creation time ahead of our clock: never more
     assert jobs.crawl_deadline({"activeDeadlineSeconds": 90}, SETTINGS) == 90
     assert jobs.crawl_deadline({}, SETTINGS) is None
     defaults = OperatorSettings(worker_image="w", active_deadline_seconds=600)

@@ -160,7 +160,8 @@ def deadline_left(
         return None
     if started is None:
         return deadline
-    return max(0, math.floor(deadline - (now - started).total_seconds()))
+    elapsed = max(0.0, (now - started).total_seconds())  # a server clock ahead of ours: none elapsed
+    return max(0, math.floor(deadline - elapsed))
 
 
 def vanished_shards(shards: int, present: set[int], seen: set[int]) -> list[int]:

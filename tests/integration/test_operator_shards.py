@@ -452,5 +452,43 @@ async def test_while_the_operator_is_down_a_deleted_crawljob_and_deleted_shard_j
     )
 
 
+async def test_a_reported_shards_job_deleted_while_the_operator_is_down_is_not_made_again(
+    old_server: str, kube_client: kube.KubeClient, tmp_path: Path
+) -> None:
+    # Shard 2's Job (the highest made) is deleted while the operator is down. Nothing in the view
+    # says it was made, but its worker's progress entry (this run's id) does: JobDeleted, not a rerun.
+    body = crawljob("shards/gap_sleep-60.csv", shards=3)
+    name = body["metadata"]["name"]
+    operator = OperatorProcess(old_server, tmp_path / "op.log", **{"shard-parallelism": 3})
+    async with running_runner(kube_client, {"FAKE_WORKER_STATE": str(tmp_path)}, max_parallel=8):
+        await operator.start()
+        created = await kube_client.create(kube.CRAWLJOBS, NAMESPACE, body)
+        await wait_phase(kube_client, name, {"Running"})
+        await wait_until(lambda: _count(kube_client, name, 3), 20, "three shard Jobs")
+        await operator.kill()
+        run_id = f"{created['metadata']['uid']}-1"
+        entry = {"runId": run_id, "bytesRead": 10, "rowsRead": 1, "updateTime": "2026-01-01T00:00:00Z"}
+        # As the worker of shard 2 reports (crawljob_worker/shardprogress.py); an earlier run's entry
+        # for shard 1 does not count.
+        stale = {**entry, "runId": f"{created['metadata']['uid']}-0"}
+        await kube_client.patch(
+            kube.CRAWLJOBS,
+            NAMESPACE,
+            name,
+            {"status": {"progress": {"shards": {"2": entry, "1": stale}}}},
+            "status",
+        )
+        await kube_client.delete(kube.JOBS, NAMESPACE, jobs.shard_job_name(name, 1, 2))
+        await operator.start()
+        failed = await wait_phase(kube_client, name, FINISHED)
+        await operator.stop()
+        made = await _shard_jobs(kube_client, name)
+
+    status = failed["status"]
+    assert (status["phase"], status["reason"]) == ("Failed", "JobDeleted"), status
+    assert status["message"].startswith("shard 2 of 3: "), status["message"]
+    assert 2 not in made
+
+
 async def _count(client: kube.KubeClient, name: str, count: int) -> bool:
     return len(await _shard_jobs(client, name)) == count

@@ -305,6 +305,26 @@ def test_a_shard_size_without_the_objects_size_is_said(spec: dict[str, Any], war
     assert jobs.shard_count(spec, SETTINGS) == 1
 
 
+def test_shards_reported_by_this_runs_workers_had_their_job_made() -> None:
+    body = _crawljob(shards=4)
+    body["status"] = {"run": 2}
+    assert jobs.reported_shards(body) == set()
+    entry = {"runId": "uid-1-2", "bytesRead": 1}
+    body["status"]["progress"] = {
+        "shards": {
+            "0": entry,
+            "3": entry,
+            "1": {**entry, "runId": "uid-1-1"},
+            "x": entry,
+            "-1": entry,
+            "2": 7,
+        }
+    }
+    assert jobs.reported_shards(body) == {0, 3}  # this run's, well-formed entries only
+    body["status"]["progress"] = {"shards": ["0"]}
+    assert jobs.reported_shards(body) == set()
+
+
 def test_a_per_shard_runs_jobs_share_one_deadline_counted_from_its_first_job() -> None:
     import datetime
 

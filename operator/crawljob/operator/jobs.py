@@ -164,6 +164,26 @@ def deadline_left(
     return max(0, math.floor(deadline - elapsed))
 
 
+def reported_shards(crawljob: Mapping[str, Any]) -> set[int]:
+    """Shards of the current run whose worker reported progress (`status.progress.shards.<I>` with
+    this run's id): their Job was made, so one missing now was deleted. This survives an operator
+    restart, which the operator's memory of the Jobs it has seen does not."""
+    status = crawljob.get("status")
+    progress = status.get("progress") if isinstance(status, Mapping) else None
+    entries = progress.get("shards") if isinstance(progress, Mapping) else None
+    if not isinstance(entries, Mapping):
+        return set()
+    current = run_id(crawljob)
+    return {
+        int(key)
+        for key, entry in entries.items()
+        if isinstance(key, str)
+        and key.isdigit()
+        and isinstance(entry, Mapping)
+        and entry.get("runId") == current
+    }
+
+
 def vanished_shards(shards: int, present: set[int], seen: set[int]) -> list[int]:
     """Shards whose Job existed and is gone: seen before, or below a shard whose Job exists (shard
     Jobs are made in index order, so a gap below an existing one was made and then deleted)."""

@@ -27,7 +27,7 @@ class ShardRun:
     shards: int
     stem: str  # status.jobName of the run; its Jobs are `<stem>-s<index>`
     jobs: dict[int, Job]  # shard index → its Job, for the shards whose Job is in view
-    seen: frozenset[int]  # shards whose Job this process has seen (present or gone)
+    seen: frozenset[int]  # shards whose Job was made: seen by this process, or reported by its worker
 
     def name(self, index: int) -> str:
         return f"{self.stem}-s{index}"
@@ -63,6 +63,8 @@ def shard_run(state: State, crawljob: CrawlJob) -> ShardRun | None:
         for key in state.shard_jobs_seen.get(crawljob.key) or ()
         if key[1].startswith(prefix) and (index := _index(key[1], prefix)) is not None
     }
+    if uid:
+        seen |= jobs.reported_shards(crawljob.body)
     if mine:
         shards = max(job.shards or 0 for job in mine)
     elif crawljob.status.job_name == stem or seen:

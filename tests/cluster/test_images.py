@@ -155,6 +155,8 @@ async def test_a_worker_far_over_its_memory_limit_is_oom_killed_and_the_crawljob
     bucket: str,
     tmp_path: Path,
 ) -> None:
+    stray = Path("oom")  # what conmon leaves in its working directory after an OOM kill
+    had_stray = await asyncio.to_thread(stray.exists)
     await _chart_operator(helm_install, kubectl, client, cluster, namespace, operator, local_s3, tmp_path)
     etag = upload_csv(s3_client, bucket, "images/too-big.csv")
     name, body = crawljob_for(bucket, "images/too-big.csv", etag, namespace)
@@ -178,6 +180,9 @@ async def test_a_worker_far_over_its_memory_limit_is_oom_killed_and_the_crawljob
     jobs = await client.list(kube.JOBS, namespace)
     assert [job["metadata"]["name"] for job in jobs] == [name]
     assert (await client.get(kube.CRAWLJOBS, namespace, name))["status"]["phase"] == "Failed"
+    assert had_stray or not await asyncio.to_thread(stray.exists), (
+        "conmon's oom file landed in the kubelet's working directory"
+    )
 
 
 def post_with_token(url: str, body: dict[str, Any], token: str) -> int:

@@ -211,6 +211,9 @@ class PodmanRuntime:
                     env={"PATH": os.environ.get("PATH", os.defpath), **env},
                     stdout=output,
                     stderr=asyncio.subprocess.STDOUT,
+                    # conmon writes a file named `oom` into its working directory when the container
+                    # is OOM-killed: the Pod's own directory, not wherever the kubelet was started.
+                    cwd=directory,
                 )
                 log.info("pod %s: running image %s as container %s", key, spec.image, name)
                 started()

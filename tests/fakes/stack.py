@@ -39,7 +39,8 @@ async def events_of(client: kube.KubeClient, name: str) -> list[dict[str, Any]]:
 
 
 class OperatorProcess:
-    """`crawljob operator` as a child process (so that tests can SIGKILL it)."""
+    """`crawljob operator` as a child process (so that tests can SIGKILL it). As an async context
+    manager it is stopped at the exit, however the test ends (started and restarted by the test)."""
 
     def __init__(self, url: str, log_path: Path, **flags: Any) -> None:
         self.url = url
@@ -65,6 +66,12 @@ class OperatorProcess:
         handle = self.log_path.open("ab")
         self.process = await asyncio.create_subprocess_exec(*args, env=env, stdout=handle, stderr=handle)
         handle.close()
+
+    async def __aenter__(self) -> OperatorProcess:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
 
     async def kill(self) -> None:
         if self.process is not None and self.process.returncode is None:

@@ -40,7 +40,7 @@ async def test_operator_killed_at_several_points_creates_no_duplicate_and_finish
     kills = []
     operator = OperatorProcess(emulator[1], tmp_path / "op.log", **{"max-active": 6})
     watcher = asyncio.create_task(count_job_creations(kube_client, job_additions))
-    async with running_runner(kube_client, {"FAKE_WORKER_STATE": str(tmp_path)}, max_parallel=6):
+    async with running_runner(kube_client, {"FAKE_WORKER_STATE": str(tmp_path)}, max_parallel=6), operator:
         await operator.start()
         for body in bodies:
             await kube_client.create(kube.CRAWLJOBS, NAMESPACE, body)
@@ -77,7 +77,7 @@ async def test_crawljob_deleted_while_the_operator_is_down_has_its_job_cancelled
     body = crawljob("down/sleep-60.csv")
     name = body["metadata"]["name"]
     operator = OperatorProcess(emulator[1], tmp_path / "op.log")
-    async with running_runner(kube_client):
+    async with running_runner(kube_client), operator:
         await operator.start()
         await kube_client.create(kube.CRAWLJOBS, NAMESPACE, body)
         await wait_phase(kube_client, name, {"Running"})
@@ -106,7 +106,11 @@ async def test_two_operators_running_by_mistake_still_make_one_job_per_crawljob(
     first = OperatorProcess(emulator[1], tmp_path / "op1.log")
     second = OperatorProcess(emulator[1], tmp_path / "op2.log")
     watcher = asyncio.create_task(count_job_creations(kube_client, job_additions))
-    async with running_runner(kube_client, {"FAKE_WORKER_STATE": str(tmp_path)}, max_parallel=8):
+    async with (
+        running_runner(kube_client, {"FAKE_WORKER_STATE": str(tmp_path)}, max_parallel=8),
+        first,
+        second,
+    ):
         await first.start()
         await second.start()
         for body in bodies:

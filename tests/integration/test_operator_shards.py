@@ -423,7 +423,7 @@ async def test_while_the_operator_is_down_a_deleted_crawljob_and_deleted_shard_j
     robbed_body = crawljob("shards/robbed_sleep-60.csv", shards=3)
     orphan, robbed = orphan_body["metadata"]["name"], robbed_body["metadata"]["name"]
     operator = OperatorProcess(old_server, tmp_path / "op.log", **{"shard-parallelism": 3})
-    async with running_runner(kube_client, max_parallel=8):
+    async with running_runner(kube_client, max_parallel=8), operator:
         await operator.start()
         for body in (orphan_body, robbed_body):
             await kube_client.create(kube.CRAWLJOBS, NAMESPACE, body)
@@ -460,7 +460,7 @@ async def test_a_reported_shards_job_deleted_while_the_operator_is_down_is_not_m
     body = crawljob("shards/gap_sleep-60.csv", shards=3)
     name = body["metadata"]["name"]
     operator = OperatorProcess(old_server, tmp_path / "op.log", **{"shard-parallelism": 3})
-    async with running_runner(kube_client, {"FAKE_WORKER_STATE": str(tmp_path)}, max_parallel=8):
+    async with running_runner(kube_client, {"FAKE_WORKER_STATE": str(tmp_path)}, max_parallel=8), operator:
         await operator.start()
         created = await kube_client.create(kube.CRAWLJOBS, NAMESPACE, body)
         await wait_phase(kube_client, name, {"Running"})

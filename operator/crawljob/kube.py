@@ -323,8 +323,8 @@ class KubeClient:
         params = {"dryRun": "All"} if dry_run else None
         return await self.request("POST", resource.path(namespace), body, params=params, timeout=timeout)
 
-    async def get(self, resource: Resource, namespace: str, name: str) -> Body:
-        return await self.request("GET", resource.path(namespace, name))
+    async def get(self, resource: Resource, namespace: str, name: str, timeout: float | None = None) -> Body:
+        return await self.request("GET", resource.path(namespace, name), timeout=timeout)
 
     async def patch(
         self, resource: Resource, namespace: str, name: str, patch: Body, subresource: str | None = None

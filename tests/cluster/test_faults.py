@@ -120,7 +120,8 @@ def http_status(
 
 @dataclass
 class Sampler:
-    """Polls the operator's /healthz and the receiver's /readyz every 0.5 s in a thread."""
+    """Polls the operator's /healthz and the receiver's /readyz every 0.5 s in a thread; each sample
+    is (when both answered, /healthz status, /readyz status)."""
 
     healthz: str
     readyz: str
@@ -133,10 +134,11 @@ class Sampler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            now = time.monotonic()
-            self.samples.append(
-                (now, http_status(self.healthz, timeout=3)[0], http_status(self.readyz, timeout=5)[0])
-            )
+            health = http_status(self.healthz, timeout=3)[0]
+            ready = http_status(self.readyz, timeout=5)[0]
+            # Stamped when the answers are in: /readyz can take its 3 s check, and a request sent
+            # just before the fault's end may be answered after it (a 200 that is no fault's).
+            self.samples.append((time.monotonic(), health, ready))
             self._stop.wait(0.5)
 
     def stop(self) -> None:

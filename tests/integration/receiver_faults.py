@@ -78,12 +78,22 @@ class FaultyEmulator(ForgetfulEmulator):
     """The project's emulator with a fault plan for CrawlJob creates."""
 
     plan: Callable[[dict[str, Any]], Fault] = lambda body: NO_FAULT
+    # The status every read of one CrawlJob answers, or None: 500 is an apiserver whose etcd read
+    # fails at once (whose dry-run creates still answer 201, see crawljob/receiver/readiness.py).
+    read_fault: int | None = None
     in_flight: int = 0
     injected: dict[str, int] = attrs.field(factory=dict)
     _tasks: set[asyncio.Task[Any]] = attrs.field(factory=set)
 
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         resource = request.resource
+        if (
+            self.read_fault is not None
+            and request.action == kmock.action.FETCH
+            and getattr(resource, "plural", None) == "crawljobs"
+        ):
+            self._count(f"read-{self.read_fault}")
+            return _status(self.read_fault)
         if (
             request.action != kmock.action.CREATE
             or resource is None

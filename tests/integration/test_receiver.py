@@ -10,10 +10,11 @@ import aiohttp
 import pytest
 from receiver_faults import NO_FAULT, Fault, serve_faulty_emulator
 
-from crawljob import kube
+from crawljob import kube, resource
 from crawljob.local.emulator import Emulator
 from crawljob.local.s3 import free_port
 from crawljob.receiver.app import create_app
+from crawljob.receiver.readiness import PROBE_REF
 from crawljob.receiver.settings import ReceiverSettings
 from fakes.receiver import RECEIVER_NAMESPACE, MakeReceiver
 from fakes.waiting import wait_for
@@ -449,15 +450,35 @@ async def test_api_refusing_the_object_answers_400(aiohttp_client: Any) -> None:
 async def test_readyz_is_ready_against_the_emulator_and_cached(
     emulator: tuple[Emulator, str], make_receiver: MakeReceiver
 ) -> None:
+    emulator[0].trim_request_log = False  # the assertions read the request log
     client = await make_receiver(ready_cache_seconds=60.0)
     ready = await client.get("/readyz")
     assert ready.status == 200 and "dry-run" in (await ready.json())["message"]
     assert (await client.get("/readyz")).status == 200
-    # One server-side dry-run create of a CrawlJob (it proves writes work; /version would not).
+    # One server-side dry-run create of a CrawlJob (it proves writes work; /version would not), and
+    # one read of its name (a 404 proves etcd answered: the dry run alone does not).
     probes = [r for r in emulator[0] if r.method == "POST" and r.params.get("dryRun") == "All"]
     assert len(probes) == 1 and str(probes[0].url.path).endswith("/crawljobs")
+    reads = [r for r in emulator[0] if r.method == "GET" and "/crawljobs/" in str(r.url.path)]
+    assert len(reads) == 1 and str(reads[0].url.path).endswith("/" + resource.crawljob_name(PROBE_REF))
     async with kube.KubeClient(kube.Connection(server=emulator[1])) as api:
         assert await api.list(kube.CRAWLJOBS, NAMESPACE) == []  # the dry run stored nothing
+
+
+async def test_readyz_is_not_ready_while_etcd_does_not_answer_though_a_dry_run_passes(
+    aiohttp_client: Any,
+) -> None:
+    # An apiserver whose etcd read fails at once (no leader) answers a dry-run create 201 (it takes
+    # the failed read of the name for "free") and a read 500.
+    async with serve_faulty_emulator(lambda body: NO_FAULT) as (emulator, url):
+        emulator.read_fault = 500
+        settings = ReceiverSettings(kube_server=url, namespace=NAMESPACE, ready_cache_seconds=0.0)
+        client = await aiohttp_client(create_app(settings))
+        ready = await client.get("/readyz")
+        assert ready.status == 503 and ready.headers["Retry-After"]
+        assert emulator.injected == {"read-500": 1}
+        emulator.read_fault = None
+        assert (await client.get("/readyz")).status == 200
 
 
 async def test_metrics_count_events_by_format_and_outcome(make_receiver: MakeReceiver) -> None:

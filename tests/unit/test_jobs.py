@@ -240,6 +240,9 @@ def test_job_features_follow_the_server_version(
         ({"shardSizeMb": 100, "source": {"bucket": "b", "key": "k", "size": 250 * 2**20}}, 3),
         ({"shardSizeMb": 100, "source": {"bucket": "b", "key": "k"}}, 1),  # no size in the event
         ({"shards": 2, "shardSizeMb": 1, "source": {"bucket": "b", "key": "k", "size": 10 * 2**20}}, 2),
+        # spec.shards takes precedence, 1 too (it ran 10 shards by the size before).
+        ({"shards": 1, "shardSizeMb": 1, "source": {"bucket": "b", "key": "k", "size": 10 * 2**20}}, 1),
+        ({"shardSizeMb": 1, "source": {"bucket": "b", "key": "k", "size": 0}}, 1),  # an empty object
     ],
 )
 def test_shard_count_from_count_or_size_capped(spec: dict[str, Any], expected: int) -> None:

@@ -60,33 +60,40 @@ def features_of(version: Mapping[str, Any]) -> JobFeatures:
     return JobFeatures(indexed=release >= (1, 24), backoff_limit_per_index=release >= (1, 29))
 
 
+def _integer(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def requested_shards(spec: Mapping[str, Any]) -> int | None:
+    """The shards a spec asks for, before any cap: spec.shards when set (it takes precedence), else
+    ceil(spec.source.size / spec.shardSizeMb MiB) (the size comes from the S3 event), else 1. None
+    when spec.shardSizeMb is set and the object's size is unknown: the crawl runs as one shard."""
+    shards = _integer(spec.get("shards"))
+    if shards is not None:
+        return shards
+    size_mb = _integer(spec.get("shardSizeMb"))
+    if size_mb is None or size_mb <= 0:
+        return 1
+    size = _integer((spec.get("source") or {}).get("size"))
+    return None if size is None else math.ceil(size / (size_mb * MIB))
+
+
 def shard_count(spec: Mapping[str, Any], settings: OperatorSettings) -> int:
-    """How many shards a CrawlJob runs: spec.shards, else ceil(spec.source.size / spec.shardSizeMb MiB)
-    (the size comes from the S3 event; without it, one shard), capped by --max-shards (and by
-    MAX_SHARD_INDEXES, the Indexed Job's own limit)."""
-    shards = spec.get("shards")
-    size_mb = spec.get("shardSizeMb")
-    size = (spec.get("source") or {}).get("size")
-    if isinstance(shards, int) and shards > 1:
-        wanted = shards
-    elif isinstance(size_mb, int | float) and size_mb > 0 and isinstance(size, int) and size > 0:
-        wanted = math.ceil(size / (size_mb * MIB))
-    else:
-        wanted = 1
+    """How many shards a CrawlJob runs: `requested_shards` (one when it cannot tell), capped by
+    --max-shards (and by MAX_SHARD_INDEXES, the Indexed Job's own limit)."""
+    wanted = requested_shards(spec) or 1
     return max(1, min(wanted, settings.max_shards, MAX_SHARD_INDEXES))
 
 
 def unknown_size(spec: Mapping[str, Any]) -> str | None:
     """Why spec.shardSizeMb cannot take effect (the object's size is unknown, so the crawl runs as
     one shard), or None: said as a Warning Event, since a field that silently does nothing misleads."""
-    size_mb = spec.get("shardSizeMb")
-    size = (spec.get("source") or {}).get("size")
-    known = isinstance(size, int) and not isinstance(size, bool)
-    if spec.get("shards") is not None or not isinstance(size_mb, int) or known:
+    if requested_shards(spec) is not None:
         return None
     return (
-        f"spec.shardSizeMb is {size_mb} but the object's size is unknown (its event carried none and "
-        "spec.source.size is not set): it runs as one shard; set spec.shards, or spec.source.size"
+        f"spec.shardSizeMb is {spec.get('shardSizeMb')} but the object's size is unknown (its event "
+        "carried none and spec.source.size is not set): it runs as one shard; set spec.shards, or "
+        "spec.source.size"
     )
 
 

@@ -210,10 +210,7 @@ async def _create_job_locked(state: State, key: Key) -> None:
             if unknown is not None:
                 log.warning("%s: %s", name, unknown, extra={"crawljob": name})
                 state.spawn(post_event(state, crawljob.meta, "ShardSizeUnknown", unknown, warning=True))
-            event_time = parse_time(crawljob.source.event_time)
-            if event_time is not None:
-                lag = (datetime.datetime.now(tz=datetime.UTC) - event_time).total_seconds()
-                state.metrics.start_lag.observe(max(0.0, lag))
+            _observe_start_lag(state, crawljob)
         except kube.Conflict:
             created = await state.client.get(kube.JOBS, namespace, job_name)
             if not Job.parse(created).is_owned_by(crawljob.meta.uid):
@@ -238,8 +235,14 @@ async def _create_shard_jobs(state: State, crawljob: CrawlJob, run: shardjobs.Sh
         await write_status(state, crawljob, ended, run.stem)
         await shardjobs.stop_unfinished(state, crawljob)
         return
+    if not had_jobs:
+        _observe_start_lag(state, crawljob)
+
+
+def _observe_start_lag(state: State, crawljob: CrawlJob) -> None:
+    """The time from the S3 event to the crawl's (first) Job, when the event said when it was."""
     event_time = parse_time(crawljob.source.event_time)
-    if event_time is not None and not had_jobs:
+    if event_time is not None:
         lag = (datetime.datetime.now(tz=datetime.UTC) - event_time).total_seconds()
         state.metrics.start_lag.observe(max(0.0, lag))
 

@@ -89,12 +89,9 @@ class OperatorProcess:
 
 @contextlib.asynccontextmanager
 async def running_operator(url: str, log_path: Path, **flags: Any) -> AsyncIterator[OperatorProcess]:
-    operator = OperatorProcess(url, log_path, **flags)
-    await operator.start()
-    try:
+    async with OperatorProcess(url, log_path, **flags) as operator:
+        await operator.start()
         yield operator
-    finally:
-        await operator.stop()
 
 
 @contextlib.asynccontextmanager
